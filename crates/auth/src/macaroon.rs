@@ -1,0 +1,344 @@
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ring::hmac;
+use tether_types::{NodeId, OrgId, ProjectId, Role, TokenId, UnixMillis};
+
+use crate::AuthError;
+
+const PREFIX: &str = "tm1_";
+const VERSION: u8 = 1;
+const MAX_CAVEATS: usize = 32;
+const MAX_FIELD: usize = 512;
+
+/// The secret every macaroon of a deployment chains from.
+#[derive(Clone)]
+pub struct RootKey(hmac::Key);
+
+impl RootKey {
+    pub fn from_bytes(bytes: &[u8]) -> Self {
+        RootKey(hmac::Key::new(hmac::HMAC_SHA256, bytes))
+    }
+}
+
+/// Whose credential this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialKind {
+    /// A person or a program using the operator APIs.
+    Operator,
+    /// A node's agent.
+    Agent,
+}
+
+/// A first-party caveat. Every caveat must hold for the macaroon to be valid;
+/// adding one can only narrow what a macaroon allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caveat {
+    Kind(CredentialKind),
+    Org(OrgId),
+    Project(ProjectId),
+    Role(Role),
+    Node(NodeId),
+    ExpiresAt(UnixMillis),
+}
+
+impl Caveat {
+    fn encode(&self) -> String {
+        match self {
+            Caveat::Kind(CredentialKind::Operator) => "kind = operator".into(),
+            Caveat::Kind(CredentialKind::Agent) => "kind = agent".into(),
+            Caveat::Org(id) => format!("org = {id}"),
+            Caveat::Project(id) => format!("project = {id}"),
+            Caveat::Role(r) => format!("role = {}", r.as_str()),
+            Caveat::Node(id) => format!("node = {id}"),
+            Caveat::ExpiresAt(ms) => format!("expires = {ms}"),
+        }
+    }
+
+    fn decode(s: &str) -> Result<Self, AuthError> {
+        let (k, v) = s.split_once(" = ").ok_or(AuthError::Malformed)?;
+        let m = |_| AuthError::Malformed;
+        Ok(match k {
+            "kind" => Caveat::Kind(match v {
+                "operator" => CredentialKind::Operator,
+                "agent" => CredentialKind::Agent,
+                _ => return Err(AuthError::Malformed),
+            }),
+            "org" => Caveat::Org(OrgId::parse(v).map_err(m)?),
+            "project" => Caveat::Project(ProjectId::parse(v).map_err(m)?),
+            "role" => Caveat::Role(Role::parse(v).map_err(m)?),
+            "node" => Caveat::Node(NodeId::parse(v).map_err(m)?),
+            "expires" => Caveat::ExpiresAt(v.parse().map_err(|_| AuthError::Malformed)?),
+            // Unknown caveats fail closed.
+            _ => return Err(AuthError::Malformed),
+        })
+    }
+}
+
+/// What a verified macaroon grants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claims {
+    pub token_id: TokenId,
+    pub kind: CredentialKind,
+    pub org: Option<OrgId>,
+    pub project: ProjectId,
+    /// The lowest role any caveat names.
+    pub role: Role,
+    pub node: Option<NodeId>,
+    /// The earliest expiry any caveat names.
+    pub expires_at: Option<UnixMillis>,
+}
+
+/// An HMAC-SHA256 chain: `sig0 = HMAC(root, id)`, `sig_i = HMAC(sig_{i-1}, caveat_i)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Macaroon {
+    id: TokenId,
+    caveats: Vec<String>,
+    sig: [u8; 32],
+}
+
+fn chain(key: &hmac::Key, msg: &[u8]) -> [u8; 32] {
+    let tag = hmac::sign(key, msg);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(tag.as_ref());
+    out
+}
+
+impl Macaroon {
+    pub fn mint(root: &RootKey, id: TokenId, caveats: &[Caveat]) -> Self {
+        let mut m = Macaroon { sig: chain(&root.0, id.as_str().as_bytes()), id, caveats: Vec::new() };
+        for c in caveats {
+            m = m.attenuate(c);
+        }
+        m
+    }
+
+    /// Adds a caveat. Anyone holding a macaroon can do this without the root key.
+    pub fn attenuate(mut self, caveat: &Caveat) -> Self {
+        let c = caveat.encode();
+        self.sig = chain(&hmac::Key::new(hmac::HMAC_SHA256, &self.sig), c.as_bytes());
+        self.caveats.push(c);
+        self
+    }
+
+    pub fn id(&self) -> &TokenId {
+        &self.id
+    }
+
+    pub fn encode(&self) -> String {
+        let mut buf = Vec::with_capacity(64 + self.caveats.iter().map(|c| c.len() + 2).sum::<usize>());
+        buf.push(VERSION);
+        put(&mut buf, self.id.as_str().as_bytes());
+        buf.push(self.caveats.len() as u8);
+        for c in &self.caveats {
+            put(&mut buf, c.as_bytes());
+        }
+        buf.extend_from_slice(&self.sig);
+        format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(buf))
+    }
+
+    pub fn decode(s: &str) -> Result<Self, AuthError> {
+        let body = s.trim().strip_prefix(PREFIX).ok_or(AuthError::Malformed)?;
+        if body.len() > 24 * 1024 {
+            return Err(AuthError::Malformed);
+        }
+        let bytes = URL_SAFE_NO_PAD.decode(body).map_err(|_| AuthError::Malformed)?;
+        let mut r = Reader(&bytes);
+        if r.byte()? != VERSION {
+            return Err(AuthError::Malformed);
+        }
+        let id = TokenId::parse(r.str()?).map_err(|_| AuthError::Malformed)?;
+        let n = r.byte()? as usize;
+        if n > MAX_CAVEATS {
+            return Err(AuthError::Malformed);
+        }
+        let caveats = (0..n).map(|_| r.str().map(str::to_owned)).collect::<Result<Vec<_>, _>>()?;
+        let sig: [u8; 32] = r.0.try_into().map_err(|_| AuthError::Malformed)?;
+        Ok(Macaroon { id, caveats, sig })
+    }
+
+    /// Checks the signature chain against `root` in constant time, then the
+    /// caveats against `now`.
+    pub fn verify(&self, root: &RootKey, now: UnixMillis) -> Result<Claims, AuthError> {
+        let mut key_bytes = chain(&root.0, self.id.as_str().as_bytes());
+        let (last, init) = match self.caveats.split_last() {
+            Some(x) => x,
+            None => {
+                // Zero caveats never grant anything: no project, no role.
+                return Err(AuthError::Malformed);
+            }
+        };
+        for c in init {
+            key_bytes = chain(&hmac::Key::new(hmac::HMAC_SHA256, &key_bytes), c.as_bytes());
+        }
+        hmac::verify(&hmac::Key::new(hmac::HMAC_SHA256, &key_bytes), last.as_bytes(), &self.sig)
+            .map_err(|_| AuthError::BadSignature)?;
+
+        let mut kind = None;
+        let mut org: Option<OrgId> = None;
+        let mut project: Option<ProjectId> = None;
+        let mut role: Option<Role> = None;
+        let mut node: Option<NodeId> = None;
+        let mut expires_at: Option<UnixMillis> = None;
+        for c in &self.caveats {
+            match Caveat::decode(c)? {
+                Caveat::Kind(k) => same(&mut kind, k)?,
+                Caveat::Org(o) => same(&mut org, o)?,
+                Caveat::Project(p) => same(&mut project, p)?,
+                Caveat::Node(n) => same(&mut node, n)?,
+                Caveat::Role(r) => role = Some(role.map_or(r, |old| old.min(r))),
+                Caveat::ExpiresAt(t) => expires_at = Some(expires_at.map_or(t, |old| old.min(t))),
+            }
+        }
+        if expires_at.is_some_and(|t| now >= t) {
+            return Err(AuthError::Expired);
+        }
+        let kind = kind.ok_or(AuthError::Malformed)?;
+        let project = project.ok_or(AuthError::Malformed)?;
+        let role = match kind {
+            CredentialKind::Operator => role.ok_or(AuthError::Malformed)?,
+            // Agents act only through the agent protocol; they hold no operator role.
+            CredentialKind::Agent => {
+                if node.is_none() {
+                    return Err(AuthError::Malformed);
+                }
+                Role::Viewer
+            }
+        };
+        Ok(Claims { token_id: self.id.clone(), kind, org, project, role, node, expires_at })
+    }
+}
+
+/// Repeated caveats of a kind that cannot be narrowed must agree.
+fn same<T: PartialEq>(slot: &mut Option<T>, v: T) -> Result<(), AuthError> {
+    match slot {
+        Some(old) if *old != v => Err(AuthError::Malformed),
+        _ => {
+            *slot = Some(v);
+            Ok(())
+        }
+    }
+}
+
+fn put(buf: &mut Vec<u8>, b: &[u8]) {
+    let len = b.len().min(MAX_FIELD);
+    buf.extend_from_slice(&(len as u16).to_be_bytes());
+    buf.extend_from_slice(&b[..len]);
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn byte(&mut self) -> Result<u8, AuthError> {
+        let (&b, rest) = self.0.split_first().ok_or(AuthError::Malformed)?;
+        self.0 = rest;
+        Ok(b)
+    }
+
+    fn str(&mut self) -> Result<&'a str, AuthError> {
+        if self.0.len() < 2 {
+            return Err(AuthError::Malformed);
+        }
+        let len = u16::from_be_bytes([self.0[0], self.0[1]]) as usize;
+        if len > MAX_FIELD || self.0.len() < 2 + len {
+            return Err(AuthError::Malformed);
+        }
+        let s = std::str::from_utf8(&self.0[2..2 + len]).map_err(|_| AuthError::Malformed)?;
+        self.0 = &self.0[2 + len..];
+        Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root() -> RootKey {
+        RootKey::from_bytes(&[7u8; 32])
+    }
+
+    fn operator(role: Role, expires: Option<UnixMillis>) -> Macaroon {
+        let mut caveats = vec![
+            Caveat::Kind(CredentialKind::Operator),
+            Caveat::Project(ProjectId::from_random([1; 10])),
+            Caveat::Role(role),
+        ];
+        if let Some(t) = expires {
+            caveats.push(Caveat::ExpiresAt(t));
+        }
+        Macaroon::mint(&root(), TokenId::from_random([9; 10]), &caveats)
+    }
+
+    #[test]
+    fn mint_encode_decode_verify() {
+        let m = operator(Role::Admin, Some(1000));
+        let s = m.encode();
+        let back = Macaroon::decode(&s).unwrap();
+        assert_eq!(back, m);
+        let claims = back.verify(&root(), 999).unwrap();
+        assert_eq!(claims.role, Role::Admin);
+        assert_eq!(claims.kind, CredentialKind::Operator);
+        assert_eq!(claims.expires_at, Some(1000));
+        assert_eq!(back.verify(&root(), 1000), Err(AuthError::Expired));
+    }
+
+    #[test]
+    fn wrong_root_or_tampering_fails() {
+        let m = operator(Role::Viewer, None);
+        assert_eq!(m.verify(&RootKey::from_bytes(&[8u8; 32]), 0), Err(AuthError::BadSignature));
+
+        // Swap the role caveat for admin while keeping the signature.
+        let mut forged = m.clone();
+        forged.caveats[2] = "role = admin".into();
+        assert_eq!(forged.verify(&root(), 0), Err(AuthError::BadSignature));
+
+        // Drop the last caveat (the role): the signature no longer matches.
+        let mut dropped = m.clone();
+        dropped.caveats.pop();
+        assert_eq!(dropped.verify(&root(), 0), Err(AuthError::BadSignature));
+
+        // Flip one byte of the encoded form.
+        let mut s = m.encode().into_bytes();
+        let i = s.len() - 3;
+        s[i] = if s[i] == b'A' { b'B' } else { b'A' };
+        let s = String::from_utf8(s).unwrap();
+        assert!(Macaroon::decode(&s).map(|m| m.verify(&root(), 0)).map_or(true, |r| r.is_err()));
+    }
+
+    #[test]
+    fn attenuation_only_narrows() {
+        let m = operator(Role::Admin, Some(10_000));
+        let narrowed = m.attenuate(&Caveat::Role(Role::Viewer)).attenuate(&Caveat::ExpiresAt(500));
+        let claims = narrowed.verify(&root(), 0).unwrap();
+        assert_eq!(claims.role, Role::Viewer);
+        assert_eq!(claims.expires_at, Some(500));
+        // A broader role caveat cannot widen it.
+        let widened = narrowed.attenuate(&Caveat::Role(Role::Admin));
+        assert_eq!(widened.verify(&root(), 0).unwrap().role, Role::Viewer);
+        // A second, different project makes it invalid.
+        let two = widened.attenuate(&Caveat::Project(ProjectId::from_random([2; 10])));
+        assert_eq!(two.verify(&root(), 0), Err(AuthError::Malformed));
+    }
+
+    #[test]
+    fn garbage_is_malformed() {
+        for s in ["", "tm1_", "tm1_!!!", "Bearer x", "tm1_AAAA"] {
+            assert!(Macaroon::decode(s).is_err(), "{s}");
+        }
+    }
+
+    #[test]
+    fn agent_credential_requires_node() {
+        let p = ProjectId::from_random([1; 10]);
+        let m = Macaroon::mint(
+            &root(),
+            TokenId::from_random([3; 10]),
+            &[Caveat::Kind(CredentialKind::Agent), Caveat::Project(p.clone())],
+        );
+        assert_eq!(m.verify(&root(), 0), Err(AuthError::Malformed));
+        let n = NodeId::from_random([4; 10]);
+        let m = m.attenuate(&Caveat::Node(n.clone()));
+        let c = m.verify(&root(), 0).unwrap();
+        assert_eq!(c.node, Some(n));
+        assert_eq!(c.kind, CredentialKind::Agent);
+    }
+}

@@ -1,0 +1,30 @@
+//! Compiles `proto/` with protox (no system protoc) and tonic-prost-build.
+//!
+//! Two outputs: the Rust code, and the encoded descriptor set. The descriptor
+//! set is encoded by protox itself so that extension options such as
+//! `google.api.http` survive; prost-types would drop them as unknown fields.
+
+use std::path::PathBuf;
+
+const FILES: &[&str] = &[
+    "tether/v1/node.proto",
+    "tether/v1/tenancy.proto",
+    "tether/agent/v1/agent.proto",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    println!("cargo:rerun-if-changed={}", root.display());
+
+    let mut compiler = protox::Compiler::new([&root])?;
+    compiler.include_imports(true).include_source_info(true);
+    compiler.open_files(FILES)?;
+    std::fs::write(out.join("tether_descriptor.bin"), compiler.encode_file_descriptor_set())?;
+
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(compiler.file_descriptor_set())?;
+    Ok(())
+}

@@ -1,0 +1,88 @@
+use serde::{Deserialize, Serialize};
+use tether_types::{ProjectId, UnixMillis};
+
+use crate::row::Get;
+use crate::{Result, Store, on_read};
+
+/// One entry of the append-only event log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Monotonic, in commit order.
+    pub seq: i64,
+    pub at: UnixMillis,
+    pub project_id: Option<ProjectId>,
+    /// Dotted, resource first: `node.registered`, `join_token.revoked`.
+    pub kind: String,
+    /// The id of the resource the event is about.
+    pub subject: String,
+    /// The resource as it was after the change.
+    pub payload: serde_json::Value,
+}
+
+/// Appends one event inside the caller's transaction and evaluates to its
+/// sequence number. Expanded per backend by the `in_tx!` bodies.
+macro_rules! append_event {
+    ($tx:expr, $at:expr, $project:expr, $kind:expr, $subject:expr, $payload:expr) => {{
+        let seq: i64 = sqlx::query_scalar(
+            "INSERT INTO events (at, project_id, kind, subject, payload) VALUES ($1, $2, $3, $4, $5) RETURNING seq",
+        )
+        .bind($at)
+        .bind($project)
+        .bind($kind)
+        .bind($subject)
+        .bind($payload)
+        .fetch_one(&mut *$tx)
+        .await?;
+        seq
+    }};
+}
+pub(crate) use append_event;
+
+fn event_from_row(r: &impl Get) -> Result<Event> {
+    Ok(Event {
+        seq: r.int("seq")?,
+        at: r.int("at")?,
+        project_id: r.opt_text("project_id")?.map(ProjectId::from_trusted),
+        kind: r.text("kind")?,
+        subject: r.text("subject")?,
+        payload: r.json("payload", "event payload")?,
+    })
+}
+
+impl Store {
+    /// Events after `after` (exclusive) of one project whose kind starts with
+    /// `kind_prefix`, oldest first, at most `limit`.
+    pub async fn events_since(
+        &self,
+        project: &ProjectId,
+        kind_prefix: &str,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<Event>> {
+        let pattern = format!("{}%", kind_prefix.replace('%', "").replace('_', "\\_"));
+        on_read!(self, |pool| {
+            sqlx::query(
+                "SELECT seq, at, project_id, kind, subject, payload FROM events
+                 WHERE project_id = $1 AND seq > $2 AND kind LIKE $3 ESCAPE '\\'
+                 ORDER BY seq LIMIT $4",
+            )
+            .bind(project.as_str())
+            .bind(after)
+            .bind(&pattern)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(event_from_row)
+            .collect()
+        })
+    }
+
+    /// The highest sequence number committed so far (0 when the log is empty).
+    pub async fn events_head(&self) -> Result<i64> {
+        on_read!(self, |pool| {
+            let v: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM events").fetch_one(pool).await?;
+            Ok(v.unwrap_or(0))
+        })
+    }
+}

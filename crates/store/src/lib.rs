@@ -1,0 +1,138 @@
+//! Tether's durable state behind one facade, on SQLite or PostgreSQL.
+//!
+//! Owns the schema (embedded migrations), every SQL statement, and the rule
+//! that each mutation appends its event to the `events` log in the same
+//! transaction. It does not open databases itself: the binary builds the pools
+//! and hands them over ([`Store::sqlite`], [`Store::postgres`]).
+//!
+//! One file per resource; methods are named resource-first (`node_list`,
+//! `join_token_revoke`). The same SQL text runs on both backends (`$n`
+//! placeholders, `ON CONFLICT`, `RETURNING`), and the [`on_read!`] and
+//! [`in_tx!`] macros expand each body once per backend.
+
+mod error;
+mod events;
+mod nodes;
+mod row;
+mod settings;
+mod tenancy;
+
+#[cfg(test)]
+mod tests;
+
+pub use error::StoreError;
+pub use events::Event;
+pub use nodes::{NodeEnroll, NodeFilter, NodePage, StatusChange};
+pub use tenancy::{Bootstrap, TokenRecord};
+
+use sqlx::{PgPool, SqlitePool};
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");
+
+/// The key of the PostgreSQL advisory lock that orders event appends: held
+/// for the rest of each writing transaction, so event sequence numbers become
+/// visible in commit order and `events_since` never skips one.
+const PG_EVENT_ORDER_LOCK: i64 = 0x7465_7468_6572_0001;
+
+#[derive(Clone)]
+enum Backend {
+    /// SQLite allows one writer: all writes go through a one-connection pool,
+    /// which also avoids BUSY errors on lock upgrades; reads use their own pool.
+    Sqlite { write: SqlitePool, read: SqlitePool },
+    Postgres(PgPool),
+}
+
+/// The store facade. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    backend: Backend,
+}
+
+/// Runs `$body` with `$pool` bound to a pool that serves reads.
+macro_rules! on_read {
+    ($store:expr, |$pool:ident| $body:expr) => {
+        match &$store.backend {
+            $crate::Backend::Sqlite { read: $pool, .. } => $body,
+            $crate::Backend::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// Runs `$body` inside one write transaction bound to `$tx` and commits it
+/// when `$body` returns `Ok`. `$body` is an expression of type `Result<T>`.
+macro_rules! in_tx {
+    ($store:expr, |$tx:ident| $body:expr) => {
+        match &$store.backend {
+            $crate::Backend::Sqlite { write, .. } => {
+                let mut $tx = write.begin().await?;
+                let out = $body;
+                if out.is_ok() {
+                    $tx.commit().await?;
+                }
+                out
+            }
+            $crate::Backend::Postgres(pool) => {
+                let mut $tx = pool.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind($crate::PG_EVENT_ORDER_LOCK)
+                    .execute(&mut *$tx)
+                    .await?;
+                let out = $body;
+                if out.is_ok() {
+                    $tx.commit().await?;
+                }
+                out
+            }
+        }
+    };
+}
+
+pub(crate) use {in_tx, on_read};
+
+impl Store {
+    /// A store over SQLite. `write` must have exactly one connection.
+    pub fn sqlite(write: SqlitePool, read: SqlitePool) -> Self {
+        Store { backend: Backend::Sqlite { write, read } }
+    }
+
+    pub fn postgres(pool: PgPool) -> Self {
+        Store { backend: Backend::Postgres(pool) }
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite { .. } => "sqlite",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Applies the embedded migrations of this backend.
+    pub async fn migrate(&self) -> Result<()> {
+        match &self.backend {
+            Backend::Sqlite { write, .. } => SQLITE_MIGRATIONS.run(write).await?,
+            Backend::Postgres(pool) => POSTGRES_MIGRATIONS.run(pool).await?,
+        }
+        Ok(())
+    }
+
+    /// A cheap round trip, for readiness.
+    pub async fn ping(&self) -> Result<()> {
+        on_read!(self, |pool| {
+            sqlx::query("SELECT 1").execute(pool).await?;
+        });
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        match &self.backend {
+            Backend::Sqlite { write, read } => {
+                read.close().await;
+                write.close().await;
+            }
+            Backend::Postgres(pool) => pool.close().await,
+        }
+    }
+}

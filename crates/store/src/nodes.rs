@@ -1,0 +1,325 @@
+use tether_types::{
+    DesiredNodeState, Error, ErrorCode, JoinTokenId, Labels, Node, NodeCapabilities, NodeId, NodeStatus, ProjectId,
+    UnixMillis,
+};
+
+use crate::events::append_event;
+use crate::row::{Get, to_json};
+use crate::{Result, Store, StoreError, in_tx, on_read};
+
+const NODE_COLS: &str = "id, project_id, status, desired_state, desired_state_version, capabilities, labels, pool,
+     registered_at, status_changed_at, last_seen_at, session_generation, join_token_id";
+
+fn node_from_row(r: &impl Get) -> Result<Node> {
+    Ok(Node {
+        id: NodeId::from_trusted(r.text("id")?),
+        project_id: ProjectId::from_trusted(r.text("project_id")?),
+        status: NodeStatus::parse(&r.text("status")?)?,
+        desired_state: DesiredNodeState::parse(&r.text("desired_state")?)?,
+        desired_state_version: r.int("desired_state_version")? as u64,
+        capabilities: r.json("capabilities", "node capabilities")?,
+        labels: r.json("labels", "node labels")?,
+        pool: r.text("pool")?,
+        registered_at: r.int("registered_at")?,
+        status_changed_at: r.int("status_changed_at")?,
+        last_seen_at: r.int("last_seen_at")?,
+        session_generation: r.int("session_generation")? as u64,
+        join_token_id: r.opt_text("join_token_id")?.map(JoinTokenId::from_trusted),
+    })
+}
+
+/// A node to register, with its join token's labels already applied.
+#[derive(Debug, Clone)]
+pub struct NodeEnroll {
+    pub id: NodeId,
+    pub project_id: ProjectId,
+    pub capabilities: NodeCapabilities,
+    pub labels: Labels,
+    pub pool: String,
+    pub join_token_id: JoinTokenId,
+    pub public_key: Vec<u8>,
+    pub now: UnixMillis,
+}
+
+/// Filters `node_list` applies in SQL. Label selectors are applied by the caller.
+#[derive(Debug, Clone)]
+pub struct NodeFilter {
+    pub project_id: ProjectId,
+    pub status: Option<NodeStatus>,
+    pub pool: Option<String>,
+}
+
+/// One page of nodes, ordered by (registered_at, id).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodePage {
+    pub nodes: Vec<Node>,
+    /// The key to pass as `after` for the next page; None on the last page.
+    pub next: Option<(UnixMillis, NodeId)>,
+}
+
+/// A liveness transition decided by the control plane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusChange {
+    pub id: NodeId,
+    pub status: NodeStatus,
+    pub at: UnixMillis,
+    pub last_seen_at: UnixMillis,
+}
+
+impl Store {
+    /// Registers a node, spending one use of its join token, in one transaction.
+    pub async fn node_enroll(&self, e: &NodeEnroll) -> Result<(Node, i64)> {
+        let node = Node {
+            id: e.id.clone(),
+            project_id: e.project_id.clone(),
+            status: NodeStatus::Pending,
+            desired_state: DesiredNodeState::Active,
+            desired_state_version: 1,
+            capabilities: e.capabilities.clone(),
+            labels: e.labels.clone(),
+            pool: e.pool.clone(),
+            registered_at: e.now,
+            status_changed_at: e.now,
+            last_seen_at: 0,
+            session_generation: 0,
+            join_token_id: Some(e.join_token_id.clone()),
+        };
+        in_tx!(self, |tx| {
+            let spent = sqlx::query(
+                "UPDATE join_tokens SET uses = uses + 1
+                 WHERE id = $1 AND project_id = $2 AND revoked_at IS NULL AND expires_at > $3
+                   AND (max_uses = 0 OR uses < max_uses)",
+            )
+            .bind(e.join_token_id.as_str())
+            .bind(e.project_id.as_str())
+            .bind(e.now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if spent != 1 {
+                return Err(Error::unauthenticated("join token is not valid").into());
+            }
+            sqlx::query(
+                "INSERT INTO nodes (id, project_id, status, desired_state, desired_state_version, capabilities,
+                                    labels, pool, registered_at, status_changed_at, last_seen_at, lease_replica,
+                                    session_generation, join_token_id, public_key)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, '', $12, $13, $14)",
+            )
+            .bind(node.id.as_str())
+            .bind(node.project_id.as_str())
+            .bind(node.status.as_str())
+            .bind(node.desired_state.as_str())
+            .bind(node.desired_state_version as i64)
+            .bind(to_json(&node.capabilities))
+            .bind(to_json(&node.labels))
+            .bind(&node.pool)
+            .bind(node.registered_at)
+            .bind(node.status_changed_at)
+            .bind(node.last_seen_at)
+            .bind(node.session_generation as i64)
+            .bind(e.join_token_id.as_str())
+            .bind(&e.public_key)
+            .execute(&mut *tx)
+            .await?;
+            let seq = append_event!(tx, e.now, Some(node.project_id.as_str()), "node.registered", node.id.as_str(), to_json(&node));
+            Ok((node, seq))
+        })
+    }
+
+    pub async fn node_get(&self, id: &NodeId) -> Result<Option<Node>> {
+        on_read!(self, |pool| {
+            sqlx::query(&format!("SELECT {NODE_COLS} FROM nodes WHERE id = $1"))
+                .bind(id.as_str())
+                .fetch_optional(pool)
+                .await?
+                .map(|r| node_from_row(&r))
+                .transpose()
+        })
+    }
+
+    /// Nodes matching `filter` after the key `after`, at most `limit`.
+    pub async fn node_list(
+        &self,
+        filter: &NodeFilter,
+        after: Option<&(UnixMillis, NodeId)>,
+        limit: u32,
+    ) -> Result<NodePage> {
+        let (after_at, after_id) = after.map(|(t, id)| (*t, id.as_str())).unwrap_or((i64::MIN, ""));
+        let nodes: Vec<Node> = on_read!(self, |pool| {
+            sqlx::query(&format!(
+                "SELECT {NODE_COLS} FROM nodes
+                 WHERE project_id = $1
+                   AND ($2 = '' OR status = $2)
+                   AND ($3 = '' OR pool = $3)
+                   AND (registered_at > $4 OR (registered_at = $4 AND id > $5))
+                 ORDER BY registered_at, id
+                 LIMIT $6"
+            ))
+            .bind(filter.project_id.as_str())
+            .bind(filter.status.map(NodeStatus::as_str).unwrap_or(""))
+            .bind(filter.pool.as_deref().unwrap_or(""))
+            .bind(after_at)
+            .bind(after_id)
+            .bind(i64::from(limit) + 1)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(node_from_row)
+            .collect::<Result<_>>()
+        })?;
+        let mut nodes = nodes;
+        let next = if nodes.len() > limit as usize {
+            nodes.truncate(limit as usize);
+            nodes.last().map(|n| (n.registered_at, n.id.clone()))
+        } else {
+            None
+        };
+        Ok(NodePage { nodes, next })
+    }
+
+    /// Every node of every project; the control plane's start-up load.
+    pub async fn node_list_all(&self) -> Result<Vec<Node>> {
+        on_read!(self, |pool| {
+            sqlx::query(&format!("SELECT {NODE_COLS} FROM nodes ORDER BY registered_at, id"))
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(node_from_row)
+                .collect()
+        })
+    }
+
+    /// Opens a heartbeat session: marks the node ready, records the session
+    /// generation and, when given, new capabilities. Refuses a generation lower
+    /// than the stored one (ABORTED), which fences stale agent processes even
+    /// across control-plane restarts. Returns the node and the events appended.
+    pub async fn node_session_open(
+        &self,
+        id: &NodeId,
+        generation: u64,
+        capabilities: Option<&NodeCapabilities>,
+        replica: &str,
+        now: UnixMillis,
+    ) -> Result<(Node, Vec<(String, i64)>)> {
+        in_tx!(self, |tx| {
+            let before = sqlx::query(&format!("SELECT {NODE_COLS} FROM nodes WHERE id = $1"))
+                .bind(id.as_str())
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|r| node_from_row(&r))
+                .transpose()?
+                .ok_or_else(|| Error::unauthenticated("node is not registered"))?;
+            if generation < before.session_generation {
+                return Err(Error::new(
+                    ErrorCode::Aborted,
+                    format!(
+                        "session generation {generation} is older than {}: a newer agent process holds this node",
+                        before.session_generation
+                    ),
+                )
+                .into());
+            }
+            let caps_changed = capabilities.is_some_and(|c| *c != before.capabilities);
+            let caps_json = to_json(capabilities.unwrap_or(&before.capabilities));
+            let row = sqlx::query(&format!(
+                "UPDATE nodes SET status = 'ready',
+                        status_changed_at = CASE WHEN status = 'ready' THEN status_changed_at ELSE $2 END,
+                        last_seen_at = $2, session_generation = $3, lease_replica = $4, capabilities = $5
+                 WHERE id = $1 RETURNING {NODE_COLS}"
+            ))
+            .bind(id.as_str())
+            .bind(now)
+            .bind(generation as i64)
+            .bind(replica)
+            .bind(caps_json)
+            .fetch_one(&mut *tx)
+            .await?;
+            let node = node_from_row(&row)?;
+            let mut events = Vec::new();
+            let project = Some(node.project_id.as_str());
+            if caps_changed {
+                let seq = append_event!(tx, now, project, "node.updated", id.as_str(), to_json(&node));
+                events.push(("node.updated".to_owned(), seq));
+            }
+            if before.status != NodeStatus::Ready {
+                let seq = append_event!(tx, now, project, "node.status_changed", id.as_str(), to_json(&node));
+                events.push(("node.status_changed".to_owned(), seq));
+            }
+            Ok((node, events))
+        })
+    }
+
+    /// Applies liveness transitions in one transaction; a change to the status a
+    /// node already has is skipped. Returns the changed nodes with their event
+    /// sequence numbers.
+    pub async fn node_status_apply(&self, changes: &[StatusChange]) -> Result<Vec<(Node, i64)>> {
+        if changes.is_empty() {
+            return Ok(Vec::new());
+        }
+        in_tx!(self, |tx| {
+            let mut out = Vec::with_capacity(changes.len());
+            for c in changes {
+                let row = sqlx::query(&format!(
+                    "UPDATE nodes SET status = $2, status_changed_at = $3,
+                            last_seen_at = CASE WHEN last_seen_at > $4 THEN last_seen_at ELSE $4 END
+                     WHERE id = $1 AND status <> $2 RETURNING {NODE_COLS}"
+                ))
+                .bind(c.id.as_str())
+                .bind(c.status.as_str())
+                .bind(c.at)
+                .bind(c.last_seen_at)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let Some(row) = row {
+                    let node = node_from_row(&row)?;
+                    let seq = append_event!(
+                        tx,
+                        c.at,
+                        Some(node.project_id.as_str()),
+                        "node.status_changed",
+                        node.id.as_str(),
+                        to_json(&node)
+                    );
+                    out.push((node, seq));
+                }
+            }
+            Ok::<_, StoreError>(out)
+        })
+    }
+
+    /// Records coarse leases (last seen, holding replica) in one transaction.
+    /// Not an event: leases change with every flush.
+    pub async fn node_leases_flush(&self, leases: &[(NodeId, UnixMillis)], replica: &str) -> Result<()> {
+        if leases.is_empty() {
+            return Ok(());
+        }
+        in_tx!(self, |tx| {
+            for (id, seen) in leases {
+                sqlx::query(
+                    "UPDATE nodes SET last_seen_at = $2, lease_replica = $3 WHERE id = $1 AND last_seen_at < $2",
+                )
+                .bind(id.as_str())
+                .bind(*seen)
+                .bind(replica)
+                .execute(&mut *tx)
+                .await?;
+            }
+            Ok::<_, StoreError>(())
+        })
+    }
+
+    /// Removes a node of `project`; its event carries the last record.
+    pub async fn node_deregister(&self, project: &ProjectId, id: &NodeId, now: UnixMillis) -> Result<(Node, i64)> {
+        in_tx!(self, |tx| {
+            let row = sqlx::query(&format!("DELETE FROM nodes WHERE id = $1 AND project_id = $2 RETURNING {NODE_COLS}"))
+                .bind(id.as_str())
+                .bind(project.as_str())
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| Error::not_found(format!("node {id} not found")))?;
+            let node = node_from_row(&row)?;
+            let seq = append_event!(tx, now, Some(project.as_str()), "node.deregistered", id.as_str(), to_json(&node));
+            Ok((node, seq))
+        })
+    }
+}

@@ -1,0 +1,140 @@
+use std::fmt;
+
+/// The one error vocabulary of Tether. Each code maps to exactly one gRPC code
+/// and one HTTP status, so the gRPC API and the REST bridge never disagree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    InvalidArgument,
+    NotFound,
+    AlreadyExists,
+    FailedPrecondition,
+    Unauthenticated,
+    PermissionDenied,
+    ResourceExhausted,
+    Aborted,
+    DeadlineExceeded,
+    Unavailable,
+    Internal,
+}
+
+impl ErrorCode {
+    /// The numeric gRPC status code (google.rpc.Code).
+    pub const fn grpc_code(self) -> i32 {
+        match self {
+            ErrorCode::InvalidArgument => 3,
+            ErrorCode::DeadlineExceeded => 4,
+            ErrorCode::NotFound => 5,
+            ErrorCode::AlreadyExists => 6,
+            ErrorCode::PermissionDenied => 7,
+            ErrorCode::ResourceExhausted => 8,
+            ErrorCode::FailedPrecondition => 9,
+            ErrorCode::Aborted => 10,
+            ErrorCode::Internal => 13,
+            ErrorCode::Unavailable => 14,
+            ErrorCode::Unauthenticated => 16,
+        }
+    }
+
+    /// The HTTP status the REST bridge answers with.
+    pub const fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::InvalidArgument => 400,
+            ErrorCode::FailedPrecondition => 400,
+            ErrorCode::Unauthenticated => 401,
+            ErrorCode::PermissionDenied => 403,
+            ErrorCode::NotFound => 404,
+            ErrorCode::AlreadyExists => 409,
+            ErrorCode::Aborted => 409,
+            ErrorCode::ResourceExhausted => 429,
+            ErrorCode::Internal => 500,
+            ErrorCode::Unavailable => 503,
+            ErrorCode::DeadlineExceeded => 504,
+        }
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidArgument => "invalid_argument",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::AlreadyExists => "already_exists",
+            ErrorCode::FailedPrecondition => "failed_precondition",
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::PermissionDenied => "permission_denied",
+            ErrorCode::ResourceExhausted => "resource_exhausted",
+            ErrorCode::Aborted => "aborted",
+            ErrorCode::DeadlineExceeded => "deadline_exceeded",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An error a caller can act on: a code and a message safe to show a client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct Error {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Error { code, message: message.into() }
+    }
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidArgument, message)
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::NotFound, message)
+    }
+    pub fn precondition(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::FailedPrecondition, message)
+    }
+    pub fn unauthenticated(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Unauthenticated, message)
+    }
+    pub fn permission_denied(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::PermissionDenied, message)
+    }
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Internal, message)
+    }
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Unavailable, message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_maps_to_an_error_status() {
+        for code in [
+            ErrorCode::InvalidArgument,
+            ErrorCode::NotFound,
+            ErrorCode::AlreadyExists,
+            ErrorCode::FailedPrecondition,
+            ErrorCode::Unauthenticated,
+            ErrorCode::PermissionDenied,
+            ErrorCode::ResourceExhausted,
+            ErrorCode::Aborted,
+            ErrorCode::DeadlineExceeded,
+            ErrorCode::Unavailable,
+            ErrorCode::Internal,
+        ] {
+            assert!(code.grpc_code() > 0 && code.grpc_code() <= 16);
+            assert!(code.http_status() >= 400, "{code}");
+        }
+        assert_eq!(ErrorCode::Unauthenticated.http_status(), 401);
+        assert_eq!(ErrorCode::PermissionDenied.grpc_code(), 7);
+    }
+}

@@ -1,0 +1,23 @@
+//! Tether's domain model.
+//!
+//! Owns typed ids, the domain types the store and the services share, their
+//! validating conversions from generated `pb` types, and the one [`ErrorCode`]
+//! enum that both gRPC and REST answer with. It does no IO: no clock, no
+//! randomness, no network; callers pass those in.
+
+mod error;
+mod ids;
+mod labels;
+mod node;
+mod tenancy;
+mod time;
+
+pub use error::{Error, ErrorCode, Result};
+pub use ids::{JoinTokenId, NodeId, OrgId, ProjectId, TokenId};
+pub use labels::{LabelSelector, Labels, validate_labels};
+pub use node::{DesiredNodeState, Gpu, Node, NodeCapabilities, NodeStatus, NodeUsage};
+pub use tenancy::{JoinToken, Role};
+pub use time::{UnixMillis, millis_to_timestamp, timestamp_to_millis};
+
+/// Upper bound on the size of any free-text field we store (descriptions, reasons).
+pub const MAX_TEXT_LEN: usize = 1024;
