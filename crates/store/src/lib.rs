@@ -62,13 +62,15 @@ macro_rules! on_read {
 }
 
 /// Runs `$body` inside one write transaction bound to `$tx` and commits it
-/// when `$body` returns `Ok`. `$body` is an expression of type `Result<T>`.
+/// when `$body` returns `Ok`. `$body` is an expression of type `Result<T>`,
+/// evaluated in an async block, so `return` and `?` leave the body (rolling
+/// back) and never skip the commit of a success.
 macro_rules! in_tx {
     ($store:expr, |$tx:ident| $body:expr) => {
         match &$store.backend {
             $crate::Backend::Sqlite { write, .. } => {
                 let mut $tx = write.begin().await?;
-                let out = $body;
+                let out: $crate::Result<_> = async { $body }.await;
                 if out.is_ok() {
                     $tx.commit().await?;
                 }
@@ -80,7 +82,7 @@ macro_rules! in_tx {
                     .bind($crate::PG_EVENT_ORDER_LOCK)
                     .execute(&mut *$tx)
                     .await?;
-                let out = $body;
+                let out: $crate::Result<_> = async { $body }.await;
                 if out.is_ok() {
                     $tx.commit().await?;
                 }

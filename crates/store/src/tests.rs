@@ -1,0 +1,293 @@
+//! The store's test suite. Every test runs on SQLite and on PostgreSQL; the
+//! PostgreSQL URL comes from `TETHER_TEST_POSTGRES_URL` (`./scripts/test` starts
+//! a throwaway cluster and sets it). A fresh database is created per test.
+
+use std::str::FromStr;
+
+use sqlx::postgres::PgPoolOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use tether_types::*;
+
+use crate::*;
+
+async fn sqlite_store(dir: &tempfile::TempDir) -> Store {
+    let opts = SqliteConnectOptions::new()
+        .filename(dir.path().join("tether.db"))
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal);
+    let write = SqlitePoolOptions::new().max_connections(1).connect_with(opts.clone()).await.unwrap();
+    let read = SqlitePoolOptions::new().max_connections(4).connect_with(opts).await.unwrap();
+    let s = Store::sqlite(write, read);
+    s.migrate().await.unwrap();
+    s
+}
+
+async fn postgres_store() -> Store {
+    let base = std::env::var("TETHER_TEST_POSTGRES_URL")
+        .expect("TETHER_TEST_POSTGRES_URL must point at a PostgreSQL server; ./scripts/test starts one");
+    let admin = PgPoolOptions::new().max_connections(1).connect(&base).await.unwrap();
+    let name = format!("tether_store_{}", hex(&tether_auth_free_random()));
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.unwrap();
+    admin.close().await;
+    let opts = sqlx::postgres::PgConnectOptions::from_str(&base).unwrap().database(&name);
+    let pool = PgPoolOptions::new().max_connections(4).connect_with(opts).await.unwrap();
+    let s = Store::postgres(pool);
+    s.migrate().await.unwrap();
+    s
+}
+
+fn tether_auth_free_random() -> [u8; 8] {
+    // Unique enough for database names: time and a process-wide counter.
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    (t ^ (u64::from(std::process::id()) << 32) ^ N.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9e37_79b9)).to_be_bytes()
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Declares `$name` as a suite test run once per backend.
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let dir = tempfile::tempdir().unwrap();
+                    let store = super::sqlite_store(&dir).await;
+                    super::$name(store).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let store = super::postgres_store().await;
+                    super::$name(store).await;
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    bootstrap_is_idempotent,
+    settings_first_writer_wins,
+    enroll_spends_join_token_uses,
+    session_open_fences_older_generations,
+    status_changes_append_events_in_order,
+    list_filters_and_pages,
+    deregister_removes_and_logs,
+    join_token_revoke_and_list,
+    leases_flush_only_moves_forward,
+);
+
+fn id<T>(f: fn([u8; 10]) -> T, n: u8) -> T {
+    f([n; 10])
+}
+
+async fn project(store: &Store) -> ProjectId {
+    store.bootstrap(id(OrgId::from_random, 1), id(ProjectId::from_random, 2), 1_000).await.unwrap().project_id
+}
+
+async fn join_token(store: &Store, p: &ProjectId, n: u8, max_uses: u32, expires_at: i64) -> JoinToken {
+    let t = JoinToken {
+        id: id(JoinTokenId::from_random, n),
+        project_id: p.clone(),
+        description: "test".into(),
+        labels: [("zone".to_string(), "a".to_string())].into(),
+        max_uses,
+        uses: 0,
+        created_at: 1_000,
+        expires_at,
+        revoked_at: None,
+    };
+    store.join_token_create(&t, b"hash").await.unwrap();
+    t
+}
+
+fn enroll(p: &ProjectId, jt: &JoinToken, n: u8, now: i64) -> NodeEnroll {
+    NodeEnroll {
+        id: id(NodeId::from_random, n),
+        project_id: p.clone(),
+        capabilities: NodeCapabilities { hostname: format!("host-{n}"), cpu_count: 4, ..Default::default() },
+        labels: [("zone".to_string(), "a".to_string()), ("n".to_string(), n.to_string())].into(),
+        pool: if n % 2 == 0 { "even".into() } else { "odd".into() },
+        join_token_id: jt.id.clone(),
+        public_key: vec![n; 32],
+        now,
+    }
+}
+
+async fn bootstrap_is_idempotent(store: Store) {
+    let first = store.bootstrap(id(OrgId::from_random, 1), id(ProjectId::from_random, 2), 1).await.unwrap();
+    assert!(first.created);
+    let again = store.bootstrap(id(OrgId::from_random, 3), id(ProjectId::from_random, 4), 2).await.unwrap();
+    assert!(!again.created);
+    assert_eq!(again.project_id, first.project_id);
+    assert_eq!(again.org_id, first.org_id);
+    assert_eq!(store.project_org(&first.project_id).await.unwrap(), Some(first.org_id));
+    let events = store.events_since(&first.project_id, "project.", 0, 10).await.unwrap();
+    assert_eq!(events.len(), 1);
+}
+
+async fn settings_first_writer_wins(store: Store) {
+    assert_eq!(store.setting_get("k").await.unwrap(), None);
+    assert_eq!(store.setting_put_if_absent("k", b"one").await.unwrap(), b"one");
+    assert_eq!(store.setting_put_if_absent("k", b"two").await.unwrap(), b"one");
+    assert_eq!(store.setting_get("k").await.unwrap().as_deref(), Some(&b"one"[..]));
+}
+
+async fn enroll_spends_join_token_uses(store: Store) {
+    let p = project(&store).await;
+    let jt = join_token(&store, &p, 1, 2, 10_000).await;
+    store.node_enroll(&enroll(&p, &jt, 1, 2_000)).await.unwrap();
+    store.node_enroll(&enroll(&p, &jt, 2, 2_000)).await.unwrap();
+    let err = store.node_enroll(&enroll(&p, &jt, 3, 2_000)).await.unwrap_err();
+    assert_eq!(Error::from(err).code, ErrorCode::Unauthenticated);
+    assert_eq!(store.node_get(&id(NodeId::from_random, 3)).await.unwrap(), None, "nothing stored");
+    let (t, hash) = store.join_token_lookup(&jt.id).await.unwrap().unwrap();
+    assert_eq!((t.uses, hash.as_slice()), (2, &b"hash"[..]));
+
+    let expired = join_token(&store, &p, 2, 0, 1_500).await;
+    let err = store.node_enroll(&enroll(&p, &expired, 4, 2_000)).await.unwrap_err();
+    assert_eq!(Error::from(err).code, ErrorCode::Unauthenticated);
+
+    let n = store.node_get(&id(NodeId::from_random, 1)).await.unwrap().unwrap();
+    assert_eq!(n.status, NodeStatus::Pending);
+    assert_eq!(n.desired_state, DesiredNodeState::Active);
+    assert_eq!(n.capabilities.hostname, "host-1");
+    assert_eq!(n.join_token_id, Some(jt.id));
+}
+
+async fn session_open_fences_older_generations(store: Store) {
+    let p = project(&store).await;
+    let jt = join_token(&store, &p, 1, 0, 10_000).await;
+    let (node, _) = store.node_enroll(&enroll(&p, &jt, 1, 2_000)).await.unwrap();
+    let (n, ev) = store.node_session_open(&node.id, 5, None, "r1", 3_000).await.unwrap();
+    assert_eq!(n.status, NodeStatus::Ready);
+    assert_eq!(n.session_generation, 5);
+    assert_eq!(ev.iter().map(|e| e.0.as_str()).collect::<Vec<_>>(), ["node.status_changed"]);
+    // Same generation (a reconnect of the same process): accepted, no event.
+    let (_, ev) = store.node_session_open(&node.id, 5, None, "r1", 3_500).await.unwrap();
+    assert!(ev.is_empty());
+    // New capabilities: one update event.
+    let caps = NodeCapabilities { hostname: "renamed".into(), ..Default::default() };
+    let (n, ev) = store.node_session_open(&node.id, 6, Some(&caps), "r1", 4_000).await.unwrap();
+    assert_eq!(n.capabilities.hostname, "renamed");
+    assert_eq!(ev.iter().map(|e| e.0.as_str()).collect::<Vec<_>>(), ["node.updated"]);
+    // Older generation: refused, nothing changes.
+    let err = store.node_session_open(&node.id, 4, None, "r2", 5_000).await.unwrap_err();
+    assert_eq!(Error::from(err).code, ErrorCode::Aborted);
+    let n = store.node_get(&node.id).await.unwrap().unwrap();
+    assert_eq!((n.session_generation, n.last_seen_at), (6, 4_000));
+    // Unknown node.
+    let err = store.node_session_open(&id(NodeId::from_random, 9), 1, None, "r1", 1).await.unwrap_err();
+    assert_eq!(Error::from(err).code, ErrorCode::Unauthenticated);
+}
+
+async fn status_changes_append_events_in_order(store: Store) {
+    let p = project(&store).await;
+    let jt = join_token(&store, &p, 1, 0, 10_000).await;
+    let (a, _) = store.node_enroll(&enroll(&p, &jt, 1, 2_000)).await.unwrap();
+    let (b, _) = store.node_enroll(&enroll(&p, &jt, 2, 2_000)).await.unwrap();
+    let head = store.events_head().await.unwrap();
+    let changes = vec![
+        StatusChange { id: a.id.clone(), status: NodeStatus::Unreachable, at: 3_000, last_seen_at: 2_500 },
+        StatusChange { id: b.id.clone(), status: NodeStatus::Pending, at: 3_000, last_seen_at: 2_500 },
+        StatusChange { id: a.id.clone(), status: NodeStatus::Down, at: 3_100, last_seen_at: 2_500 },
+    ];
+    let applied = store.node_status_apply(&changes).await.unwrap();
+    // b was already pending: skipped.
+    assert_eq!(applied.len(), 2);
+    assert!(applied[0].1 < applied[1].1);
+    let events = store.events_since(&p, "node.", head, 100).await.unwrap();
+    let kinds: Vec<_> = events.iter().map(|e| (e.subject.clone(), e.payload["status"].as_str().unwrap().to_owned())).collect();
+    assert_eq!(kinds, [(a.id.to_string(), "unreachable".into()), (a.id.to_string(), "down".into())]);
+    assert!(events.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert_eq!(store.events_head().await.unwrap(), events.last().unwrap().seq);
+    // Other projects see nothing.
+    assert!(store.events_since(&id(ProjectId::from_random, 7), "", 0, 100).await.unwrap().is_empty());
+}
+
+async fn list_filters_and_pages(store: Store) {
+    let p = project(&store).await;
+    let jt = join_token(&store, &p, 1, 0, 10_000).await;
+    for n in 1..=7u8 {
+        store.node_enroll(&enroll(&p, &jt, n, 2_000 + i64::from(n % 3))).await.unwrap();
+    }
+    store.node_session_open(&id(NodeId::from_random, 3), 1, None, "r", 3_000).await.unwrap();
+    let all = NodeFilter { project_id: p.clone(), status: None, pool: None };
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.node_list(&all, after.as_ref(), 3).await.unwrap();
+        assert!(page.nodes.len() <= 3);
+        seen.extend(page.nodes.iter().map(|n| (n.registered_at, n.id.clone())));
+        match page.next {
+            Some(k) => after = Some(k),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 7);
+    let mut sorted = seen.clone();
+    sorted.sort();
+    assert_eq!(seen, sorted, "pages come in (registered_at, id) order without gaps or repeats");
+
+    let ready = NodeFilter { status: Some(NodeStatus::Ready), ..all.clone() };
+    let page = store.node_list(&ready, None, 100).await.unwrap();
+    assert_eq!(page.nodes.len(), 1);
+    let odd = NodeFilter { pool: Some("odd".into()), ..all.clone() };
+    assert_eq!(store.node_list(&odd, None, 100).await.unwrap().nodes.len(), 4);
+    let other = NodeFilter { project_id: id(ProjectId::from_random, 9), ..all };
+    assert!(store.node_list(&other, None, 100).await.unwrap().nodes.is_empty());
+    assert_eq!(store.node_list_all().await.unwrap().len(), 7);
+}
+
+async fn deregister_removes_and_logs(store: Store) {
+    let p = project(&store).await;
+    let jt = join_token(&store, &p, 1, 0, 10_000).await;
+    let (a, _) = store.node_enroll(&enroll(&p, &jt, 1, 2_000)).await.unwrap();
+    let other = id(ProjectId::from_random, 8);
+    let err = store.node_deregister(&other, &a.id, 3_000).await.unwrap_err();
+    assert_eq!(Error::from(err).code, ErrorCode::NotFound, "another project cannot see it");
+    let (gone, seq) = store.node_deregister(&p, &a.id, 3_000).await.unwrap();
+    assert_eq!(gone.id, a.id);
+    assert_eq!(store.node_get(&a.id).await.unwrap(), None);
+    let ev = store.events_since(&p, "node.deregistered", seq - 1, 10).await.unwrap();
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0].subject, a.id.to_string());
+}
+
+async fn join_token_revoke_and_list(store: Store) {
+    let p = project(&store).await;
+    let a = join_token(&store, &p, 1, 0, 10_000).await;
+    let b = join_token(&store, &p, 2, 0, 10_000).await;
+    let _expired = join_token(&store, &p, 3, 0, 1_500).await;
+    assert_eq!(store.join_token_list(&p, false, 2_000).await.unwrap().len(), 2);
+    assert_eq!(store.join_token_list(&p, true, 2_000).await.unwrap().len(), 3);
+    let revoked = store.join_token_revoke(&p, &a.id, 2_500).await.unwrap();
+    assert_eq!(revoked.revoked_at, Some(2_500));
+    let again = store.join_token_revoke(&p, &a.id, 2_600).await.unwrap();
+    assert_eq!(again.revoked_at, Some(2_500), "first revocation time is kept");
+    let active: Vec<_> = store.join_token_list(&p, false, 2_700).await.unwrap().into_iter().map(|t| t.id).collect();
+    assert_eq!(active, [b.id]);
+    let err = store.join_token_revoke(&id(ProjectId::from_random, 5), &a.id, 1).await.unwrap_err();
+    assert_eq!(Error::from(err).code, ErrorCode::NotFound);
+    let err = store.node_enroll(&enroll(&p, &a, 1, 2_800)).await.unwrap_err();
+    assert_eq!(Error::from(err).code, ErrorCode::Unauthenticated, "a revoked token enrols nothing");
+}
+
+async fn leases_flush_only_moves_forward(store: Store) {
+    let p = project(&store).await;
+    let jt = join_token(&store, &p, 1, 0, 10_000).await;
+    let (a, _) = store.node_enroll(&enroll(&p, &jt, 1, 2_000)).await.unwrap();
+    let head = store.events_head().await.unwrap();
+    store.node_leases_flush(&[(a.id.clone(), 5_000)], "r1").await.unwrap();
+    store.node_leases_flush(&[(a.id.clone(), 4_000)], "r1").await.unwrap();
+    assert_eq!(store.node_get(&a.id).await.unwrap().unwrap().last_seen_at, 5_000);
+    assert_eq!(store.events_head().await.unwrap(), head, "a lease flush is not an event");
+}
