@@ -1,1 +1,176 @@
+//! The Tether control plane: wires the store, the node registry, the gRPC
+//! services and the HTTP endpoints, and runs until shut down.
+//!
+//! `main.rs` only parses configuration and signals; everything else starts
+//! from [`run`].
 
+mod auth;
+mod bootstrap;
+mod config;
+mod db;
+mod edge;
+mod http;
+mod notify;
+mod registry;
+mod services;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use tether_proto::agent_pb::agent_service_server::AgentServiceServer;
+use tether_proto::pb::node_service_server::NodeServiceServer;
+use tether_proto::pb::tenancy_service_server::TenancyServiceServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::{Config, parse_duration};
+
+/// Wall-clock now in Unix milliseconds.
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Everything the services share.
+pub(crate) struct App {
+    pub store: tether_store::Store,
+    pub auth: auth::Authenticator,
+    pub registry: Arc<registry::Registry>,
+    pub notify: notify::Notifier,
+    pub config: Config,
+    pub shutdown: CancellationToken,
+    pub tasks: TaskTracker,
+    pub admission: tokio::sync::Semaphore,
+    pub ready: AtomicBool,
+}
+
+/// Runs the control plane until `shutdown` is cancelled, then stops gracefully:
+/// new connections are refused, open streams end with UNAVAILABLE, leases are
+/// flushed and the database is closed.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // It holds the database, the admin token and the join token.
+        std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    let prometheus = http::install_metrics()?;
+    let store = db::open(&config).await?;
+    tracing::info!(backend = store.backend_name(), "database ready");
+
+    let boot = bootstrap::run(&store, &config.data_dir).await?;
+    let notify = notify::Notifier::new(store.events_head().await?);
+    let replica = config.replica();
+    let registry = Arc::new(registry::Registry::new(
+        store.clone(),
+        notify.clone(),
+        registry::Liveness {
+            grace: config.heartbeat_grace,
+            down_after: config.down_after,
+        },
+        replica.clone(),
+        shutdown.child_token(),
+    ));
+    registry.load().await?;
+
+    let tasks = TaskTracker::new();
+    let app = Arc::new(App {
+        store: store.clone(),
+        auth: auth::Authenticator::new(boot.root_key.clone()),
+        registry: registry.clone(),
+        notify,
+        admission: tokio::sync::Semaphore::new(config.admission_concurrency),
+        config: config.clone(),
+        shutdown: shutdown.clone(),
+        tasks: tasks.clone(),
+        ready: AtomicBool::new(true),
+    });
+
+    // Background loops.
+    tasks.spawn(registry::liveness_loop(registry.clone(), shutdown.clone(), config.heartbeat_interval / 4));
+    tasks.spawn(registry::lease_loop(registry.clone(), shutdown.clone(), config.lease_flush_interval));
+
+    // gRPC.
+    let grpc_listener = TcpListener::bind(config.grpc_addr)
+        .await
+        .with_context(|| format!("binding gRPC on {}", config.grpc_addr))?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let http_listener = TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("binding HTTP on {}", config.http_addr))?;
+    let http_addr = http_listener.local_addr()?;
+    write_addr(&config, "grpc.addr", grpc_addr)?;
+    write_addr(&config, "http.addr", http_addr)?;
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    for name in ["tether.agent.v1.AgentService", "tether.v1.NodeService", "tether.v1.TenancyService", ""] {
+        health_reporter.set_service_status(name, tonic_health::ServingStatus::Serving).await;
+    }
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tether_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tether_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let limit = config.max_message_bytes;
+    let agent = AgentServiceServer::new(services::agent::AgentApi::new(app.clone()))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+    let nodes = NodeServiceServer::new(services::nodes::NodeApi::new(app.clone()))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+    let tenancy = TenancyServiceServer::new(services::tenancy::TenancyApi::new(app.clone()))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+
+    let grpc_shutdown = shutdown.clone();
+    let grpc = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .layer(edge::EdgeLayer::new())
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(agent)
+        .add_service(nodes)
+        .add_service(tenancy)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
+            grpc_shutdown.cancelled().await
+        });
+    let http = http::serve(http_listener, app.clone(), prometheus, shutdown.clone());
+
+    tracing::info!(%grpc_addr, %http_addr, replica, "tether control plane is serving");
+    if boot.created {
+        bootstrap::announce(&boot, &config.data_dir, grpc_addr);
+    }
+
+    let (grpc_res, http_res) = tokio::join!(grpc, http);
+    // Either server may have failed on its own: make sure everything stops.
+    shutdown.cancel();
+    app.ready.store(false, Ordering::SeqCst);
+    health_reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+    tasks.close();
+    tasks.wait().await;
+    registry.flush_leases().await;
+    store.close().await;
+    tracing::info!("control plane stopped");
+    grpc_res.context("gRPC server")?;
+    http_res.context("HTTP server")?;
+    Ok(())
+}
+
+fn write_addr(config: &Config, name: &str, addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    let path = config.data_dir.join(name);
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, addr.to_string())?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(())
+}

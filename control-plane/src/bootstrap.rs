@@ -1,0 +1,133 @@
+//! First start: the macaroon root key, the default organisation and project,
+//! an admin token and a join token.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use tether_auth::{Caveat, CredentialKind, JoinSecret, Macaroon, RootKey, random_bytes};
+use tether_store::{Store, TokenRecord};
+use tether_types::{JoinToken, JoinTokenId, Labels, OrgId, ProjectId, Role, TokenId};
+
+use crate::now_ms;
+
+const ROOT_KEY: &str = "macaroon_root_key";
+/// The bootstrap join token is for getting started; create scoped ones for fleets.
+const BOOTSTRAP_JOIN_TTL: Duration = Duration::from_secs(7 * 86400);
+const BOOTSTRAP_JOIN_USES: u32 = 1000;
+
+pub struct Boot {
+    pub root_key: RootKey,
+    pub org_id: OrgId,
+    pub project_id: ProjectId,
+    /// True on the very first start: the tokens below were just made.
+    pub created: bool,
+    pub admin_token: Option<String>,
+    pub join_token: Option<String>,
+}
+
+pub async fn run(store: &Store, data_dir: &Path) -> anyhow::Result<Boot> {
+    let key = match store.setting_get(ROOT_KEY).await? {
+        Some(k) => k,
+        None => store.setting_put_if_absent(ROOT_KEY, &random_bytes::<32>()).await?,
+    };
+    let root_key = RootKey::from_bytes(&key);
+    let now = now_ms();
+    let b = store
+        .bootstrap(OrgId::from_random(random_bytes()), ProjectId::from_random(random_bytes()), now)
+        .await?;
+    let mut boot = Boot {
+        root_key,
+        org_id: b.org_id,
+        project_id: b.project_id,
+        created: b.created,
+        admin_token: None,
+        join_token: None,
+    };
+    if !b.created {
+        if !data_dir.join("admin.token").exists() {
+            tracing::info!(
+                "the database was bootstrapped earlier; its admin token is in the data dir of that first start"
+            );
+        }
+        return Ok(boot);
+    }
+
+    let token_id = TokenId::from_random(random_bytes());
+    let admin = Macaroon::mint(
+        &boot.root_key,
+        token_id.clone(),
+        &[
+            Caveat::Kind(CredentialKind::Operator),
+            Caveat::Org(boot.org_id.clone()),
+            Caveat::Project(boot.project_id.clone()),
+            Caveat::Role(Role::Admin),
+        ],
+    );
+    store
+        .token_record(&TokenRecord {
+            id: token_id,
+            project_id: boot.project_id.clone(),
+            role: Role::Admin,
+            description: "bootstrap admin token".into(),
+            created_at: now,
+            expires_at: None,
+        })
+        .await?;
+
+    let jt_id = JoinTokenId::from_random(random_bytes());
+    let secret = JoinSecret::generate(&jt_id);
+    store
+        .join_token_create(
+            &JoinToken {
+                id: jt_id,
+                project_id: boot.project_id.clone(),
+                description: "bootstrap join token".into(),
+                labels: Labels::new(),
+                max_uses: BOOTSTRAP_JOIN_USES,
+                uses: 0,
+                created_at: now,
+                expires_at: now + BOOTSTRAP_JOIN_TTL.as_millis() as i64,
+                revoked_at: None,
+            },
+            &secret.secret_hash,
+        )
+        .await?;
+
+    write_secret(&data_dir.join("admin.token"), &admin.encode())?;
+    write_secret(&data_dir.join("join.token"), &secret.token)?;
+    boot.admin_token = Some(admin.encode());
+    boot.join_token = Some(secret.token);
+    Ok(boot)
+}
+
+/// Prints the first-start credentials where an operator will see them.
+pub fn announce(boot: &Boot, data_dir: &Path, grpc: std::net::SocketAddr) {
+    let (Some(admin), Some(join)) = (&boot.admin_token, &boot.join_token) else { return };
+    println!(
+        "\nTether is bootstrapped (organisation {}, project {}).\n\n\
+         Admin token (also in {}):\n  {admin}\n\n\
+         Agent join token, {} uses, expires in 7 days (also in {}):\n  {join}\n\n\
+         Start an agent:\n  tether-agent --control-plane http://{grpc} --join-token {join}\n",
+        boot.org_id,
+        boot.project_id,
+        data_dir.join("admin.token").display(),
+        BOOTSTRAP_JOIN_USES,
+        data_dir.join("join.token").display(),
+    );
+}
+
+fn write_secret(path: &Path, contents: &str) -> anyhow::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(contents.as_bytes())?;
+    f.write_all(b"\n")?;
+    Ok(())
+}

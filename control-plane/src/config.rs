@@ -1,0 +1,225 @@
+//! Configuration: flags, `TETHER_*` environment variables and an optional TOML
+//! file, in that order of precedence.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
+use serde::Deserialize;
+
+/// The Tether control plane.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "tether-control-plane", version, about)]
+pub struct Config {
+    /// TOML file with any of these settings (snake_case keys); flags and env win.
+    #[arg(long, env = "TETHER_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Address of the gRPC API (agents and operators). Port 0 picks a free port
+    /// and writes it to `<data-dir>/grpc.addr`.
+    #[arg(long, env = "TETHER_GRPC_ADDR", default_value = "127.0.0.1:50051")]
+    pub grpc_addr: SocketAddr,
+
+    /// Address of the HTTP endpoints: /healthz, /readyz, /metrics.
+    #[arg(long, env = "TETHER_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: SocketAddr,
+
+    /// Where the embedded database, bootstrap tokens and address files live.
+    #[arg(long, env = "TETHER_DATA_DIR", default_value = "./tether-data")]
+    pub data_dir: PathBuf,
+
+    /// `postgres://...` selects PostgreSQL; unset means SQLite in the data dir.
+    #[arg(long, env = "TETHER_DATABASE_URL")]
+    pub database_url: Option<String>,
+
+    /// How often agents beat; the control plane tells them.
+    #[arg(long, env = "TETHER_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+
+    /// Random extra delay agents add to each interval, spreading beats out.
+    /// Defaults to a fifth of the interval.
+    #[arg(long, env = "TETHER_HEARTBEAT_JITTER", value_parser = parse_duration)]
+    pub heartbeat_jitter: Option<Duration>,
+
+    /// Silence after which a node becomes `unreachable`.
+    #[arg(long, env = "TETHER_HEARTBEAT_GRACE", default_value = "15s", value_parser = parse_duration)]
+    pub heartbeat_grace: Duration,
+
+    /// Silence after which a node becomes `down` (its work is lost).
+    #[arg(long, env = "TETHER_DOWN_AFTER", default_value = "60s", value_parser = parse_duration)]
+    pub down_after: Duration,
+
+    /// How often coarse leases (last seen) are written to the database.
+    #[arg(long, env = "TETHER_LEASE_FLUSH_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub lease_flush_interval: Duration,
+
+    /// Largest gRPC message accepted, in bytes.
+    #[arg(long, env = "TETHER_MAX_MESSAGE_BYTES", default_value_t = 1024 * 1024)]
+    pub max_message_bytes: usize,
+
+    /// Sessions that may be set up at once; more wait (reconnect storms).
+    #[arg(long, env = "TETHER_ADMISSION_CONCURRENCY", default_value_t = 64)]
+    pub admission_concurrency: usize,
+
+    /// This replica's name in leases. Defaults to hostname:pid.
+    #[arg(long, env = "TETHER_REPLICA_ID")]
+    pub replica_id: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    grpc_addr: Option<SocketAddr>,
+    http_addr: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    database_url: Option<String>,
+    heartbeat_interval: Option<String>,
+    heartbeat_jitter: Option<String>,
+    heartbeat_grace: Option<String>,
+    down_after: Option<String>,
+    lease_flush_interval: Option<String>,
+    max_message_bytes: Option<usize>,
+    admission_concurrency: Option<usize>,
+    replica_id: Option<String>,
+}
+
+impl Config {
+    /// Parses the command line and environment, then fills what they left at
+    /// defaults from the TOML file, if one is named.
+    pub fn load() -> anyhow::Result<Self> {
+        let matches = Config::command().get_matches();
+        let mut cfg = Config::from_arg_matches(&matches)?;
+        if let Some(path) = cfg.config.clone() {
+            cfg.merge_file(&path, &matches)?;
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn merge_file(&mut self, path: &Path, m: &ArgMatches) -> anyhow::Result<()> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let f: FileConfig = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let unset = |id: &str| matches!(m.value_source(id), None | Some(ValueSource::DefaultValue));
+        let dur = |s: &str| parse_duration(s).map_err(anyhow::Error::msg);
+        macro_rules! take {
+            ($field:ident) => {
+                if let (true, Some(v)) = (unset(stringify!($field)), f.$field) {
+                    self.$field = v.into();
+                }
+            };
+            ($field:ident, duration) => {
+                if let (true, Some(v)) = (unset(stringify!($field)), f.$field.as_deref()) {
+                    self.$field = dur(v)?.into();
+                }
+            };
+        }
+        take!(grpc_addr);
+        take!(http_addr);
+        take!(data_dir);
+        take!(database_url);
+        take!(heartbeat_interval, duration);
+        take!(heartbeat_jitter, duration);
+        take!(heartbeat_grace, duration);
+        take!(down_after, duration);
+        take!(lease_flush_interval, duration);
+        take!(max_message_bytes);
+        take!(admission_concurrency);
+        take!(replica_id);
+        Ok(())
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.heartbeat_interval >= Duration::from_millis(50), "heartbeat interval is below 50ms");
+        anyhow::ensure!(
+            self.heartbeat_grace > self.heartbeat_interval + self.jitter(),
+            "heartbeat grace must exceed interval plus jitter, or healthy nodes flap"
+        );
+        anyhow::ensure!(self.down_after > self.heartbeat_grace, "down-after must exceed the heartbeat grace");
+        anyhow::ensure!(self.max_message_bytes >= 4096, "max message size below 4 KiB");
+        anyhow::ensure!(self.admission_concurrency >= 1, "admission concurrency must be at least 1");
+        Ok(())
+    }
+
+    pub fn jitter(&self) -> Duration {
+        self.heartbeat_jitter.unwrap_or(self.heartbeat_interval / 5)
+    }
+
+    pub fn replica(&self) -> String {
+        self.replica_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            format!("{}:{}", host.trim(), std::process::id())
+        })
+    }
+
+    /// A configuration for tests: ports picked by the OS, data in `dir`.
+    pub fn for_tests(dir: &Path) -> Self {
+        let mut cfg = Config::parse_from(["tether-control-plane"]);
+        cfg.grpc_addr = "127.0.0.1:0".parse().expect("literal address");
+        cfg.http_addr = "127.0.0.1:0".parse().expect("literal address");
+        cfg.data_dir = dir.to_path_buf();
+        cfg
+    }
+}
+
+/// Parses `1500ms`, `5s`, `2m`, `1h`, `7d`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}: expected e.g. 500ms, 5s, 2m"))?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86400.0,
+        u => return Err(format!("invalid duration unit {u:?} in {s:?}: use ms, s, m, h or d")),
+    };
+    if !secs.is_finite() || secs < 0.0 || secs > 10.0 * 365.0 * 86400.0 {
+        return Err(format!("duration {s:?} is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("1.5m").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(7 * 86400));
+        for bad in ["", "s", "5 parsecs", "-1s", "1e400s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn file_fills_only_what_flags_left_at_default() {
+        let dir = tempfile_dir();
+        let path = dir.join("tether.toml");
+        std::fs::write(&path, "heartbeat_interval = \"2s\"\nheartbeat_grace = \"9s\"\ngrpc_addr = \"127.0.0.1:6000\"\n")
+            .unwrap();
+        let m = Config::command().get_matches_from(["x", "--heartbeat-grace", "20s"]);
+        let mut cfg = Config::from_arg_matches(&m).unwrap();
+        cfg.merge_file(&path, &m).unwrap();
+        assert_eq!(cfg.heartbeat_interval, Duration::from_secs(2));
+        assert_eq!(cfg.heartbeat_grace, Duration::from_secs(20), "flag wins over file");
+        assert_eq!(cfg.grpc_addr.port(), 6000);
+        std::fs::write(&path, "nonsense = 1\n").unwrap();
+        assert!(cfg.merge_file(&path, &m).is_err(), "unknown keys are rejected");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!("tether-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+}

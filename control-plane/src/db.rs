@@ -1,0 +1,48 @@
+//! Opens the configured database and runs migrations.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use tether_store::Store;
+
+use crate::Config;
+
+pub async fn open(config: &Config) -> anyhow::Result<Store> {
+    let store = match config.database_url.as_deref() {
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            let pool = PgPoolOptions::new()
+                .max_connections(16)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect(url)
+                .await
+                .context("connecting to PostgreSQL")?;
+            Store::postgres(pool)
+        }
+        Some(url) if url.starts_with("sqlite:") => sqlite(url.parse::<SqliteConnectOptions>()?).await?,
+        Some(other) => anyhow::bail!(
+            "unsupported database URL {:?}: use postgres://... or sqlite:PATH",
+            other.split('@').next_back().unwrap_or("")
+        ),
+        None => sqlite(SqliteConnectOptions::new().filename(config.data_dir.join("tether.db"))).await?,
+    };
+    store.migrate().await.context("running migrations")?;
+    Ok(store)
+}
+
+async fn sqlite(opts: SqliteConnectOptions) -> anyhow::Result<Store> {
+    let opts = opts
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(Duration::from_secs(5))
+        .foreign_keys(true);
+    let write = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(opts.clone())
+        .await
+        .context("opening SQLite")?;
+    let read = SqlitePoolOptions::new().max_connections(4).connect_with(opts).await.context("opening SQLite")?;
+    Ok(Store::sqlite(write, read))
+}

@@ -1,0 +1,107 @@
+//! The tower layer every gRPC request passes first: RPC counts and latency by
+//! method, and the status-code fix for oversized messages.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, LazyLock};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use http::{HeaderValue, Request, Response};
+use prost::Message;
+
+/// Every method path this server exposes; anything else is counted as
+/// `other`, so that clients cannot blow up label cardinality.
+static KNOWN_METHODS: LazyLock<HashSet<String>> = LazyLock::new(|| {
+    let mut set = HashSet::new();
+    for fds in [tether_proto::FILE_DESCRIPTOR_SET, tonic_health::pb::FILE_DESCRIPTOR_SET] {
+        let Ok(fds) = prost_types::FileDescriptorSet::decode(fds) else { continue };
+        for file in &fds.file {
+            for svc in &file.service {
+                for m in &svc.method {
+                    set.insert(format!("/{}.{}/{}", file.package(), svc.name(), m.name()));
+                }
+            }
+        }
+    }
+    for m in ["/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"] {
+        set.insert(m.to_owned());
+    }
+    set
+});
+
+#[derive(Clone, Default)]
+pub struct EdgeLayer;
+
+impl EdgeLayer {
+    pub fn new() -> Self {
+        LazyLock::force(&KNOWN_METHODS);
+        EdgeLayer
+    }
+}
+
+impl<S> tower::Layer<S> for EdgeLayer {
+    type Service = Edge<S>;
+    fn layer(&self, inner: S) -> Edge<S> {
+        Edge { inner }
+    }
+}
+
+#[derive(Clone)]
+pub struct Edge<S> {
+    inner: S,
+}
+
+impl<S, B, RB> tower::Service<Request<B>> for Edge<S>
+where
+    S: tower::Service<Request<B>, Response = Response<RB>> + Send,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = Response<RB>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let path = req.uri().path();
+        let method: Arc<str> = if KNOWN_METHODS.contains(path) { Arc::from(path) } else { Arc::from("other") };
+        let started = Instant::now();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let mut res = fut.await;
+            let code = match &mut res {
+                Ok(r) => {
+                    fix_oversized(r);
+                    // Errors before the body are sent as headers-only responses;
+                    // a success carries its status in the trailers.
+                    r.headers().get("grpc-status").and_then(|v| v.to_str().ok()).unwrap_or("0").to_owned()
+                }
+                Err(_) => "transport_error".to_owned(),
+            };
+            metrics::counter!("tether_grpc_requests_total", "method" => method.to_string(), "code" => code)
+                .increment(1);
+            metrics::histogram!("tether_grpc_request_duration_seconds", "method" => method.to_string())
+                .record(started.elapsed().as_secs_f64());
+            res
+        })
+    }
+}
+
+/// tonic answers an oversized request with OUT_OF_RANGE; gRPC's convention
+/// (and grpc-go's, grpc-java's) is RESOURCE_EXHAUSTED.
+fn fix_oversized<RB>(r: &mut Response<RB>) {
+    let h = r.headers();
+    let out_of_range = h.get("grpc-status").is_some_and(|v| v == "11");
+    let too_large = h
+        .get("grpc-message")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|m| m.contains("too%20large") || m.contains("too large"));
+    if out_of_range && too_large {
+        r.headers_mut().insert("grpc-status", HeaderValue::from_static("8"));
+    }
+}

@@ -1,0 +1,73 @@
+//! HTTP endpoints: /healthz, /readyz, /metrics.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::App;
+
+/// Installs the process-wide Prometheus recorder.
+pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Suffix("_seconds".into()),
+            &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+        )?
+        .install_recorder()?;
+    metrics::describe_gauge!("tether_agents_connected", "Agents with an open heartbeat session on this replica");
+    metrics::describe_counter!("tether_heartbeats_total", "Heartbeats received");
+    metrics::describe_counter!("tether_grpc_requests_total", "gRPC requests by method and status code");
+    metrics::describe_histogram!("tether_grpc_request_duration_seconds", "Time to the response headers by method");
+    metrics::describe_counter!("tether_enrollments_total", "Nodes enrolled");
+    metrics::describe_counter!("tether_admission_rejected_total", "Session set-ups refused by admission throttling");
+    metrics::gauge!("tether_agents_connected").set(0.0);
+    metrics::counter!("tether_heartbeats_total").increment(0);
+    Ok(handle)
+}
+
+#[derive(Clone)]
+struct HttpState {
+    app: Arc<App>,
+    prometheus: PrometheusHandle,
+}
+
+pub async fn serve(
+    listener: TcpListener,
+    app: Arc<App>,
+    prometheus: PrometheusHandle,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let router = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .with_state(HttpState { app, prometheus });
+    axum::serve(listener, router).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+}
+
+async fn readyz(State(s): State<HttpState>) -> (StatusCode, &'static str) {
+    if !s.app.ready.load(Ordering::SeqCst) || s.app.shutdown.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+    }
+    match s.app.store.ping().await {
+        Ok(()) => (StatusCode::OK, "ready\n"),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness: database unreachable");
+            (StatusCode::SERVICE_UNAVAILABLE, "database unreachable\n")
+        }
+    }
+}
+
+async fn metrics_text(State(s): State<HttpState>) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.prometheus.render(),
+    )
+}

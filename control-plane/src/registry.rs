@@ -1,0 +1,374 @@
+//! The node registry's live half: sessions and liveness, in memory.
+//!
+//! A heartbeat touches only this map. The database gets every status change
+//! (with its event, from the liveness loop or a session edge) and coarse
+//! leases flushed in batches by the lease loop.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use tether_store::{StatusChange, Store};
+use tether_types::{Error, ErrorCode, Node, NodeCapabilities, NodeId, NodeStatus, NodeUsage, ProjectId};
+use tokio_util::sync::CancellationToken;
+
+use crate::notify::Notifier;
+use crate::now_ms;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Liveness {
+    pub grace: Duration,
+    pub down_after: Duration,
+}
+
+/// Why the control plane ended a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    Superseded,
+    Deregistered,
+}
+
+/// One open heartbeat session, as its stream task sees it.
+pub struct Session {
+    pub id: u64,
+    pub node: NodeId,
+    pub generation: u64,
+    pub cancel: CancellationToken,
+    reason: Arc<OnceLock<CloseReason>>,
+}
+
+impl Session {
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.reason.get().copied()
+    }
+}
+
+struct SessionSlot {
+    id: u64,
+    generation: u64,
+    cancel: CancellationToken,
+    reason: Arc<OnceLock<CloseReason>>,
+}
+
+impl SessionSlot {
+    fn close(&self, reason: CloseReason) {
+        let _ = self.reason.set(reason);
+        self.cancel.cancel();
+    }
+}
+
+struct Entry {
+    status: NodeStatus,
+    last_seen: Instant,
+    last_seen_ms: i64,
+    lease_dirty: bool,
+    usage: Option<NodeUsage>,
+    session: Option<SessionSlot>,
+}
+
+pub struct Registry {
+    nodes: Mutex<HashMap<NodeId, Entry>>,
+    store: Store,
+    notify: Notifier,
+    liveness: Liveness,
+    replica: String,
+    next_session: AtomicU64,
+    /// Parent of every session's cancellation token.
+    sessions_root: CancellationToken,
+}
+
+impl Registry {
+    /// `sessions_root` is cancelled at shutdown; every session token is its child.
+    pub fn new(
+        store: Store,
+        notify: Notifier,
+        liveness: Liveness,
+        replica: String,
+        sessions_root: CancellationToken,
+    ) -> Self {
+        Registry {
+            nodes: Mutex::new(HashMap::new()),
+            store,
+            notify,
+            liveness,
+            replica,
+            next_session: AtomicU64::new(1),
+            sessions_root,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Entry>> {
+        self.nodes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Loads the durable registry at start-up. Nodes that were ready get a
+    /// fresh grace period to reconnect before they are marked unreachable.
+    pub async fn load(&self) -> Result<(), tether_store::StoreError> {
+        let nodes = self.store.node_list_all().await?;
+        let now = Instant::now();
+        let now_ms = now_ms();
+        let mut map = self.lock();
+        for n in nodes {
+            let last_seen = match n.status {
+                NodeStatus::Ready => now,
+                _ => {
+                    let ago = Duration::from_millis(now_ms.saturating_sub(n.last_seen_at).max(0) as u64);
+                    now.checked_sub(ago.min(self.liveness.down_after)).unwrap_or(now)
+                }
+            };
+            map.insert(
+                n.id,
+                Entry { status: n.status, last_seen, last_seen_ms: n.last_seen_at, lease_dirty: false, usage: None, session: None },
+            );
+        }
+        tracing::info!(nodes = map.len(), "registry loaded");
+        Ok(())
+    }
+
+    /// Registers a just-enrolled node in memory.
+    pub fn enrolled(&self, node: &Node) {
+        self.lock().insert(
+            node.id.clone(),
+            Entry {
+                status: node.status,
+                last_seen: Instant::now(),
+                last_seen_ms: 0,
+                lease_dirty: false,
+                usage: None,
+                session: None,
+            },
+        );
+    }
+
+    /// Opens a session for `node` with `generation`, superseding an older or
+    /// equal one (a reconnect of the same agent process). A lower generation
+    /// than the current one is refused with ABORTED.
+    pub async fn session_open(
+        &self,
+        node: &NodeId,
+        project: &ProjectId,
+        generation: u64,
+        capabilities: Option<&NodeCapabilities>,
+    ) -> Result<(Session, Node), Error> {
+        let fenced = |current: u64| {
+            Error::new(
+                ErrorCode::Aborted,
+                format!("session generation {generation} is older than {current}: a newer agent process holds this node"),
+            )
+        };
+        if let Some(cur) = self.lock().get(node).and_then(|e| e.session.as_ref())
+            && cur.generation > generation
+        {
+            return Err(fenced(cur.generation));
+        }
+        let now = now_ms();
+        let (record, events) =
+            self.store.node_session_open(node, generation, capabilities, &self.replica, now).await?;
+        if &record.project_id != project {
+            return Err(Error::permission_denied("node credential does not match the node's project"));
+        }
+        let slot = SessionSlot {
+            id: self.next_session.fetch_add(1, Ordering::Relaxed),
+            generation,
+            cancel: self.sessions_root.child_token(),
+            reason: Arc::new(OnceLock::new()),
+        };
+        let session = Session {
+            id: slot.id,
+            node: node.clone(),
+            generation,
+            cancel: slot.cancel.clone(),
+            reason: slot.reason.clone(),
+        };
+        {
+            let mut map = self.lock();
+            let entry = map.entry(node.clone()).or_insert_with(|| Entry {
+                status: record.status,
+                last_seen: Instant::now(),
+                last_seen_ms: now,
+                lease_dirty: false,
+                usage: None,
+                session: None,
+            });
+            if let Some(cur) = &entry.session {
+                if cur.generation > generation {
+                    // A newer session won the race while we wrote.
+                    return Err(fenced(cur.generation));
+                }
+                cur.close(CloseReason::Superseded);
+            }
+            entry.status = NodeStatus::Ready;
+            entry.last_seen = Instant::now();
+            entry.last_seen_ms = now;
+            entry.session = Some(slot);
+        }
+        if let Some((_, seq)) = events.last() {
+            self.notify.committed(*seq);
+        }
+        metrics::gauge!("tether_agents_connected").increment(1.0);
+        Ok((session, record))
+    }
+
+    /// Records a beat. Returns false when the session is no longer the node's
+    /// current one. A beat on a node marked unreachable brings it back.
+    pub async fn beat(&self, s: &Session, usage: NodeUsage) -> bool {
+        let revive = {
+            let mut map = self.lock();
+            let Some(e) = map.get_mut(&s.node) else { return false };
+            if e.session.as_ref().map(|x| x.id) != Some(s.id) {
+                return false;
+            }
+            e.last_seen = Instant::now();
+            e.last_seen_ms = now_ms();
+            e.lease_dirty = true;
+            e.usage = Some(usage);
+            e.status != NodeStatus::Ready
+        };
+        metrics::counter!("tether_heartbeats_total").increment(1);
+        if revive {
+            self.set_status(&s.node, NodeStatus::Ready).await;
+        }
+        true
+    }
+
+    /// The stream of session `s` ended (client gone or closed by us).
+    pub fn session_closed(&self, s: &Session) {
+        let mut map = self.lock();
+        if let Some(e) = map.get_mut(&s.node)
+            && e.session.as_ref().map(|x| x.id) == Some(s.id)
+        {
+            e.session = None;
+            e.usage = None;
+        }
+        metrics::gauge!("tether_agents_connected").decrement(1.0);
+    }
+
+    /// The agent signed off: the node is `left` at once.
+    pub async fn goodbye(&self, s: &Session) {
+        let current = self.lock().get(&s.node).is_some_and(|e| e.session.as_ref().map(|x| x.id) == Some(s.id));
+        if current {
+            self.set_status(&s.node, NodeStatus::Left).await;
+        }
+    }
+
+    /// Forgets a deregistered node and closes its session.
+    pub fn remove(&self, node: &NodeId) {
+        if let Some(e) = self.lock().remove(node)
+            && let Some(slot) = e.session
+        {
+            slot.close(CloseReason::Deregistered);
+        }
+    }
+
+    pub fn usage(&self, node: &NodeId) -> Option<NodeUsage> {
+        self.lock().get(node).and_then(|e| e.usage)
+    }
+
+    async fn set_status(&self, node: &NodeId, status: NodeStatus) {
+        let last_seen = self.lock().get(node).map(|e| e.last_seen_ms).unwrap_or(0);
+        let change = StatusChange { id: node.clone(), status, at: now_ms(), last_seen_at: last_seen };
+        self.apply(vec![change]).await;
+    }
+
+    async fn apply(&self, changes: Vec<StatusChange>) {
+        if changes.is_empty() {
+            return;
+        }
+        match self.store.node_status_apply(&changes).await {
+            Ok(applied) => {
+                let mut map = self.lock();
+                for (node, seq) in &applied {
+                    tracing::info!(node_id = %node.id, status = node.status.as_str(), "node status changed");
+                    if let Some(e) = map.get_mut(&node.id) {
+                        e.status = node.status;
+                    }
+                    self.notify.committed(*seq);
+                }
+                // Changes that were no-ops in the database still settle memory.
+                for c in &changes {
+                    if let Some(e) = map.get_mut(&c.id) {
+                        e.status = c.status;
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, changes = changes.len(), "recording status changes failed; will retry"),
+        }
+    }
+
+    /// One pass of the liveness check: ready -> unreachable after the grace,
+    /// unreachable -> down after `down_after`.
+    pub async fn check_liveness(&self) {
+        let now = Instant::now();
+        let now_wall = now_ms();
+        let changes: Vec<StatusChange> = {
+            let map = self.lock();
+            map.iter()
+                .filter_map(|(id, e)| {
+                    let silent = now.saturating_duration_since(e.last_seen);
+                    let next = match e.status {
+                        NodeStatus::Ready if silent > self.liveness.grace => NodeStatus::Unreachable,
+                        NodeStatus::Unreachable if silent > self.liveness.down_after => NodeStatus::Down,
+                        _ => return None,
+                    };
+                    Some(StatusChange { id: id.clone(), status: next, at: now_wall, last_seen_at: e.last_seen_ms })
+                })
+                .collect()
+        };
+        self.apply(changes).await;
+    }
+
+    /// Writes the leases of nodes heard from since the last flush.
+    pub async fn flush_leases(&self) {
+        let batch: Vec<(NodeId, i64)> = {
+            let mut map = self.lock();
+            map.iter_mut()
+                .filter(|(_, e)| e.lease_dirty)
+                .map(|(id, e)| {
+                    e.lease_dirty = false;
+                    (id.clone(), e.last_seen_ms)
+                })
+                .collect()
+        };
+        if batch.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        if let Err(e) = self.store.node_leases_flush(&batch, &self.replica).await {
+            tracing::warn!(error = %e, leases = batch.len(), "lease flush failed; will retry");
+            let mut map = self.lock();
+            for (id, _) in &batch {
+                if let Some(e) = map.get_mut(id) {
+                    e.lease_dirty = true;
+                }
+            }
+            return;
+        }
+        metrics::histogram!("tether_lease_flush_seconds").record(started.elapsed().as_secs_f64());
+        metrics::counter!("tether_lease_flush_rows_total").increment(batch.len() as u64);
+    }
+}
+
+pub async fn liveness_loop(registry: Arc<Registry>, shutdown: CancellationToken, period: Duration) {
+    let mut tick = tokio::time::interval(period.max(Duration::from_millis(20)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => registry.check_liveness().await,
+        }
+    }
+}
+
+pub async fn lease_loop(registry: Arc<Registry>, shutdown: CancellationToken, period: Duration) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => registry.flush_leases().await,
+        }
+    }
+}

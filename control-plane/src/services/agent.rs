@@ -1,0 +1,346 @@
+//! `tether.agent.v1.AgentService`: enrolment, heartbeat sessions, job streams.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tether_auth::{Caveat, CredentialKind, Macaroon, hash_join_secret, hashes_equal, parse_join_token, random_bytes};
+use tether_proto::agent_pb::{self, heartbeat_request, heartbeat_response, jobs_request, jobs_response};
+use tether_store::NodeEnroll;
+use tether_types::{Error, ErrorCode, Labels, NodeCapabilities, NodeId, NodeUsage, TokenId, validate_labels};
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
+
+use super::{status, store_status};
+use crate::registry::{CloseReason, Session};
+use crate::{App, now_ms};
+
+/// How long a new stream may take to send its first message.
+const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a session set-up may wait for an admission permit.
+const ADMISSION_WAIT: Duration = Duration::from_secs(5);
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+pub struct AgentApi {
+    app: Arc<App>,
+}
+
+impl AgentApi {
+    pub fn new(app: Arc<App>) -> Self {
+        AgentApi { app }
+    }
+}
+
+fn closed_status(app: &App, session: &Session) -> Status {
+    match session.close_reason() {
+        Some(CloseReason::Superseded) => {
+            Status::aborted("superseded by a newer session of this node")
+        }
+        Some(CloseReason::Deregistered) => Status::permission_denied("node was deregistered"),
+        None if app.shutdown.is_cancelled() => Status::unavailable("control plane is shutting down; reconnect"),
+        None => Status::unavailable("session closed"),
+    }
+}
+
+/// Maps a stream read error, turning tonic's OUT_OF_RANGE for an oversized
+/// message into RESOURCE_EXHAUSTED, the code gRPC uses for size limits.
+fn read_error(s: Status) -> Status {
+    if s.code() == tonic::Code::OutOfRange && s.message().contains("too large") {
+        Status::resource_exhausted(s.message().to_owned())
+    } else {
+        s
+    }
+}
+
+#[tonic::async_trait]
+impl agent_pb::agent_service_server::AgentService for AgentApi {
+    async fn enroll(
+        &self,
+        req: Request<agent_pb::EnrollRequest>,
+    ) -> Result<Response<agent_pb::EnrollResponse>, Status> {
+        let req = req.into_inner();
+        let (jt_id, secret) = parse_join_token(&req.join_token)
+            .map_err(|_| status(Error::unauthenticated("join token is not valid")))?;
+        let capabilities = NodeCapabilities::try_from(
+            req.capabilities.ok_or_else(|| status(Error::invalid("capabilities are required")))?,
+        )
+        .map_err(status)?;
+        if req.public_key.len() > 256 {
+            return Err(status(Error::invalid("public_key is longer than 256 bytes")));
+        }
+        let mut labels: Labels = req.labels.into_iter().collect();
+        validate_labels(&labels).map_err(status)?;
+
+        let (token, hash) = self
+            .app
+            .store
+            .join_token_lookup(&jt_id)
+            .await
+            .map_err(store_status)?
+            .ok_or_else(|| status(Error::unauthenticated("join token is not valid")))?;
+        if !hashes_equal(&hash_join_secret(&secret), &hash) {
+            return Err(status(Error::unauthenticated("join token is not valid")));
+        }
+        let now = now_ms();
+        if let Some(why) = token.unusable_reason(now) {
+            return Err(status(Error::unauthenticated(why)));
+        }
+        // The token's labels are forced: they override what the agent asked for.
+        labels.extend(token.labels.clone());
+        let pool = labels.get("pool").cloned().unwrap_or_default();
+        let node_id = NodeId::from_random(random_bytes());
+        let (node, seq) = self
+            .app
+            .store
+            .node_enroll(&NodeEnroll {
+                id: node_id.clone(),
+                project_id: token.project_id.clone(),
+                capabilities,
+                labels,
+                pool,
+                join_token_id: token.id.clone(),
+                public_key: req.public_key,
+                now,
+            })
+            .await
+            .map_err(store_status)?;
+        self.app.registry.enrolled(&node);
+        self.app.notify.committed(seq);
+        let credential = Macaroon::mint(
+            self.app.auth.root(),
+            TokenId::from_random(random_bytes()),
+            &[
+                Caveat::Kind(CredentialKind::Agent),
+                Caveat::Project(node.project_id.clone()),
+                Caveat::Node(node_id.clone()),
+            ],
+        );
+        tracing::info!(node_id = %node_id, hostname = node.capabilities.hostname, "node enrolled");
+        metrics::counter!("tether_enrollments_total").increment(1);
+        Ok(Response::new(agent_pb::EnrollResponse {
+            node_id: node_id.to_string(),
+            node_credential: credential.encode(),
+            project_id: node.project_id.to_string(),
+        }))
+    }
+
+    type HeartbeatStream = BoxStream<agent_pb::HeartbeatResponse>;
+
+    async fn heartbeat(
+        &self,
+        req: Request<Streaming<agent_pb::HeartbeatRequest>>,
+    ) -> Result<Response<Self::HeartbeatStream>, Status> {
+        let (node, project) = self.app.auth.agent(&req)?;
+        if self.app.shutdown.is_cancelled() {
+            return Err(Status::unavailable("control plane is shutting down"));
+        }
+        let mut inbound = req.into_inner();
+        let hello = match tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, inbound.message()).await {
+            Err(_) => return Err(Status::deadline_exceeded("no Hello within 10s")),
+            Ok(Err(e)) => return Err(read_error(e)),
+            Ok(Ok(None)) => return Err(Status::cancelled("stream closed before Hello")),
+            Ok(Ok(Some(agent_pb::HeartbeatRequest { msg: Some(heartbeat_request::Msg::Hello(h)) }))) => h,
+            Ok(Ok(Some(_))) => return Err(Status::invalid_argument("the first message must be Hello")),
+        };
+        if hello.node_id != node.as_str() {
+            return Err(status(Error::permission_denied("Hello names another node than the credential")));
+        }
+        let capabilities = hello.capabilities.map(NodeCapabilities::try_from).transpose().map_err(status)?;
+
+        // Admission throttling: bound concurrent session set-ups so that a
+        // reconnect storm queues instead of stampeding the database.
+        let permit = tokio::time::timeout(ADMISSION_WAIT, self.app.admission.acquire())
+            .await
+            .map_err(|_| {
+                metrics::counter!("tether_admission_rejected_total").increment(1);
+                Status::unavailable("control plane is busy admitting sessions; retry with backoff")
+            })?
+            .map_err(|_| Status::unavailable("control plane is shutting down"))?;
+        let (session, record) = self
+            .app
+            .registry
+            .session_open(&node, &project, hello.session_generation, capabilities.as_ref())
+            .await
+            .map_err(|e: Error| {
+                if e.code != ErrorCode::Aborted {
+                    tracing::warn!(node_id = %node, error = %e, "session refused");
+                }
+                status(e)
+            })?;
+        drop(permit);
+
+        let (tx, rx) = mpsc::channel(8);
+        let jitter = self.app.config.jitter();
+        let config = agent_pb::HeartbeatResponse {
+            msg: Some(heartbeat_response::Msg::Config(agent_pb::HeartbeatConfig {
+                interval: Some(duration_pb(self.app.config.heartbeat_interval)),
+                jitter: Some(duration_pb(jitter)),
+            })),
+        };
+        let _ = tx.try_send(Ok(config));
+        if hello.desired_state_version < record.desired_state_version {
+            let _ = tx.try_send(Ok(agent_pb::HeartbeatResponse {
+                msg: Some(heartbeat_response::Msg::DesiredState(agent_pb::DesiredState {
+                    state: record.desired_state.to_pb() as i32,
+                    version: record.desired_state_version,
+                    reason: String::new(),
+                })),
+            }));
+        }
+        tracing::info!(node_id = %node, generation = session.generation, "heartbeat session opened");
+        let app = self.app.clone();
+        let span = tracing::info_span!("heartbeat", node_id = %node, session = session.id);
+        self.app.tasks.spawn(heartbeat_session(app, session, inbound, tx).instrument(span));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type JobsStream = BoxStream<agent_pb::JobsResponse>;
+
+    async fn jobs(
+        &self,
+        req: Request<Streaming<agent_pb::JobsRequest>>,
+    ) -> Result<Response<Self::JobsStream>, Status> {
+        let (node, _project) = self.app.auth.agent(&req)?;
+        if self.app.store.node_get(&node).await.map_err(store_status)?.is_none() {
+            return Err(status(Error::unauthenticated("node is not registered")));
+        }
+        let mut inbound = req.into_inner();
+        let report = match tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, inbound.message()).await {
+            Err(_) => return Err(Status::deadline_exceeded("no AllocationReport within 10s")),
+            Ok(Err(e)) => return Err(read_error(e)),
+            Ok(Ok(None)) => return Err(Status::cancelled("stream closed before AllocationReport")),
+            Ok(Ok(Some(agent_pb::JobsRequest { msg: Some(jobs_request::Msg::Report(r)) }))) => r,
+            Ok(Ok(Some(_))) => return Err(Status::invalid_argument("the first message must be AllocationReport")),
+        };
+        let (tx, rx) = mpsc::channel(16);
+        let app = self.app.clone();
+        let span = tracing::info_span!("jobs", node_id = %node);
+        self.app.tasks.spawn(jobs_session(app, report, inbound, tx).instrument(span));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+fn duration_pb(d: Duration) -> prost_types::Duration {
+    prost_types::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
+}
+
+async fn heartbeat_session(
+    app: Arc<App>,
+    session: Session,
+    mut inbound: Streaming<agent_pb::HeartbeatRequest>,
+    tx: mpsc::Sender<Result<agent_pb::HeartbeatResponse, Status>>,
+) {
+    loop {
+        tokio::select! {
+            biased;
+            _ = session.cancel.cancelled() => {
+                let st = closed_status(&app, &session);
+                tracing::info!(reason = st.message(), "closing heartbeat session");
+                let _ = tx.send(Err(st)).await;
+                break;
+            }
+            msg = inbound.message() => match msg {
+                Ok(Some(agent_pb::HeartbeatRequest { msg: Some(m) })) => match m {
+                    heartbeat_request::Msg::Beat(b) => {
+                        let usage = NodeUsage {
+                            cpu_percent: if b.cpu_percent.is_finite() { b.cpu_percent.clamp(0.0, 100_000.0) } else { 0.0 },
+                            memory_used_mb: b.memory_used_mb,
+                            disk_used_mb: b.disk_used_mb,
+                            running_allocations: b.running_allocations,
+                        };
+                        if !app.registry.beat(&session, usage).await {
+                            let _ = tx.send(Err(Status::aborted("superseded by a newer session of this node"))).await;
+                            break;
+                        }
+                    }
+                    heartbeat_request::Msg::Ack(ack) => {
+                        if ack.accepted {
+                            tracing::debug!(version = ack.version, "desired state acknowledged");
+                        } else {
+                            tracing::warn!(version = ack.version, reason = ack.reason, "desired state rejected by agent");
+                        }
+                    }
+                    heartbeat_request::Msg::Goodbye(g) => {
+                        tracing::info!(reason = g.reason, "agent signed off");
+                        app.registry.goodbye(&session).await;
+                        break;
+                    }
+                    heartbeat_request::Msg::Hello(_) => {
+                        let _ = tx.send(Err(Status::invalid_argument("Hello may only be sent first"))).await;
+                        break;
+                    }
+                },
+                Ok(Some(agent_pb::HeartbeatRequest { msg: None })) => {
+                    let _ = tx.send(Err(Status::invalid_argument("empty heartbeat message"))).await;
+                    break;
+                }
+                Ok(None) => {
+                    tracing::info!("agent closed the heartbeat stream");
+                    break;
+                }
+                Err(e) => {
+                    let e = read_error(e);
+                    tracing::info!(code = ?e.code(), message = e.message(), "heartbeat stream failed");
+                    if e.code() == tonic::Code::ResourceExhausted {
+                        let _ = tx.send(Err(e)).await;
+                    }
+                    break;
+                }
+            }
+        }
+    }
+    app.registry.session_closed(&session);
+}
+
+/// Until the jobs subsystem exists, the control plane holds no allocations:
+/// everything an agent reports is stale and is cancelled.
+async fn jobs_session(
+    app: Arc<App>,
+    report: agent_pb::AllocationReport,
+    mut inbound: Streaming<agent_pb::JobsRequest>,
+    tx: mpsc::Sender<Result<agent_pb::JobsResponse, Status>>,
+) {
+    let cancel = |job_id: String, attempt: u32| agent_pb::JobsResponse {
+        msg: Some(jobs_response::Msg::Cancel(agent_pb::CancelJob {
+            job_id,
+            attempt,
+            reason: "the control plane holds no such allocation".into(),
+        })),
+    };
+    for a in report.allocations {
+        if tx.send(Ok(cancel(a.job_id, a.attempt))).await.is_err() {
+            return;
+        }
+    }
+    loop {
+        tokio::select! {
+            biased;
+            _ = app.shutdown.cancelled() => {
+                let _ = tx.send(Err(Status::unavailable("control plane is shutting down; reconnect"))).await;
+                break;
+            }
+            msg = inbound.message() => match msg {
+                Ok(Some(agent_pb::JobsRequest { msg: Some(m) })) => {
+                    let stale = match m {
+                        jobs_request::Msg::Accepted(x) => Some((x.job_id, x.attempt)),
+                        jobs_request::Msg::Started(x) => Some((x.job_id, x.attempt)),
+                        jobs_request::Msg::Log(x) => Some((x.job_id, x.attempt)),
+                        jobs_request::Msg::Progress(x) => Some((x.job_id, x.attempt)),
+                        jobs_request::Msg::Finished(_) | jobs_request::Msg::Report(_) => None,
+                    };
+                    if let Some((job, attempt)) = stale
+                        && tx.send(Ok(cancel(job, attempt))).await.is_err()
+                    {
+                        break;
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+    }
+}

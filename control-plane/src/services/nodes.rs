@@ -1,0 +1,212 @@
+//! `tether.v1.NodeService`: the registry as operators see it.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tether_proto::pb;
+use tether_store::{Event, NodeFilter};
+use tether_types::{Error, LabelSelector, Node, NodeId, NodeStatus, Role};
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::{status, store_status};
+use crate::{App, now_ms};
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+const DEFAULT_PAGE: u32 = 100;
+const MAX_PAGE: u32 = 1000;
+/// How often a watcher looks at the log without a local wake-up, to see
+/// commits made by other replicas.
+const WATCH_POLL: Duration = Duration::from_secs(1);
+
+pub struct NodeApi {
+    app: Arc<App>,
+}
+
+impl NodeApi {
+    pub fn new(app: Arc<App>) -> Self {
+        NodeApi { app }
+    }
+
+    fn to_pb(&self, n: &Node) -> pb::Node {
+        n.to_pb(self.app.registry.usage(&n.id))
+    }
+}
+
+fn parse_page_token(t: &str) -> Result<Option<(i64, NodeId)>, Status> {
+    if t.is_empty() {
+        return Ok(None);
+    }
+    let bad = || status(Error::invalid("page_token is malformed; pass next_page_token unchanged"));
+    let (at, id) = t.split_once('.').ok_or_else(bad)?;
+    Ok(Some((at.parse().map_err(|_| bad())?, NodeId::parse(id).map_err(|_| bad())?)))
+}
+
+fn event_to_pb(ev: &Event) -> Option<pb::WatchNodesResponse> {
+    let node: Node = match serde_json::from_value(ev.payload.clone()) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::error!(seq = ev.seq, error = %e, "node event payload does not decode");
+            return None;
+        }
+    };
+    let kind = match ev.kind.as_str() {
+        "node.registered" => pb::NodeEventType::Added,
+        "node.deregistered" => pb::NodeEventType::Removed,
+        _ => pb::NodeEventType::Updated,
+    };
+    Some(pb::WatchNodesResponse {
+        r#type: kind as i32,
+        node: Some(node.to_pb(None)),
+        sequence: ev.seq as u64,
+        kind: ev.kind.clone(),
+    })
+}
+
+#[tonic::async_trait]
+impl pb::node_service_server::NodeService for NodeApi {
+    async fn list_nodes(&self, req: Request<pb::ListNodesRequest>) -> Result<Response<pb::ListNodesResponse>, Status> {
+        let who = self.app.auth.operator(&req, Role::Viewer)?;
+        let req = req.into_inner();
+        let selector = LabelSelector::parse(&req.label_selector).map_err(status)?;
+        let filter = NodeFilter {
+            project_id: who.project().clone(),
+            status: NodeStatus::from_pb(req.status).map_err(status)?,
+            pool: (!req.pool.is_empty()).then(|| req.pool.clone()),
+        };
+        let want = match req.page_size {
+            0 => DEFAULT_PAGE,
+            n => n.min(MAX_PAGE),
+        };
+        let mut after = parse_page_token(&req.page_token)?;
+        let mut nodes = Vec::new();
+        let mut next = None;
+        // The selector is applied here, so keep reading until the page is full.
+        loop {
+            let page = self.app.store.node_list(&filter, after.as_ref(), want).await.map_err(store_status)?;
+            let exhausted = page.next.is_none();
+            for n in page.nodes {
+                if !selector.matches(&n.labels) {
+                    continue;
+                }
+                if nodes.len() == want as usize {
+                    next = after.clone();
+                    break;
+                }
+                after = Some((n.registered_at, n.id.clone()));
+                nodes.push(self.to_pb(&n));
+            }
+            if next.is_some() {
+                break;
+            }
+            if exhausted {
+                break;
+            }
+            after = page.next;
+        }
+        Ok(Response::new(pb::ListNodesResponse {
+            nodes,
+            next_page_token: next.map(|(at, id)| format!("{at}.{id}")).unwrap_or_default(),
+        }))
+    }
+
+    async fn get_node(&self, req: Request<pb::GetNodeRequest>) -> Result<Response<pb::GetNodeResponse>, Status> {
+        let who = self.app.auth.operator(&req, Role::Viewer)?;
+        let id = NodeId::parse(&req.get_ref().node_id).map_err(status)?;
+        match self.app.store.node_get(&id).await.map_err(store_status)? {
+            Some(n) if &n.project_id == who.project() => {
+                Ok(Response::new(pb::GetNodeResponse { node: Some(self.to_pb(&n)) }))
+            }
+            // Another project's node is indistinguishable from a missing one.
+            _ => Err(status(Error::not_found(format!("node {id} not found")))),
+        }
+    }
+
+    type WatchNodesStream = BoxStream<pb::WatchNodesResponse>;
+
+    async fn watch_nodes(&self, req: Request<pb::WatchNodesRequest>) -> Result<Response<Self::WatchNodesStream>, Status> {
+        let who = self.app.auth.operator(&req, Role::Viewer)?;
+        let req = req.into_inner();
+        let project = who.project().clone();
+        let mut wake = self.app.notify.subscribe();
+        let mut cursor = match req.since_sequence {
+            0 => self.app.store.events_head().await.map_err(store_status)?,
+            n => i64::try_from(n).map_err(|_| status(Error::invalid("since_sequence is out of range")))?,
+        };
+        let (tx, rx) = mpsc::channel(64);
+        if req.send_initial {
+            let filter = NodeFilter { project_id: project.clone(), status: None, pool: None };
+            let mut after = None;
+            loop {
+                let page = self.app.store.node_list(&filter, after.as_ref(), 500).await.map_err(store_status)?;
+                for n in &page.nodes {
+                    let msg = pb::WatchNodesResponse {
+                        r#type: pb::NodeEventType::Added as i32,
+                        node: Some(self.to_pb(n)),
+                        sequence: 0,
+                        kind: "node.snapshot".into(),
+                    };
+                    if tx.send(Ok(msg)).await.is_err() {
+                        return Err(Status::cancelled("watcher went away"));
+                    }
+                }
+                match page.next {
+                    Some(k) => after = Some(k),
+                    None => break,
+                }
+            }
+        }
+        let app = self.app.clone();
+        self.app.tasks.spawn(async move {
+            loop {
+                let batch = match app.store.events_since(&project, "node.", cursor, 500).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let _ = tx.send(Err(store_status(e))).await;
+                        return;
+                    }
+                };
+                let full = batch.len() == 500;
+                for ev in &batch {
+                    cursor = ev.seq;
+                    if let Some(msg) = event_to_pb(ev)
+                        && tx.send(Ok(msg)).await.is_err()
+                    {
+                        return;
+                    }
+                }
+                if full {
+                    continue;
+                }
+                tokio::select! {
+                    biased;
+                    _ = app.shutdown.cancelled() => {
+                        let _ = tx.send(Err(Status::unavailable("control plane is shutting down; resume with since_sequence"))).await;
+                        return;
+                    }
+                    _ = tx.closed() => return,
+                    _ = wake.changed() => {}
+                    _ = tokio::time::sleep(WATCH_POLL) => {}
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn deregister_node(
+        &self,
+        req: Request<pb::DeregisterNodeRequest>,
+    ) -> Result<Response<pb::DeregisterNodeResponse>, Status> {
+        let who = self.app.auth.operator(&req, Role::Operator)?;
+        let id = NodeId::parse(&req.get_ref().node_id).map_err(status)?;
+        let (node, seq) = self.app.store.node_deregister(who.project(), &id, now_ms()).await.map_err(store_status)?;
+        self.app.registry.remove(&id);
+        self.app.notify.committed(seq);
+        tracing::info!(node_id = %id, "node deregistered");
+        Ok(Response::new(pb::DeregisterNodeResponse { node: Some(node.to_pb(None)) }))
+    }
+}
