@@ -261,8 +261,10 @@ impl Registry {
         }
     }
 
-    pub fn usage(&self, node: &NodeId) -> Option<NodeUsage> {
-        self.lock().get(node).and_then(|e| e.usage)
+    /// What this replica knows beyond the database: the latest beat figures
+    /// (while a session is open here) and the exact last-seen time.
+    pub fn live(&self, node: &NodeId) -> (Option<NodeUsage>, i64) {
+        self.lock().get(node).map(|e| (e.usage, e.last_seen_ms)).unwrap_or((None, 0))
     }
 
     async fn set_status(&self, node: &NodeId, status: NodeStatus) {

@@ -33,7 +33,12 @@ impl NodeApi {
     }
 
     fn to_pb(&self, n: &Node) -> pb::Node {
-        n.to_pb(self.app.registry.usage(&n.id))
+        let (usage, last_seen) = self.app.registry.live(&n.id);
+        let mut pb = n.to_pb(usage);
+        if last_seen > n.last_seen_at {
+            pb.last_seen_at = Some(tether_types::millis_to_timestamp(last_seen));
+        }
+        pb
     }
 }
 

@@ -1,0 +1,345 @@
+//! Enrolment and the session loop: connect, hello, beat, reconnect.
+
+use std::time::{Duration, Instant};
+
+use tether_proto::agent_pb::agent_service_client::AgentServiceClient;
+use tether_proto::agent_pb::{self, heartbeat_request, heartbeat_response, jobs_response};
+use tether_proto::pb;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+use tracing::Instrument;
+
+use crate::backoff::Backoff;
+use crate::host::{self, Sampler};
+use crate::state::{Identity, StateDir};
+use crate::Config;
+
+/// A session that lasted this long resets the backoff.
+const STABLE_SESSION: Duration = Duration::from_secs(10);
+/// How long a sign-off waits for the control plane to close the stream.
+const GOODBYE_WAIT: Duration = Duration::from_secs(3);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("state directory")]
+    State(#[source] std::io::Error),
+    #[error("enrolment refused: {0}")]
+    EnrollRefused(String),
+    #[error("a newer agent process took over this node: {0}")]
+    Superseded(String),
+    #[error("the control plane rejected this node's identity ({0}); remove the state directory and enrol again")]
+    IdentityRejected(String),
+}
+
+impl AgentError {
+    /// Distinct exit codes, so supervisors can tell a takeover from a failure.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            AgentError::Config(_) | AgentError::State(_) => 1,
+            AgentError::EnrollRefused(_) | AgentError::IdentityRejected(_) => 2,
+            AgentError::Superseded(_) => 3,
+        }
+    }
+}
+
+enum End {
+    /// Signed off after shutdown was requested.
+    Shutdown,
+    /// Reconnect after a delay.
+    Retry(String),
+}
+
+pub struct Agent {
+    config: Config,
+    shutdown: CancellationToken,
+    identity: Identity,
+    endpoints: Vec<Endpoint>,
+    next_endpoint: usize,
+    backoff: Backoff,
+}
+
+fn endpoint(url: &str) -> Result<Endpoint, AgentError> {
+    Ok(Endpoint::from_shared(url.to_owned())
+        .map_err(|e| AgentError::Config(format!("control-plane URL {url:?}: {e}")))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(15))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true))
+}
+
+fn classify(s: &Status) -> Option<AgentError> {
+    match s.code() {
+        Code::Aborted => Some(AgentError::Superseded(s.message().to_owned())),
+        Code::Unauthenticated | Code::PermissionDenied => Some(AgentError::IdentityRejected(s.message().to_owned())),
+        _ => None,
+    }
+}
+
+impl Agent {
+    /// Loads or creates the identity (enrolling if needed) and bumps the
+    /// session generation.
+    pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Agent, AgentError> {
+        if config.control_planes.is_empty() {
+            return Err(AgentError::Config("at least one --control-plane URL is required".into()));
+        }
+        let endpoints = config.control_planes.iter().map(|u| endpoint(u)).collect::<Result<Vec<_>, _>>()?;
+        let state = StateDir::open(&config.state_dir).map_err(AgentError::State)?;
+        let mut backoff = Backoff::new(config.backoff_base, config.backoff_max);
+        let mut next_endpoint = 0;
+        let mut identity = match state.load().map_err(AgentError::State)? {
+            Some(id) => id,
+            None => {
+                let token = match (&config.join_token, &config.join_token_file) {
+                    (Some(t), _) => t.trim().to_owned(),
+                    (None, Some(p)) => std::fs::read_to_string(p).map_err(AgentError::State)?.trim().to_owned(),
+                    (None, None) => {
+                        return Err(AgentError::Config(
+                            "this node is not enrolled yet: pass --join-token or --join-token-file".into(),
+                        ));
+                    }
+                };
+                loop {
+                    let ep = &endpoints[next_endpoint % endpoints.len()];
+                    match enroll(ep, &token, &config).await {
+                        Ok(id) => break id,
+                        Err(s) if matches!(s.code(), Code::Unauthenticated | Code::InvalidArgument | Code::PermissionDenied) => {
+                            return Err(AgentError::EnrollRefused(s.message().to_owned()));
+                        }
+                        Err(s) => {
+                            next_endpoint += 1;
+                            let d = backoff.next_delay();
+                            tracing::warn!(code = ?s.code(), error = s.message(), retry_in = ?d, "enrolment failed");
+                            tokio::select! {
+                                _ = shutdown.cancelled() => return Err(AgentError::Config("stopped before enrolment".into())),
+                                _ = tokio::time::sleep(d) => {}
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        backoff.reset();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        identity.generation = (identity.generation + 1).max(now);
+        state.save(&identity).map_err(AgentError::State)?;
+        tracing::info!(node_id = identity.node_id, generation = identity.generation, "agent identity ready");
+        Ok(Agent { config, shutdown, identity, endpoints, next_endpoint, backoff })
+    }
+
+    pub async fn run(mut self) -> Result<(), AgentError> {
+        let mut sent_capabilities = false;
+        let mut applied_version = 0u64;
+        loop {
+            if self.shutdown.is_cancelled() {
+                return Ok(());
+            }
+            let ep = self.endpoints[self.next_endpoint % self.endpoints.len()].clone();
+            let started = Instant::now();
+            let span = tracing::info_span!("session", node_id = %self.identity.node_id, endpoint = %ep.uri());
+            let result = self.session(&ep, &mut sent_capabilities, &mut applied_version).instrument(span).await;
+            match result {
+                Ok(End::Shutdown) => return Ok(()),
+                Ok(End::Retry(why)) => {
+                    if started.elapsed() >= STABLE_SESSION {
+                        self.backoff.reset();
+                    } else {
+                        self.next_endpoint += 1;
+                    }
+                    let d = self.backoff.next_delay();
+                    tracing::warn!(reason = why, retry_in = ?d, "session ended; reconnecting");
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(d) => {}
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn session(
+        &mut self,
+        ep: &Endpoint,
+        sent_capabilities: &mut bool,
+        applied_version: &mut u64,
+    ) -> Result<End, AgentError> {
+        let channel = match ep.connect().await {
+            Ok(c) => c,
+            Err(e) => return Ok(End::Retry(format!("connect: {e}"))),
+        };
+        let mut client = client(channel, &self.identity.credential);
+
+        // Heartbeat stream: Hello first.
+        let (hb_tx, hb_rx) = mpsc::channel(8);
+        let hello = agent_pb::Hello {
+            node_id: self.identity.node_id.clone(),
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            capabilities: (!*sent_capabilities)
+                .then(|| host::capabilities(&self.config.state_dir, self.config.hostname.as_deref())),
+            session_generation: self.identity.generation,
+            desired_state_version: *applied_version,
+        };
+        let _ = hb_tx.try_send(agent_pb::HeartbeatRequest { msg: Some(heartbeat_request::Msg::Hello(hello)) });
+        let mut inbound = match client.heartbeat(ReceiverStream::new(hb_rx)).await {
+            Ok(r) => r.into_inner(),
+            Err(s) => return classify(&s).map_or_else(|| Ok(End::Retry(format!("heartbeat: {s}"))), Err),
+        };
+        *sent_capabilities = true;
+
+        // Jobs stream: report what we hold (nothing yet: no drivers run work in this version).
+        let (jobs_tx, jobs_rx) = mpsc::channel(8);
+        let _ = jobs_tx.try_send(agent_pb::JobsRequest {
+            msg: Some(agent_pb::jobs_request::Msg::Report(agent_pb::AllocationReport { allocations: vec![] })),
+        });
+        let mut jobs_in = match client.jobs(ReceiverStream::new(jobs_rx)).await {
+            Ok(r) => Some(r.into_inner()),
+            Err(s) => {
+                if let Some(fatal) = classify(&s) {
+                    return Err(fatal);
+                }
+                tracing::warn!(error = %s, "jobs stream refused; heartbeats continue");
+                None
+            }
+        };
+        tracing::info!("connected");
+
+        let mut interval = Duration::from_secs(5);
+        let mut jitter = Duration::ZERO;
+        let mut sampler = Sampler::new();
+        let mut seq = 0u64;
+        let jitter_src = Backoff::new(Duration::ZERO, Duration::ZERO);
+        let mut next_beat = tokio::time::Instant::now() + interval;
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => {
+                    let bye = agent_pb::HeartbeatRequest {
+                        msg: Some(heartbeat_request::Msg::Goodbye(agent_pb::Goodbye { reason: "agent stopping".into() })),
+                    };
+                    if hb_tx.send(bye).await.is_ok() {
+                        drop(hb_tx);
+                        // Wait for the control plane to record it and end the stream.
+                        let _ = tokio::time::timeout(GOODBYE_WAIT, async {
+                            while let Ok(Some(_)) = inbound.message().await {}
+                        })
+                        .await;
+                    }
+                    tracing::info!("signed off");
+                    return Ok(End::Shutdown);
+                }
+                msg = inbound.message() => match msg {
+                    Ok(Some(agent_pb::HeartbeatResponse { msg: Some(m) })) => match m {
+                        heartbeat_response::Msg::Config(c) => {
+                            interval = c.interval.map(to_duration).unwrap_or(interval).max(Duration::from_millis(50));
+                            jitter = c.jitter.map(to_duration).unwrap_or(Duration::ZERO);
+                            next_beat = tokio::time::Instant::now();
+                            tracing::debug!(?interval, ?jitter, "heartbeat configuration");
+                        }
+                        heartbeat_response::Msg::DesiredState(d) => {
+                            let ack = self.desired_state(&d);
+                            if ack.accepted {
+                                *applied_version = d.version;
+                            }
+                            let _ = hb_tx.send(agent_pb::HeartbeatRequest { msg: Some(heartbeat_request::Msg::Ack(ack)) }).await;
+                        }
+                    },
+                    Ok(Some(_)) => {}
+                    Ok(None) => return Ok(End::Retry("control plane closed the heartbeat stream".into())),
+                    Err(s) => return classify(&s).map_or_else(|| Ok(End::Retry(format!("heartbeat: {s}"))), Err),
+                },
+                msg = next_job(&mut jobs_in) => match msg {
+                    Some(Ok(agent_pb::JobsResponse { msg: Some(jobs_response::Msg::Cancel(c)) })) => {
+                        tracing::info!(job_id = c.job_id, attempt = c.attempt, reason = c.reason, "cancel for an allocation this agent does not run");
+                    }
+                    Some(Ok(agent_pb::JobsResponse { msg: Some(jobs_response::Msg::Assign(a)) })) => {
+                        tracing::warn!(job_id = a.job_id, attempt = a.attempt, "assignment refused: this agent version runs no jobs");
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(s)) => {
+                        if let Some(fatal) = classify(&s) {
+                            return Err(fatal);
+                        }
+                        jobs_in = None;
+                        tracing::warn!(error = %s, "jobs stream ended");
+                    }
+                    None => jobs_in = None,
+                },
+                _ = tokio::time::sleep_until(next_beat) => {
+                    seq += 1;
+                    let (cpu, mem, disk) = sampler.sample(&self.config.state_dir);
+                    let beat = agent_pb::Beat {
+                        seq,
+                        cpu_percent: cpu,
+                        memory_used_mb: mem,
+                        disk_used_mb: disk,
+                        running_allocations: 0,
+                    };
+                    if hb_tx.send(agent_pb::HeartbeatRequest { msg: Some(heartbeat_request::Msg::Beat(beat)) }).await.is_err() {
+                        return Ok(End::Retry("heartbeat stream closed".into()));
+                    }
+                    next_beat = tokio::time::Instant::now() + interval + jitter.mul_f64(jitter_src.unit());
+                }
+            }
+        }
+    }
+
+    /// This version applies `active` only; other states arrive with the
+    /// operations work and are NACKed, so the control plane does not resend.
+    fn desired_state(&self, d: &agent_pb::DesiredState) -> agent_pb::DesiredStateAck {
+        let accepted = d.state == pb::DesiredNodeState::Active as i32;
+        agent_pb::DesiredStateAck {
+            version: d.version,
+            accepted,
+            reason: if accepted { String::new() } else { "this agent version supports only the active state".into() },
+        }
+    }
+}
+
+async fn next_job(
+    s: &mut Option<tonic::Streaming<agent_pb::JobsResponse>>,
+) -> Option<Result<agent_pb::JobsResponse, Status>> {
+    match s {
+        Some(s) => s.message().await.transpose(),
+        None => std::future::pending().await,
+    }
+}
+
+fn to_duration(d: prost_types::Duration) -> Duration {
+    Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32)
+}
+
+type AuthedClient = AgentServiceClient<
+    tonic::service::interceptor::InterceptedService<Channel, Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, Status> + Send>>,
+>;
+
+fn client(channel: Channel, credential: &str) -> AuthedClient {
+    let value: MetadataValue<_> = format!("Bearer {credential}").parse().expect("credential is ASCII");
+    let f: Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, Status> + Send> = Box::new(move |mut req| {
+        req.metadata_mut().insert("authorization", value.clone());
+        Ok(req)
+    });
+    AgentServiceClient::with_interceptor(channel, f)
+}
+
+async fn enroll(ep: &Endpoint, token: &str, config: &Config) -> Result<Identity, Status> {
+    let channel = ep.connect().await.map_err(|e| Status::unavailable(format!("connect: {e}")))?;
+    let mut client = AgentServiceClient::new(channel);
+    let resp = client
+        .enroll(agent_pb::EnrollRequest {
+            join_token: token.to_owned(),
+            capabilities: Some(host::capabilities(&config.state_dir, config.hostname.as_deref())),
+            labels: config.labels.iter().cloned().collect(),
+            public_key: Vec::new(),
+        })
+        .await?
+        .into_inner();
+    tracing::info!(node_id = resp.node_id, "enrolled");
+    Ok(Identity { node_id: resp.node_id, project_id: resp.project_id, credential: resp.node_credential, generation: 0 })
+}
