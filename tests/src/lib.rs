@@ -1,1 +1,12 @@
+//! End-to-end tests: they spawn the real `tether-control-plane` and
+//! `tether-agent` binaries on 127.0.0.1 and talk to them over real TCP, with
+//! tonic clients and with grpcurl. Every scenario runs on SQLite and on
+//! PostgreSQL (`TETHER_TEST_POSTGRES_URL`, which `./scripts/test` provides).
+//!
+//! One crate, one test binary: the scenarios are modules of this library's
+//! unit tests, which links once.
 
+#[cfg(test)]
+mod harness;
+#[cfg(test)]
+mod registry;

