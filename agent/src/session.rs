@@ -13,10 +13,10 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 use tracing::Instrument;
 
+use crate::Config;
 use crate::backoff::Backoff;
 use crate::host::{self, Sampler};
 use crate::state::{Identity, StateDir};
-use crate::Config;
 
 /// A session that lasted this long resets the backoff.
 const STABLE_SESSION: Duration = Duration::from_secs(10);
@@ -109,7 +109,12 @@ impl Agent {
                     let ep = &endpoints[next_endpoint % endpoints.len()];
                     match enroll(ep, &token, &config).await {
                         Ok(id) => break id,
-                        Err(s) if matches!(s.code(), Code::Unauthenticated | Code::InvalidArgument | Code::PermissionDenied) => {
+                        Err(s)
+                            if matches!(
+                                s.code(),
+                                Code::Unauthenticated | Code::InvalidArgument | Code::PermissionDenied
+                            ) =>
+                        {
                             return Err(AgentError::EnrollRefused(s.message().to_owned()));
                         }
                         Err(s) => {
@@ -126,7 +131,8 @@ impl Agent {
             }
         };
         backoff.reset();
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
         identity.generation = (identity.generation + 1).max(now);
         state.save(&identity).map_err(AgentError::State)?;
         tracing::info!(node_id = identity.node_id, generation = identity.generation, "agent identity ready");
@@ -315,17 +321,22 @@ fn to_duration(d: prost_types::Duration) -> Duration {
     Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32)
 }
 
-type AuthedClient = AgentServiceClient<
-    tonic::service::interceptor::InterceptedService<Channel, Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, Status> + Send>>,
->;
+/// Adds the node credential to every call.
+#[derive(Clone)]
+struct Bearer(MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
+type AuthedClient = AgentServiceClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
 
 fn client(channel: Channel, credential: &str) -> AuthedClient {
-    let value: MetadataValue<_> = format!("Bearer {credential}").parse().expect("credential is ASCII");
-    let f: Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, Status> + Send> = Box::new(move |mut req| {
-        req.metadata_mut().insert("authorization", value.clone());
-        Ok(req)
-    });
-    AgentServiceClient::with_interceptor(channel, f)
+    let value = format!("Bearer {credential}").parse().expect("credential is ASCII");
+    AgentServiceClient::with_interceptor(channel, Bearer(value))
 }
 
 async fn enroll(ep: &Endpoint, token: &str, config: &Config) -> Result<Identity, Status> {

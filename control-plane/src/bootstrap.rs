@@ -35,9 +35,7 @@ pub async fn run(store: &Store, data_dir: &Path) -> anyhow::Result<Boot> {
     };
     let root_key = RootKey::from_bytes(&key);
     let now = now_ms();
-    let b = store
-        .bootstrap(OrgId::from_random(random_bytes()), ProjectId::from_random(random_bytes()), now)
-        .await?;
+    let b = store.bootstrap(OrgId::from_random(random_bytes()), ProjectId::from_random(random_bytes()), now).await?;
     let mut boot = Boot {
         root_key,
         org_id: b.org_id,

@@ -178,7 +178,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "d" => n * 86400.0,
         u => return Err(format!("invalid duration unit {u:?} in {s:?}: use ms, s, m, h or d")),
     };
-    if !secs.is_finite() || secs < 0.0 || secs > 10.0 * 365.0 * 86400.0 {
+    if !secs.is_finite() || !(0.0..=10.0 * 365.0 * 86400.0).contains(&secs) {
         return Err(format!("duration {s:?} is out of range"));
     }
     Ok(Duration::from_secs_f64(secs))
@@ -204,8 +204,11 @@ mod tests {
     fn file_fills_only_what_flags_left_at_default() {
         let dir = tempfile_dir();
         let path = dir.join("tether.toml");
-        std::fs::write(&path, "heartbeat_interval = \"2s\"\nheartbeat_grace = \"9s\"\ngrpc_addr = \"127.0.0.1:6000\"\n")
-            .unwrap();
+        std::fs::write(
+            &path,
+            "heartbeat_interval = \"2s\"\nheartbeat_grace = \"9s\"\ngrpc_addr = \"127.0.0.1:6000\"\n",
+        )
+        .unwrap();
         let m = Config::command().get_matches_from(["x", "--heartbeat-grace", "20s"]);
         let mut cfg = Config::from_arg_matches(&m).unwrap();
         cfg.merge_file(&path, &m).unwrap();

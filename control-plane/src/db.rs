@@ -38,11 +38,8 @@ async fn sqlite(opts: SqliteConnectOptions) -> anyhow::Result<Store> {
         .synchronous(SqliteSynchronous::Normal)
         .busy_timeout(Duration::from_secs(5))
         .foreign_keys(true);
-    let write = SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect_with(opts.clone())
-        .await
-        .context("opening SQLite")?;
+    let write =
+        SqlitePoolOptions::new().max_connections(1).connect_with(opts.clone()).await.context("opening SQLite")?;
     let read = SqlitePoolOptions::new().max_connections(4).connect_with(opts).await.context("opening SQLite")?;
     Ok(Store::sqlite(write, read))
 }

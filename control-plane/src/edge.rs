@@ -25,7 +25,10 @@ static KNOWN_METHODS: LazyLock<HashSet<String>> = LazyLock::new(|| {
             }
         }
     }
-    for m in ["/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"] {
+    for m in [
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+    ] {
         set.insert(m.to_owned());
     }
     set

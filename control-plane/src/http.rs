@@ -66,8 +66,5 @@ async fn readyz(State(s): State<HttpState>) -> (StatusCode, &'static str) {
 }
 
 async fn metrics_text(State(s): State<HttpState>) -> ([(axum::http::HeaderName, &'static str); 1], String) {
-    (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.prometheus.render(),
-    )
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.prometheus.render())
 }

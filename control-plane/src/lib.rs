@@ -68,10 +68,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let registry = Arc::new(registry::Registry::new(
         store.clone(),
         notify.clone(),
-        registry::Liveness {
-            grace: config.heartbeat_grace,
-            down_after: config.down_after,
-        },
+        registry::Liveness { grace: config.heartbeat_grace, down_after: config.down_after },
         replica.clone(),
         shutdown.child_token(),
     ));
@@ -95,13 +92,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     tasks.spawn(registry::lease_loop(registry.clone(), shutdown.clone(), config.lease_flush_interval));
 
     // gRPC.
-    let grpc_listener = TcpListener::bind(config.grpc_addr)
-        .await
-        .with_context(|| format!("binding gRPC on {}", config.grpc_addr))?;
+    let grpc_listener =
+        TcpListener::bind(config.grpc_addr).await.with_context(|| format!("binding gRPC on {}", config.grpc_addr))?;
     let grpc_addr = grpc_listener.local_addr()?;
-    let http_listener = TcpListener::bind(config.http_addr)
-        .await
-        .with_context(|| format!("binding HTTP on {}", config.http_addr))?;
+    let http_listener =
+        TcpListener::bind(config.http_addr).await.with_context(|| format!("binding HTTP on {}", config.http_addr))?;
     let http_addr = http_listener.local_addr()?;
     write_addr(&config, "grpc.addr", grpc_addr)?;
     write_addr(&config, "http.addr", http_addr)?;
@@ -142,9 +137,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .add_service(agent)
         .add_service(nodes)
         .add_service(tenancy)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
-            grpc_shutdown.cancelled().await
-        });
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(grpc_listener),
+            async move { grpc_shutdown.cancelled().await },
+        );
     let http = http::serve(http_listener, app.clone(), prometheus, shutdown.clone());
 
     tracing::info!(%grpc_addr, %http_addr, replica, "tether control plane is serving");

@@ -119,7 +119,14 @@ impl Registry {
             };
             map.insert(
                 n.id,
-                Entry { status: n.status, last_seen, last_seen_ms: n.last_seen_at, lease_dirty: false, usage: None, session: None },
+                Entry {
+                    status: n.status,
+                    last_seen,
+                    last_seen_ms: n.last_seen_at,
+                    lease_dirty: false,
+                    usage: None,
+                    session: None,
+                },
             );
         }
         tracing::info!(nodes = map.len(), "registry loaded");
@@ -154,7 +161,9 @@ impl Registry {
         let fenced = |current: u64| {
             Error::new(
                 ErrorCode::Aborted,
-                format!("session generation {generation} is older than {current}: a newer agent process holds this node"),
+                format!(
+                    "session generation {generation} is older than {current}: a newer agent process holds this node"
+                ),
             )
         };
         if let Some(cur) = self.lock().get(node).and_then(|e| e.session.as_ref())
@@ -163,8 +172,7 @@ impl Registry {
             return Err(fenced(cur.generation));
         }
         let now = now_ms();
-        let (record, events) =
-            self.store.node_session_open(node, generation, capabilities, &self.replica, now).await?;
+        let (record, events) = self.store.node_session_open(node, generation, capabilities, &self.replica, now).await?;
         if &record.project_id != project {
             return Err(Error::permission_denied("node credential does not match the node's project"));
         }
@@ -294,7 +302,9 @@ impl Registry {
                     }
                 }
             }
-            Err(e) => tracing::warn!(error = %e, changes = changes.len(), "recording status changes failed; will retry"),
+            Err(e) => {
+                tracing::warn!(error = %e, changes = changes.len(), "recording status changes failed; will retry")
+            }
         }
     }
 

@@ -6,11 +6,7 @@
 
 use std::path::PathBuf;
 
-const FILES: &[&str] = &[
-    "tether/v1/node.proto",
-    "tether/v1/tenancy.proto",
-    "tether/agent/v1/agent.proto",
-];
+const FILES: &[&str] = &["tether/v1/node.proto", "tether/v1/tenancy.proto", "tether/agent/v1/agent.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
@@ -22,9 +18,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     compiler.open_files(FILES)?;
     std::fs::write(out.join("tether_descriptor.bin"), compiler.encode_file_descriptor_set())?;
 
-    tonic_prost_build::configure()
-        .build_client(true)
-        .build_server(true)
-        .compile_fds(compiler.file_descriptor_set())?;
+    tonic_prost_build::configure().build_client(true).build_server(true).compile_fds(compiler.file_descriptor_set())?;
     Ok(())
 }

@@ -7,9 +7,9 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use tether_proto::agent_pb::agent_service_client::AgentServiceClient;
+use tether_proto::pb;
 use tether_proto::pb::node_service_client::NodeServiceClient;
 use tether_proto::pb::tenancy_service_client::TenancyServiceClient;
-use tether_proto::pb;
 use tokio::process::{Child, Command};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -53,7 +53,8 @@ fn bin_dir() -> &'static Path {
     DIR.get_or_init(|| {
         let exe = std::env::current_exe().expect("current exe");
         // target/<profile>/deps/tether_tests-HASH -> target/<profile>
-        let dir = exe.parent().and_then(Path::parent).expect("test binary lives in target/<profile>/deps").to_path_buf();
+        let dir =
+            exe.parent().and_then(Path::parent).expect("test binary lives in target/<profile>/deps").to_path_buf();
         for bin in ["tether-control-plane", "tether-agent"] {
             assert!(
                 dir.join(bin).exists(),
@@ -87,19 +88,17 @@ pub fn grpcurl() -> PathBuf {
 async fn fresh_postgres_db() -> String {
     let base = std::env::var("TETHER_TEST_POSTGRES_URL")
         .expect("TETHER_TEST_POSTGRES_URL must point at a PostgreSQL server; ./scripts/test starts one");
-    let admin = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&base).await.expect("connect to test PostgreSQL");
+    let admin = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&base)
+        .await
+        .expect("connect to test PostgreSQL");
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
     let name = format!("tether_e2e_{}_{}", std::process::id(), nanos % 1_000_000_000_000);
     sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.expect("create database");
     admin.close().await;
     let opts = sqlx::postgres::PgConnectOptions::from_str(&base).unwrap();
-    format!(
-        "postgres://{}@{}:{}/{}",
-        opts.get_username(),
-        opts.get_host(),
-        opts.get_port(),
-        name
-    )
+    format!("postgres://{}@{}:{}/{}", opts.get_username(), opts.get_host(), opts.get_port(), name)
 }
 
 /// Polls `f` every 50ms until it returns Some, or panics after `timeout`.
@@ -284,7 +283,9 @@ impl ControlPlane {
 
     pub fn log(&self) -> String {
         (1..=self.starts)
-            .map(|i| std::fs::read_to_string(self.dir.path().join(format!("control-plane-{i}.log"))).unwrap_or_default())
+            .map(|i| {
+                std::fs::read_to_string(self.dir.path().join(format!("control-plane-{i}.log"))).unwrap_or_default()
+            })
             .collect::<Vec<_>>()
             .join("\n--- restart ---\n")
     }
@@ -395,9 +396,7 @@ pub fn signal(pid: i32, sig: i32) {
 pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect HTTP");
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await.unwrap();
     let text = String::from_utf8_lossy(&buf).into_owned();

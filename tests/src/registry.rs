@@ -79,14 +79,23 @@ async fn three_agents_enrol_and_show_ready(backend: Backend) {
     assert_eq!(one.node.unwrap().node_id, nodes[0].node_id);
 
     // The same through grpcurl: reflection lists the services, ListNodes answers.
-    let out = tokio::process::Command::new(grpcurl()).args(["-plaintext", &cp.grpc_addr, "list"]).output().await.unwrap();
+    let out =
+        tokio::process::Command::new(grpcurl()).args(["-plaintext", &cp.grpc_addr, "list"]).output().await.unwrap();
     assert!(out.status.success(), "grpcurl list: {}", String::from_utf8_lossy(&out.stderr));
     let listed = String::from_utf8(out.stdout).unwrap();
-    for svc in ["tether.v1.NodeService", "tether.v1.TenancyService", "tether.agent.v1.AgentService", "grpc.health.v1.Health"] {
+    for svc in
+        ["tether.v1.NodeService", "tether.v1.TenancyService", "tether.agent.v1.AgentService", "grpc.health.v1.Health"]
+    {
         assert!(listed.lines().any(|l| l == svc), "{svc} missing from grpcurl list:\n{listed}");
     }
     let out = tokio::process::Command::new(grpcurl())
-        .args(["-plaintext", "-H", &format!("authorization: Bearer {}", cp.admin_token), &cp.grpc_addr, "tether.v1.NodeService/ListNodes"])
+        .args([
+            "-plaintext",
+            "-H",
+            &format!("authorization: Bearer {}", cp.admin_token),
+            &cp.grpc_addr,
+            "tether.v1.NodeService/ListNodes",
+        ])
         .output()
         .await
         .unwrap();
@@ -109,8 +118,13 @@ async fn three_agents_enrol_and_show_ready(backend: Backend) {
     assert_eq!(code, 200);
     assert!(metrics.lines().any(|l| l == "tether_agents_connected 3"), "{metrics}");
     assert!(metrics.contains("tether_heartbeats_total"));
-    assert!(metrics.contains(r#"tether_grpc_requests_total{method="/tether.v1.NodeService/ListNodes",code="0"}"#), "{metrics}");
-    assert!(metrics.contains("tether_grpc_request_duration_seconds_bucket{method=\"/tether.v1.NodeService/ListNodes\""));
+    assert!(
+        metrics.contains(r#"tether_grpc_requests_total{method="/tether.v1.NodeService/ListNodes",code="0"}"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tether_grpc_request_duration_seconds_bucket{method=\"/tether.v1.NodeService/ListNodes\"")
+    );
     drop(agents);
 }
 
@@ -201,7 +215,9 @@ async fn second_agent_process_supersedes_the_first(backend: Backend) {
     assert!(first.log().contains("newer agent process"), "{}", first.log());
     let n2 = eventually(Duration::from_secs(10), "newer generation holds the node", || async {
         let nodes = cp.list_nodes().await;
-        (nodes.len() == 1 && nodes[0].session_generation > n1.session_generation && nodes[0].status == NodeStatus::Ready as i32)
+        (nodes.len() == 1
+            && nodes[0].session_generation > n1.session_generation
+            && nodes[0].status == NodeStatus::Ready as i32)
             .then(|| nodes[0].clone())
     })
     .await;
@@ -219,7 +235,8 @@ async fn bad_input_is_refused_and_changes_nothing(backend: Backend) {
     cp.wait_nodes(1, NodeStatus::Ready, Duration::from_secs(20)).await;
     let mut admin = cp.tenancy_as(Some(&cp.admin_token)).await;
     let caps = || Some(pb::NodeCapabilities { hostname: "bad".into(), ..Default::default() });
-    let enroll = |token: &str| agent_pb::EnrollRequest { join_token: token.into(), capabilities: caps(), ..Default::default() };
+    let enroll =
+        |token: &str| agent_pb::EnrollRequest { join_token: token.into(), capabilities: caps(), ..Default::default() };
     let mut anon = cp.agent_api(None).await;
 
     // Unknown, garbage and expired join tokens.
@@ -255,9 +272,7 @@ async fn bad_input_is_refused_and_changes_nothing(backend: Backend) {
     // A revoked token.
     let revoked = admin.create_join_token(pb::CreateJoinTokenRequest::default()).await.unwrap().into_inner();
     admin
-        .revoke_join_token(pb::RevokeJoinTokenRequest {
-            join_token_id: revoked.join_token.unwrap().join_token_id,
-        })
+        .revoke_join_token(pb::RevokeJoinTokenRequest { join_token_id: revoked.join_token.unwrap().join_token_id })
         .await
         .unwrap();
     let e = anon.enroll(enroll(&revoked.token)).await.unwrap_err();
@@ -287,7 +302,8 @@ async fn bad_input_is_refused_and_changes_nothing(backend: Backend) {
     let forged = String::from_utf8(forged).unwrap();
     let e = cp.nodes_as(Some(&forged)).await.deregister_node(deregister()).await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
-    let e = cp.nodes_as(Some("tm1_not-a-macaroon")).await.list_nodes(pb::ListNodesRequest::default()).await.unwrap_err();
+    let e =
+        cp.nodes_as(Some("tm1_not-a-macaroon")).await.list_nodes(pb::ListNodesRequest::default()).await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
 
     let viewer = admin
@@ -298,12 +314,8 @@ async fn bad_input_is_refused_and_changes_nothing(backend: Backend) {
         .token;
     let e = cp.nodes_as(Some(&viewer)).await.deregister_node(deregister()).await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
-    let e = cp
-        .tenancy_as(Some(&viewer))
-        .await
-        .create_join_token(pb::CreateJoinTokenRequest::default())
-        .await
-        .unwrap_err();
+    let e =
+        cp.tenancy_as(Some(&viewer)).await.create_join_token(pb::CreateJoinTokenRequest::default()).await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
     let e = cp
         .tenancy_as(Some(&viewer))
@@ -313,7 +325,17 @@ async fn bad_input_is_refused_and_changes_nothing(backend: Backend) {
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
     // The viewer can read, and says who it is.
-    assert_eq!(cp.nodes_as(Some(&viewer)).await.list_nodes(pb::ListNodesRequest::default()).await.unwrap().into_inner().nodes.len(), 2);
+    assert_eq!(
+        cp.nodes_as(Some(&viewer))
+            .await
+            .list_nodes(pb::ListNodesRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .nodes
+            .len(),
+        2
+    );
     let me = cp.tenancy_as(Some(&viewer)).await.who_am_i(pb::WhoAmIRequest {}).await.unwrap().into_inner();
     assert_eq!(me.role, pb::Role::Viewer as i32);
     assert!(me.expires_at.is_some());
@@ -342,7 +364,10 @@ async fn bad_input_is_refused_and_changes_nothing(backend: Backend) {
     // And an operator token cannot open a heartbeat session.
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     tx.send(agent_pb::HeartbeatRequest {
-        msg: Some(agent_pb::heartbeat_request::Msg::Hello(agent_pb::Hello { node_id: victim.clone(), ..Default::default() })),
+        msg: Some(agent_pb::heartbeat_request::Msg::Hello(agent_pb::Hello {
+            node_id: victim.clone(),
+            ..Default::default()
+        })),
     })
     .await
     .unwrap();

@@ -37,9 +37,7 @@ impl AgentApi {
 
 fn closed_status(app: &App, session: &Session) -> Status {
     match session.close_reason() {
-        Some(CloseReason::Superseded) => {
-            Status::aborted("superseded by a newer session of this node")
-        }
+        Some(CloseReason::Superseded) => Status::aborted("superseded by a newer session of this node"),
         Some(CloseReason::Deregistered) => Status::permission_denied("node was deregistered"),
         None if app.shutdown.is_cancelled() => Status::unavailable("control plane is shutting down; reconnect"),
         None => Status::unavailable("session closed"),
@@ -63,8 +61,8 @@ impl agent_pb::agent_service_server::AgentService for AgentApi {
         req: Request<agent_pb::EnrollRequest>,
     ) -> Result<Response<agent_pb::EnrollResponse>, Status> {
         let req = req.into_inner();
-        let (jt_id, secret) = parse_join_token(&req.join_token)
-            .map_err(|_| status(Error::unauthenticated("join token is not valid")))?;
+        let (jt_id, secret) =
+            parse_join_token(&req.join_token).map_err(|_| status(Error::unauthenticated("join token is not valid")))?;
         let capabilities = NodeCapabilities::try_from(
             req.capabilities.ok_or_else(|| status(Error::invalid("capabilities are required")))?,
         )
@@ -200,10 +198,7 @@ impl agent_pb::agent_service_server::AgentService for AgentApi {
 
     type JobsStream = BoxStream<agent_pb::JobsResponse>;
 
-    async fn jobs(
-        &self,
-        req: Request<Streaming<agent_pb::JobsRequest>>,
-    ) -> Result<Response<Self::JobsStream>, Status> {
+    async fn jobs(&self, req: Request<Streaming<agent_pb::JobsRequest>>) -> Result<Response<Self::JobsStream>, Status> {
         let (node, _project) = self.app.auth.agent(&req)?;
         if self.app.store.node_get(&node).await.map_err(store_status)?.is_none() {
             return Err(status(Error::unauthenticated("node is not registered")));

@@ -133,7 +133,10 @@ impl pb::node_service_server::NodeService for NodeApi {
 
     type WatchNodesStream = BoxStream<pb::WatchNodesResponse>;
 
-    async fn watch_nodes(&self, req: Request<pb::WatchNodesRequest>) -> Result<Response<Self::WatchNodesStream>, Status> {
+    async fn watch_nodes(
+        &self,
+        req: Request<pb::WatchNodesRequest>,
+    ) -> Result<Response<Self::WatchNodesStream>, Status> {
         let who = self.app.auth.operator(&req, Role::Viewer)?;
         let req = req.into_inner();
         let project = who.project().clone();

@@ -23,16 +23,15 @@ pub mod google {
     }
 }
 
-/// Operator-facing API (`tether.v1`).
-pub use tether::v1 as pb;
 /// The agent protocol (`tether.agent.v1`).
 pub use tether::agent::v1 as agent_pb;
+/// Operator-facing API (`tether.v1`).
+pub use tether::v1 as pb;
 
 /// The encoded `FileDescriptorSet` of every Tether proto and its imports, with
 /// extension options (`google.api.http`) kept. Feed it to server reflection
 /// and the REST bridge.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/tether_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/tether_descriptor.bin"));
 
 #[cfg(test)]
 mod tests {
@@ -42,11 +41,7 @@ mod tests {
     #[test]
     fn descriptor_set_keeps_http_annotations() {
         let fds = prost_types::FileDescriptorSet::decode(FILE_DESCRIPTOR_SET).unwrap();
-        let node = fds
-            .file
-            .iter()
-            .find(|f| f.name() == "tether/v1/node.proto")
-            .expect("node.proto in descriptor set");
+        let node = fds.file.iter().find(|f| f.name() == "tether/v1/node.proto").expect("node.proto in descriptor set");
         assert_eq!(node.service[0].method[0].name(), "ListNodes");
         // prost-types drops extensions on decode, so look in the raw bytes:
         // the path appears only inside the google.api.http option.

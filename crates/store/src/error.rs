@@ -29,9 +29,7 @@ impl StoreError {
                 // PostgreSQL: serialization_failure, deadlock_detected. SQLite: BUSY, LOCKED.
                 matches!(db.code().as_deref(), Some("40001" | "40P01" | "5" | "6" | "517"))
             }
-            StoreError::Database(
-                sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed,
-            ) => true,
+            StoreError::Database(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed) => true,
             _ => false,
         }
     }

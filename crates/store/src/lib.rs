@@ -41,7 +41,10 @@ const PG_EVENT_ORDER_LOCK: i64 = 0x7465_7468_6572_0001;
 enum Backend {
     /// SQLite allows one writer: all writes go through a one-connection pool,
     /// which also avoids BUSY errors on lock upgrades; reads use their own pool.
-    Sqlite { write: SqlitePool, read: SqlitePool },
+    Sqlite {
+        write: SqlitePool,
+        read: SqlitePool,
+    },
     Postgres(PgPool),
 }
 

@@ -121,7 +121,14 @@ impl Store {
             .bind(&e.public_key)
             .execute(&mut *tx)
             .await?;
-            let seq = append_event!(tx, e.now, Some(node.project_id.as_str()), "node.registered", node.id.as_str(), to_json(&node));
+            let seq = append_event!(
+                tx,
+                e.now,
+                Some(node.project_id.as_str()),
+                "node.registered",
+                node.id.as_str(),
+                to_json(&node)
+            );
             Ok((node, seq))
         })
     }
@@ -311,12 +318,13 @@ impl Store {
     /// Removes a node of `project`; its event carries the last record.
     pub async fn node_deregister(&self, project: &ProjectId, id: &NodeId, now: UnixMillis) -> Result<(Node, i64)> {
         in_tx!(self, |tx| {
-            let row = sqlx::query(&format!("DELETE FROM nodes WHERE id = $1 AND project_id = $2 RETURNING {NODE_COLS}"))
-                .bind(id.as_str())
-                .bind(project.as_str())
-                .fetch_optional(&mut *tx)
-                .await?
-                .ok_or_else(|| Error::not_found(format!("node {id} not found")))?;
+            let row =
+                sqlx::query(&format!("DELETE FROM nodes WHERE id = $1 AND project_id = $2 RETURNING {NODE_COLS}"))
+                    .bind(id.as_str())
+                    .bind(project.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .ok_or_else(|| Error::not_found(format!("node {id} not found")))?;
             let node = node_from_row(&row)?;
             let seq = append_event!(tx, now, Some(project.as_str()), "node.deregistered", id.as_str(), to_json(&node));
             Ok((node, seq))

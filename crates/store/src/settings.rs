@@ -3,10 +3,7 @@ use crate::{Result, Store, in_tx, on_read};
 impl Store {
     pub async fn setting_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         on_read!(self, |pool| {
-            Ok(sqlx::query_scalar("SELECT value FROM settings WHERE key = $1")
-                .bind(key)
-                .fetch_optional(pool)
-                .await?)
+            Ok(sqlx::query_scalar("SELECT value FROM settings WHERE key = $1").bind(key).fetch_optional(pool).await?)
         })
     }
 
@@ -19,10 +16,8 @@ impl Store {
                 .bind(value)
                 .execute(&mut *tx)
                 .await?;
-            let v: Vec<u8> = sqlx::query_scalar("SELECT value FROM settings WHERE key = $1")
-                .bind(key)
-                .fetch_one(&mut *tx)
-                .await?;
+            let v: Vec<u8> =
+                sqlx::query_scalar("SELECT value FROM settings WHERE key = $1").bind(key).fetch_one(&mut *tx).await?;
             Ok(v)
         })
     }

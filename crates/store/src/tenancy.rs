@@ -81,7 +81,11 @@ impl Store {
             .bind(DEFAULT)
             .fetch_one(&mut *tx)
             .await?;
-            Ok(Bootstrap { org_id: OrgId::from_trusted(org), project_id: ProjectId::from_trusted(project), created: false })
+            Ok(Bootstrap {
+                org_id: OrgId::from_trusted(org),
+                project_id: ProjectId::from_trusted(project),
+                created: false,
+            })
         })
     }
 
@@ -134,7 +138,14 @@ impl Store {
             .bind(t.revoked_at)
             .execute(&mut *tx)
             .await?;
-            append_event!(tx, t.created_at, Some(t.project_id.as_str()), "join_token.created", t.id.as_str(), to_json(t));
+            append_event!(
+                tx,
+                t.created_at,
+                Some(t.project_id.as_str()),
+                "join_token.created",
+                t.id.as_str(),
+                to_json(t)
+            );
             Ok(())
         })
     }
@@ -157,15 +168,13 @@ impl Store {
         now: UnixMillis,
     ) -> Result<Vec<JoinToken>> {
         let all: Vec<JoinToken> = on_read!(self, |pool| {
-            sqlx::query(&format!(
-                "SELECT {JOIN_COLS} FROM join_tokens WHERE project_id = $1 ORDER BY created_at, id"
-            ))
-            .bind(project.as_str())
-            .fetch_all(pool)
-            .await?
-            .iter()
-            .map(join_token_from_row)
-            .collect::<Result<_>>()
+            sqlx::query(&format!("SELECT {JOIN_COLS} FROM join_tokens WHERE project_id = $1 ORDER BY created_at, id"))
+                .bind(project.as_str())
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(join_token_from_row)
+                .collect::<Result<_>>()
         })?;
         Ok(all.into_iter().filter(|t| include_inactive || t.unusable_reason(now).is_none()).collect())
     }

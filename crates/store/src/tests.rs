@@ -41,7 +41,8 @@ fn tether_auth_free_random() -> [u8; 8] {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
-    (t ^ (u64::from(std::process::id()) << 32) ^ N.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9e37_79b9)).to_be_bytes()
+    (t ^ (u64::from(std::process::id()) << 32) ^ N.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9e37_79b9))
+        .to_be_bytes()
 }
 
 fn hex(b: &[u8]) -> String {
@@ -115,7 +116,7 @@ fn enroll(p: &ProjectId, jt: &JoinToken, n: u8, now: i64) -> NodeEnroll {
         project_id: p.clone(),
         capabilities: NodeCapabilities { hostname: format!("host-{n}"), cpu_count: 4, ..Default::default() },
         labels: [("zone".to_string(), "a".to_string()), ("n".to_string(), n.to_string())].into(),
-        pool: if n % 2 == 0 { "even".into() } else { "odd".into() },
+        pool: if n.is_multiple_of(2) { "even".into() } else { "odd".into() },
         join_token_id: jt.id.clone(),
         public_key: vec![n; 32],
         now,
@@ -205,7 +206,8 @@ async fn status_changes_append_events_in_order(store: Store) {
     assert_eq!(applied.len(), 2);
     assert!(applied[0].1 < applied[1].1);
     let events = store.events_since(&p, "node.", head, 100).await.unwrap();
-    let kinds: Vec<_> = events.iter().map(|e| (e.subject.clone(), e.payload["status"].as_str().unwrap().to_owned())).collect();
+    let kinds: Vec<_> =
+        events.iter().map(|e| (e.subject.clone(), e.payload["status"].as_str().unwrap().to_owned())).collect();
     assert_eq!(kinds, [(a.id.to_string(), "unreachable".into()), (a.id.to_string(), "down".into())]);
     assert!(events.windows(2).all(|w| w[0].seq < w[1].seq));
     assert_eq!(store.events_head().await.unwrap(), events.last().unwrap().seq);

@@ -67,7 +67,7 @@ impl LabelSelector {
             return Err(bad("longer than 4096 bytes"));
         }
         let mut requirements = Vec::new();
-        for part in split_top_level(input).map_err(|e| bad(e))? {
+        for part in split_top_level(input).map_err(&bad)? {
             let part = part.trim();
             if part.is_empty() {
                 if input.trim().is_empty() {
@@ -90,18 +90,11 @@ impl LabelSelector {
             } else if let Some((k, v)) = part.split_once("==").or_else(|| part.split_once('=')) {
                 Requirement::Eq(key_ok(k)?, val_ok(v)?)
             } else if let Some((k, op, set)) = set_requirement(part) {
-                let set = set
-                    .split(',')
-                    .map(val_ok)
-                    .collect::<Result<Vec<_>, _>>()?;
+                let set = set.split(',').map(val_ok).collect::<Result<Vec<_>, _>>()?;
                 if set.iter().any(|v| v.is_empty()) {
                     return Err(bad("empty value in set"));
                 }
-                if op == "in" {
-                    Requirement::In(key_ok(k)?, set)
-                } else {
-                    Requirement::NotIn(key_ok(k)?, set)
-                }
+                if op == "in" { Requirement::In(key_ok(k)?, set) } else { Requirement::NotIn(key_ok(k)?, set) }
             } else {
                 Requirement::Exists(key_ok(part)?)
             };

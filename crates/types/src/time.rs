@@ -2,10 +2,7 @@
 pub type UnixMillis = i64;
 
 pub fn millis_to_timestamp(ms: UnixMillis) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-    }
+    prost_types::Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
 }
 
 pub fn timestamp_to_millis(ts: &prost_types::Timestamp) -> UnixMillis {
