@@ -180,9 +180,17 @@ async fn restart_keeps_registry_and_agents_reconnect(backend: Backend) {
 
     // A graceful restart, then a hard one.
     for sig in [libc::SIGTERM, libc::SIGKILL] {
+        let mut watch = cp.nodes().await.watch_nodes(pb::WatchNodesRequest::default()).await.unwrap().into_inner();
         let exit = cp.stop(sig).await;
         if sig == libc::SIGTERM {
             assert!(exit.success(), "graceful shutdown exit: {exit:?}\n{}", cp.log());
+            // Open streams are closed with UNAVAILABLE, telling clients to come back.
+            let end = tokio::time::timeout(Duration::from_secs(5), watch.next()).await.expect("watch ends");
+            assert_eq!(end.expect("an error, not a clean end").unwrap_err().code(), Code::Unavailable);
+            for a in &agents {
+                let log = a.log();
+                assert!(log.contains("control plane is shutting down"), "agent {} saw: {log}", a.name);
+            }
         }
         cp.restart().await;
         let after = cp.wait_nodes(2, NodeStatus::Ready, Duration::from_secs(20)).await;
