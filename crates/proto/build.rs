@@ -6,7 +6,14 @@
 
 use std::path::PathBuf;
 
-const FILES: &[&str] = &["tether/v1/node.proto", "tether/v1/tenancy.proto", "tether/agent/v1/agent.proto"];
+const FILES: &[&str] = &[
+    "tether/v1/node.proto",
+    "tether/v1/tenancy.proto",
+    "tether/v1/job.proto",
+    "tether/v1/workload.proto",
+    "tether/v1/placement.proto",
+    "tether/agent/v1/agent.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");

@@ -82,6 +82,13 @@ typed_id!(
     "tok-"
 );
 typed_id!(JoinTokenId, "jt-");
+typed_id!(JobId, "job-");
+typed_id!(WorkloadId, "wl-");
+typed_id!(
+    /// One workload replica on one node.
+    AllocId,
+    "al-"
+);
 
 #[cfg(test)]
 mod tests {

@@ -11,13 +11,18 @@ mod labels;
 mod node;
 mod tenancy;
 mod time;
+mod work;
 
 pub use error::{Error, ErrorCode, Result};
-pub use ids::{JoinTokenId, NodeId, OrgId, ProjectId, TokenId};
+pub use ids::{AllocId, JobId, JoinTokenId, NodeId, OrgId, ProjectId, TokenId, WorkloadId};
 pub use labels::{LabelSelector, Labels, validate_labels};
 pub use node::{DesiredNodeState, Gpu, Node, NodeCapabilities, NodeStatus, NodeUsage};
 pub use tenancy::{JoinToken, Role};
 pub use time::{UnixMillis, millis_to_timestamp, timestamp_to_millis};
+pub use work::{
+    AllocKind, AllocStatus, Allocation, Constraints, ExecSpec, Job, JobSpec, JobStatus, MAX_ATTEMPTS, Resources,
+    RestartPolicy, Workload, WorkloadSpec, alloc_key, validate_job_labels, validate_name, validate_text,
+};
 
 /// Upper bound on the size of any free-text field we store (descriptions, reasons).
 pub const MAX_TEXT_LEN: usize = 1024;

@@ -93,6 +93,23 @@ impl DesiredNodeState {
         })
     }
 
+    pub fn from_pb(v: i32) -> Result<Self, Error> {
+        match pb::DesiredNodeState::try_from(v) {
+            Ok(pb::DesiredNodeState::Active) => Ok(DesiredNodeState::Active),
+            Ok(pb::DesiredNodeState::Paused) => Ok(DesiredNodeState::Paused),
+            Ok(pb::DesiredNodeState::Draining) => Ok(DesiredNodeState::Draining),
+            Ok(pb::DesiredNodeState::Stopped) => Ok(DesiredNodeState::Stopped),
+            Ok(pb::DesiredNodeState::Quarantined) => Ok(DesiredNodeState::Quarantined),
+            Ok(pb::DesiredNodeState::Unspecified) => Err(Error::invalid("state is required")),
+            Err(_) => Err(Error::invalid(format!("unknown desired state {v}"))),
+        }
+    }
+
+    /// May new work be placed on a node in this state?
+    pub fn accepts_work(self) -> bool {
+        self == DesiredNodeState::Active
+    }
+
     pub fn to_pb(self) -> pb::DesiredNodeState {
         match self {
             DesiredNodeState::Active => pb::DesiredNodeState::Active,
@@ -205,6 +222,14 @@ pub struct Node {
     pub last_seen_at: UnixMillis,
     pub session_generation: u64,
     pub join_token_id: Option<JoinTokenId>,
+    #[serde(default)]
+    pub desired_state_reason: String,
+    #[serde(default)]
+    pub acked_desired_state_version: u64,
+    #[serde(default)]
+    pub desired_state_nack: String,
+    #[serde(default)]
+    pub drain_deadline: Option<UnixMillis>,
 }
 
 impl Node {
@@ -229,6 +254,10 @@ impl Node {
                 running_allocations: u.running_allocations,
             }),
             join_token_id: self.join_token_id.as_ref().map(ToString::to_string).unwrap_or_default(),
+            desired_state_reason: self.desired_state_reason.clone(),
+            acked_desired_state_version: self.acked_desired_state_version,
+            desired_state_nack: self.desired_state_nack.clone(),
+            drain_deadline: self.drain_deadline.map(millis_to_timestamp),
         }
     }
 }

@@ -1,0 +1,379 @@
+//! Placement as a pure function: filter, then score.
+//!
+//! Owns the rules for which nodes may take a piece of work and how the
+//! eligible ones are ranked. It does no IO and keeps no state: callers pass a
+//! snapshot of the nodes with what is already allocated on them.
+//!
+//! Properties (property-tested below):
+//! - never over-commit: a placement fits in the node's free resources, and a
+//!   batch placed with [`place_batch`] never exceeds any node's capacity;
+//! - never place on an ineligible node (not ready, not active, wrong project,
+//!   pool, labels or GPU model);
+//! - deterministic: the same input gives the same output (ties break on node id);
+//! - spread spreads: with the balanced, latency or durability objective,
+//!   replicas of one group go to distinct nodes while distinct nodes fit.
+
+use std::cmp::Ordering;
+use std::collections::HashMap;
+
+use tether_types::{Constraints, LabelSelector, Labels, NodeId, ProjectId, Resources};
+
+/// What the scheduler optimises for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Objective {
+    #[default]
+    Balanced,
+    Durability,
+    Latency,
+    Cost,
+}
+
+impl Objective {
+    /// Weights of (spread, binpack, reliability, anti-affinity).
+    fn weights(self) -> (f64, f64, f64, f64) {
+        match self {
+            Objective::Balanced => (0.5, 0.0, 0.2, 0.3),
+            Objective::Durability => (0.2, 0.0, 0.4, 0.4),
+            Objective::Latency => (0.7, 0.0, 0.2, 0.1),
+            Objective::Cost => (0.0, 0.8, 0.1, 0.1),
+        }
+    }
+}
+
+/// A node as the scheduler sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeView {
+    pub id: NodeId,
+    pub project: ProjectId,
+    /// Status is ready.
+    pub ready: bool,
+    /// Desired state is active (not paused, draining, stopped or quarantined).
+    pub active: bool,
+    /// Why it is not ready/active, for the filtered list ("unreachable", "paused").
+    pub state: String,
+    pub pool: String,
+    pub labels: Labels,
+    pub gpu_models: Vec<String>,
+    pub capacity: Resources,
+    pub allocated: Resources,
+    /// 0..=1; 1 is a node that never failed.
+    pub reliability: f64,
+    /// Allocations per group (e.g. workload id) already on the node.
+    pub groups: HashMap<String, u32>,
+}
+
+impl NodeView {
+    pub fn free(&self) -> Resources {
+        self.capacity.saturating_sub(&self.allocated)
+    }
+}
+
+/// What to place.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub project: ProjectId,
+    pub resources: Resources,
+    pub constraints: Constraints,
+    pub selector: LabelSelector,
+    pub objective: Objective,
+    /// Spread replicas of the same group (a workload id) across nodes.
+    pub group: Option<String>,
+}
+
+impl Request {
+    pub fn new(project: ProjectId, resources: Resources, constraints: Constraints, objective: Objective) -> Self {
+        let selector = constraints.selector();
+        Request { project, resources, constraints, selector, objective, group: None }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scored {
+    pub node: NodeId,
+    pub score: f64,
+    pub reasons: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Filtered {
+    pub node: NodeId,
+    pub reason: String,
+}
+
+/// Why `node` cannot take `req` even when empty (static constraints), if so.
+pub fn static_mismatch(node: &NodeView, req: &Request) -> Option<String> {
+    let c = &req.constraints;
+    if !c.pool.is_empty() && node.pool != c.pool {
+        return Some(format!("pool is {:?}, not {:?}", node.pool, c.pool));
+    }
+    if !req.selector.matches(&node.labels) {
+        return Some(format!("labels do not match {:?}", c.label_selector));
+    }
+    if !c.gpu_model.is_empty() && !node.gpu_models.iter().any(|m| m == &c.gpu_model) {
+        return Some(format!("no GPU of model {:?}", c.gpu_model));
+    }
+    if !req.resources.fits_in(&node.capacity) {
+        return Some(format!("capacity {} too small", describe(&node.capacity)));
+    }
+    None
+}
+
+fn describe(r: &Resources) -> String {
+    format!("cpu={}m mem={}MB gpus={}", r.cpu_millis, r.memory_mb, r.gpus)
+}
+
+fn filter(node: &NodeView, req: &Request) -> Option<String> {
+    if !node.ready {
+        return Some(format!("node is {}", node.state));
+    }
+    if !node.active {
+        return Some(format!("node is {}", node.state));
+    }
+    if let Some(why) = static_mismatch(node, req) {
+        return Some(why);
+    }
+    let free = node.free();
+    if !req.resources.fits_in(&free) {
+        return Some(format!("free {} too small", describe(&free)));
+    }
+    None
+}
+
+fn ratio(used: u64, cap: u64) -> f64 {
+    if cap == 0 { 0.0 } else { (used as f64 / cap as f64).min(1.0) }
+}
+
+fn score(node: &NodeView, req: &Request) -> Scored {
+    let after = node.allocated.add(&req.resources);
+    let cpu = ratio(after.cpu_millis, node.capacity.cpu_millis);
+    let mem = ratio(after.memory_mb, node.capacity.memory_mb);
+    let binpack = (cpu + mem) / 2.0;
+    let spread = 1.0 - binpack;
+    let same = req.group.as_ref().and_then(|g| node.groups.get(g)).copied().unwrap_or(0);
+    let anti = 1.0 / (1.0 + f64::from(same));
+    let reliability = node.reliability.clamp(0.0, 1.0);
+    let (ws, wb, wr, wa) = req.objective.weights();
+    let score = ws * spread + wb * binpack + wr * reliability + wa * anti;
+    Scored {
+        node: node.id.clone(),
+        score,
+        reasons: vec![
+            format!("spread={spread:.3}"),
+            format!("binpack={binpack:.3}"),
+            format!("reliability={reliability:.3}"),
+            format!("anti_affinity={anti:.3}"),
+        ],
+    }
+}
+
+fn by_score(a: &Scored, b: &Scored) -> Ordering {
+    b.score.partial_cmp(&a.score).unwrap_or(Ordering::Equal).then_with(|| a.node.cmp(&b.node))
+}
+
+/// Ranks the eligible nodes of the request's project, best first, and says
+/// why each other node of that project was filtered out. Nodes of other
+/// projects are neither ranked nor mentioned.
+pub fn rank(nodes: &[NodeView], req: &Request) -> (Vec<Scored>, Vec<Filtered>) {
+    let mut ok = Vec::new();
+    let mut filtered = Vec::new();
+    for n in nodes.iter().filter(|n| n.project == req.project) {
+        match filter(n, req) {
+            Some(reason) => filtered.push(Filtered { node: n.id.clone(), reason }),
+            None => ok.push(score(n, req)),
+        }
+    }
+    ok.sort_by(by_score);
+    filtered.sort_by(|a, b| a.node.cmp(&b.node));
+    (ok, filtered)
+}
+
+/// The best node for one request, if any.
+pub fn best(nodes: &[NodeView], req: &Request) -> Option<usize> {
+    let mut best: Option<(usize, Scored)> = None;
+    for (i, n) in nodes.iter().enumerate() {
+        if n.project != req.project || filter(n, req).is_some() {
+            continue;
+        }
+        let s = score(n, req);
+        if best.as_ref().is_none_or(|(_, b)| by_score(&s, b) == Ordering::Less) {
+            best = Some((i, s));
+        }
+    }
+    best.map(|(i, _)| i)
+}
+
+/// Places requests in order, charging each placement to its node before the
+/// next one is placed. Returns the node index per request (None: no room).
+pub fn place_batch(nodes: &mut [NodeView], reqs: &[Request]) -> Vec<Option<usize>> {
+    reqs.iter()
+        .map(|req| {
+            let i = best(nodes, req)?;
+            let n = &mut nodes[i];
+            n.allocated = n.allocated.add(&req.resources);
+            if let Some(g) = &req.group {
+                *n.groups.entry(g.clone()).or_default() += 1;
+            }
+            Some(i)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn project() -> ProjectId {
+        ProjectId::from_random([1; 10])
+    }
+
+    fn node(i: u8, cpu: u64, mem: u64) -> NodeView {
+        NodeView {
+            id: NodeId::from_random([i; 10]),
+            project: project(),
+            ready: true,
+            active: true,
+            state: "ready".into(),
+            pool: String::new(),
+            labels: Labels::new(),
+            gpu_models: vec![],
+            capacity: Resources { cpu_millis: cpu, memory_mb: mem, gpus: 0 },
+            allocated: Resources::default(),
+            reliability: 1.0,
+            groups: HashMap::new(),
+        }
+    }
+
+    fn req(cpu: u64, mem: u64, objective: Objective) -> Request {
+        Request::new(project(), Resources { cpu_millis: cpu, memory_mb: mem, gpus: 0 }, Constraints::default(), objective)
+    }
+
+    #[test]
+    fn filters_explain_themselves() {
+        let mut nodes = vec![node(1, 1000, 1000), node(2, 1000, 1000), node(3, 1000, 1000), node(4, 100, 100)];
+        nodes[0].ready = false;
+        nodes[0].state = "unreachable".into();
+        nodes[1].active = false;
+        nodes[1].state = "paused".into();
+        let mut other = node(5, 9000, 9000);
+        other.project = ProjectId::from_random([9; 10]);
+        nodes.push(other);
+        let (ok, filtered) = rank(&nodes, &req(500, 500, Objective::Balanced));
+        assert_eq!(ok.len(), 1);
+        assert_eq!(ok[0].node, nodes[2].id);
+        let reasons: Vec<_> = filtered.iter().map(|f| f.reason.as_str()).collect();
+        assert_eq!(filtered.len(), 3, "the other project's node is not mentioned");
+        assert!(reasons.contains(&"node is unreachable"));
+        assert!(reasons.contains(&"node is paused"));
+        assert!(reasons.iter().any(|r| r.starts_with("capacity")));
+    }
+
+    #[test]
+    fn constraints_filter() {
+        let mut a = node(1, 1000, 1000);
+        a.pool = "gpu".into();
+        a.labels.insert("zone".into(), "a".into());
+        a.gpu_models = vec!["A100".into()];
+        a.capacity.gpus = 1;
+        let b = node(2, 1000, 1000);
+        let mut r = req(100, 100, Objective::Cost);
+        r.constraints = Constraints { pool: "gpu".into(), label_selector: "zone=a".into(), gpu_model: "A100".into() };
+        r.selector = r.constraints.selector();
+        r.resources.gpus = 1;
+        let (ok, filtered) = rank(&[a.clone(), b], &r);
+        assert_eq!(ok.iter().map(|s| &s.node).collect::<Vec<_>>(), [&a.id]);
+        assert_eq!(filtered.len(), 1);
+    }
+
+    #[test]
+    fn cost_packs_and_latency_spreads() {
+        let mut nodes = vec![node(1, 4000, 4000), node(2, 4000, 4000)];
+        nodes[0].allocated = Resources { cpu_millis: 2000, memory_mb: 2000, gpus: 0 };
+        assert_eq!(best(&nodes, &req(500, 500, Objective::Cost)), Some(0));
+        assert_eq!(best(&nodes, &req(500, 500, Objective::Latency)), Some(1));
+    }
+
+    fn arb_nodes() -> impl Strategy<Value = Vec<NodeView>> {
+        prop::collection::vec((1u64..8, 1u64..8, any::<bool>(), any::<bool>(), 0u8..3, 0.0f64..1.0), 1..12).prop_map(|v| {
+            v.into_iter()
+                .enumerate()
+                .map(|(i, (cpu, mem, ready, active, zone, rel))| {
+                    let mut n = node(i as u8 + 1, cpu * 500, mem * 512);
+                    n.ready = ready;
+                    n.active = active;
+                    n.state = if ready { "ready".into() } else { "unreachable".into() };
+                    n.labels.insert("zone".into(), format!("z{zone}"));
+                    n.reliability = rel;
+                    n
+                })
+                .collect()
+        })
+    }
+
+    fn arb_reqs() -> impl Strategy<Value = Vec<Request>> {
+        prop::collection::vec((0u64..6, 0u64..6, 0u8..4, 0u8..4), 1..40).prop_map(|v| {
+            v.into_iter()
+                .map(|(cpu, mem, obj, zone)| {
+                    let objective = [Objective::Balanced, Objective::Durability, Objective::Latency, Objective::Cost][obj as usize];
+                    let mut r = req(cpu * 250, mem * 256, objective);
+                    if zone < 3 {
+                        r.constraints.label_selector = format!("zone=z{zone}");
+                        r.selector = r.constraints.selector();
+                    }
+                    r
+                })
+                .collect()
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn never_overcommits_nor_places_on_ineligible(nodes in arb_nodes(), reqs in arb_reqs()) {
+            let mut placed = nodes.clone();
+            let out = place_batch(&mut placed, &reqs);
+            let mut used: Vec<Resources> = vec![Resources::default(); nodes.len()];
+            for (r, i) in reqs.iter().zip(&out) {
+                if let Some(i) = *i {
+                    let n = &nodes[i];
+                    prop_assert!(n.ready && n.active, "placed on ineligible node");
+                    prop_assert!(r.selector.matches(&n.labels), "placed against the selector");
+                    used[i] = used[i].add(&r.resources);
+                    prop_assert!(used[i].fits_in(&n.capacity), "over-committed node {i}");
+                }
+            }
+            for (i, n) in placed.iter().enumerate() {
+                prop_assert_eq!(&n.allocated, &used[i]);
+            }
+        }
+
+        #[test]
+        fn deterministic(nodes in arb_nodes(), reqs in arb_reqs()) {
+            let mut a = nodes.clone();
+            let mut b = nodes.clone();
+            prop_assert_eq!(place_batch(&mut a, &reqs), place_batch(&mut b, &reqs));
+            for r in &reqs {
+                prop_assert_eq!(rank(&nodes, r), rank(&nodes, r));
+            }
+        }
+
+        #[test]
+        fn spread_really_spreads(n_nodes in 2usize..10, replicas in 1usize..10, obj in 0u8..3) {
+            let objective = [Objective::Balanced, Objective::Durability, Objective::Latency][obj as usize];
+            let mut nodes: Vec<_> = (0..n_nodes).map(|i| node(i as u8 + 1, 8000, 8192)).collect();
+            let reqs: Vec<_> = (0..replicas).map(|_| {
+                let mut r = req(100, 64, objective);
+                r.group = Some("wl-1".into());
+                r
+            }).collect();
+            let out = place_batch(&mut nodes, &reqs);
+            let mut per_node = vec![0usize; n_nodes];
+            for i in out.iter().flatten() {
+                per_node[*i] += 1;
+            }
+            let max = *per_node.iter().max().unwrap();
+            let min = *per_node.iter().min().unwrap();
+            // Evenly spread: no node has two more than another.
+            prop_assert!(max - min <= 1, "uneven spread {:?}", per_node);
+        }
+    }
+}

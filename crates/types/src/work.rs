@@ -1,0 +1,510 @@
+//! Work: job and workload specs, their validation, and job/allocation states.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tether_proto::pb;
+
+use crate::{Error, LabelSelector, Labels, MAX_TEXT_LEN, validate_labels};
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    pub cpu_millis: u64,
+    pub memory_mb: u64,
+    pub gpus: u64,
+}
+
+impl Resources {
+    pub fn fits_in(&self, free: &Resources) -> bool {
+        self.cpu_millis <= free.cpu_millis && self.memory_mb <= free.memory_mb && self.gpus <= free.gpus
+    }
+    pub fn saturating_sub(&self, o: &Resources) -> Resources {
+        Resources {
+            cpu_millis: self.cpu_millis.saturating_sub(o.cpu_millis),
+            memory_mb: self.memory_mb.saturating_sub(o.memory_mb),
+            gpus: self.gpus.saturating_sub(o.gpus),
+        }
+    }
+    pub fn add(&self, o: &Resources) -> Resources {
+        Resources {
+            cpu_millis: self.cpu_millis + o.cpu_millis,
+            memory_mb: self.memory_mb + o.memory_mb,
+            gpus: self.gpus + o.gpus,
+        }
+    }
+    pub fn to_pb(self) -> pb::Resources {
+        pb::Resources { cpu_millis: self.cpu_millis as i64, memory_mb: self.memory_mb as i64, gpus: self.gpus as i64 }
+    }
+}
+
+impl TryFrom<Option<pb::Resources>> for Resources {
+    type Error = Error;
+    fn try_from(r: Option<pb::Resources>) -> Result<Self, Error> {
+        let r = r.unwrap_or_default();
+        let check = |name: &str, v: i64, max: i64| -> Result<u64, Error> {
+            if v < 0 {
+                return Err(Error::invalid(format!("resources.{name} must not be negative, got {v}")));
+            }
+            if v > max {
+                return Err(Error::invalid(format!("resources.{name} is at most {max}, got {v}")));
+            }
+            Ok(v as u64)
+        };
+        Ok(Resources {
+            cpu_millis: check("cpu_millis", r.cpu_millis, 1_000_000)?,
+            memory_mb: check("memory_mb", r.memory_mb, 64 * 1024 * 1024)?,
+            gpus: check("gpus", r.gpus, 64)?,
+        })
+    }
+}
+
+/// Where work may run. The selector is kept as text (validated), parsed on use.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Constraints {
+    pub pool: String,
+    pub label_selector: String,
+    pub gpu_model: String,
+}
+
+impl Constraints {
+    pub fn selector(&self) -> LabelSelector {
+        // Validated at the edge; a stored selector always parses.
+        LabelSelector::parse(&self.label_selector).unwrap_or_default()
+    }
+    pub fn to_pb(&self) -> pb::Constraints {
+        pb::Constraints {
+            pool: self.pool.clone(),
+            label_selector: self.label_selector.clone(),
+            gpu_model: self.gpu_model.clone(),
+        }
+    }
+}
+
+impl TryFrom<Option<pb::Constraints>> for Constraints {
+    type Error = Error;
+    fn try_from(c: Option<pb::Constraints>) -> Result<Self, Error> {
+        let c = c.unwrap_or_default();
+        LabelSelector::parse(&c.label_selector)?;
+        if c.pool.len() > 255 || c.gpu_model.len() > 255 {
+            return Err(Error::invalid("constraints.pool and constraints.gpu_model are at most 255 bytes"));
+        }
+        Ok(Constraints { pool: c.pool, label_selector: c.label_selector, gpu_model: c.gpu_model })
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecSpec {
+    pub command: String,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub working_dir: String,
+    pub timeout_ms: Option<u64>,
+}
+
+impl ExecSpec {
+    fn from_pb(e: Option<pb::ExecSpec>) -> Result<Self, Error> {
+        let e = e.ok_or_else(|| Error::invalid("exec is required for the exec driver"))?;
+        if e.command.trim().is_empty() {
+            return Err(Error::invalid("exec.command is required"));
+        }
+        if e.command.len() > 4096 || e.working_dir.len() > 4096 {
+            return Err(Error::invalid("exec.command and exec.working_dir are at most 4096 bytes"));
+        }
+        if e.args.len() > 1024 || e.args.iter().any(|a| a.len() > 64 * 1024) {
+            return Err(Error::invalid("exec.args: at most 1024 arguments of 64 KiB"));
+        }
+        if e.env.len() > 256 {
+            return Err(Error::invalid("exec.env: at most 256 variables"));
+        }
+        for (k, v) in &e.env {
+            if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') || v.len() > 64 * 1024 {
+                return Err(Error::invalid(format!("exec.env: invalid variable {k:?}")));
+            }
+        }
+        let timeout_ms = match e.timeout {
+            None => None,
+            Some(d) if d.seconds < 0 || d.nanos < 0 || (d.seconds == 0 && d.nanos == 0) => {
+                return Err(Error::invalid("exec.timeout must be positive"));
+            }
+            Some(d) => Some(Duration::new(d.seconds as u64, d.nanos as u32).as_millis() as u64),
+        };
+        Ok(ExecSpec {
+            command: e.command,
+            args: e.args,
+            env: e.env.into_iter().collect(),
+            working_dir: e.working_dir,
+            timeout_ms,
+        })
+    }
+
+    pub fn to_pb(&self) -> pb::ExecSpec {
+        pb::ExecSpec {
+            command: self.command.clone(),
+            args: self.args.clone(),
+            env: self.env.clone().into_iter().collect(),
+            working_dir: self.working_dir.clone(),
+            timeout: self.timeout_ms.map(|ms| prost_types::Duration {
+                seconds: (ms / 1000) as i64,
+                nanos: ((ms % 1000) * 1_000_000) as i32,
+            }),
+        }
+    }
+}
+
+fn driver(d: &str) -> Result<(), Error> {
+    match d {
+        "exec" | "" => Ok(()),
+        other => Err(Error::invalid(format!("unknown driver {other:?}: the only driver is \"exec\""))),
+    }
+}
+
+pub const MAX_ATTEMPTS: u32 = 10;
+
+/// A validated job spec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSpec {
+    pub exec: ExecSpec,
+    pub resources: Resources,
+    pub constraints: Constraints,
+    pub max_attempts: u32,
+    pub priority: i32,
+}
+
+impl TryFrom<pb::JobSpec> for JobSpec {
+    type Error = Error;
+    fn try_from(s: pb::JobSpec) -> Result<Self, Error> {
+        driver(&s.driver)?;
+        let max_attempts = match s.max_attempts {
+            0 => 1,
+            n if n > MAX_ATTEMPTS => {
+                return Err(Error::invalid(format!("max_attempts is at most {MAX_ATTEMPTS}, got {n}")));
+            }
+            n => n,
+        };
+        if !(-1000..=1000).contains(&s.priority) {
+            return Err(Error::invalid(format!("priority must be in -1000..=1000, got {}", s.priority)));
+        }
+        Ok(JobSpec {
+            exec: ExecSpec::from_pb(s.exec)?,
+            resources: s.resources.try_into()?,
+            constraints: s.constraints.try_into()?,
+            max_attempts,
+            priority: s.priority,
+        })
+    }
+}
+
+impl JobSpec {
+    pub fn to_pb(&self) -> pb::JobSpec {
+        pb::JobSpec {
+            driver: "exec".into(),
+            exec: Some(self.exec.to_pb()),
+            resources: Some(self.resources.to_pb()),
+            constraints: Some(self.constraints.to_pb()),
+            max_attempts: self.max_attempts,
+            priority: self.priority,
+        }
+    }
+}
+
+pub fn validate_job_labels(labels: &Labels) -> Result<(), Error> {
+    validate_labels(labels)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestartPolicy {
+    Always,
+    OnFailure,
+    Never,
+}
+
+/// A validated workload spec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadSpec {
+    pub exec: ExecSpec,
+    pub resources: Resources,
+    pub constraints: Constraints,
+    pub restart: RestartPolicy,
+    pub max_parallel: u32,
+}
+
+impl TryFrom<pb::WorkloadSpec> for WorkloadSpec {
+    type Error = Error;
+    fn try_from(s: pb::WorkloadSpec) -> Result<Self, Error> {
+        driver(&s.driver)?;
+        let restart = match pb::RestartPolicy::try_from(s.restart_policy) {
+            Ok(pb::RestartPolicy::Unspecified | pb::RestartPolicy::Always) => RestartPolicy::Always,
+            Ok(pb::RestartPolicy::OnFailure) => RestartPolicy::OnFailure,
+            Ok(pb::RestartPolicy::Never) => RestartPolicy::Never,
+            Err(_) => return Err(Error::invalid(format!("unknown restart policy {}", s.restart_policy))),
+        };
+        let exec = ExecSpec::from_pb(s.exec)?;
+        if exec.timeout_ms.is_some() {
+            return Err(Error::invalid("a workload runs until stopped: exec.timeout is not allowed"));
+        }
+        Ok(WorkloadSpec {
+            exec,
+            resources: s.resources.try_into()?,
+            constraints: s.constraints.try_into()?,
+            restart,
+            max_parallel: s.max_parallel.clamp(1, 1000),
+        })
+    }
+}
+
+impl WorkloadSpec {
+    pub fn to_pb(&self) -> pb::WorkloadSpec {
+        pb::WorkloadSpec {
+            driver: "exec".into(),
+            exec: Some(self.exec.to_pb()),
+            resources: Some(self.resources.to_pb()),
+            constraints: Some(self.constraints.to_pb()),
+            restart_policy: match self.restart {
+                RestartPolicy::Always => pb::RestartPolicy::Always,
+                RestartPolicy::OnFailure => pb::RestartPolicy::OnFailure,
+                RestartPolicy::Never => pb::RestartPolicy::Never,
+            } as i32,
+            max_parallel: self.max_parallel,
+        }
+    }
+}
+
+pub fn validate_name(name: &str) -> Result<(), Error> {
+    if name.is_empty() || name.len() > 63 || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+        return Err(Error::invalid(format!("name {name:?} must be 1-63 characters of [a-z0-9-]")));
+    }
+    Ok(())
+}
+
+pub fn validate_text(field: &str, s: &str) -> Result<(), Error> {
+    if s.len() > MAX_TEXT_LEN {
+        return Err(Error::invalid(format!("{field} is longer than {MAX_TEXT_LEN} bytes")));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    Pending,
+    Scheduled,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    Lost,
+}
+
+impl JobStatus {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Pending => "pending",
+            JobStatus::Scheduled => "scheduled",
+            JobStatus::Running => "running",
+            JobStatus::Succeeded => "succeeded",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
+            JobStatus::Lost => "lost",
+        }
+    }
+    pub fn parse(s: &str) -> Result<Self, Error> {
+        Ok(match s {
+            "pending" => JobStatus::Pending,
+            "scheduled" => JobStatus::Scheduled,
+            "running" => JobStatus::Running,
+            "succeeded" => JobStatus::Succeeded,
+            "failed" => JobStatus::Failed,
+            "cancelled" => JobStatus::Cancelled,
+            "lost" => JobStatus::Lost,
+            o => return Err(Error::invalid(format!("unknown job status {o:?}"))),
+        })
+    }
+    pub fn is_terminal(self) -> bool {
+        matches!(self, JobStatus::Succeeded | JobStatus::Failed | JobStatus::Cancelled | JobStatus::Lost)
+    }
+    pub fn to_pb(self) -> pb::JobStatus {
+        match self {
+            JobStatus::Pending => pb::JobStatus::Pending,
+            JobStatus::Scheduled => pb::JobStatus::Scheduled,
+            JobStatus::Running => pb::JobStatus::Running,
+            JobStatus::Succeeded => pb::JobStatus::Succeeded,
+            JobStatus::Failed => pb::JobStatus::Failed,
+            JobStatus::Cancelled => pb::JobStatus::Cancelled,
+            JobStatus::Lost => pb::JobStatus::Lost,
+        }
+    }
+    pub fn from_pb(v: i32) -> Result<Option<Self>, Error> {
+        Ok(match pb::JobStatus::try_from(v) {
+            Ok(pb::JobStatus::Unspecified) => None,
+            Ok(pb::JobStatus::Pending) => Some(JobStatus::Pending),
+            Ok(pb::JobStatus::Scheduled) => Some(JobStatus::Scheduled),
+            Ok(pb::JobStatus::Running) => Some(JobStatus::Running),
+            Ok(pb::JobStatus::Succeeded) => Some(JobStatus::Succeeded),
+            Ok(pb::JobStatus::Failed) => Some(JobStatus::Failed),
+            Ok(pb::JobStatus::Cancelled) => Some(JobStatus::Cancelled),
+            Ok(pb::JobStatus::Lost) => Some(JobStatus::Lost),
+            Err(_) => return Err(Error::invalid(format!("unknown job status {v}"))),
+        })
+    }
+}
+
+/// The life of one allocation: a job attempt or a workload replica on a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AllocStatus {
+    /// Durable, sent (or to be sent) to the node.
+    Scheduled,
+    Running,
+    /// The control plane asked the node to stop it.
+    Stopping,
+    Succeeded,
+    Failed,
+    Stopped,
+    Lost,
+}
+
+impl AllocStatus {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            AllocStatus::Scheduled => "scheduled",
+            AllocStatus::Running => "running",
+            AllocStatus::Stopping => "stopping",
+            AllocStatus::Succeeded => "succeeded",
+            AllocStatus::Failed => "failed",
+            AllocStatus::Stopped => "stopped",
+            AllocStatus::Lost => "lost",
+        }
+    }
+    pub fn parse(s: &str) -> Result<Self, Error> {
+        Ok(match s {
+            "scheduled" => AllocStatus::Scheduled,
+            "running" => AllocStatus::Running,
+            "stopping" => AllocStatus::Stopping,
+            "succeeded" => AllocStatus::Succeeded,
+            "failed" => AllocStatus::Failed,
+            "stopped" => AllocStatus::Stopped,
+            "lost" => AllocStatus::Lost,
+            o => return Err(Error::invalid(format!("unknown allocation status {o:?}"))),
+        })
+    }
+    /// Holds resources on its node.
+    pub fn is_active(self) -> bool {
+        matches!(self, AllocStatus::Scheduled | AllocStatus::Running | AllocStatus::Stopping)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> pb::JobSpec {
+        pb::JobSpec {
+            driver: "exec".into(),
+            exec: Some(pb::ExecSpec { command: "/bin/true".into(), ..Default::default() }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn job_spec_validation() {
+        let ok = JobSpec::try_from(spec()).unwrap();
+        assert_eq!(ok.max_attempts, 1);
+        let bad = |f: &dyn Fn(&mut pb::JobSpec)| {
+            let mut s = spec();
+            f(&mut s);
+            JobSpec::try_from(s).unwrap_err()
+        };
+        assert!(bad(&|s| s.driver = "docker".into()).message.contains("unknown driver"));
+        assert!(bad(&|s| s.exec = None).message.contains("exec"));
+        assert!(bad(&|s| s.resources = Some(pb::Resources { cpu_millis: -1, ..Default::default() })).message.contains("negative"));
+        assert!(bad(&|s| s.constraints = Some(pb::Constraints { label_selector: "a in (".into(), ..Default::default() })).message.contains("selector"));
+        assert!(bad(&|s| s.max_attempts = 11).message.contains("max_attempts"));
+        assert!(bad(&|s| s.priority = 5000).message.contains("priority"));
+        assert!(bad(&|s| s.exec.as_mut().unwrap().timeout = Some(prost_types::Duration { seconds: -1, nanos: 0 })).message.contains("timeout"));
+    }
+
+    #[test]
+    fn resources_arithmetic() {
+        let cap = Resources { cpu_millis: 2000, memory_mb: 1024, gpus: 1 };
+        let want = Resources { cpu_millis: 1500, memory_mb: 512, gpus: 0 };
+        assert!(want.fits_in(&cap));
+        let left = cap.saturating_sub(&want);
+        assert!(!want.fits_in(&left));
+        assert_eq!(left.add(&want), cap);
+    }
+}
+
+/// A batch job's durable record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: crate::JobId,
+    pub project_id: crate::ProjectId,
+    pub spec: JobSpec,
+    pub labels: Labels,
+    pub status: JobStatus,
+    /// The current or last attempt, from 1; 0 before the first placement.
+    pub attempt: u32,
+    pub node_id: Option<crate::NodeId>,
+    pub exit_code: Option<i32>,
+    pub error: String,
+    pub created_at: crate::UnixMillis,
+    pub updated_at: crate::UnixMillis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AllocKind {
+    Job,
+    Service,
+}
+
+/// One placement of work on a node: a job attempt or a workload replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allocation {
+    /// `job-…/<attempt>` for a job attempt, `al-…` for a replica.
+    pub key: String,
+    pub project_id: crate::ProjectId,
+    pub kind: AllocKind,
+    pub job_id: Option<crate::JobId>,
+    pub attempt: u32,
+    pub workload_id: Option<crate::WorkloadId>,
+    pub spec_version: u64,
+    pub node_id: crate::NodeId,
+    pub status: AllocStatus,
+    pub resources: Resources,
+    pub exit_code: Option<i32>,
+    pub error: String,
+    pub restarts: u32,
+    pub scheduled_at: crate::UnixMillis,
+    pub started_at: Option<crate::UnixMillis>,
+    pub finished_at: Option<crate::UnixMillis>,
+}
+
+impl Allocation {
+    /// The (job id, attempt) pair the agent protocol names this allocation by.
+    pub fn wire_id(&self) -> (String, u32) {
+        match (&self.kind, &self.job_id) {
+            (AllocKind::Job, Some(j)) => (j.to_string(), self.attempt),
+            _ => (self.key.clone(), 1),
+        }
+    }
+}
+
+/// The allocation key for a (job id, attempt) pair from the agent protocol.
+pub fn alloc_key(wire_job_id: &str, attempt: u32) -> String {
+    if wire_job_id.starts_with(crate::JobId::PREFIX) { format!("{wire_job_id}/{attempt}") } else { wire_job_id.to_owned() }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Workload {
+    pub id: crate::WorkloadId,
+    pub project_id: crate::ProjectId,
+    pub name: String,
+    pub spec: WorkloadSpec,
+    pub spec_version: u64,
+    pub replicas: u32,
+    pub created_at: crate::UnixMillis,
+    pub updated_at: crate::UnixMillis,
+}
