@@ -245,7 +245,12 @@ mod tests {
     }
 
     fn req(cpu: u64, mem: u64, objective: Objective) -> Request {
-        Request::new(project(), Resources { cpu_millis: cpu, memory_mb: mem, gpus: 0 }, Constraints::default(), objective)
+        Request::new(
+            project(),
+            Resources { cpu_millis: cpu, memory_mb: mem, gpus: 0 },
+            Constraints::default(),
+            objective,
+        )
     }
 
     #[test]
@@ -294,27 +299,30 @@ mod tests {
     }
 
     fn arb_nodes() -> impl Strategy<Value = Vec<NodeView>> {
-        prop::collection::vec((1u64..8, 1u64..8, any::<bool>(), any::<bool>(), 0u8..3, 0.0f64..1.0), 1..12).prop_map(|v| {
-            v.into_iter()
-                .enumerate()
-                .map(|(i, (cpu, mem, ready, active, zone, rel))| {
-                    let mut n = node(i as u8 + 1, cpu * 500, mem * 512);
-                    n.ready = ready;
-                    n.active = active;
-                    n.state = if ready { "ready".into() } else { "unreachable".into() };
-                    n.labels.insert("zone".into(), format!("z{zone}"));
-                    n.reliability = rel;
-                    n
-                })
-                .collect()
-        })
+        prop::collection::vec((1u64..8, 1u64..8, any::<bool>(), any::<bool>(), 0u8..3, 0.0f64..1.0), 1..12).prop_map(
+            |v| {
+                v.into_iter()
+                    .enumerate()
+                    .map(|(i, (cpu, mem, ready, active, zone, rel))| {
+                        let mut n = node(i as u8 + 1, cpu * 500, mem * 512);
+                        n.ready = ready;
+                        n.active = active;
+                        n.state = if ready { "ready".into() } else { "unreachable".into() };
+                        n.labels.insert("zone".into(), format!("z{zone}"));
+                        n.reliability = rel;
+                        n
+                    })
+                    .collect()
+            },
+        )
     }
 
     fn arb_reqs() -> impl Strategy<Value = Vec<Request>> {
         prop::collection::vec((0u64..6, 0u64..6, 0u8..4, 0u8..4), 1..40).prop_map(|v| {
             v.into_iter()
                 .map(|(cpu, mem, obj, zone)| {
-                    let objective = [Objective::Balanced, Objective::Durability, Objective::Latency, Objective::Cost][obj as usize];
+                    let objective =
+                        [Objective::Balanced, Objective::Durability, Objective::Latency, Objective::Cost][obj as usize];
                     let mut r = req(cpu * 250, mem * 256, objective);
                     if zone < 3 {
                         r.constraints.label_selector = format!("zone=z{zone}");

@@ -38,7 +38,7 @@ macro_rules! append_event {
 }
 pub(crate) use append_event;
 
-fn event_from_row(r: &impl Get) -> Result<Event> {
+pub(crate) fn event_from_row(r: &impl Get) -> Result<Event> {
     Ok(Event {
         seq: r.int("seq")?,
         at: r.int("at")?,

@@ -16,6 +16,8 @@ mod nodes;
 mod row;
 mod settings;
 mod tenancy;
+mod work;
+mod workloads;
 
 #[cfg(test)]
 mod tests;
@@ -24,6 +26,7 @@ pub use error::StoreError;
 pub use events::Event;
 pub use nodes::{NodeEnroll, NodeFilter, NodePage, StatusChange};
 pub use tenancy::{Bootstrap, TokenRecord};
+pub use work::{Finished, JobPage, LogChunk};
 
 use sqlx::{PgPool, SqlitePool};
 

@@ -8,7 +8,8 @@ use crate::row::{Get, to_json};
 use crate::{Result, Store, StoreError, in_tx, on_read};
 
 const NODE_COLS: &str = "id, project_id, status, desired_state, desired_state_version, capabilities, labels, pool,
-     registered_at, status_changed_at, last_seen_at, session_generation, join_token_id";
+     registered_at, status_changed_at, last_seen_at, session_generation, join_token_id, desired_state_reason,
+     acked_desired_state_version, desired_state_nack, drain_deadline";
 
 fn node_from_row(r: &impl Get) -> Result<Node> {
     Ok(Node {
@@ -25,6 +26,10 @@ fn node_from_row(r: &impl Get) -> Result<Node> {
         last_seen_at: r.int("last_seen_at")?,
         session_generation: r.int("session_generation")? as u64,
         join_token_id: r.opt_text("join_token_id")?.map(JoinTokenId::from_trusted),
+        desired_state_reason: r.text("desired_state_reason")?,
+        acked_desired_state_version: r.int("acked_desired_state_version")? as u64,
+        desired_state_nack: r.text("desired_state_nack")?,
+        drain_deadline: r.opt_int("drain_deadline")?,
     })
 }
 
@@ -83,6 +88,10 @@ impl Store {
             last_seen_at: 0,
             session_generation: 0,
             join_token_id: Some(e.join_token_id.clone()),
+            desired_state_reason: String::new(),
+            acked_desired_state_version: 0,
+            desired_state_nack: String::new(),
+            drain_deadline: None,
         };
         in_tx!(self, |tx| {
             let spent = sqlx::query(
@@ -312,6 +321,82 @@ impl Store {
                 .await?;
             }
             Ok::<_, StoreError>(())
+        })
+    }
+
+    /// Sets a node's desired state; its version increases so the agent can
+    /// acknowledge it.
+    pub async fn node_set_desired(
+        &self,
+        project: &ProjectId,
+        id: &NodeId,
+        state: DesiredNodeState,
+        reason: &str,
+        drain_deadline: Option<UnixMillis>,
+        now: UnixMillis,
+    ) -> Result<(Node, i64)> {
+        in_tx!(self, |tx| {
+            let row = sqlx::query(&format!(
+                "UPDATE nodes SET desired_state = $3, desired_state_version = desired_state_version + 1,
+                        desired_state_reason = $4, drain_deadline = $5, desired_state_nack = ''
+                 WHERE id = $1 AND project_id = $2 RETURNING {NODE_COLS}"
+            ))
+            .bind(id.as_str())
+            .bind(project.as_str())
+            .bind(state.as_str())
+            .bind(reason)
+            .bind(drain_deadline)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| Error::not_found(format!("node {id} not found")))?;
+            let node = node_from_row(&row)?;
+            let seq = append_event!(
+                tx,
+                now,
+                Some(project.as_str()),
+                "node.desired_state_changed",
+                id.as_str(),
+                to_json(&node)
+            );
+            Ok((node, seq))
+        })
+    }
+
+    /// Records the agent's answer to a desired-state version. Stale answers
+    /// (for an older version than the current one) are ignored.
+    pub async fn node_desired_ack(
+        &self,
+        id: &NodeId,
+        version: u64,
+        accepted: bool,
+        reason: &str,
+        now: UnixMillis,
+    ) -> Result<Option<(Node, i64)>> {
+        in_tx!(self, |tx| {
+            let row = sqlx::query(&format!(
+                "UPDATE nodes SET acked_desired_state_version = CASE WHEN $3 = 1 THEN $2 ELSE acked_desired_state_version END,
+                        desired_state_nack = CASE WHEN $3 = 1 THEN '' ELSE $4 END
+                 WHERE id = $1 AND desired_state_version = $2 RETURNING {NODE_COLS}"
+            ))
+            .bind(id.as_str())
+            .bind(version as i64)
+            .bind(i64::from(accepted))
+            .bind(reason)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(row) = row else { return Ok(None) };
+            let node = node_from_row(&row)?;
+            let kind = if accepted { "node.desired_state_acked" } else { "node.desired_state_rejected" };
+            let seq = append_event!(tx, now, Some(node.project_id.as_str()), kind, id.as_str(), to_json(&node));
+            Ok(Some((node, seq)))
+        })
+    }
+
+    /// Appends an event about a node without changing it (e.g. `node.drain_completed`).
+    pub async fn node_event(&self, node: &Node, kind: &str, now: UnixMillis) -> Result<i64> {
+        in_tx!(self, |tx| {
+            let seq = append_event!(tx, now, Some(node.project_id.as_str()), kind, node.id.as_str(), to_json(node));
+            Ok(seq)
         })
     }
 

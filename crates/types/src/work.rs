@@ -272,7 +272,10 @@ impl WorkloadSpec {
 }
 
 pub fn validate_name(name: &str) -> Result<(), Error> {
-    if name.is_empty() || name.len() > 63 || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+    if name.is_empty()
+        || name.len() > 63
+        || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
         return Err(Error::invalid(format!("name {name:?} must be 1-63 characters of [a-z0-9-]")));
     }
     Ok(())
@@ -418,11 +421,23 @@ mod tests {
         };
         assert!(bad(&|s| s.driver = "docker".into()).message.contains("unknown driver"));
         assert!(bad(&|s| s.exec = None).message.contains("exec"));
-        assert!(bad(&|s| s.resources = Some(pb::Resources { cpu_millis: -1, ..Default::default() })).message.contains("negative"));
-        assert!(bad(&|s| s.constraints = Some(pb::Constraints { label_selector: "a in (".into(), ..Default::default() })).message.contains("selector"));
+        assert!(
+            bad(&|s| s.resources = Some(pb::Resources { cpu_millis: -1, ..Default::default() }))
+                .message
+                .contains("negative")
+        );
+        assert!(
+            bad(&|s| s.constraints = Some(pb::Constraints { label_selector: "a in (".into(), ..Default::default() }))
+                .message
+                .contains("selector")
+        );
         assert!(bad(&|s| s.max_attempts = 11).message.contains("max_attempts"));
         assert!(bad(&|s| s.priority = 5000).message.contains("priority"));
-        assert!(bad(&|s| s.exec.as_mut().unwrap().timeout = Some(prost_types::Duration { seconds: -1, nanos: 0 })).message.contains("timeout"));
+        assert!(
+            bad(&|s| s.exec.as_mut().unwrap().timeout = Some(prost_types::Duration { seconds: -1, nanos: 0 }))
+                .message
+                .contains("timeout")
+        );
     }
 
     #[test]
@@ -494,7 +509,11 @@ impl Allocation {
 
 /// The allocation key for a (job id, attempt) pair from the agent protocol.
 pub fn alloc_key(wire_job_id: &str, attempt: u32) -> String {
-    if wire_job_id.starts_with(crate::JobId::PREFIX) { format!("{wire_job_id}/{attempt}") } else { wire_job_id.to_owned() }
+    if wire_job_id.starts_with(crate::JobId::PREFIX) {
+        format!("{wire_job_id}/{attempt}")
+    } else {
+        wire_job_id.to_owned()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
