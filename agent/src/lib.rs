@@ -3,6 +3,8 @@
 //! reconnecting forever with capped, fully jittered exponential backoff.
 
 mod backoff;
+mod journal;
+mod runner;
 mod host;
 mod session;
 mod state;

@@ -14,6 +14,7 @@ use tonic::{Code, Status};
 use tracing::Instrument;
 
 use crate::Config;
+use crate::runner::Runner;
 use crate::backoff::Backoff;
 use crate::host::{self, Sampler};
 use crate::state::{Identity, StateDir};
@@ -62,6 +63,7 @@ pub struct Agent {
     endpoints: Vec<Endpoint>,
     next_endpoint: usize,
     backoff: Backoff,
+    runner: Runner,
 }
 
 fn endpoint(url: &str) -> Result<Endpoint, AgentError> {
@@ -135,8 +137,9 @@ impl Agent {
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
         identity.generation = (identity.generation + 1).max(now);
         state.save(&identity).map_err(AgentError::State)?;
+        let runner = Runner::open(&config.state_dir).map_err(AgentError::State)?;
         tracing::info!(node_id = identity.node_id, generation = identity.generation, "agent identity ready");
-        Ok(Agent { config, shutdown, identity, endpoints, next_endpoint, backoff })
+        Ok(Agent { config, shutdown, identity, endpoints, next_endpoint, backoff, runner })
     }
 
     pub async fn run(mut self) -> Result<(), AgentError> {
@@ -193,17 +196,32 @@ impl Agent {
             desired_state_version: *applied_version,
         };
         let _ = hb_tx.try_send(agent_pb::HeartbeatRequest { msg: Some(heartbeat_request::Msg::Hello(hello)) });
-        let mut inbound = match client.heartbeat(ReceiverStream::new(hb_rx)).await {
+        let inbound = match client.heartbeat(ReceiverStream::new(hb_rx)).await {
             Ok(r) => r.into_inner(),
             Err(s) => return classify(&s).map_or_else(|| Ok(End::Retry(format!("heartbeat: {s}"))), Err),
         };
         *sent_capabilities = true;
 
-        // Jobs stream: report what we hold (nothing yet: no drivers run work in this version).
-        let (jobs_tx, jobs_rx) = mpsc::channel(8);
+        // Jobs stream: first report everything held, then stream updates.
+        let (jobs_tx, jobs_rx) = mpsc::channel(256);
         let _ = jobs_tx.try_send(agent_pb::JobsRequest {
-            msg: Some(agent_pb::jobs_request::Msg::Report(agent_pb::AllocationReport { allocations: vec![] })),
+            msg: Some(agent_pb::jobs_request::Msg::Report(self.runner.report())),
         });
+        self.runner.attach(jobs_tx.clone());
+        let result = self.session_loop(&mut client, jobs_rx, hb_tx, inbound, applied_version).await;
+        self.runner.detach();
+        drop(jobs_tx);
+        result
+    }
+
+    async fn session_loop(
+        &mut self,
+        client: &mut AuthedClient,
+        jobs_rx: mpsc::Receiver<agent_pb::JobsRequest>,
+        hb_tx: mpsc::Sender<agent_pb::HeartbeatRequest>,
+        mut inbound: tonic::Streaming<agent_pb::HeartbeatResponse>,
+        applied_version: &mut u64,
+    ) -> Result<End, AgentError> {
         let mut jobs_in = match client.jobs(ReceiverStream::new(jobs_rx)).await {
             Ok(r) => Some(r.into_inner()),
             Err(s) => {
@@ -262,10 +280,14 @@ impl Agent {
                 },
                 msg = next_job(&mut jobs_in) => match msg {
                     Some(Ok(agent_pb::JobsResponse { msg: Some(jobs_response::Msg::Cancel(c)) })) => {
-                        tracing::info!(job_id = c.job_id, attempt = c.attempt, reason = c.reason, "cancel for an allocation this agent does not run");
+                        tracing::info!(job_id = c.job_id, attempt = c.attempt, reason = c.reason, "cancel");
+                        self.runner.cancel(&c.job_id, c.attempt, &c.reason);
                     }
                     Some(Ok(agent_pb::JobsResponse { msg: Some(jobs_response::Msg::Assign(a)) })) => {
-                        tracing::warn!(job_id = a.job_id, attempt = a.attempt, "assignment refused: this agent version runs no jobs");
+                        self.runner.assign(a);
+                    }
+                    Some(Ok(agent_pb::JobsResponse { msg: Some(jobs_response::Msg::Release(r)) })) => {
+                        self.runner.release(&r.job_id, r.attempt);
                     }
                     Some(Ok(_)) => {}
                     Some(Err(s)) => {
@@ -285,7 +307,7 @@ impl Agent {
                         cpu_percent: cpu,
                         memory_used_mb: mem,
                         disk_used_mb: disk,
-                        running_allocations: 0,
+                        running_allocations: self.runner.running(),
                     };
                     if hb_tx.send(agent_pb::HeartbeatRequest { msg: Some(heartbeat_request::Msg::Beat(beat)) }).await.is_err() {
                         return Ok(End::Retry("heartbeat stream closed".into()));
@@ -296,14 +318,20 @@ impl Agent {
         }
     }
 
-    /// This version applies `active` only; other states arrive with the
-    /// operations work and are NACKed, so the control plane does not resend.
+    /// Applies a desired state. Placement-related states (paused, draining,
+    /// quarantined) are enforced by the control plane; `stopped` stops all
+    /// work here too. Unknown states are NACKed, and not resent.
     fn desired_state(&self, d: &agent_pb::DesiredState) -> agent_pb::DesiredStateAck {
-        let accepted = d.state == pb::DesiredNodeState::Active as i32;
+        let state = pb::DesiredNodeState::try_from(d.state).unwrap_or(pb::DesiredNodeState::Unspecified);
+        let accepted = state != pb::DesiredNodeState::Unspecified;
+        if state == pb::DesiredNodeState::Stopped {
+            self.runner.stop_all("node is stopped");
+        }
+        tracing::info!(state = ?state, version = d.version, accepted, "desired state");
         agent_pb::DesiredStateAck {
             version: d.version,
             accepted,
-            reason: if accepted { String::new() } else { "this agent version supports only the active state".into() },
+            reason: if accepted { String::new() } else { format!("unknown desired state {}", d.state) },
         }
     }
 }

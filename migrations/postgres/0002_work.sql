@@ -20,9 +20,7 @@ CREATE TABLE jobs (
     error           TEXT NOT NULL,
     idempotency_key TEXT,
     created_at      BIGINT NOT NULL,
-    updated_at      BIGINT NOT NULL,
-    log_bytes       BIGINT NOT NULL DEFAULT 0,
-    log_truncated   BIGINT NOT NULL DEFAULT 0
+    updated_at      BIGINT NOT NULL
 );
 CREATE UNIQUE INDEX jobs_idempotency ON jobs (project_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
 CREATE INDEX jobs_status ON jobs (status, priority, created_at);
@@ -63,10 +61,13 @@ CREATE INDEX allocations_status ON allocations (status);
 CREATE INDEX allocations_job ON allocations (job_id);
 CREATE INDEX allocations_workload ON allocations (workload_id, status);
 
+-- Output of each job attempt, in chunks at byte positions within the attempt.
 CREATE TABLE job_logs (
-    job_id  TEXT NOT NULL,
-    attempt BIGINT NOT NULL,
-    pos     BIGINT NOT NULL,
-    data    BYTEA NOT NULL,
-    PRIMARY KEY (job_id, pos)
+    job_id    TEXT NOT NULL,
+    attempt   BIGINT NOT NULL,
+    pos       BIGINT NOT NULL,
+    data      BYTEA NOT NULL,
+    -- Set on the chunk after which output was cut at the cap.
+    truncated BIGINT NOT NULL,
+    PRIMARY KEY (job_id, attempt, pos)
 );

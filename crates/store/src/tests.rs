@@ -432,11 +432,12 @@ async fn job_logs_append_and_read(store: Store) {
     assert!(store.job_log_append(&j.id, 1, 0, b"hello ", false).await.unwrap());
     assert!(store.job_log_append(&j.id, 1, 6, b"world", true).await.unwrap());
     assert!(!store.job_log_append(&j.id, 1, 6, b"world", true).await.unwrap(), "a resend is a no-op");
-    let (chunks, truncated) = store.job_logs(&j.id, 0, 1 << 20).await.unwrap();
+    assert!(store.job_log_append(&j.id, 2, 0, b"second", false).await.unwrap(), "attempts have their own output");
+    let chunks = store.job_logs(&j.id, 1, 0, 1 << 20).await.unwrap();
     let all: Vec<u8> = chunks.iter().flat_map(|c| c.data.clone()).collect();
     assert_eq!(all, b"hello world");
-    assert!(truncated);
-    let (chunks, _) = store.job_logs(&j.id, 8, 1 << 20).await.unwrap();
+    assert_eq!(chunks.iter().map(|c| c.truncated).collect::<Vec<_>>(), [false, true]);
+    let chunks = store.job_logs(&j.id, 1, 8, 1 << 20).await.unwrap();
     assert_eq!(chunks.len(), 1);
     assert_eq!((chunks[0].pos, chunks[0].data.as_slice()), (8, &b"rld"[..]));
 }

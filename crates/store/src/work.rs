@@ -64,6 +64,7 @@ pub struct LogChunk {
     pub attempt: u32,
     pub pos: u64,
     pub data: Vec<u8>,
+    pub truncated: bool,
 }
 
 /// What a finished report changed.
@@ -592,57 +593,38 @@ impl Store {
 
     /// Appends output of a job attempt at `pos`, unless that position is
     /// already stored (a resend). Returns false for a duplicate.
-    pub async fn job_log_append(
-        &self,
-        job: &JobId,
-        attempt: u32,
-        pos: u64,
-        data: &[u8],
-        truncated: bool,
-    ) -> Result<bool> {
+    pub async fn job_log_append(&self, job: &JobId, attempt: u32, pos: u64, data: &[u8], truncated: bool) -> Result<bool> {
         in_tx!(self, |tx| {
             let inserted = sqlx::query(
-                "INSERT INTO job_logs (job_id, attempt, pos, data) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                "INSERT INTO job_logs (job_id, attempt, pos, data, truncated) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT DO NOTHING",
             )
             .bind(job.as_str())
             .bind(i64::from(attempt))
             .bind(pos as i64)
             .bind(data)
+            .bind(i64::from(truncated))
             .execute(&mut *tx)
             .await?
             .rows_affected()
                 == 1;
-            if inserted {
-                sqlx::query(
-                    "UPDATE jobs SET log_bytes = CASE WHEN log_bytes > $2 THEN log_bytes ELSE $2 END,
-                                     log_truncated = CASE WHEN $3 = 1 THEN 1 ELSE log_truncated END
-                     WHERE id = $1",
-                )
-                .bind(job.as_str())
-                .bind((pos + data.len() as u64) as i64)
-                .bind(i64::from(truncated))
-                .execute(&mut *tx)
-                .await?;
-            }
             Ok(inserted)
         })
     }
 
-    /// Output chunks at or after `from`, in order, about `max_bytes` at most.
-    /// Also returns whether the output was truncated at the cap.
-    pub async fn job_logs(&self, job: &JobId, from: u64, max_bytes: usize) -> Result<(Vec<LogChunk>, bool)> {
+    /// Output chunks of one attempt at or after `from`, in order, about
+    /// `max_bytes` at most.
+    pub async fn job_logs(&self, job: &JobId, attempt: u32, from: u64, max_bytes: usize) -> Result<Vec<LogChunk>> {
         on_read!(self, |pool| {
             let rows = sqlx::query(
-                "SELECT attempt, pos, data FROM job_logs WHERE job_id = $1 AND pos + LENGTH(data) > $2 ORDER BY pos LIMIT 256",
+                "SELECT pos, data, truncated FROM job_logs
+                 WHERE job_id = $1 AND attempt = $2 AND pos + LENGTH(data) > $3 ORDER BY pos LIMIT 256",
             )
             .bind(job.as_str())
+            .bind(i64::from(attempt))
             .bind(from as i64)
             .fetch_all(pool)
             .await?;
-            let truncated: Option<i64> = sqlx::query_scalar("SELECT log_truncated FROM jobs WHERE id = $1")
-                .bind(job.as_str())
-                .fetch_optional(pool)
-                .await?;
             let mut out = Vec::new();
             let mut total = 0;
             for r in &rows {
@@ -652,12 +634,12 @@ impl Store {
                     data.drain(..(from - pos) as usize);
                 }
                 total += data.len();
-                out.push(LogChunk { attempt: r.int("attempt")? as u32, pos: pos.max(from), data });
+                out.push(LogChunk { attempt, pos: pos.max(from), data, truncated: r.int("truncated")? == 1 });
                 if total >= max_bytes {
                     break;
                 }
             }
-            Ok((out, truncated == Some(1)))
+            Ok(out)
         })
     }
 

@@ -1,0 +1,446 @@
+//! Runs allocations on this node: the `exec` driver, output streaming,
+//! timeouts, cancellation of whole process groups, service restarts, and the
+//! bookkeeping that makes every (job, attempt) run at most once here.
+
+#![allow(unsafe_code)] // prctl, killpg: no safe std equivalents.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tether_proto::agent_pb::{self, jobs_request};
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::journal::{Entry, Journal, Past};
+
+type Key = (String, u32);
+
+/// How long a cancelled process group gets between SIGTERM and SIGKILL.
+const KILL_GRACE: Duration = Duration::from_secs(3);
+const DEFAULT_MAX_LOG: u64 = 1024 * 1024;
+const CHUNK: usize = 16 * 1024;
+
+enum Slot {
+    Running { cancel: CancellationToken, reason: Arc<Mutex<Option<String>>>, restarts: u32 },
+    Finished { code: i32, error: String },
+    /// Released by the control plane; remembered to refuse resends.
+    Done,
+}
+
+struct State {
+    slots: HashMap<Key, Slot>,
+    journal: Journal,
+    /// The current Jobs stream, while connected.
+    out: Option<mpsc::Sender<agent_pb::JobsRequest>>,
+}
+
+#[derive(Clone)]
+pub struct Runner {
+    state: Arc<Mutex<State>>,
+    work_dir: PathBuf,
+}
+
+fn msg(m: jobs_request::Msg) -> agent_pb::JobsRequest {
+    agent_pb::JobsRequest { msg: Some(m) }
+}
+
+impl Runner {
+    pub fn open(state_dir: &std::path::Path) -> std::io::Result<Runner> {
+        let (mut journal, past) = Journal::open(state_dir)?;
+        let mut slots = HashMap::new();
+        for ((job, attempt), p) in past {
+            let slot = match p {
+                Past::Interrupted => {
+                    // Its process died with the previous agent (PDEATHSIG); report it.
+                    let error = "the agent restarted while it ran".to_string();
+                    journal.record(&Entry::End { job: job.clone(), attempt, code: -1, error: error.clone() })?;
+                    Slot::Finished { code: -1, error }
+                }
+                Past::Ended { code, error } => Slot::Finished { code, error },
+                Past::Released => Slot::Done,
+            };
+            slots.insert((job, attempt), slot);
+        }
+        let work_dir = state_dir.join("work");
+        std::fs::create_dir_all(&work_dir)?;
+        Ok(Runner { state: Arc::new(Mutex::new(State { slots, journal, out: None })), work_dir })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Everything held, for the first message of a Jobs stream.
+    pub fn report(&self) -> agent_pb::AllocationReport {
+        let st = self.lock();
+        let mut allocations: Vec<_> = st
+            .slots
+            .iter()
+            .filter_map(|((job, attempt), s)| match s {
+                Slot::Running { .. } => Some(agent_pb::HeldAllocation {
+                    job_id: job.clone(),
+                    attempt: *attempt,
+                    running: true,
+                    ..Default::default()
+                }),
+                Slot::Finished { code, error } => Some(agent_pb::HeldAllocation {
+                    job_id: job.clone(),
+                    attempt: *attempt,
+                    running: false,
+                    finished: true,
+                    exit_code: *code,
+                    error: error.clone(),
+                }),
+                Slot::Done => None,
+            })
+            .collect();
+        allocations.sort_by(|a, b| (&a.job_id, a.attempt).cmp(&(&b.job_id, b.attempt)));
+        agent_pb::AllocationReport { allocations }
+    }
+
+    pub fn attach(&self, out: mpsc::Sender<agent_pb::JobsRequest>) {
+        self.lock().out = Some(out);
+    }
+
+    pub fn detach(&self) {
+        self.lock().out = None;
+    }
+
+    pub fn running(&self) -> u32 {
+        self.lock().slots.values().filter(|s| matches!(s, Slot::Running { .. })).count() as u32
+    }
+
+    /// Best effort: dropped when disconnected; state is re-sent in the next report.
+    fn send(&self, m: jobs_request::Msg) {
+        let out = self.lock().out.clone();
+        if let Some(out) = out {
+            let _ = out.try_send(msg(m));
+        }
+    }
+
+    /// Log chunks wait for room for a while (backpressure), then are dropped.
+    async fn send_log(&self, m: jobs_request::Msg) {
+        let out = self.lock().out.clone();
+        if let Some(out) = out {
+            let _ = tokio::time::timeout(Duration::from_secs(2), out.send(msg(m))).await;
+        }
+    }
+
+    /// Handles an assignment. Runs it unless this (job, attempt) was seen
+    /// before, in which case its known state is re-sent.
+    pub fn assign(&self, a: agent_pb::AssignJob) {
+        let key = (a.job_id.clone(), a.attempt);
+        let mut st = self.lock();
+        match st.slots.get(&key) {
+            Some(Slot::Running { restarts, .. }) => {
+                let started = jobs_request::Msg::Started(agent_pb::JobStarted {
+                    job_id: key.0.clone(),
+                    attempt: key.1,
+                    pid: 0,
+                    restarts: *restarts,
+                });
+                drop(st);
+                self.send(started);
+                return;
+            }
+            Some(Slot::Finished { code, error }) => {
+                let fin = finished(&key, *code, error.clone());
+                drop(st);
+                self.send(fin);
+                return;
+            }
+            Some(Slot::Done) => {
+                tracing::warn!(job_id = key.0, attempt = key.1, "refusing to run a released allocation again");
+                return;
+            }
+            None => {}
+        }
+        let Some(exec) = a.exec.clone() else {
+            let e = "assignment without an exec spec".to_string();
+            drop(st);
+            self.finish(&key, -1, e);
+            return;
+        };
+        if let Err(e) = st.journal.record(&Entry::Start { job: key.0.clone(), attempt: key.1 }) {
+            tracing::error!(error = %e, "journal write failed; refusing the assignment");
+            return;
+        }
+        let cancel = CancellationToken::new();
+        let reason = Arc::new(Mutex::new(None));
+        st.slots.insert(key.clone(), Slot::Running { cancel: cancel.clone(), reason: reason.clone(), restarts: 0 });
+        drop(st);
+        tracing::info!(job_id = key.0, attempt = key.1, command = exec.command, "starting");
+        let runner = self.clone();
+        tokio::spawn(async move { runner.run(key, a, exec, cancel, reason).await });
+    }
+
+    /// Kills the allocation's process group; it is reported as finished.
+    pub fn cancel(&self, job: &str, attempt: u32, why: &str) {
+        let key = (job.to_owned(), attempt);
+        let st = self.lock();
+        match st.slots.get(&key) {
+            Some(Slot::Running { cancel, reason, .. }) => {
+                *reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.to_owned());
+                cancel.cancel();
+            }
+            Some(Slot::Finished { code, error }) => {
+                let fin = finished(&key, *code, error.clone());
+                drop(st);
+                self.send(fin);
+            }
+            // Never ran here: nothing to stop. Remember it so a late
+            // assignment does not start it.
+            None => {
+                drop(st);
+                self.finish(&key, -1, format!("cancelled before it started: {why}"));
+            }
+            Some(Slot::Done) => {}
+        }
+    }
+
+    /// The control plane recorded the result.
+    pub fn release(&self, job: &str, attempt: u32) {
+        let key = (job.to_owned(), attempt);
+        let mut st = self.lock();
+        if matches!(st.slots.get(&key), Some(Slot::Finished { .. })) {
+            let _ = st.journal.record(&Entry::Release { job: key.0.clone(), attempt });
+            st.slots.insert(key, Slot::Done);
+        }
+    }
+
+    /// Stops everything (desired state `stopped`).
+    pub fn stop_all(&self, why: &str) {
+        let keys: Vec<Key> = self
+            .lock()
+            .slots
+            .iter()
+            .filter(|(_, s)| matches!(s, Slot::Running { .. }))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for (job, attempt) in keys {
+            self.cancel(&job, attempt, why);
+        }
+    }
+
+    fn finish(&self, key: &Key, code: i32, error: String) {
+        {
+            let mut st = self.lock();
+            if let Err(e) = st.journal.record(&Entry::End { job: key.0.clone(), attempt: key.1, code, error: error.clone() }) {
+                tracing::error!(error = %e, "journal write failed");
+            }
+            st.slots.insert(key.clone(), Slot::Finished { code, error: error.clone() });
+        }
+        tracing::info!(job_id = key.0, attempt = key.1, code, error, "finished");
+        self.send(finished(key, code, error));
+    }
+
+    async fn run(
+        &self,
+        key: Key,
+        a: agent_pb::AssignJob,
+        exec: agent_pb::ExecDriver,
+        cancel: CancellationToken,
+        reason: Arc<Mutex<Option<String>>>,
+    ) {
+        let service = a.kind == agent_pb::AllocationKind::Service as i32;
+        let restart = agent_pb::ServiceRestart::try_from(a.restart).unwrap_or(agent_pb::ServiceRestart::Always);
+        let max_log = if a.max_log_bytes == 0 { DEFAULT_MAX_LOG } else { a.max_log_bytes };
+        let mut restarts = 0u32;
+        loop {
+            let (code, error) = self.run_once(&key, &exec, &cancel, restarts, max_log).await;
+            if cancel.is_cancelled() {
+                let why = reason.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_default();
+                self.finish(&key, code, format!("cancelled: {why}"));
+                return;
+            }
+            let again = service
+                && match restart {
+                    agent_pb::ServiceRestart::Never => false,
+                    agent_pb::ServiceRestart::OnFailure => code != 0 || !error.is_empty(),
+                    _ => true,
+                };
+            if !again {
+                self.finish(&key, code, error);
+                return;
+            }
+            restarts += 1;
+            let delay = Duration::from_millis(250u64.saturating_mul(1 << restarts.min(7))).min(Duration::from_secs(30));
+            tracing::info!(job_id = key.0, code, restarts, ?delay, "service exited; restarting");
+            if let Some(Slot::Running { restarts: r, .. }) = self.lock().slots.get_mut(&key) {
+                *r = restarts;
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => {
+                    let why = reason.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_default();
+                    self.finish(&key, code, format!("cancelled: {why}"));
+                    return;
+                }
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// One run of the process. Returns (exit code, error).
+    async fn run_once(
+        &self,
+        key: &Key,
+        exec: &agent_pb::ExecDriver,
+        cancel: &CancellationToken,
+        restarts: u32,
+        max_log: u64,
+    ) -> (i32, String) {
+        let dir = if exec.working_dir.is_empty() {
+            let d = self.work_dir.join(format!("{}-{}", key.0.replace('/', "_"), key.1));
+            if let Err(e) = std::fs::create_dir_all(&d) {
+                return (-1, format!("creating the working directory failed: {e}"));
+            }
+            d
+        } else {
+            PathBuf::from(&exec.working_dir)
+        };
+        let mut cmd = tokio::process::Command::new(&exec.command);
+        cmd.args(&exec.args)
+            .envs(exec.env.iter().collect::<BTreeMap<_, _>>())
+            .env("TETHER_JOB_ID", &key.0)
+            .env("TETHER_JOB_ATTEMPT", key.1.to_string())
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(false);
+        // SAFETY: prctl is async-signal-safe; the closure only calls it.
+        unsafe {
+            cmd.pre_exec(|| {
+                // The process dies with the agent, so a restarted agent never
+                // finds orphans it cannot supervise.
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => return (-1, format!("starting {:?} failed: {e}", exec.command)),
+        };
+        let pid = child.id().unwrap_or(0);
+        self.send(jobs_request::Msg::Started(agent_pb::JobStarted {
+            job_id: key.0.clone(),
+            attempt: key.1,
+            pid,
+            restarts,
+        }));
+        let log = Arc::new(tokio::sync::Mutex::new(LogCursor { pos: 0, cap: max_log, cut: false }));
+        let mut pumps = Vec::new();
+        if let Some(s) = child.stdout.take() {
+            pumps.push(tokio::spawn(self.pump(key.clone(), s, agent_pb::LogStream::Stdout, log.clone())));
+        }
+        if let Some(s) = child.stderr.take() {
+            pumps.push(tokio::spawn(self.pump(key.clone(), s, agent_pb::LogStream::Stderr, log.clone())));
+        }
+        let timeout = exec.timeout.map(|d| Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32));
+        let deadline = async {
+            match timeout {
+                Some(t) => tokio::time::sleep(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        let mut error = String::new();
+        let status = tokio::select! {
+            s = child.wait() => s,
+            _ = cancel.cancelled() => {
+                killpg(pid, libc::SIGTERM);
+                match tokio::time::timeout(KILL_GRACE, child.wait()).await {
+                    Ok(s) => s,
+                    Err(_) => { killpg(pid, libc::SIGKILL); child.wait().await }
+                }
+            }
+            _ = deadline => {
+                killpg(pid, libc::SIGKILL);
+                error = format!("timed out after {:?}", timeout.unwrap_or_default());
+                child.wait().await
+            }
+        };
+        // Whatever the main process left behind in its group goes too.
+        killpg(pid, libc::SIGKILL);
+        for p in pumps {
+            let _ = p.await;
+        }
+        let code = match status {
+            Ok(s) => s.code().unwrap_or_else(|| {
+                use std::os::unix::process::ExitStatusExt;
+                128 + s.signal().unwrap_or(0)
+            }),
+            Err(e) => {
+                error = format!("waiting for the process failed: {e}");
+                -1
+            }
+        };
+        (code, error)
+    }
+
+    fn pump<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
+        &self,
+        key: Key,
+        mut r: R,
+        stream: agent_pb::LogStream,
+        log: Arc<tokio::sync::Mutex<LogCursor>>,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let runner = self.clone();
+        async move {
+            let mut buf = vec![0u8; CHUNK];
+            loop {
+                let n = match r.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                let mut cur = log.lock().await;
+                if cur.cut {
+                    continue; // keep draining so the process never blocks on a full pipe
+                }
+                let room = cur.cap.saturating_sub(cur.pos) as usize;
+                let (data, truncated) = if n > room {
+                    let mut d = buf[..room].to_vec();
+                    d.extend_from_slice(format!("\n[tether: output truncated at {} bytes]\n", cur.cap).as_bytes());
+                    cur.cut = true;
+                    (d, true)
+                } else {
+                    (buf[..n].to_vec(), false)
+                };
+                let offset = cur.pos;
+                cur.pos += data.len() as u64;
+                let chunk = jobs_request::Msg::Log(agent_pb::LogChunk {
+                    job_id: key.0.clone(),
+                    attempt: key.1,
+                    stream: stream as i32,
+                    offset,
+                    data,
+                    truncated,
+                });
+                runner.send_log(chunk).await;
+            }
+        }
+    }
+}
+
+struct LogCursor {
+    pos: u64,
+    cap: u64,
+    cut: bool,
+}
+
+fn finished(key: &Key, code: i32, error: String) -> jobs_request::Msg {
+    jobs_request::Msg::Finished(agent_pb::JobFinished { job_id: key.0.clone(), attempt: key.1, exit_code: code, error })
+}
+
+fn killpg(pgid: u32, sig: i32) {
+    if pgid > 1 {
+        // SAFETY: signals a process group we created; ESRCH (already gone) is fine.
+        unsafe {
+            libc::killpg(pgid as i32, sig);
+        }
+    }
+}
