@@ -10,9 +10,11 @@ mod config;
 mod db;
 mod edge;
 mod http;
+mod hub;
 mod notify;
 mod registry;
 mod services;
+mod work;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,7 +23,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use tether_proto::agent_pb::agent_service_server::AgentServiceServer;
 use tether_proto::pb::node_service_server::NodeServiceServer;
+use tether_proto::pb::job_service_server::JobServiceServer;
+use tether_proto::pb::placement_service_server::PlacementServiceServer;
 use tether_proto::pb::tenancy_service_server::TenancyServiceServer;
+use tether_proto::pb::workload_service_server::WorkloadServiceServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
@@ -45,6 +50,11 @@ pub(crate) struct App {
     pub tasks: TaskTracker,
     pub admission: tokio::sync::Semaphore,
     pub ready: AtomicBool,
+    pub hub: hub::JobsHub,
+    /// Wakes the work loop (scheduler and reconcilers).
+    pub work_wake: tokio::sync::Notify,
+    /// Wakes log followers when output arrives or a job ends.
+    pub logs: tokio::sync::Notify,
 }
 
 /// Runs the control plane until `shutdown` is cancelled, then stops gracefully:
@@ -85,11 +95,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         shutdown: shutdown.clone(),
         tasks: tasks.clone(),
         ready: AtomicBool::new(true),
+        hub: hub::JobsHub::default(),
+        work_wake: tokio::sync::Notify::new(),
+        logs: tokio::sync::Notify::new(),
     });
 
     // Background loops.
     tasks.spawn(registry::liveness_loop(registry.clone(), shutdown.clone(), config.heartbeat_interval / 4));
     tasks.spawn(registry::lease_loop(registry.clone(), shutdown.clone(), config.lease_flush_interval));
+    tasks.spawn(work::work_loop(app.clone(), shutdown.clone()));
 
     // gRPC.
     let grpc_listener =
@@ -102,7 +116,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     write_addr(&config, "http.addr", http_addr)?;
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    for name in ["tether.agent.v1.AgentService", "tether.v1.NodeService", "tether.v1.TenancyService", ""] {
+    for name in [
+        "tether.agent.v1.AgentService",
+        "tether.v1.NodeService",
+        "tether.v1.TenancyService",
+        "tether.v1.JobService",
+        "tether.v1.WorkloadService",
+        "tether.v1.PlacementService",
+        "",
+    ] {
         health_reporter.set_service_status(name, tonic_health::ServingStatus::Serving).await;
     }
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -124,6 +146,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let tenancy = TenancyServiceServer::new(services::tenancy::TenancyApi::new(app.clone()))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
+    let jobs = JobServiceServer::new(services::jobs::JobApi::new(app.clone()))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+    let workloads = WorkloadServiceServer::new(services::workloads::WorkloadApi::new(app.clone()))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+    let placement = PlacementServiceServer::new(services::placement::PlacementApi::new(app.clone()))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
 
     let grpc_shutdown = shutdown.clone();
     let grpc = tonic::transport::Server::builder()
@@ -137,6 +168,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .add_service(agent)
         .add_service(nodes)
         .add_service(tenancy)
+        .add_service(jobs)
+        .add_service(workloads)
+        .add_service(placement)
         .serve_with_incoming_shutdown(
             TcpListenerStream::new(grpc_listener),
             async move { grpc_shutdown.cancelled().await },

@@ -49,7 +49,11 @@ struct SessionSlot {
     generation: u64,
     cancel: CancellationToken,
     reason: Arc<OnceLock<CloseReason>>,
+    /// The heartbeat stream's sender, for desired-state pushes.
+    tx: HeartbeatTx,
 }
+
+pub type HeartbeatTx = tokio::sync::mpsc::Sender<Result<tether_proto::agent_pb::HeartbeatResponse, tonic::Status>>;
 
 impl SessionSlot {
     fn close(&self, reason: CloseReason) {
@@ -157,6 +161,7 @@ impl Registry {
         project: &ProjectId,
         generation: u64,
         capabilities: Option<&NodeCapabilities>,
+        tx: HeartbeatTx,
     ) -> Result<(Session, Node), Error> {
         let fenced = |current: u64| {
             Error::new(
@@ -181,6 +186,7 @@ impl Registry {
             generation,
             cancel: self.sessions_root.child_token(),
             reason: Arc::new(OnceLock::new()),
+            tx,
         };
         let session = Session {
             id: slot.id,
@@ -267,6 +273,12 @@ impl Registry {
         {
             slot.close(CloseReason::Deregistered);
         }
+    }
+
+    /// Pushes a message to the node's heartbeat stream if it is open here.
+    pub fn push(&self, node: &NodeId, msg: tether_proto::agent_pb::HeartbeatResponse) -> bool {
+        let tx = self.lock().get(node).and_then(|e| e.session.as_ref().map(|s| s.tx.clone()));
+        tx.is_some_and(|tx| tx.try_send(Ok(msg)).is_ok())
     }
 
     /// What this replica knows beyond the database: the latest beat figures

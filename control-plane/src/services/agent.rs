@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tether_auth::{Caveat, CredentialKind, Macaroon, hash_join_secret, hashes_equal, parse_join_token, random_bytes};
-use tether_proto::agent_pb::{self, heartbeat_request, heartbeat_response, jobs_request, jobs_response};
+use tether_proto::agent_pb::{self, heartbeat_request, heartbeat_response, jobs_request};
 use tether_store::NodeEnroll;
 use tether_types::{Error, ErrorCode, Labels, NodeCapabilities, NodeId, NodeUsage, TokenId, validate_labels};
 use tokio::sync::mpsc;
@@ -158,10 +158,11 @@ impl agent_pb::agent_service_server::AgentService for AgentApi {
                 Status::unavailable("control plane is busy admitting sessions; retry with backoff")
             })?
             .map_err(|_| Status::unavailable("control plane is shutting down"))?;
+        let (tx, rx) = mpsc::channel(8);
         let (session, record) = self
             .app
             .registry
-            .session_open(&node, &project, hello.session_generation, capabilities.as_ref())
+            .session_open(&node, &project, hello.session_generation, capabilities.as_ref(), tx.clone())
             .await
             .map_err(|e: Error| {
                 if e.code != ErrorCode::Aborted {
@@ -170,8 +171,8 @@ impl agent_pb::agent_service_server::AgentService for AgentApi {
                 status(e)
             })?;
         drop(permit);
+        self.app.work_wake.notify_one();
 
-        let (tx, rx) = mpsc::channel(8);
         let jitter = self.app.config.jitter();
         let config = agent_pb::HeartbeatResponse {
             msg: Some(heartbeat_response::Msg::Config(agent_pb::HeartbeatConfig {
@@ -198,10 +199,16 @@ impl agent_pb::agent_service_server::AgentService for AgentApi {
 
     type JobsStream = BoxStream<agent_pb::JobsResponse>;
 
-    async fn jobs(&self, req: Request<Streaming<agent_pb::JobsRequest>>) -> Result<Response<Self::JobsStream>, Status> {
+    async fn jobs(
+        &self,
+        req: Request<Streaming<agent_pb::JobsRequest>>,
+    ) -> Result<Response<Self::JobsStream>, Status> {
         let (node, _project) = self.app.auth.agent(&req)?;
         if self.app.store.node_get(&node).await.map_err(store_status)?.is_none() {
             return Err(status(Error::unauthenticated("node is not registered")));
+        }
+        if self.app.shutdown.is_cancelled() {
+            return Err(Status::unavailable("control plane is shutting down"));
         }
         let mut inbound = req.into_inner();
         let report = match tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, inbound.message()).await {
@@ -211,10 +218,25 @@ impl agent_pb::agent_service_server::AgentService for AgentApi {
             Ok(Ok(Some(agent_pb::JobsRequest { msg: Some(jobs_request::Msg::Report(r)) }))) => r,
             Ok(Ok(Some(_))) => return Err(Status::invalid_argument("the first message must be AllocationReport")),
         };
-        let (tx, rx) = mpsc::channel(16);
+        let (tx, rx) = mpsc::channel(crate::hub::STREAM_BUFFER);
+        let cancel = self.app.shutdown.child_token();
+        // Register before reading what the node should hold, so that nothing
+        // placed in between is missed (a duplicate send is harmless).
+        let stream_id = self.app.hub.register(&node, tx.clone(), cancel.clone());
         let app = self.app.clone();
         let span = tracing::info_span!("jobs", node_id = %node);
-        self.app.tasks.spawn(jobs_session(app, report, inbound, tx).instrument(span));
+        self.app.tasks.spawn(
+            async move {
+                if let Err(e) = crate::work::resync(&app, &node, report).await {
+                    tracing::warn!(error = %e, "resync after connect failed; closing the stream");
+                    let _ = tx.send(Err(Status::unavailable("resync failed; reconnect"))).await;
+                } else {
+                    jobs_session(&app, &node, cancel, inbound, &tx).await;
+                }
+                app.hub.unregister(&node, stream_id);
+            }
+            .instrument(span),
+        );
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -254,9 +276,15 @@ async fn heartbeat_session(
                     }
                     heartbeat_request::Msg::Ack(ack) => {
                         if ack.accepted {
-                            tracing::debug!(version = ack.version, "desired state acknowledged");
+                            tracing::info!(version = ack.version, "desired state acknowledged");
                         } else {
                             tracing::warn!(version = ack.version, reason = ack.reason, "desired state rejected by agent");
+                        }
+                        let reason: String = ack.reason.chars().take(tether_types::MAX_TEXT_LEN).collect();
+                        match app.store.node_desired_ack(&session.node, ack.version, ack.accepted, &reason, now_ms()).await {
+                            Ok(Some((_, seq))) => app.notify.committed(seq),
+                            Ok(None) => {}
+                            Err(e) => tracing::warn!(error = %e, "recording the desired-state answer failed"),
                         }
                     }
                     heartbeat_request::Msg::Goodbye(g) => {
@@ -291,50 +319,39 @@ async fn heartbeat_session(
     app.registry.session_closed(&session);
 }
 
-/// Until the jobs subsystem exists, the control plane holds no allocations:
-/// everything an agent reports is stale and is cancelled.
 async fn jobs_session(
-    app: Arc<App>,
-    report: agent_pb::AllocationReport,
+    app: &Arc<App>,
+    node: &NodeId,
+    cancel: tokio_util::sync::CancellationToken,
     mut inbound: Streaming<agent_pb::JobsRequest>,
-    tx: mpsc::Sender<Result<agent_pb::JobsResponse, Status>>,
+    tx: &crate::hub::JobsTx,
 ) {
-    let cancel = |job_id: String, attempt: u32| agent_pb::JobsResponse {
-        msg: Some(jobs_response::Msg::Cancel(agent_pb::CancelJob {
-            job_id,
-            attempt,
-            reason: "the control plane holds no such allocation".into(),
-        })),
-    };
-    for a in report.allocations {
-        if tx.send(Ok(cancel(a.job_id, a.attempt))).await.is_err() {
-            return;
-        }
-    }
     loop {
         tokio::select! {
             biased;
-            _ = app.shutdown.cancelled() => {
-                let _ = tx.send(Err(Status::unavailable("control plane is shutting down; reconnect"))).await;
+            _ = cancel.cancelled() => {
+                let st = if app.shutdown.is_cancelled() {
+                    Status::unavailable("control plane is shutting down; reconnect")
+                } else {
+                    Status::aborted("jobs stream replaced or too far behind; reconnect")
+                };
+                let _ = tx.send(Err(st)).await;
                 break;
             }
             msg = inbound.message() => match msg {
                 Ok(Some(agent_pb::JobsRequest { msg: Some(m) })) => {
-                    let stale = match m {
-                        jobs_request::Msg::Accepted(x) => Some((x.job_id, x.attempt)),
-                        jobs_request::Msg::Started(x) => Some((x.job_id, x.attempt)),
-                        jobs_request::Msg::Log(x) => Some((x.job_id, x.attempt)),
-                        jobs_request::Msg::Progress(x) => Some((x.job_id, x.attempt)),
-                        jobs_request::Msg::Finished(_) | jobs_request::Msg::Report(_) => None,
-                    };
-                    if let Some((job, attempt)) = stale
-                        && tx.send(Ok(cancel(job, attempt))).await.is_err()
-                    {
+                    if let Err(e) = crate::work::on_agent_message(app, node, m).await {
+                        tracing::warn!(error = %e, "handling a job update failed; closing the stream to resync");
+                        let _ = tx.send(Err(Status::unavailable("update failed; reconnect"))).await;
                         break;
                     }
                 }
                 Ok(Some(_)) => {}
-                Ok(None) | Err(_) => break,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::info!(code = ?e.code(), message = e.message(), "jobs stream ended");
+                    break;
+                }
             }
         }
     }

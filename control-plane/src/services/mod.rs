@@ -3,8 +3,11 @@
 //! [`tether_types::ErrorCode`].
 
 pub mod agent;
+pub mod jobs;
 pub mod nodes;
+pub mod placement;
 pub mod tenancy;
+pub mod workloads;
 
 use std::time::Duration;
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tether_proto::pb;
 use tether_store::{Event, NodeFilter};
-use tether_types::{Error, LabelSelector, Node, NodeId, NodeStatus, Role};
+use tether_types::{DesiredNodeState, Error, LabelSelector, Node, NodeId, NodeStatus, Role};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -22,6 +22,7 @@ const MAX_PAGE: u32 = 1000;
 /// How often a watcher looks at the log without a local wake-up, to see
 /// commits made by other replicas.
 const WATCH_POLL: Duration = Duration::from_secs(1);
+const DEFAULT_DRAIN_DEADLINE: Duration = Duration::from_secs(300);
 
 pub struct NodeApi {
     app: Arc<App>,
@@ -203,6 +204,46 @@ impl pb::node_service_server::NodeService for NodeApi {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn set_desired_state(
+        &self,
+        req: Request<pb::SetDesiredStateRequest>,
+    ) -> Result<Response<pb::SetDesiredStateResponse>, Status> {
+        let who = self.app.auth.operator(&req, Role::Operator)?;
+        let req = req.into_inner();
+        let id = NodeId::parse(&req.node_id).map_err(status)?;
+        let state = DesiredNodeState::from_pb(req.state).map_err(status)?;
+        tether_types::validate_text("reason", &req.reason).map_err(status)?;
+        if state == DesiredNodeState::Quarantined && req.reason.trim().is_empty() {
+            return Err(status(Error::invalid("quarantine requires a reason")));
+        }
+        let now = now_ms();
+        let deadline = (state == DesiredNodeState::Draining)
+            .then(|| super::ttl(req.drain_deadline, DEFAULT_DRAIN_DEADLINE).map(|d| now + d.as_millis() as i64))
+            .transpose()?;
+        let (node, seq) = self
+            .app
+            .store
+            .node_set_desired(who.project(), &id, state, &req.reason, deadline, now)
+            .await
+            .map_err(store_status)?;
+        self.app.notify.committed(seq);
+        self.app.registry.push(
+            &id,
+            tether_proto::agent_pb::HeartbeatResponse {
+                msg: Some(tether_proto::agent_pb::heartbeat_response::Msg::DesiredState(
+                    tether_proto::agent_pb::DesiredState {
+                        state: state.to_pb() as i32,
+                        version: node.desired_state_version,
+                        reason: req.reason.clone(),
+                    },
+                )),
+            },
+        );
+        self.app.work_wake.notify_one();
+        tracing::info!(node_id = %id, state = state.as_str(), version = node.desired_state_version, "desired state set");
+        Ok(Response::new(pb::SetDesiredStateResponse { node: Some(self.to_pb(&node)) }))
     }
 
     async fn deregister_node(

@@ -570,7 +570,7 @@ impl Store {
         })
     }
 
-    /// Active allocations on nodes that are `down` become lost (job attempts
+    /// Active allocations on nodes that are `down` (or deregistered) become lost (job attempts
     /// are retried elsewhere while attempts remain). Idempotent; returns the
     /// allocations that changed.
     pub async fn allocations_lose_on_down_nodes(&self, now: UnixMillis) -> Result<Vec<Allocation>> {
@@ -578,14 +578,15 @@ impl Store {
             let rows = sqlx::query(&format!(
                 "SELECT {ALLOC_COLS} FROM allocations
                  WHERE status IN ('scheduled', 'running', 'stopping')
-                   AND node_id IN (SELECT id FROM nodes WHERE status = 'down')"
+                   AND (node_id IN (SELECT id FROM nodes WHERE status = 'down')
+                        OR node_id NOT IN (SELECT id FROM nodes))"
             ))
             .fetch_all(&mut *tx)
             .await?;
             let allocs = rows.iter().map(alloc_from_row).collect::<Result<Vec<_>>>()?;
             let mut out = Vec::with_capacity(allocs.len());
             for a in allocs {
-                out.push(lose_allocation!(tx, a, "node is down", now));
+                out.push(lose_allocation!(tx, a, "node is down or was deregistered", now));
             }
             Ok::<_, StoreError>(out)
         })

@@ -1,0 +1,324 @@
+//! `tether.v1.JobService`.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tether_proto::pb;
+use tether_scheduler::{NodeView, Objective, Request as Placement};
+use tether_types::{
+    Error, ErrorCode, Job, JobId, JobSpec, JobStatus, LabelSelector, Labels, NodeId, Role, millis_to_timestamp,
+    validate_job_labels,
+};
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::{status, store_status};
+use crate::{App, now_ms};
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+const DEFAULT_PAGE: u32 = 100;
+const MAX_PAGE: u32 = 1000;
+const POLL: Duration = Duration::from_secs(1);
+
+pub struct JobApi {
+    app: Arc<App>,
+}
+
+impl JobApi {
+    pub fn new(app: Arc<App>) -> Self {
+        JobApi { app }
+    }
+
+    async fn job_pb(&self, job: &Job) -> Result<pb::Job, Status> {
+        let attempts = self.app.store.job_allocations(&job.id).await.map_err(store_status)?;
+        Ok(job_to_pb(job, &attempts))
+    }
+
+    async fn load(&self, project: &tether_types::ProjectId, id: &str) -> Result<Job, Status> {
+        let id = JobId::parse(id).map_err(status)?;
+        match self.app.store.job_get(&id).await.map_err(store_status)? {
+            Some(j) if &j.project_id == project => Ok(j),
+            _ => Err(status(Error::not_found(format!("job {id} not found")))),
+        }
+    }
+}
+
+pub fn job_to_pb(job: &Job, attempts: &[tether_types::Allocation]) -> pb::Job {
+    pb::Job {
+        job_id: job.id.to_string(),
+        project_id: job.project_id.to_string(),
+        spec: Some(job.spec.to_pb()),
+        labels: job.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        status: job.status.to_pb() as i32,
+        attempt: job.attempt,
+        node_id: job.node_id.as_ref().map(ToString::to_string).unwrap_or_default(),
+        exit_code: job.exit_code.unwrap_or_default(),
+        error: job.error.clone(),
+        created_at: Some(millis_to_timestamp(job.created_at)),
+        updated_at: Some(millis_to_timestamp(job.updated_at)),
+        attempts: attempts
+            .iter()
+            .map(|a| pb::JobAttempt {
+                attempt: a.attempt,
+                node_id: a.node_id.to_string(),
+                status: a.status.as_str().into(),
+                exit_code: a.exit_code.unwrap_or_default(),
+                error: a.error.clone(),
+                scheduled_at: Some(millis_to_timestamp(a.scheduled_at)),
+                started_at: a.started_at.map(millis_to_timestamp),
+                finished_at: a.finished_at.map(millis_to_timestamp),
+            })
+            .collect(),
+    }
+}
+
+/// Refuses a spec no registered node of the project could ever satisfy, with
+/// each node's reason. A project without nodes accepts work that waits.
+pub async fn check_satisfiable(
+    app: &App,
+    project: &tether_types::ProjectId,
+    req: &Placement,
+) -> Result<(), Status> {
+    let nodes: Vec<NodeView> = super::placement::views(app, project).await?;
+    let live: Vec<&NodeView> = nodes.iter().filter(|n| n.state != "left").collect();
+    if live.is_empty() {
+        return Ok(());
+    }
+    let mut reasons = Vec::new();
+    for n in &live {
+        match tether_scheduler::static_mismatch(n, req) {
+            None => return Ok(()),
+            Some(r) => reasons.push(format!("{}: {r}", n.id)),
+        }
+    }
+    reasons.truncate(10);
+    Err(status(Error::new(
+        ErrorCode::FailedPrecondition,
+        format!("no node can ever satisfy these constraints ({})", reasons.join("; ")),
+    )))
+}
+
+#[tonic::async_trait]
+impl pb::job_service_server::JobService for JobApi {
+    async fn submit_job(&self, req: Request<pb::SubmitJobRequest>) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        let who = self.app.auth.operator(&req, Role::Operator)?;
+        let req = req.into_inner();
+        let spec = JobSpec::try_from(req.spec.ok_or_else(|| status(Error::invalid("spec is required")))?)
+            .map_err(status)?;
+        let labels: Labels = req.labels.into_iter().collect();
+        validate_job_labels(&labels).map_err(status)?;
+        if req.idempotency_key.len() > 255 {
+            return Err(status(Error::invalid("idempotency_key is at most 255 bytes")));
+        }
+        let placement = Placement::new(who.project().clone(), spec.resources, spec.constraints.clone(), Objective::Balanced);
+        check_satisfiable(&self.app, who.project(), &placement).await?;
+        let now = now_ms();
+        let job = Job {
+            id: JobId::from_random(tether_auth::random_bytes()),
+            project_id: who.project().clone(),
+            spec,
+            labels,
+            status: JobStatus::Pending,
+            attempt: 0,
+            node_id: None,
+            exit_code: None,
+            error: String::new(),
+            created_at: now,
+            updated_at: now,
+        };
+        let key = (!req.idempotency_key.is_empty()).then_some(req.idempotency_key.as_str());
+        let (job, created) = self.app.store.job_submit(&job, key).await.map_err(store_status)?;
+        if created {
+            metrics::counter!("tether_jobs_submitted_total").increment(1);
+            self.app.work_wake.notify_one();
+        }
+        Ok(Response::new(pb::SubmitJobResponse { job: Some(self.job_pb(&job).await?) }))
+    }
+
+    async fn get_job(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::GetJobResponse>, Status> {
+        let who = self.app.auth.operator(&req, Role::Viewer)?;
+        let job = self.load(who.project(), &req.get_ref().job_id).await?;
+        Ok(Response::new(pb::GetJobResponse { job: Some(self.job_pb(&job).await?) }))
+    }
+
+    async fn list_jobs(&self, req: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let who = self.app.auth.operator(&req, Role::Viewer)?;
+        let req = req.into_inner();
+        let status_f = JobStatus::from_pb(req.status).map_err(status)?;
+        let node = (!req.node_id.is_empty()).then(|| NodeId::parse(&req.node_id)).transpose().map_err(status)?;
+        let selector = LabelSelector::parse(&req.label_selector).map_err(status)?;
+        let want = match req.page_size {
+            0 => DEFAULT_PAGE,
+            n => n.min(MAX_PAGE),
+        };
+        let mut before = if req.page_token.is_empty() {
+            None
+        } else {
+            let bad = || status(Error::invalid("page_token is malformed; pass next_page_token unchanged"));
+            let (at, id) = req.page_token.split_once('.').ok_or_else(bad)?;
+            Some((at.parse::<i64>().map_err(|_| bad())?, JobId::parse(id).map_err(|_| bad())?))
+        };
+        let mut jobs = Vec::new();
+        let mut next = None;
+        loop {
+            let page =
+                self.app.store.job_list(who.project(), status_f, node.as_ref(), before.as_ref(), want).await.map_err(store_status)?;
+            let exhausted = page.next.is_none();
+            for j in page.jobs {
+                if !selector.matches(&j.labels) {
+                    continue;
+                }
+                if jobs.len() == want as usize {
+                    next = before.clone();
+                    break;
+                }
+                before = Some((j.created_at, j.id.clone()));
+                jobs.push(job_to_pb(&j, &[]));
+            }
+            if next.is_some() || exhausted {
+                break;
+            }
+            before = page.next;
+        }
+        Ok(Response::new(pb::ListJobsResponse {
+            jobs,
+            next_page_token: next.map(|(at, id)| format!("{at}.{id}")).unwrap_or_default(),
+        }))
+    }
+
+    async fn cancel_job(&self, req: Request<pb::CancelJobRequest>) -> Result<Response<pb::CancelJobResponse>, Status> {
+        let who = self.app.auth.operator(&req, Role::Operator)?;
+        let id = JobId::parse(&req.get_ref().job_id).map_err(status)?;
+        let (job, stopping) = self.app.store.job_cancel(who.project(), &id, now_ms()).await.map_err(store_status)?;
+        if let Some(a) = &stopping {
+            self.app.hub.send(&a.node_id, crate::work::cancel_msg(a, "cancelled by an operator"));
+        }
+        self.app.work_wake.notify_one();
+        tracing::info!(job_id = %id, "job cancelled");
+        Ok(Response::new(pb::CancelJobResponse { job: Some(self.job_pb(&job).await?) }))
+    }
+
+    type WatchJobStream = BoxStream<pb::WatchJobResponse>;
+
+    async fn watch_job(&self, req: Request<pb::WatchJobRequest>) -> Result<Response<Self::WatchJobStream>, Status> {
+        let who = self.app.auth.operator(&req, Role::Viewer)?;
+        let job = self.load(who.project(), &req.get_ref().job_id).await?;
+        let project = who.project().clone();
+        let (tx, rx) = mpsc::channel(64);
+        let app = self.app.clone();
+        let mut wake = self.app.notify.subscribe();
+        // Every state change from submission on, then live ones until terminal.
+        self.app.tasks.spawn(async move {
+            let mut cursor = 0i64;
+            loop {
+                let events = match app.store.events_for_subject(&project, job.id.as_str(), cursor, 500).await {
+                    Ok(e) => e,
+                    Err(e) => {
+                        let _ = tx.send(Err(store_status(e))).await;
+                        return;
+                    }
+                };
+                for ev in &events {
+                    cursor = ev.seq;
+                    let Ok(j) = serde_json::from_value::<Job>(ev.payload.clone()) else { continue };
+                    let terminal = j.status.is_terminal();
+                    let msg = pb::WatchJobResponse { job: Some(job_to_pb(&j, &[])), kind: ev.kind.clone(), sequence: ev.seq as u64 };
+                    if tx.send(Ok(msg)).await.is_err() || terminal {
+                        return;
+                    }
+                }
+                tokio::select! {
+                    biased;
+                    _ = app.shutdown.cancelled() => {
+                        let _ = tx.send(Err(Status::unavailable("control plane is shutting down; watch again"))).await;
+                        return;
+                    }
+                    _ = tx.closed() => return,
+                    _ = wake.changed() => {}
+                    _ = tokio::time::sleep(POLL) => {}
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type StreamJobLogsStream = BoxStream<pb::StreamJobLogsResponse>;
+
+    async fn stream_job_logs(
+        &self,
+        req: Request<pb::StreamJobLogsRequest>,
+    ) -> Result<Response<Self::StreamJobLogsStream>, Status> {
+        let who = self.app.auth.operator(&req, Role::Viewer)?;
+        let req = req.into_inner();
+        let job = self.load(who.project(), &req.job_id).await?;
+        let (tx, rx) = mpsc::channel(16);
+        let app = self.app.clone();
+        self.app.tasks.spawn(async move {
+            let mut pos = req.offset;
+            let mut attempt = job.attempt.max(1);
+            let mut trailing_checked = false;
+            loop {
+                // Register for a wake-up before reading, so nothing is missed.
+                let notified = app.logs.notified();
+                let current = match app.store.job_get(&job.id).await {
+                    Ok(Some(j)) => j,
+                    Ok(None) => return,
+                    Err(e) => {
+                        let _ = tx.send(Err(store_status(e))).await;
+                        return;
+                    }
+                };
+                if req.follow && current.attempt > attempt {
+                    // A new attempt: follow its output from the start.
+                    attempt = current.attempt;
+                    pos = 0;
+                }
+                let chunks = match app.store.job_logs(&job.id, attempt, pos, 256 * 1024).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = tx.send(Err(store_status(e))).await;
+                        return;
+                    }
+                };
+                let got = !chunks.is_empty();
+                for c in chunks {
+                    pos = c.pos + c.data.len() as u64;
+                    let msg = pb::StreamJobLogsResponse { offset: c.pos, data: c.data, attempt, truncated: c.truncated };
+                    if tx.send(Ok(msg)).await.is_err() {
+                        return;
+                    }
+                }
+                if got {
+                    continue;
+                }
+                if !req.follow {
+                    return;
+                }
+                if current.status.is_terminal() {
+                    // Output may trail the finish report by a moment: look once more.
+                    if trailing_checked {
+                        return;
+                    }
+                    trailing_checked = true;
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    continue;
+                }
+                tokio::select! {
+                    biased;
+                    _ = app.shutdown.cancelled() => {
+                        let _ = tx.send(Err(Status::unavailable("control plane is shutting down; resume at the last offset"))).await;
+                        return;
+                    }
+                    _ = tx.closed() => return,
+                    _ = notified => {}
+                    _ = tokio::time::sleep(POLL) => {}
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

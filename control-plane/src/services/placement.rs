@@ -1,0 +1,67 @@
+//! `tether.v1.PlacementService`: the scheduler, dry.
+
+use std::sync::Arc;
+
+use tether_proto::pb;
+use tether_scheduler::{NodeView, Objective, Request as Placement, rank};
+use tether_types::{Constraints, Error, ProjectId, Resources, Role};
+use tonic::{Request, Response, Status};
+
+use super::{status, store_status};
+use crate::{App, now_ms};
+
+pub struct PlacementApi {
+    app: Arc<App>,
+}
+
+impl PlacementApi {
+    pub fn new(app: Arc<App>) -> Self {
+        PlacementApi { app }
+    }
+}
+
+/// The scheduler's view of one project's nodes, as of now.
+pub async fn views(app: &App, project: &ProjectId) -> Result<Vec<NodeView>, Status> {
+    let nodes = app.store.node_list_all().await.map_err(store_status)?;
+    let nodes: Vec<_> = nodes.into_iter().filter(|n| &n.project_id == project).collect();
+    let active = app.store.allocations_active().await.map_err(store_status)?;
+    Ok(crate::work::node_views(&nodes, &active, now_ms()))
+}
+
+fn objective(v: i32) -> Result<Objective, Status> {
+    match pb::Objective::try_from(v) {
+        Ok(pb::Objective::Unspecified | pb::Objective::Balanced) => Ok(Objective::Balanced),
+        Ok(pb::Objective::Durability) => Ok(Objective::Durability),
+        Ok(pb::Objective::Latency) => Ok(Objective::Latency),
+        Ok(pb::Objective::Cost) => Ok(Objective::Cost),
+        Err(_) => Err(status(Error::invalid(format!("unknown objective {v}")))),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::placement_service_server::PlacementService for PlacementApi {
+    async fn suggest_placement(
+        &self,
+        req: Request<pb::SuggestPlacementRequest>,
+    ) -> Result<Response<pb::SuggestPlacementResponse>, Status> {
+        let who = self.app.auth.operator(&req, Role::Viewer)?;
+        let req = req.into_inner();
+        let resources = Resources::try_from(req.resources).map_err(status)?;
+        let constraints = Constraints::try_from(req.constraints).map_err(status)?;
+        let placement = Placement::new(who.project().clone(), resources, constraints, objective(req.objective)?);
+        let nodes = views(&self.app, who.project()).await?;
+        let (ranked, filtered) = rank(&nodes, &placement);
+        let limit = if req.limit == 0 { 10 } else { req.limit.min(1000) } as usize;
+        Ok(Response::new(pb::SuggestPlacementResponse {
+            candidates: ranked
+                .into_iter()
+                .take(limit)
+                .map(|s| pb::Candidate { node_id: s.node.to_string(), score: s.score, reasons: s.reasons })
+                .collect(),
+            filtered: filtered
+                .into_iter()
+                .map(|f| pb::FilteredNode { node_id: f.node.to_string(), reason: f.reason })
+                .collect(),
+        }))
+    }
+}

@@ -1,0 +1,478 @@
+//! The work loop (scheduler and reconcilers) and the control plane's side of
+//! the Jobs stream.
+//!
+//! The loop is idempotent and takes no input: each pass reads the durable
+//! state, decides, writes its decisions in transactions, then tells agents.
+//! It is woken by changes (submits, finishes, node changes) and by a timer.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tether_proto::agent_pb::{self, jobs_request, jobs_response};
+use tether_scheduler::{NodeView, Objective, Request, place_batch};
+use tether_store::StoreError;
+use tether_types::{
+    AllocId, AllocKind, AllocStatus, Allocation, DesiredNodeState, ExecSpec, Node, NodeId,
+    NodeStatus, RestartPolicy, Workload, alloc_key,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{App, now_ms};
+
+/// A pass runs at least this often, to catch deadlines and other replicas' work.
+const PASS_PERIOD: Duration = Duration::from_millis(500);
+const PENDING_BATCH: u32 = 2000;
+/// Output cap per job attempt.
+pub const MAX_LOG_BYTES: u64 = 1024 * 1024;
+/// Reliability grows to 1 over this much time ready.
+const RELIABILITY_RAMP_MS: i64 = 10 * 60 * 1000;
+
+fn exec_driver(e: &ExecSpec) -> agent_pb::ExecDriver {
+    agent_pb::ExecDriver {
+        command: e.command.clone(),
+        args: e.args.clone(),
+        env: e.env.clone().into_iter().collect(),
+        working_dir: e.working_dir.clone(),
+        timeout: e.timeout_ms.map(|ms| prost_types::Duration {
+            seconds: (ms / 1000) as i64,
+            nanos: ((ms % 1000) * 1_000_000) as i32,
+        }),
+    }
+}
+
+fn assign_msg(a: &Allocation, exec: &ExecSpec, restart: Option<RestartPolicy>) -> agent_pb::JobsResponse {
+    let (job_id, attempt) = a.wire_id();
+    agent_pb::JobsResponse {
+        msg: Some(jobs_response::Msg::Assign(agent_pb::AssignJob {
+            job_id,
+            attempt,
+            exec: Some(exec_driver(exec)),
+            kind: match a.kind {
+                AllocKind::Job => agent_pb::AllocationKind::Job,
+                AllocKind::Service => agent_pb::AllocationKind::Service,
+            } as i32,
+            restart: match restart {
+                None => agent_pb::ServiceRestart::Unspecified,
+                Some(RestartPolicy::Always) => agent_pb::ServiceRestart::Always,
+                Some(RestartPolicy::OnFailure) => agent_pb::ServiceRestart::OnFailure,
+                Some(RestartPolicy::Never) => agent_pb::ServiceRestart::Never,
+            } as i32,
+            max_log_bytes: MAX_LOG_BYTES,
+        })),
+    }
+}
+
+pub fn cancel_msg(a: &Allocation, reason: &str) -> agent_pb::JobsResponse {
+    let (job_id, attempt) = a.wire_id();
+    agent_pb::JobsResponse {
+        msg: Some(jobs_response::Msg::Cancel(agent_pb::CancelJob { job_id, attempt, reason: reason.to_owned() })),
+    }
+}
+
+fn release_msg(job_id: String, attempt: u32) -> agent_pb::JobsResponse {
+    agent_pb::JobsResponse { msg: Some(jobs_response::Msg::Release(agent_pb::ReleaseJob { job_id, attempt })) }
+}
+
+/// The assignment message for an allocation, loading its spec.
+async fn assignment(app: &App, a: &Allocation) -> Result<Option<agent_pb::JobsResponse>, StoreError> {
+    if let Some(job_id) = &a.job_id {
+        Ok(app.store.job_get(job_id).await?.map(|j| assign_msg(a, &j.spec.exec, None)))
+    } else if let Some(w) = &a.workload_id {
+        Ok(app.store.workload_get(&a.project_id, w).await?.map(|w| assign_msg(a, &w.spec.exec, Some(w.spec.restart))))
+    } else {
+        Ok(None)
+    }
+}
+
+/// Brings a node and the control plane in line after the node (re)connects:
+/// results it holds are recorded and released, work it runs that is no
+/// longer wanted is cancelled, and work it lacks is (re)sent.
+pub async fn resync(app: &App, node: &NodeId, report: agent_pb::AllocationReport) -> Result<(), StoreError> {
+    let now = now_ms();
+    let mut held = HashSet::new();
+    for h in report.allocations {
+        let key = alloc_key(&h.job_id, h.attempt);
+        held.insert(key.clone());
+        let current = app.store.allocation_get(&key).await?;
+        let mine = current.as_ref().filter(|a| &a.node_id == node && a.status.is_active());
+        if h.finished {
+            if mine.is_some() {
+                finished(app, node, &key, h.exit_code, &h.error).await?;
+            }
+            app.hub.send(node, release_msg(h.job_id, h.attempt));
+        } else if let Some(a) = mine {
+            if a.status == AllocStatus::Stopping {
+                app.hub.send(node, cancel_msg(a, "stopped by the control plane"));
+            } else if a.status == AllocStatus::Scheduled {
+                app.store.allocation_started(&key, node, 0, now).await?;
+            }
+        } else {
+            let stale = Allocation {
+                key: key.clone(),
+                ..current.clone().unwrap_or_else(|| placeholder(node, &h.job_id, h.attempt))
+            };
+            app.hub.send(node, cancel_msg(&stale, "the control plane holds no such allocation on this node"));
+        }
+    }
+    for a in app.store.allocations_on_node(node).await? {
+        if held.contains(&a.key) {
+            continue;
+        }
+        if a.status == AllocStatus::Stopping {
+            // Asked to stop, and the node does not have it: it is stopped.
+            finished(app, node, &a.key, -1, "stopped before the node started it").await?;
+        } else if let Some(msg) = assignment(app, &a).await? {
+            app.hub.send(node, msg);
+        }
+    }
+    app.work_wake.notify_one();
+    Ok(())
+}
+
+fn placeholder(node: &NodeId, wire_id: &str, attempt: u32) -> Allocation {
+    Allocation {
+        key: String::new(),
+        project_id: tether_types::ProjectId::from_trusted(String::new()),
+        kind: if wire_id.starts_with(tether_types::JobId::PREFIX) { AllocKind::Job } else { AllocKind::Service },
+        job_id: wire_id
+            .starts_with(tether_types::JobId::PREFIX)
+            .then(|| tether_types::JobId::from_trusted(wire_id.to_owned())),
+        attempt,
+        workload_id: None,
+        spec_version: 0,
+        node_id: node.clone(),
+        status: AllocStatus::Lost,
+        resources: Default::default(),
+        exit_code: None,
+        error: String::new(),
+        restarts: 0,
+        scheduled_at: 0,
+        started_at: None,
+        finished_at: None,
+    }
+}
+
+async fn finished(app: &App, node: &NodeId, key: &str, code: i32, error: &str) -> Result<(), StoreError> {
+    let error: String = error.chars().take(tether_types::MAX_TEXT_LEN).collect();
+    if let Some(f) = app.store.allocation_finished(key, node, code, &error, now_ms()).await? {
+        metrics::counter!("tether_allocations_finished_total", "status" => f.allocation.status.as_str()).increment(1);
+        if let Some(j) = &f.job {
+            tracing::info!(job_id = %j.id, attempt = f.allocation.attempt, status = j.status.as_str(), code, "job attempt finished");
+        }
+        app.work_wake.notify_one();
+    }
+    Ok(())
+}
+
+/// Handles one message of a node's Jobs stream.
+pub async fn on_agent_message(app: &App, node: &NodeId, m: jobs_request::Msg) -> Result<(), StoreError> {
+    let now = now_ms();
+    match m {
+        jobs_request::Msg::Report(_) => {}
+        jobs_request::Msg::Accepted(_) | jobs_request::Msg::Progress(_) => {}
+        jobs_request::Msg::Started(s) => {
+            let key = alloc_key(&s.job_id, s.attempt);
+            match app.store.allocation_started(&key, node, s.restarts, now).await? {
+                Some(a) if a.status == AllocStatus::Stopping => {
+                    app.hub.send(node, cancel_msg(&a, "stopped by the control plane"));
+                }
+                Some(_) => {}
+                None => {
+                    // Started something the control plane no longer wants here.
+                    let a = app.store.allocation_get(&key).await?;
+                    let stale = a.unwrap_or_else(|| placeholder(node, &s.job_id, s.attempt));
+                    if stale.status != AllocStatus::Running || &stale.node_id != node {
+                        app.hub.send(node, cancel_msg(&Allocation { key, ..stale }, "no longer wanted"));
+                    }
+                }
+            }
+        }
+        jobs_request::Msg::Log(l) => {
+            if l.job_id.starts_with(tether_types::JobId::PREFIX) {
+                let key = alloc_key(&l.job_id, l.attempt);
+                // Only output from the node that holds the attempt is kept.
+                if app.store.allocation_get(&key).await?.is_some_and(|a| &a.node_id == node) {
+                    let job = tether_types::JobId::from_trusted(l.job_id.clone());
+                    if app.store.job_log_append(&job, l.attempt, l.offset, &l.data, l.truncated).await? {
+                        app.logs.notify_waiters();
+                    }
+                }
+            }
+        }
+        jobs_request::Msg::Finished(f) => {
+            let key = alloc_key(&f.job_id, f.attempt);
+            finished(app, node, &key, f.exit_code, &f.error).await?;
+            app.hub.send(node, release_msg(f.job_id, f.attempt));
+            app.logs.notify_waiters();
+        }
+    }
+    Ok(())
+}
+
+pub async fn work_loop(app: Arc<App>, shutdown: CancellationToken) {
+    let mut draining_done: HashSet<NodeId> = HashSet::new();
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            _ = app.work_wake.notified() => {}
+            _ = tokio::time::sleep(PASS_PERIOD) => {}
+        }
+        let started = std::time::Instant::now();
+        if let Err(e) = pass(&app, &mut draining_done).await {
+            tracing::warn!(error = &e as &dyn std::error::Error, "work pass failed; retrying");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        metrics::histogram!("tether_work_pass_seconds").record(started.elapsed().as_secs_f64());
+    }
+}
+
+pub fn node_views(nodes: &[Node], active: &[Allocation], now: i64) -> Vec<NodeView> {
+    let mut allocated: HashMap<&NodeId, tether_types::Resources> = HashMap::new();
+    let mut groups: HashMap<&NodeId, HashMap<String, u32>> = HashMap::new();
+    for a in active {
+        let r = allocated.entry(&a.node_id).or_default();
+        *r = r.add(&a.resources);
+        if let Some(w) = &a.workload_id
+            && a.status != AllocStatus::Stopping
+        {
+            *groups.entry(&a.node_id).or_default().entry(w.to_string()).or_default() += 1;
+        }
+    }
+    nodes
+        .iter()
+        .map(|n| {
+            let ready = n.status == NodeStatus::Ready;
+            let active_state = n.desired_state.accepts_work();
+            let up_for = (now - n.status_changed_at).clamp(0, RELIABILITY_RAMP_MS);
+            NodeView {
+                id: n.id.clone(),
+                project: n.project_id.clone(),
+                ready,
+                active: active_state,
+                state: if !ready { n.status.as_str().into() } else { n.desired_state.as_str().into() },
+                pool: n.pool.clone(),
+                labels: n.labels.clone(),
+                gpu_models: n.capabilities.gpus.iter().map(|g| g.model.clone()).collect(),
+                capacity: tether_types::Resources {
+                    cpu_millis: u64::from(n.capabilities.cpu_count) * 1000,
+                    memory_mb: n.capabilities.memory_mb,
+                    gpus: n.capabilities.gpus.len() as u64,
+                },
+                allocated: allocated.get(&n.id).copied().unwrap_or_default(),
+                reliability: 0.5 + 0.5 * (up_for as f64 / RELIABILITY_RAMP_MS as f64),
+                groups: groups.remove(&n.id).unwrap_or_default(),
+            }
+        })
+        .collect()
+}
+
+/// One pass over everything.
+async fn pass(app: &App, draining_done: &mut HashSet<NodeId>) -> Result<(), StoreError> {
+    let now = now_ms();
+    let store = &app.store;
+
+    // Work on nodes that are down is lost (and retried while attempts remain).
+    let lost = store.allocations_lose_on_down_nodes(now).await?;
+    if !lost.is_empty() {
+        tracing::info!(allocations = lost.len(), "allocations lost on down nodes");
+        metrics::counter!("tether_allocations_lost_total").increment(lost.len() as u64);
+    }
+
+    let nodes = store.node_list_all().await?;
+    let mut active = store.allocations_active().await?;
+
+    // Node desired states that stop work: stopped nodes stop everything; a
+    // draining node's jobs are stopped at the deadline.
+    let mut evict = Vec::new();
+    let mut stop = Vec::new();
+    for n in &nodes {
+        let on_node = active.iter().filter(|a| a.node_id == n.id && a.status != AllocStatus::Stopping);
+        match n.desired_state {
+            DesiredNodeState::Stopped => {
+                for a in on_node {
+                    match a.kind {
+                        AllocKind::Job => evict.push(a.clone()),
+                        AllocKind::Service => stop.push(a.key.clone()),
+                    }
+                }
+            }
+            DesiredNodeState::Draining if n.drain_deadline.is_some_and(|d| now >= d) => {
+                evict.extend(on_node.filter(|a| a.kind == AllocKind::Job).cloned());
+            }
+            _ => {}
+        }
+    }
+    if !evict.is_empty() {
+        let keys: Vec<String> = evict.iter().map(|a| a.key.clone()).collect();
+        let evicted = store.allocations_evict(&keys, "node stopped or drain deadline passed", now).await?;
+        for a in &evicted {
+            app.hub.send(&a.node_id, cancel_msg(a, "node stopped or drain deadline passed"));
+        }
+    }
+
+    // Workloads.
+    let workloads = store.workload_list(None).await?;
+    let mut views = node_views(&nodes, &active, now);
+    let node_by_id: HashMap<&NodeId, &Node> = nodes.iter().map(|n| (&n.id, n)).collect();
+    let mut new_allocs: Vec<(Allocation, ExecSpec, Option<RestartPolicy>)> = Vec::new();
+    for w in &workloads {
+        let mine: Vec<&Allocation> = active.iter().filter(|a| a.workload_id.as_ref() == Some(&w.id)).collect();
+        let plan = reconcile(w, &mine, &node_by_id);
+        stop.extend(plan.stop);
+        let reqs: Vec<Request> = (0..plan.create)
+            .map(|_| {
+                let mut r = Request::new(w.project_id.clone(), w.spec.resources, w.spec.constraints.clone(), Objective::Balanced);
+                r.group = Some(w.id.to_string());
+                r
+            })
+            .collect();
+        for i in place_batch(&mut views, &reqs).into_iter().flatten() {
+            let a = Allocation {
+                key: AllocId::from_random(tether_auth::random_bytes()).to_string(),
+                project_id: w.project_id.clone(),
+                kind: AllocKind::Service,
+                job_id: None,
+                attempt: 1,
+                workload_id: Some(w.id.clone()),
+                spec_version: w.spec_version,
+                node_id: views[i].id.clone(),
+                status: AllocStatus::Scheduled,
+                resources: w.spec.resources,
+                exit_code: None,
+                error: String::new(),
+                restarts: 0,
+                scheduled_at: now,
+                started_at: None,
+                finished_at: None,
+            };
+            new_allocs.push((a, w.spec.exec.clone(), Some(w.spec.restart)));
+        }
+    }
+    if !stop.is_empty() {
+        for a in store.allocations_stop(&stop, "stopped by the reconciler", now).await? {
+            app.hub.send(&a.node_id, cancel_msg(&a, "stopped by the reconciler"));
+        }
+    }
+
+    // Pending jobs, highest priority first.
+    let pending = store.jobs_pending(PENDING_BATCH).await?;
+    let reqs: Vec<Request> = pending
+        .iter()
+        .map(|j| Request::new(j.project_id.clone(), j.spec.resources, j.spec.constraints.clone(), Objective::Balanced))
+        .collect();
+    for (j, i) in pending.iter().zip(place_batch(&mut views, &reqs)) {
+        let Some(i) = i else { continue };
+        let attempt = j.attempt + 1;
+        let a = Allocation {
+            key: format!("{}/{attempt}", j.id),
+            project_id: j.project_id.clone(),
+            kind: AllocKind::Job,
+            job_id: Some(j.id.clone()),
+            attempt,
+            workload_id: None,
+            spec_version: 0,
+            node_id: views[i].id.clone(),
+            status: AllocStatus::Scheduled,
+            resources: j.spec.resources,
+            exit_code: None,
+            error: String::new(),
+            restarts: 0,
+            scheduled_at: now,
+            started_at: None,
+            finished_at: None,
+        };
+        new_allocs.push((a, j.spec.exec.clone(), None));
+    }
+
+    if !new_allocs.is_empty() {
+        let allocs: Vec<Allocation> = new_allocs.iter().map(|(a, _, _)| a.clone()).collect();
+        // Durable before sent.
+        let stored: HashSet<String> = store.allocations_place(&allocs, now).await?.into_iter().map(|a| a.key).collect();
+        metrics::counter!("tether_allocations_placed_total").increment(stored.len() as u64);
+        for (a, exec, restart) in &new_allocs {
+            if stored.contains(&a.key) {
+                app.hub.send(&a.node_id, assign_msg(a, exec, *restart));
+            }
+        }
+        active.extend(allocs.into_iter().filter(|a| stored.contains(&a.key)));
+    }
+
+    // Drains complete when the node's work has really stopped.
+    for n in nodes.iter().filter(|n| n.desired_state == DesiredNodeState::Draining) {
+        let busy = active.iter().any(|a| a.node_id == n.id);
+        if !busy && draining_done.insert(n.id.clone()) {
+            let seq = store.node_event(n, "node.drain_completed", now).await?;
+            app.notify.committed(seq);
+            tracing::info!(node_id = %n.id, "drain completed");
+        }
+    }
+    draining_done.retain(|id| node_by_id.get(id).is_some_and(|n| n.desired_state == DesiredNodeState::Draining));
+    Ok(())
+}
+
+/// What the reconciler does for one workload in one pass.
+#[derive(Debug, Default, PartialEq)]
+struct Plan {
+    create: usize,
+    stop: Vec<String>,
+}
+
+/// Keeps `replicas` running: replaces replicas that are gone, migrates those
+/// on draining or stopped nodes and rolls out spec changes `max_parallel` at
+/// a time, always starting a replacement before stopping what it replaces.
+fn reconcile(w: &Workload, allocs: &[&Allocation], nodes: &HashMap<&NodeId, &Node>) -> Plan {
+    let n = w.replicas as usize;
+    let live: Vec<&&Allocation> = allocs.iter().filter(|a| a.status != AllocStatus::Stopping).collect();
+    let node_ok = |a: &Allocation| {
+        nodes.get(&a.node_id).is_some_and(|n| {
+            !matches!(n.desired_state, DesiredNodeState::Draining | DesiredNodeState::Stopped)
+                && n.status != NodeStatus::Down
+                && n.status != NodeStatus::Left
+        })
+    };
+    let (keep, replace): (Vec<&&Allocation>, Vec<&&Allocation>) =
+        live.iter().partition(|a| a.spec_version == w.spec_version && node_ok(a));
+    let mut plan = Plan::default();
+
+    // Scale down: stop the extra current replicas, youngest (least proven) first.
+    if keep.len() > n {
+        let mut extra: Vec<&&Allocation> = keep.clone();
+        extra.sort_by_key(|a| (a.status == AllocStatus::Running, std::cmp::Reverse(a.scheduled_at)));
+        plan.stop.extend(extra.iter().take(keep.len() - n).map(|a| a.key.clone()));
+        plan.stop.extend(replace.iter().map(|a| a.key.clone()));
+        return plan;
+    }
+
+    // Replicas that are simply missing are created at once.
+    let missing = n.saturating_sub(keep.len() + replace.len());
+    // Replacements surge up to max_parallel starting at a time.
+    let starting = keep.iter().filter(|a| a.status == AllocStatus::Scheduled).count();
+    let surge_room = (w.spec.max_parallel as usize).saturating_sub(starting);
+    let wanted_replacements = replace.len().min(n.saturating_sub(keep.len() + missing));
+    plan.create = missing + wanted_replacements.min(surge_room);
+
+    // Stop a replaced replica only once enough current ones run.
+    let running_keep = keep.iter().filter(|a| a.status == AllocStatus::Running).count();
+    let mut replace_sorted = replace.clone();
+    replace_sorted.sort_by_key(|a| (a.status == AllocStatus::Running, a.scheduled_at));
+    let mut still_running_replace = replace.iter().filter(|a| a.status == AllocStatus::Running).count();
+    for a in replace_sorted {
+        let is_running = a.status == AllocStatus::Running;
+        let can_stop = if is_running {
+            running_keep + still_running_replace - 1 >= n
+        } else {
+            // Never started: stopping it loses nothing once replacements exist.
+            keep.len() + plan.create >= n
+        };
+        if can_stop {
+            plan.stop.push(a.key.clone());
+            if is_running {
+                still_running_replace -= 1;
+            }
+        }
+    }
+    plan
+}
+
