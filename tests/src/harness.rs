@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 use tether_proto::agent_pb::agent_service_client::AgentServiceClient;
 use tether_proto::pb;
 use tether_proto::pb::node_service_client::NodeServiceClient;
+use tether_proto::pb::job_service_client::JobServiceClient;
+use tether_proto::pb::placement_service_client::PlacementServiceClient;
 use tether_proto::pb::tenancy_service_client::TenancyServiceClient;
+use tether_proto::pb::workload_service_client::WorkloadServiceClient;
 use tokio::process::{Child, Command};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -150,10 +153,16 @@ pub struct ControlPlane {
     pub admin_token: String,
     pub join_token: String,
     starts: u32,
+    down_after: Duration,
 }
 
 impl ControlPlane {
     pub async fn start(backend: Backend) -> ControlPlane {
+        Self::start_with(backend, DOWN_AFTER).await
+    }
+
+    /// Starts with a shorter or longer time until silent nodes are `down`.
+    pub async fn start_with(backend: Backend, down_after: Duration) -> ControlPlane {
         let database_url = match backend {
             Backend::Sqlite => None,
             Backend::Postgres => Some(fresh_postgres_db().await),
@@ -168,6 +177,7 @@ impl ControlPlane {
             admin_token: String::new(),
             join_token: String::new(),
             starts: 0,
+            down_after,
         };
         cp.spawn().await;
         cp.admin_token = std::fs::read_to_string(cp.data_dir().join("admin.token")).unwrap().trim().to_owned();
@@ -198,7 +208,7 @@ impl ControlPlane {
             .arg("--heartbeat-grace")
             .arg(format!("{}ms", GRACE.as_millis()))
             .arg("--down-after")
-            .arg(format!("{}s", DOWN_AFTER.as_secs()))
+            .arg(format!("{}ms", self.down_after.as_millis()))
             .arg("--lease-flush-interval")
             .arg("1s")
             .env("RUST_LOG", "info")
@@ -258,6 +268,18 @@ impl ControlPlane {
 
     pub async fn tenancy_as(&self, token: Option<&str>) -> TenancyServiceClient<Authed> {
         TenancyServiceClient::with_interceptor(self.channel().await, bearer(token))
+    }
+
+    pub async fn jobs(&self) -> JobServiceClient<Authed> {
+        JobServiceClient::with_interceptor(self.channel().await, bearer(Some(&self.admin_token)))
+    }
+
+    pub async fn workloads(&self) -> WorkloadServiceClient<Authed> {
+        WorkloadServiceClient::with_interceptor(self.channel().await, bearer(Some(&self.admin_token)))
+    }
+
+    pub async fn placement(&self) -> PlacementServiceClient<Authed> {
+        PlacementServiceClient::with_interceptor(self.channel().await, bearer(Some(&self.admin_token)))
     }
 
     pub async fn agent_api(&self, token: Option<&str>) -> AgentServiceClient<Authed> {

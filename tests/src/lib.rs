@@ -10,3 +10,5 @@
 mod harness;
 #[cfg(test)]
 mod registry;
+#[cfg(test)]
+mod work;
