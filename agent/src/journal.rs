@@ -27,9 +27,15 @@ pub enum Entry {
 pub enum Past {
     /// Started and not ended: the agent died while it ran.
     Interrupted,
-    Ended { code: i32, error: String },
+    Ended {
+        code: i32,
+        error: String,
+    },
     Released,
 }
+
+/// What the journal recorded, by (job id, attempt).
+pub type History = BTreeMap<(String, u32), Past>;
 
 pub struct Journal {
     file: std::fs::File,
@@ -37,9 +43,9 @@ pub struct Journal {
 
 impl Journal {
     /// Opens the journal, returning what it recorded, and rewrites it compactly.
-    pub fn open(dir: &Path) -> std::io::Result<(Journal, BTreeMap<(String, u32), Past>)> {
+    pub fn open(dir: &Path) -> std::io::Result<(Journal, History)> {
         let path = dir.join("allocations.jsonl");
-        let mut past: BTreeMap<(String, u32), Past> = BTreeMap::new();
+        let mut past = History::new();
         let mut released: VecDeque<(String, u32)> = VecDeque::new();
         if let Ok(text) = std::fs::read_to_string(&path) {
             for line in text.lines() {
@@ -113,7 +119,12 @@ mod tests {
             j.record(&Entry::End { job: "job-c".into(), attempt: 2, code: 1, error: String::new() }).unwrap();
             j.record(&Entry::Release { job: "job-c".into(), attempt: 2 }).unwrap();
             // A torn line.
-            std::fs::OpenOptions::new().append(true).open(dir.join("allocations.jsonl")).unwrap().write_all(b"{\"ev\":\"sta").unwrap();
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(dir.join("allocations.jsonl"))
+                .unwrap()
+                .write_all(b"{\"ev\":\"sta")
+                .unwrap();
         }
         let (_, past) = Journal::open(&dir).unwrap();
         assert_eq!(past[&("job-a".to_string(), 1)], Past::Interrupted);

@@ -3,9 +3,9 @@
 //! reconnecting forever with capped, fully jittered exponential backoff.
 
 mod backoff;
+mod host;
 mod journal;
 mod runner;
-mod host;
 mod session;
 mod state;
 

@@ -25,8 +25,15 @@ const DEFAULT_MAX_LOG: u64 = 1024 * 1024;
 const CHUNK: usize = 16 * 1024;
 
 enum Slot {
-    Running { cancel: CancellationToken, reason: Arc<Mutex<Option<String>>>, restarts: u32 },
-    Finished { code: i32, error: String },
+    Running {
+        cancel: CancellationToken,
+        reason: Arc<Mutex<Option<String>>>,
+        restarts: u32,
+    },
+    Finished {
+        code: i32,
+        error: String,
+    },
     /// Released by the control plane; remembered to refuse resends.
     Done,
 }
@@ -229,7 +236,9 @@ impl Runner {
     fn finish(&self, key: &Key, code: i32, error: String) {
         {
             let mut st = self.lock();
-            if let Err(e) = st.journal.record(&Entry::End { job: key.0.clone(), attempt: key.1, code, error: error.clone() }) {
+            if let Err(e) =
+                st.journal.record(&Entry::End { job: key.0.clone(), attempt: key.1, code, error: error.clone() })
+            {
                 tracing::error!(error = %e, "journal write failed");
             }
             st.slots.insert(key.clone(), Slot::Finished { code, error: error.clone() });

@@ -14,9 +14,9 @@ use tonic::{Code, Status};
 use tracing::Instrument;
 
 use crate::Config;
-use crate::runner::Runner;
 use crate::backoff::Backoff;
 use crate::host::{self, Sampler};
+use crate::runner::Runner;
 use crate::state::{Identity, StateDir};
 
 /// A session that lasted this long resets the backoff.
@@ -204,9 +204,8 @@ impl Agent {
 
         // Jobs stream: first report everything held, then stream updates.
         let (jobs_tx, jobs_rx) = mpsc::channel(256);
-        let _ = jobs_tx.try_send(agent_pb::JobsRequest {
-            msg: Some(agent_pb::jobs_request::Msg::Report(self.runner.report())),
-        });
+        let _ = jobs_tx
+            .try_send(agent_pb::JobsRequest { msg: Some(agent_pb::jobs_request::Msg::Report(self.runner.report())) });
         self.runner.attach(jobs_tx.clone());
         let result = self.session_loop(&mut client, jobs_rx, hb_tx, inbound, applied_version).await;
         self.runner.detach();

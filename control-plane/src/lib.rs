@@ -22,8 +22,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use tether_proto::agent_pb::agent_service_server::AgentServiceServer;
-use tether_proto::pb::node_service_server::NodeServiceServer;
 use tether_proto::pb::job_service_server::JobServiceServer;
+use tether_proto::pb::node_service_server::NodeServiceServer;
 use tether_proto::pb::placement_service_server::PlacementServiceServer;
 use tether_proto::pb::tenancy_service_server::TenancyServiceServer;
 use tether_proto::pb::workload_service_server::WorkloadServiceServer;

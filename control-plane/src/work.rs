@@ -13,8 +13,8 @@ use tether_proto::agent_pb::{self, jobs_request, jobs_response};
 use tether_scheduler::{NodeView, Objective, Request, place_batch};
 use tether_store::StoreError;
 use tether_types::{
-    AllocId, AllocKind, AllocStatus, Allocation, DesiredNodeState, ExecSpec, Node, NodeId,
-    NodeStatus, RestartPolicy, Workload, alloc_key,
+    AllocId, AllocKind, AllocStatus, Allocation, DesiredNodeState, ExecSpec, Node, NodeId, NodeStatus, RestartPolicy,
+    Workload, alloc_key,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -34,10 +34,9 @@ fn exec_driver(e: &ExecSpec) -> agent_pb::ExecDriver {
         args: e.args.clone(),
         env: e.env.clone().into_iter().collect(),
         working_dir: e.working_dir.clone(),
-        timeout: e.timeout_ms.map(|ms| prost_types::Duration {
-            seconds: (ms / 1000) as i64,
-            nanos: ((ms % 1000) * 1_000_000) as i32,
-        }),
+        timeout: e
+            .timeout_ms
+            .map(|ms| prost_types::Duration { seconds: (ms / 1000) as i64, nanos: ((ms % 1000) * 1_000_000) as i32 }),
     }
 }
 
@@ -323,7 +322,12 @@ async fn pass(app: &App, draining_done: &mut HashSet<NodeId>) -> Result<(), Stor
         stop.extend(plan.stop);
         let reqs: Vec<Request> = (0..plan.create)
             .map(|_| {
-                let mut r = Request::new(w.project_id.clone(), w.spec.resources, w.spec.constraints.clone(), Objective::Balanced);
+                let mut r = Request::new(
+                    w.project_id.clone(),
+                    w.spec.resources,
+                    w.spec.constraints.clone(),
+                    Objective::Balanced,
+                );
                 r.group = Some(w.id.to_string());
                 r
             })
@@ -461,7 +465,7 @@ fn reconcile(w: &Workload, allocs: &[&Allocation], nodes: &HashMap<&NodeId, &Nod
     for a in replace_sorted {
         let is_running = a.status == AllocStatus::Running;
         let can_stop = if is_running {
-            running_keep + still_running_replace - 1 >= n
+            running_keep + still_running_replace > n
         } else {
             // Never started: stopping it loses nothing once replacements exist.
             keep.len() + plan.create >= n
@@ -476,3 +480,127 @@ fn reconcile(w: &Workload, allocs: &[&Allocation], nodes: &HashMap<&NodeId, &Nod
     plan
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tether_types::{Constraints, JoinTokenId, ProjectId, Resources, WorkloadId, WorkloadSpec};
+
+    fn node(i: u8, desired: DesiredNodeState) -> Node {
+        Node {
+            id: NodeId::from_random([i; 10]),
+            project_id: ProjectId::from_random([1; 10]),
+            status: NodeStatus::Ready,
+            desired_state: desired,
+            desired_state_version: 1,
+            capabilities: Default::default(),
+            labels: Default::default(),
+            pool: String::new(),
+            registered_at: 0,
+            status_changed_at: 0,
+            last_seen_at: 0,
+            session_generation: 0,
+            join_token_id: Some(JoinTokenId::from_random([0; 10])),
+            desired_state_reason: String::new(),
+            acked_desired_state_version: 0,
+            desired_state_nack: String::new(),
+            drain_deadline: None,
+        }
+    }
+
+    fn workload(replicas: u32, version: u64) -> Workload {
+        Workload {
+            id: WorkloadId::from_random([5; 10]),
+            project_id: ProjectId::from_random([1; 10]),
+            name: "web".into(),
+            spec: WorkloadSpec {
+                exec: ExecSpec { command: "/bin/sleep".into(), ..Default::default() },
+                resources: Resources::default(),
+                constraints: Constraints::default(),
+                restart: RestartPolicy::Always,
+                max_parallel: 1,
+            },
+            spec_version: version,
+            replicas,
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    fn alloc(key: &str, node: &Node, status: AllocStatus, version: u64) -> Allocation {
+        Allocation {
+            key: key.into(),
+            project_id: node.project_id.clone(),
+            kind: AllocKind::Service,
+            job_id: None,
+            attempt: 1,
+            workload_id: Some(WorkloadId::from_random([5; 10])),
+            spec_version: version,
+            node_id: node.id.clone(),
+            status,
+            resources: Resources::default(),
+            exit_code: None,
+            error: String::new(),
+            restarts: 0,
+            scheduled_at: 0,
+            started_at: None,
+            finished_at: None,
+        }
+    }
+
+    fn run(w: &Workload, nodes: &[Node], allocs: &[Allocation]) -> Plan {
+        let by_id: HashMap<&NodeId, &Node> = nodes.iter().map(|n| (&n.id, n)).collect();
+        let refs: Vec<&Allocation> = allocs.iter().collect();
+        reconcile(w, &refs, &by_id)
+    }
+
+    #[test]
+    fn creates_missing_and_stops_extras() {
+        let nodes = [node(1, DesiredNodeState::Active)];
+        let w = workload(3, 1);
+        let one = [alloc("a", &nodes[0], AllocStatus::Running, 1)];
+        assert_eq!(run(&w, &nodes, &one), Plan { create: 2, stop: vec![] });
+        let w = workload(1, 1);
+        let three = [
+            alloc("a", &nodes[0], AllocStatus::Running, 1),
+            alloc("b", &nodes[0], AllocStatus::Running, 1),
+            alloc("c", &nodes[0], AllocStatus::Scheduled, 1),
+        ];
+        let plan = run(&w, &nodes, &three);
+        assert_eq!(plan.create, 0);
+        assert_eq!(plan.stop.len(), 2);
+        assert!(plan.stop.contains(&"c".to_string()), "a replica not yet started goes first");
+    }
+
+    #[test]
+    fn drain_starts_the_replacement_before_stopping() {
+        let nodes = [node(1, DesiredNodeState::Draining), node(2, DesiredNodeState::Active)];
+        let w = workload(2, 1);
+        let before = [alloc("old", &nodes[0], AllocStatus::Running, 1), alloc("b", &nodes[1], AllocStatus::Running, 1)];
+        assert_eq!(run(&w, &nodes, &before), Plan { create: 1, stop: vec![] });
+        // Replacement scheduled, not running yet: nothing more, nothing stopped.
+        let starting = [before[0].clone(), before[1].clone(), alloc("new", &nodes[1], AllocStatus::Scheduled, 1)];
+        assert_eq!(run(&w, &nodes, &starting), Plan { create: 0, stop: vec![] });
+        // Replacement running: now the old one stops.
+        let up = [before[0].clone(), before[1].clone(), alloc("new", &nodes[1], AllocStatus::Running, 1)];
+        assert_eq!(run(&w, &nodes, &up), Plan { create: 0, stop: vec!["old".into()] });
+    }
+
+    #[test]
+    fn rollout_goes_max_parallel_at_a_time() {
+        let nodes = [node(1, DesiredNodeState::Active)];
+        let w = workload(3, 2);
+        let old: Vec<_> = ["a", "b", "c"].iter().map(|k| alloc(k, &nodes[0], AllocStatus::Running, 1)).collect();
+        assert_eq!(run(&w, &nodes, &old), Plan { create: 1, stop: vec![] });
+        let mut next = old.clone();
+        next.push(alloc("n1", &nodes[0], AllocStatus::Running, 2));
+        // The new replica runs: one old replica stops, and the next new one starts.
+        let plan = run(&w, &nodes, &next);
+        assert_eq!(plan.create, 1);
+        assert_eq!(plan.stop.len(), 1, "one old replica per new one: {plan:?}");
+        // While that one is starting, nothing else starts.
+        let mut starting = next.clone();
+        starting[0].status = AllocStatus::Stopping;
+        starting.push(alloc("n2", &nodes[0], AllocStatus::Scheduled, 2));
+        assert_eq!(run(&w, &nodes, &starting), Plan { create: 0, stop: vec![] });
+    }
+}

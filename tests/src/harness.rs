@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use tether_proto::agent_pb::agent_service_client::AgentServiceClient;
 use tether_proto::pb;
-use tether_proto::pb::node_service_client::NodeServiceClient;
 use tether_proto::pb::job_service_client::JobServiceClient;
+use tether_proto::pb::node_service_client::NodeServiceClient;
 use tether_proto::pb::placement_service_client::PlacementServiceClient;
 use tether_proto::pb::tenancy_service_client::TenancyServiceClient;
 use tether_proto::pb::workload_service_client::WorkloadServiceClient;

@@ -242,9 +242,12 @@ async fn cancel_kills_the_whole_process_tree(backend: Backend) {
     assert_eq!(first.data, b"started\n");
     let cancelled = client.cancel_job(pb::CancelJobRequest { job_id: j.job_id.clone() }).await.unwrap().into_inner();
     assert_eq!(cancelled.job.unwrap().status, JobStatus::Cancelled as i32);
-    eventually(Duration::from_secs(10), "parent and child killed", || async { pids.iter().all(|p| !alive(*p)).then_some(()) })
-        .await;
-    let end = tokio::time::timeout(Duration::from_secs(10), async { while logs.message().await.unwrap().is_some() {} }).await;
+    eventually(Duration::from_secs(10), "parent and child killed", || async {
+        pids.iter().all(|p| !alive(*p)).then_some(())
+    })
+    .await;
+    let end =
+        tokio::time::timeout(Duration::from_secs(10), async { while logs.message().await.unwrap().is_some() {} }).await;
     assert!(end.is_ok(), "following logs ends with the job");
     let j = eventually(Duration::from_secs(10), "attempt stopped", || async {
         let j = get_job(&client, &j.job_id).await;
@@ -269,7 +272,11 @@ async fn drain_moves_replicas_and_stop_stops_everything(backend: Backend) {
             replicas: 2,
             spec: Some(pb::WorkloadSpec {
                 driver: "exec".into(),
-                exec: Some(pb::ExecSpec { command: "/bin/sleep".into(), args: vec!["1000".into()], ..Default::default() }),
+                exec: Some(pb::ExecSpec {
+                    command: "/bin/sleep".into(),
+                    args: vec!["1000".into()],
+                    ..Default::default()
+                }),
                 resources: Some(pb::Resources { cpu_millis: 100, memory_mb: 16, gpus: 0 }),
                 max_parallel: 1,
                 ..Default::default()
@@ -283,7 +290,9 @@ async fn drain_moves_replicas_and_stop_stops_everything(backend: Backend) {
     let get = |wl: &tether_proto::pb::workload_service_client::WorkloadServiceClient<Authed>| {
         let mut wl = wl.clone();
         let id = w.workload_id.clone();
-        async move { wl.get_workload(pb::GetWorkloadRequest { workload_id: id }).await.unwrap().into_inner().workload.unwrap() }
+        async move {
+            wl.get_workload(pb::GetWorkloadRequest { workload_id: id }).await.unwrap().into_inner().workload.unwrap()
+        }
     };
     let running = eventually(Duration::from_secs(20), "2 replicas running", || async {
         let w = get(&wl).await;
@@ -339,10 +348,8 @@ async fn drain_moves_replicas_and_stop_stops_everything(backend: Backend) {
     let stopped = moved.allocations[0].node_id.clone();
     let mut jobs = cp.jobs().await;
     let mut pinned = job("sleep 300", 1);
-    pinned.spec.as_mut().unwrap().constraints = Some(pb::Constraints {
-        label_selector: String::new(),
-        ..Default::default()
-    });
+    pinned.spec.as_mut().unwrap().constraints =
+        Some(pb::Constraints { label_selector: String::new(), ..Default::default() });
     let j = jobs.submit_job(pinned).await.unwrap().into_inner().job.unwrap();
     let j_node = eventually(Duration::from_secs(20), "job running", || async {
         let j = get_job(&jobs, &j.job_id).await;
@@ -387,7 +394,8 @@ async fn bad_specs_are_refused_and_nothing_is_stored(backend: Backend) {
     r.spec.as_mut().unwrap().resources = Some(pb::Resources { cpu_millis: -5, memory_mb: 1, gpus: 0 });
     cases.insert("negative resources", (r, Code::InvalidArgument));
     let mut r = base();
-    r.spec.as_mut().unwrap().constraints = Some(pb::Constraints { label_selector: "zone in (a".into(), ..Default::default() });
+    r.spec.as_mut().unwrap().constraints =
+        Some(pb::Constraints { label_selector: "zone in (a".into(), ..Default::default() });
     cases.insert("bad selector", (r, Code::InvalidArgument));
     let mut r = base();
     r.spec.as_mut().unwrap().constraints = Some(pb::Constraints { gpu_model: "H100".into(), ..Default::default() });
@@ -416,12 +424,19 @@ async fn bad_specs_are_refused_and_nothing_is_stored(backend: Backend) {
         .unwrap()
         .into_inner()
         .token;
-    let mut as_viewer = tether_proto::pb::job_service_client::JobServiceClient::with_interceptor(cp.channel().await, bearer(Some(&viewer)));
+    let mut as_viewer = tether_proto::pb::job_service_client::JobServiceClient::with_interceptor(
+        cp.channel().await,
+        bearer(Some(&viewer)),
+    );
     assert_eq!(as_viewer.submit_job(base()).await.unwrap_err().code(), Code::PermissionDenied);
     // Workloads and desired states validate too.
     let mut wl = cp.workloads().await;
     let e = wl
-        .create_workload(pb::CreateWorkloadRequest { name: "Bad Name".into(), replicas: 1, spec: base().spec.map(|s| pb::WorkloadSpec { driver: s.driver, exec: s.exec, ..Default::default() }) })
+        .create_workload(pb::CreateWorkloadRequest {
+            name: "Bad Name".into(),
+            replicas: 1,
+            spec: base().spec.map(|s| pb::WorkloadSpec { driver: s.driver, exec: s.exec, ..Default::default() }),
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
@@ -429,7 +444,11 @@ async fn bad_specs_are_refused_and_nothing_is_stored(backend: Backend) {
     let e = cp
         .nodes()
         .await
-        .set_desired_state(pb::SetDesiredStateRequest { node_id: node.clone(), state: pb::DesiredNodeState::Quarantined as i32, ..Default::default() })
+        .set_desired_state(pb::SetDesiredStateRequest {
+            node_id: node.clone(),
+            state: pb::DesiredNodeState::Quarantined as i32,
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "quarantine needs a reason");

@@ -199,10 +199,7 @@ impl agent_pb::agent_service_server::AgentService for AgentApi {
 
     type JobsStream = BoxStream<agent_pb::JobsResponse>;
 
-    async fn jobs(
-        &self,
-        req: Request<Streaming<agent_pb::JobsRequest>>,
-    ) -> Result<Response<Self::JobsStream>, Status> {
+    async fn jobs(&self, req: Request<Streaming<agent_pb::JobsRequest>>) -> Result<Response<Self::JobsStream>, Status> {
         let (node, _project) = self.app.auth.agent(&req)?;
         if self.app.store.node_get(&node).await.map_err(store_status)?.is_none() {
             return Err(status(Error::unauthenticated("node is not registered")));

@@ -78,11 +78,7 @@ pub fn job_to_pb(job: &Job, attempts: &[tether_types::Allocation]) -> pb::Job {
 
 /// Refuses a spec no registered node of the project could ever satisfy, with
 /// each node's reason. A project without nodes accepts work that waits.
-pub async fn check_satisfiable(
-    app: &App,
-    project: &tether_types::ProjectId,
-    req: &Placement,
-) -> Result<(), Status> {
+pub async fn check_satisfiable(app: &App, project: &tether_types::ProjectId, req: &Placement) -> Result<(), Status> {
     let nodes: Vec<NodeView> = super::placement::views(app, project).await?;
     let live: Vec<&NodeView> = nodes.iter().filter(|n| n.state != "left").collect();
     if live.is_empty() {
@@ -107,14 +103,15 @@ impl pb::job_service_server::JobService for JobApi {
     async fn submit_job(&self, req: Request<pb::SubmitJobRequest>) -> Result<Response<pb::SubmitJobResponse>, Status> {
         let who = self.app.auth.operator(&req, Role::Operator)?;
         let req = req.into_inner();
-        let spec = JobSpec::try_from(req.spec.ok_or_else(|| status(Error::invalid("spec is required")))?)
-            .map_err(status)?;
+        let spec =
+            JobSpec::try_from(req.spec.ok_or_else(|| status(Error::invalid("spec is required")))?).map_err(status)?;
         let labels: Labels = req.labels.into_iter().collect();
         validate_job_labels(&labels).map_err(status)?;
         if req.idempotency_key.len() > 255 {
             return Err(status(Error::invalid("idempotency_key is at most 255 bytes")));
         }
-        let placement = Placement::new(who.project().clone(), spec.resources, spec.constraints.clone(), Objective::Balanced);
+        let placement =
+            Placement::new(who.project().clone(), spec.resources, spec.constraints.clone(), Objective::Balanced);
         check_satisfiable(&self.app, who.project(), &placement).await?;
         let now = now_ms();
         let job = Job {
@@ -165,8 +162,12 @@ impl pb::job_service_server::JobService for JobApi {
         let mut jobs = Vec::new();
         let mut next = None;
         loop {
-            let page =
-                self.app.store.job_list(who.project(), status_f, node.as_ref(), before.as_ref(), want).await.map_err(store_status)?;
+            let page = self
+                .app
+                .store
+                .job_list(who.project(), status_f, node.as_ref(), before.as_ref(), want)
+                .await
+                .map_err(store_status)?;
             let exhausted = page.next.is_none();
             for j in page.jobs {
                 if !selector.matches(&j.labels) {
@@ -226,7 +227,11 @@ impl pb::job_service_server::JobService for JobApi {
                     cursor = ev.seq;
                     let Ok(j) = serde_json::from_value::<Job>(ev.payload.clone()) else { continue };
                     let terminal = j.status.is_terminal();
-                    let msg = pb::WatchJobResponse { job: Some(job_to_pb(&j, &[])), kind: ev.kind.clone(), sequence: ev.seq as u64 };
+                    let msg = pb::WatchJobResponse {
+                        job: Some(job_to_pb(&j, &[])),
+                        kind: ev.kind.clone(),
+                        sequence: ev.seq as u64,
+                    };
                     if tx.send(Ok(msg)).await.is_err() || terminal {
                         return;
                     }

@@ -50,8 +50,8 @@ impl WorkloadApi {
     }
 
     async fn spec(&self, project: &ProjectId, spec: Option<pb::WorkloadSpec>) -> Result<WorkloadSpec, Status> {
-        let spec = WorkloadSpec::try_from(spec.ok_or_else(|| status(Error::invalid("spec is required")))?)
-            .map_err(status)?;
+        let spec =
+            WorkloadSpec::try_from(spec.ok_or_else(|| status(Error::invalid("spec is required")))?).map_err(status)?;
         let placement = Placement::new(project.clone(), spec.resources, spec.constraints.clone(), Objective::Balanced);
         super::jobs::check_satisfiable(&self.app, project, &placement).await?;
         Ok(spec)
@@ -95,7 +95,10 @@ impl pb::workload_service_server::WorkloadService for WorkloadApi {
         Ok(Response::new(pb::CreateWorkloadResponse { workload: Some(self.to_pb(&w).await?) }))
     }
 
-    async fn get_workload(&self, req: Request<pb::GetWorkloadRequest>) -> Result<Response<pb::GetWorkloadResponse>, Status> {
+    async fn get_workload(
+        &self,
+        req: Request<pb::GetWorkloadRequest>,
+    ) -> Result<Response<pb::GetWorkloadResponse>, Status> {
         let who = self.app.auth.operator(&req, Role::Viewer)?;
         let id = workload_id(&req.get_ref().workload_id)?;
         let w = self

@@ -484,7 +484,7 @@ async fn workloads_and_desired_state(store: Store) {
         spec_version: 2,
         ..attempt(&job(&p, 1, 1), &node, 1)
     };
-    assert_eq!(store.allocations_place(&[replica.clone()], 2_300).await.unwrap().len(), 1);
+    assert_eq!(store.allocations_place(std::slice::from_ref(&replica), 2_300).await.unwrap().len(), 1);
     assert_eq!(store.workload_allocations(&w.id).await.unwrap().len(), 1);
     let (_, stopping) = store.workload_delete(&p, &w.id, 2_400).await.unwrap();
     assert_eq!(stopping.len(), 1);

@@ -594,7 +594,14 @@ impl Store {
 
     /// Appends output of a job attempt at `pos`, unless that position is
     /// already stored (a resend). Returns false for a duplicate.
-    pub async fn job_log_append(&self, job: &JobId, attempt: u32, pos: u64, data: &[u8], truncated: bool) -> Result<bool> {
+    pub async fn job_log_append(
+        &self,
+        job: &JobId,
+        attempt: u32,
+        pos: u64,
+        data: &[u8],
+        truncated: bool,
+    ) -> Result<bool> {
         in_tx!(self, |tx| {
             let inserted = sqlx::query(
                 "INSERT INTO job_logs (job_id, attempt, pos, data, truncated) VALUES ($1, $2, $3, $4, $5)
