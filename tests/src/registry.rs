@@ -423,6 +423,11 @@ async fn watch_nodes_delivers_changes_in_order(backend: Backend) {
     let mut agent = Agent::start(&cp, "watched", &[]);
     let id = agent.node_id().await;
     cp.wait_nodes(1, NodeStatus::Ready, Duration::from_secs(20)).await;
+    eventually(Duration::from_secs(10), "the agent to acknowledge its desired state", || async {
+        let n = cp.nodes().await.get_node(pb::GetNodeRequest { node_id: id.clone() }).await.ok()?.into_inner().node?;
+        (n.acked_desired_state_version == n.desired_state_version).then_some(())
+    })
+    .await;
     agent.signal(libc::SIGTERM);
     agent.wait(Duration::from_secs(10)).await;
     cp.wait_nodes(1, NodeStatus::Left, Duration::from_secs(5)).await;
@@ -430,7 +435,7 @@ async fn watch_nodes_delivers_changes_in_order(backend: Backend) {
 
     let mut seen = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while seen.len() < 4 && Instant::now() < deadline {
+    while seen.len() < 5 && Instant::now() < deadline {
         match tokio::time::timeout(Duration::from_secs(5), watch.next()).await {
             Ok(Some(Ok(ev))) => seen.push(ev),
             other => panic!("watch ended early: {other:?}; seen {seen:?}"),
@@ -443,6 +448,8 @@ async fn watch_nodes_delivers_changes_in_order(backend: Backend) {
         [
             (NodeEventType::Added as i32, "node.registered".into(), NodeStatus::Pending as i32),
             (NodeEventType::Updated as i32, "node.status_changed".into(), NodeStatus::Ready as i32),
+            // The agent acknowledges the desired state (active, version 1) it was sent.
+            (NodeEventType::Updated as i32, "node.desired_state_acked".into(), NodeStatus::Ready as i32),
             (NodeEventType::Updated as i32, "node.status_changed".into(), NodeStatus::Left as i32),
             (NodeEventType::Removed as i32, "node.deregistered".into(), NodeStatus::Left as i32),
         ]
