@@ -287,29 +287,21 @@ async fn pass(app: &App, draining_done: &mut HashSet<NodeId>) -> Result<(), Stor
     let mut evict = Vec::new();
     let mut stop = Vec::new();
     for n in &nodes {
-        let on_node = active.iter().filter(|a| a.node_id == n.id && a.status != AllocStatus::Stopping);
+        let on_node: Vec<Allocation> =
+            active.iter().filter(|a| a.node_id == n.id && a.status != AllocStatus::Stopping).cloned().collect();
         match n.desired_state {
             DesiredNodeState::Stopped => {
-                for a in on_node {
-                    match a.kind {
-                        AllocKind::Job => evict.push(a.clone()),
-                        AllocKind::Service => stop.push(a.key.clone()),
-                    }
-                }
+                let (e, s) = split_for_stop(on_node);
+                evict.extend(e);
+                stop.extend(s);
             }
             DesiredNodeState::Draining if n.drain_deadline.is_some_and(|d| now >= d) => {
-                evict.extend(on_node.filter(|a| a.kind == AllocKind::Job).cloned());
+                evict.extend(on_node.into_iter().filter(|a| a.kind == AllocKind::Job).map(|a| a.key));
             }
             _ => {}
         }
     }
-    if !evict.is_empty() {
-        let keys: Vec<String> = evict.iter().map(|a| a.key.clone()).collect();
-        let evicted = store.allocations_evict(&keys, "node stopped or drain deadline passed", now).await?;
-        for a in &evicted {
-            app.hub.send(&a.node_id, cancel_msg(a, "node stopped or drain deadline passed"));
-        }
-    }
+    evict_and_cancel(app, &evict, "node stopped or drain deadline passed", now).await?;
 
     // Workloads.
     let workloads = store.workload_list(None).await?;
@@ -413,6 +405,36 @@ async fn pass(app: &App, draining_done: &mut HashSet<NodeId>) -> Result<(), Stor
         }
     }
     draining_done.retain(|id| node_by_id.get(id).is_some_and(|n| n.desired_state == DesiredNodeState::Draining));
+    Ok(())
+}
+
+/// Job attempts to evict (lost, retried elsewhere) and replicas to stop.
+fn split_for_stop(allocs: Vec<Allocation>) -> (Vec<String>, Vec<String>) {
+    let (jobs, services): (Vec<_>, Vec<_>) = allocs.into_iter().partition(|a| a.kind == AllocKind::Job);
+    (jobs.into_iter().map(|a| a.key).collect(), services.into_iter().map(|a| a.key).collect())
+}
+
+async fn evict_and_cancel(app: &App, keys: &[String], reason: &str, now: i64) -> Result<(), StoreError> {
+    for a in app.store.allocations_evict(keys, reason, now).await? {
+        app.hub.send(&a.node_id, cancel_msg(&a, reason));
+    }
+    Ok(())
+}
+
+/// Stops all work on a node that was just set to `stopped`, before the agent
+/// hears of it: the control plane decides what the stops mean (job attempts
+/// are lost and retried elsewhere; replicas are replaced), not the order in
+/// which the agent's reports arrive.
+pub async fn stop_node_work(app: &App, node: &NodeId) -> Result<(), StoreError> {
+    let now = now_ms();
+    let on_node: Vec<Allocation> =
+        app.store.allocations_on_node(node).await?.into_iter().filter(|a| a.status != AllocStatus::Stopping).collect();
+    let (evict, stop) = split_for_stop(on_node);
+    evict_and_cancel(app, &evict, "node stopped", now).await?;
+    for a in app.store.allocations_stop(&stop, "node stopped", now).await? {
+        app.hub.send(&a.node_id, cancel_msg(&a, "node stopped"));
+    }
+    app.work_wake.notify_one();
     Ok(())
 }
 

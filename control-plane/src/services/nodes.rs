@@ -229,6 +229,9 @@ impl pb::node_service_server::NodeService for NodeApi {
             .await
             .map_err(store_status)?;
         self.app.notify.committed(seq);
+        if state == DesiredNodeState::Stopped {
+            crate::work::stop_node_work(&self.app, &id).await.map_err(store_status)?;
+        }
         self.app.registry.push(
             &id,
             tether_proto::agent_pb::HeartbeatResponse {
