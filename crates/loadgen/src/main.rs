@@ -1,0 +1,196 @@
+//! `tether-loadgen`: drives a running control plane and measures it.
+//!
+//! `jobs`: submits N jobs with C submitters against real agents and reports
+//! submit throughput, end-to-end jobs per second (submit to finished, as
+//! recorded by the control plane) and submit-to-start latency percentiles
+//! (the job's creation time to its attempt's start time, both stamped by the
+//! control plane, so the two clocks agree). Bounded in count and time; talks
+//! only to the address it is given.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use tether_proto::pb;
+use tether_proto::pb::job_service_client::JobServiceClient;
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+
+#[derive(Parser)]
+#[command(name = "tether-loadgen", version, about)]
+struct Cli {
+    /// Control-plane gRPC URL.
+    #[arg(long, env = "TETHER_ADDR", default_value = "http://127.0.0.1:50051")]
+    addr: String,
+    /// Operator token (operator role or higher).
+    #[arg(long, env = "TETHER_TOKEN", hide_env_values = true)]
+    token: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Submit jobs to real agents and measure dispatch.
+    Jobs {
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// The command each job runs.
+        #[arg(long, default_value = "/bin/true")]
+        command: String,
+        /// Submit at this many jobs per second in all (0: as fast as possible).
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout_secs: u64,
+    },
+}
+
+type Client = JobServiceClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
+
+#[derive(Clone)]
+struct Bearer(MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
+fn ms(ts: &Option<prost_types::Timestamp>) -> Option<i64> {
+    ts.as_ref().map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let channel = Channel::from_shared(cli.addr.clone())?.connect().await.context("connecting")?;
+    let bearer = Bearer(format!("Bearer {}", cli.token.trim()).parse()?);
+    let client = JobServiceClient::with_interceptor(channel, bearer);
+    match cli.cmd {
+        Cmd::Jobs { count, concurrency, command, rate, timeout_secs } => {
+            jobs(client, count, concurrency.max(1), command, rate, Duration::from_secs(timeout_secs)).await
+        }
+    }
+}
+
+async fn jobs(
+    client: Client,
+    count: usize,
+    concurrency: usize,
+    command: String,
+    rate: f64,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    // Each submitter paces itself so that all together submit `rate` per second.
+    let gap = (rate > 0.0).then(|| Duration::from_secs_f64(concurrency as f64 / rate));
+    let mut set = tokio::task::JoinSet::new();
+    let per = count.div_ceil(concurrency);
+    for w in 0..concurrency {
+        let mut c = client.clone();
+        let n = per.min(count.saturating_sub(w * per));
+        let command = command.clone();
+        set.spawn(async move {
+            let mut ids = Vec::with_capacity(n);
+            let mut tick = gap.map(tokio::time::interval);
+            for _ in 0..n {
+                if let Some(t) = tick.as_mut() {
+                    t.tick().await;
+                }
+                let spec = pb::JobSpec {
+                    driver: "exec".into(),
+                    exec: Some(pb::ExecSpec { command: command.clone(), ..Default::default() }),
+                    resources: Some(pb::Resources { cpu_millis: 1, memory_mb: 1, gpus: 0 }),
+                    ..Default::default()
+                };
+                let job = c.submit_job(pb::SubmitJobRequest { spec: Some(spec), ..Default::default() }).await?;
+                ids.push(job.into_inner().job.map(|j| j.job_id).unwrap_or_default());
+            }
+            Ok::<_, tonic::Status>(ids)
+        });
+    }
+    let mut ids = Vec::with_capacity(count);
+    while let Some(r) = set.join_next().await {
+        ids.extend(r??);
+    }
+    let submit_secs = t0.elapsed().as_secs_f64();
+
+    // Wait until every job is terminal (bounded).
+    let mut c = client.clone();
+    loop {
+        let mut done = 0;
+        let mut token = String::new();
+        loop {
+            let page = c
+                .list_jobs(pb::ListJobsRequest { page_size: 1000, page_token: token, ..Default::default() })
+                .await?
+                .into_inner();
+            done += page.jobs.iter().filter(|j| j.status >= pb::JobStatus::Succeeded as i32).count();
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        if done >= count {
+            break;
+        }
+        if t0.elapsed() > timeout {
+            bail!("only {done} of {count} jobs finished within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let wall_secs = t0.elapsed().as_secs_f64();
+
+    // Per-job timings as the control plane recorded them.
+    let mut start_lat = Vec::with_capacity(count);
+    let mut first_created = i64::MAX;
+    let mut last_finished = 0i64;
+    let mut succeeded = 0usize;
+    for id in &ids {
+        let j = c.get_job(pb::GetJobRequest { job_id: id.clone() }).await?.into_inner().job.unwrap_or_default();
+        if j.status == pb::JobStatus::Succeeded as i32 {
+            succeeded += 1;
+        }
+        let created = ms(&j.created_at).unwrap_or(0);
+        first_created = first_created.min(created);
+        if let Some(a) = j.attempts.first() {
+            if let Some(started) = ms(&a.started_at) {
+                start_lat.push((started - created) as f64);
+            }
+            if let Some(f) = ms(&a.finished_at) {
+                last_finished = last_finished.max(f);
+            }
+        }
+    }
+    start_lat.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    let e2e_secs = (last_finished - first_created) as f64 / 1000.0;
+    let out = serde_json::json!({
+        "jobs": count,
+        "succeeded": succeeded,
+        "concurrency": concurrency,
+        "rate": rate,
+        "submit_per_sec": count as f64 / submit_secs,
+        "jobs_per_sec_end_to_end": count as f64 / e2e_secs.max(0.001),
+        "wall_secs": wall_secs,
+        "submit_to_start_ms": {
+            "p50": percentile(&start_lat, 0.5),
+            "p99": percentile(&start_lat, 0.99),
+            "max": start_lat.last().copied().unwrap_or(f64::NAN),
+        },
+    });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
