@@ -17,6 +17,8 @@ both_backends!(
     cancel_kills_the_whole_process_tree,
     drain_moves_replicas_and_stop_stops_everything,
     bad_specs_are_refused_and_nothing_is_stored,
+    timeouts_and_the_output_cap,
+    workloads_restart_roll_out_scale_and_avoid_paused_nodes,
 );
 
 fn shell(script: &str) -> pb::ExecSpec {
@@ -487,4 +489,151 @@ async fn bad_specs_are_refused_and_nothing_is_stored(backend: Backend) {
     assert!(s.candidates.is_empty());
     assert!(s.filtered[0].reason.contains("pool"), "{:?}", s.filtered);
     drop(agent);
+}
+
+async fn timeouts_and_the_output_cap(backend: Backend) {
+    let cp = ControlPlane::start(backend).await;
+    let agent = Agent::start(&cp, "t1", &[]);
+    cp.wait_nodes(1, pb::NodeStatus::Ready, Duration::from_secs(20)).await;
+    let mut client = cp.jobs().await;
+    let mut req = job("head -c 3000000 /dev/zero | tr '\\0' x; sleep 60", 1);
+    req.spec.as_mut().unwrap().exec.as_mut().unwrap().timeout = Some(prost_types::Duration { seconds: 2, nanos: 0 });
+    let j = client.submit_job(req).await.unwrap().into_inner().job.unwrap();
+    let done = eventually(Duration::from_secs(30), "timed-out job to fail", || async {
+        let j = get_job(&client, &j.job_id).await;
+        (j.status == JobStatus::Failed as i32).then_some(j)
+    })
+    .await;
+    assert!(done.error.contains("timed out"), "{done:?}");
+    let mut logs = client
+        .stream_job_logs(pb::StreamJobLogsRequest { job_id: j.job_id.clone(), offset: 0, follow: false })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut out = Vec::new();
+    let mut truncated = false;
+    let mut expect_offset = 0u64;
+    while let Some(c) = logs.message().await.unwrap() {
+        assert_eq!(c.offset, expect_offset, "chunks are contiguous");
+        expect_offset += c.data.len() as u64;
+        truncated |= c.truncated;
+        out.extend(c.data);
+    }
+    let mark = b"\n[tether: output truncated at 1048576 bytes]\n";
+    assert!(truncated, "the cut is flagged");
+    assert_eq!(out.len(), 1024 * 1024 + mark.len());
+    assert!(out.ends_with(mark));
+    assert!(out[..1024 * 1024].iter().all(|b| *b == b'x'));
+    // Reading from an offset returns the rest only.
+    let mut tail = client
+        .stream_job_logs(pb::StreamJobLogsRequest { job_id: j.job_id.clone(), offset: 1024 * 1024, follow: false })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut rest = Vec::new();
+    while let Some(c) = tail.message().await.unwrap() {
+        rest.extend(c.data);
+    }
+    assert_eq!(rest, mark);
+    drop(agent);
+}
+
+async fn workloads_restart_roll_out_scale_and_avoid_paused_nodes(backend: Backend) {
+    let cp = ControlPlane::start(backend).await;
+    let agents: Vec<Agent> = ["s1", "s2", "s3"].iter().map(|n| Agent::start(&cp, n, &[])).collect();
+    let nodes = cp.wait_nodes(3, pb::NodeStatus::Ready, Duration::from_secs(20)).await;
+    let mut wl = cp.workloads().await;
+    let spec = |script: &str| pb::WorkloadSpec {
+        driver: "exec".into(),
+        exec: Some(shell(script)),
+        resources: Some(pb::Resources { cpu_millis: 10, memory_mb: 1, gpus: 0 }),
+        restart_policy: pb::RestartPolicy::Always as i32,
+        max_parallel: 1,
+        ..Default::default()
+    };
+    let w = wl
+        .create_workload(pb::CreateWorkloadRequest {
+            name: "flaky".into(),
+            replicas: 1,
+            spec: Some(spec("sleep 0.2; exit 1")),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .workload
+        .unwrap();
+    let id = w.workload_id.clone();
+    let reader = wl.clone();
+    let get = || {
+        let mut wl = reader.clone();
+        let id = id.clone();
+        async move {
+            wl.get_workload(pb::GetWorkloadRequest { workload_id: id }).await.unwrap().into_inner().workload.unwrap()
+        }
+    };
+    // A crashing service is restarted on its node, and the restarts are reported.
+    let crashing = eventually(Duration::from_secs(20), "restarts reported", || async {
+        let w = get().await;
+        (w.allocations.len() == 1 && w.allocations[0].restarts >= 2).then_some(w)
+    })
+    .await;
+    let first_alloc = crashing.allocations[0].allocation_id.clone();
+    // Roll out a fixed spec: the replica is replaced by one of the new version.
+    let updated = wl
+        .update_workload(pb::UpdateWorkloadRequest { workload_id: id.clone(), spec: Some(spec("sleep 1000")) })
+        .await
+        .unwrap()
+        .into_inner()
+        .workload
+        .unwrap();
+    assert_eq!(updated.spec_version, 2);
+    eventually(Duration::from_secs(20), "rolled out", || async {
+        let w = get().await;
+        let ok = w.allocations.len() == 1
+            && w.allocations[0].spec_version == 2
+            && w.allocations[0].status == "running"
+            && w.allocations[0].allocation_id != first_alloc;
+        ok.then_some(())
+    })
+    .await;
+    // Pause one node: scaled-up replicas avoid it.
+    let paused = nodes[0].node_id.clone();
+    cp.nodes()
+        .await
+        .set_desired_state(pb::SetDesiredStateRequest {
+            node_id: paused.clone(),
+            state: pb::DesiredNodeState::Paused as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let current = get().await;
+    let on_paused_before = current.allocations.iter().filter(|a| a.node_id == paused).count();
+    wl.scale_workload(pb::ScaleWorkloadRequest { workload_id: id.clone(), replicas: 4 }).await.unwrap();
+    let scaled = eventually(Duration::from_secs(20), "4 replicas running", || async {
+        let w = get().await;
+        (w.running_replicas == 4 && w.allocations.len() == 4).then_some(w)
+    })
+    .await;
+    let on_paused = scaled.allocations.iter().filter(|a| a.node_id == paused).count();
+    assert_eq!(on_paused, on_paused_before, "no new replica on the paused node");
+    let spread: HashSet<_> = scaled.allocations.iter().map(|a| a.node_id.clone()).collect();
+    assert!(spread.len() >= 2, "replicas spread over the active nodes");
+    wl.scale_workload(pb::ScaleWorkloadRequest { workload_id: id.clone(), replicas: 1 }).await.unwrap();
+    eventually(Duration::from_secs(20), "scaled down to 1", || async {
+        let w = get().await;
+        (w.allocations.len() == 1 && w.running_replicas == 1).then_some(())
+    })
+    .await;
+    let deleted = wl.delete_workload(pb::DeleteWorkloadRequest { workload_id: id.clone() }).await.unwrap().into_inner();
+    assert_eq!(deleted.workload.unwrap().name, "flaky");
+    let e = wl.get_workload(pb::GetWorkloadRequest { workload_id: id.clone() }).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    // Its processes stop on the nodes.
+    eventually(Duration::from_secs(20), "nothing left running", || async {
+        let nodes = cp.list_nodes().await;
+        nodes.iter().all(|n| n.usage.as_ref().is_some_and(|u| u.running_allocations == 0)).then_some(())
+    })
+    .await;
+    drop(agents);
 }
