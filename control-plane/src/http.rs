@@ -1,4 +1,4 @@
-//! HTTP endpoints: /healthz, /readyz, /metrics.
+//! HTTP endpoints: /healthz, /readyz, /metrics, /openapi.json, and the REST bridge.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -42,13 +42,17 @@ pub async fn serve(
     listener: TcpListener,
     app: Arc<App>,
     prometheus: PrometheusHandle,
+    rest: Router,
+    openapi: Arc<serde_json::Value>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let router = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
-        .with_state(HttpState { app, prometheus });
+        .route("/openapi.json", get(move || async move { axum::Json(openapi.as_ref().clone()) }))
+        .with_state(HttpState { app, prometheus })
+        .merge(rest);
     axum::serve(listener, router).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
 }
 

@@ -156,13 +156,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
 
-    let grpc_shutdown = shutdown.clone();
-    let grpc = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .layer(edge::EdgeLayer::new())
-        .add_service(health_service)
+    // One set of routes serves gRPC and, in-process, the REST bridge, so both
+    // pass the same edge layer, the same auth and the same limits.
+    let routes = tonic::service::Routes::new(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(agent)
@@ -170,12 +166,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .add_service(tenancy)
         .add_service(jobs)
         .add_service(workloads)
-        .add_service(placement)
-        .serve_with_incoming_shutdown(
-            TcpListenerStream::new(grpc_listener),
-            async move { grpc_shutdown.cancelled().await },
-        );
-    let http = http::serve(http_listener, app.clone(), prometheus, shutdown.clone());
+        .add_service(placement);
+    let bridge = Arc::new(tether_rest::Bridge::from_descriptors(tether_proto::FILE_DESCRIPTOR_SET)?);
+    let openapi = Arc::new(tether_rest::openapi(&bridge, env!("CARGO_PKG_VERSION")));
+    let rest = tether_rest::router(bridge, tower::Layer::layer(&edge::EdgeLayer::new(), routes.clone()));
+
+    let grpc_shutdown = shutdown.clone();
+    let grpc = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .layer(edge::EdgeLayer::new())
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
+            grpc_shutdown.cancelled().await
+        });
+    let http = http::serve(http_listener, app.clone(), prometheus, rest, openapi, shutdown.clone());
 
     tracing::info!(%grpc_addr, %http_addr, replica, "tether control plane is serving");
     if boot.created {

@@ -52,6 +52,24 @@ impl ErrorCode {
         }
     }
 
+    /// The code for a numeric gRPC status, if it is one of ours.
+    pub const fn from_grpc(code: i32) -> Option<ErrorCode> {
+        Some(match code {
+            3 => ErrorCode::InvalidArgument,
+            4 => ErrorCode::DeadlineExceeded,
+            5 => ErrorCode::NotFound,
+            6 => ErrorCode::AlreadyExists,
+            7 => ErrorCode::PermissionDenied,
+            8 => ErrorCode::ResourceExhausted,
+            9 => ErrorCode::FailedPrecondition,
+            10 => ErrorCode::Aborted,
+            13 => ErrorCode::Internal,
+            14 => ErrorCode::Unavailable,
+            16 => ErrorCode::Unauthenticated,
+            _ => return None,
+        })
+    }
+
     pub const fn as_str(self) -> &'static str {
         match self {
             ErrorCode::InvalidArgument => "invalid_argument",
@@ -135,6 +153,11 @@ mod tests {
             assert!(code.http_status() >= 400, "{code}");
         }
         assert_eq!(ErrorCode::Unauthenticated.http_status(), 401);
+        for code in 0..20 {
+            if let Some(c) = ErrorCode::from_grpc(code) {
+                assert_eq!(c.grpc_code(), code);
+            }
+        }
         assert_eq!(ErrorCode::PermissionDenied.grpc_code(), 7);
     }
 }

@@ -1,0 +1,374 @@
+//! The HTTP side: request to message, in-process gRPC call, message (or SSE
+//! stream of messages) to JSON.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::{HeaderValue, StatusCode};
+use http_body_util::BodyExt;
+use prost::Message;
+use prost_reflect::{DeserializeOptions, DynamicMessage, Kind, MessageDescriptor};
+use serde_json::{Map, Value, json};
+use tether_types::ErrorCode;
+use tower::ServiceExt;
+
+use crate::routes::{BodyRule, Bridge, Route};
+
+/// Largest request body accepted, in bytes.
+const MAX_BODY: usize = 1024 * 1024;
+/// Largest response message accepted from the gRPC side.
+const MAX_MESSAGE: usize = 8 * 1024 * 1024;
+
+type GrpcBody = tonic::body::Body;
+
+/// What the REST routes call: the same tonic service stack that serves gRPC.
+pub trait Grpc:
+    tower::Service<http::Request<GrpcBody>, Response = http::Response<GrpcBody>, Error = Infallible>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> Grpc for S where
+    S: tower::Service<http::Request<GrpcBody>, Response = http::Response<GrpcBody>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+struct Shared<S> {
+    bridge: Arc<Bridge>,
+    grpc: S,
+}
+
+/// An axum router serving every HTTP route of the bridge (as a fallback, so
+/// it can be merged with other routes).
+pub fn router<S: Grpc>(bridge: Arc<Bridge>, grpc: S) -> Router
+where
+    S::Future: Send,
+{
+    let shared = Arc::new(Shared { bridge, grpc });
+    Router::new().fallback(handle::<S>).with_state(shared)
+}
+
+/// A JSON error with the HTTP status of the shared error code.
+fn error(grpc_code: i32, message: &str) -> Response {
+    let (status, name) = match ErrorCode::from_grpc(grpc_code) {
+        Some(c) => (c.http_status(), c.as_str()),
+        None => match grpc_code {
+            1 => (499, "cancelled"),
+            11 => (400, "out_of_range"),
+            12 => (501, "unimplemented"),
+            15 => (500, "data_loss"),
+            _ => (500, "unknown"),
+        },
+    };
+    let body = json!({"code": name, "message": message, "details": []});
+    (StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), axum::Json(body)).into_response()
+}
+
+fn invalid(message: impl Into<String>) -> Response {
+    error(ErrorCode::InvalidArgument.grpc_code(), &message.into())
+}
+
+async fn handle<S: Grpc>(State(st): State<Arc<Shared<S>>>, req: Request) -> Response
+where
+    S::Future: Send,
+{
+    let (parts, body) = req.into_parts();
+    let (route, bound) = match st.bridge.find(&parts.method, parts.uri.path()) {
+        Ok(x) => x,
+        Err(true) => {
+            let mut r = error(12, &format!("{} is not allowed on {}", parts.method, parts.uri.path()));
+            *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+            return r;
+        }
+        Err(false) => return error(5, &format!("no route for {}", parts.uri.path())),
+    };
+    let body = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(b) => b,
+        Err(_) => return error(8, &format!("request body is larger than {MAX_BODY} bytes")),
+    };
+    let input = match build_input(route, &bound, parts.uri.query().unwrap_or(""), &body) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    // The gRPC request, through the same stack as any gRPC client's.
+    let mut frame = BytesMut::with_capacity(5 + input.encoded_len());
+    frame.put_u8(0);
+    frame.put_u32(input.encoded_len() as u32);
+    input.encode(&mut frame).expect("BytesMut grows");
+    let mut grpc_req = http::Request::builder()
+        .method(http::Method::POST)
+        .uri(format!("http://tether.rest{}", route.grpc_path))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(GrpcBody::new(http_body_util::Full::new(frame.freeze())))
+        .expect("a valid request");
+    if let Some(auth) = parts.headers.get(http::header::AUTHORIZATION) {
+        grpc_req.headers_mut().insert(http::header::AUTHORIZATION, auth.clone());
+    }
+    let resp = match st.grpc.clone().oneshot(grpc_req).await {
+        Ok(r) => r,
+        Err(never) => match never {},
+    };
+    // Errors before any message come back as headers only.
+    if let Some((code, msg)) = grpc_status(resp.headers())
+        && code != 0
+    {
+        return error(code, &msg);
+    }
+    let output = route.method.output();
+    if route.server_streaming() {
+        sse(resp.into_body(), output).into_response()
+    } else {
+        unary(resp.into_body(), output).await
+    }
+}
+
+fn grpc_status(h: &http::HeaderMap) -> Option<(i32, String)> {
+    let code = h.get("grpc-status")?.to_str().ok()?.parse().ok()?;
+    let msg = h.get("grpc-message").and_then(|v| v.to_str().ok()).map(percent_decode).unwrap_or_default();
+    Some((code, msg))
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && let Some(v) = b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn to_json(m: &DynamicMessage) -> Value {
+    serde_json::to_value(m).unwrap_or(Value::Null)
+}
+
+/// Takes whole gRPC messages off the front of `buf`.
+fn take_messages(buf: &mut BytesMut, desc: &MessageDescriptor) -> Result<Vec<DynamicMessage>, String> {
+    let mut out = Vec::new();
+    while buf.len() >= 5 {
+        let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+        if buf[0] != 0 {
+            return Err("compressed response messages are not supported".into());
+        }
+        if len > MAX_MESSAGE {
+            return Err("response message too large".into());
+        }
+        if buf.len() < 5 + len {
+            break;
+        }
+        buf.advance(5);
+        let msg = buf.split_to(len).freeze();
+        out.push(DynamicMessage::decode(desc.clone(), msg).map_err(|e| format!("response does not decode: {e}"))?);
+    }
+    Ok(out)
+}
+
+async fn unary(mut body: GrpcBody, desc: MessageDescriptor) -> Response {
+    let mut buf = BytesMut::new();
+    let mut status = None;
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) => return error(14, &format!("the call failed: {e}")),
+        };
+        if let Some(data) = frame.data_ref() {
+            buf.extend_from_slice(data);
+            if buf.len() > MAX_MESSAGE + 5 {
+                return error(8, "response too large");
+            }
+        } else if let Some(t) = frame.trailers_ref() {
+            status = grpc_status(t);
+        }
+    }
+    match status {
+        Some((0, _)) => {}
+        Some((code, msg)) => return error(code, &msg),
+        None => return error(13, "the call ended without a status"),
+    }
+    match take_messages(&mut buf, &desc) {
+        Ok(mut msgs) if msgs.len() == 1 => {
+            let json = to_json(&msgs.remove(0));
+            let mut r = axum::Json(json).into_response();
+            r.headers_mut().insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            r
+        }
+        Ok(msgs) => error(13, &format!("expected one response message, got {}", msgs.len())),
+        Err(e) => error(13, &e),
+    }
+}
+
+fn sse(body: GrpcBody, desc: MessageDescriptor) -> impl IntoResponse {
+    let stream = futures_util::stream::unfold(
+        (body, BytesMut::new(), Vec::<Event>::new(), false),
+        move |(mut body, mut buf, mut pending, mut done)| {
+            let desc = desc.clone();
+            async move {
+                loop {
+                    if !pending.is_empty() {
+                        let ev = pending.remove(0);
+                        return Some((Ok::<_, Infallible>(ev), (body, buf, pending, done)));
+                    }
+                    if done {
+                        return None;
+                    }
+                    match body.frame().await {
+                        None => done = true,
+                        Some(Err(e)) => {
+                            pending.push(error_event(14, &format!("the stream failed: {e}")));
+                            done = true;
+                        }
+                        Some(Ok(frame)) => {
+                            if let Some(data) = frame.data_ref() {
+                                buf.extend_from_slice(data);
+                                match take_messages(&mut buf, &desc) {
+                                    Ok(msgs) => pending.extend(
+                                        msgs.iter().map(|m| Event::default().data(to_json(m).to_string())),
+                                    ),
+                                    Err(e) => {
+                                        pending.push(error_event(13, &e));
+                                        done = true;
+                                    }
+                                }
+                            } else if let Some(t) = frame.trailers_ref() {
+                                if let Some((code, msg)) = grpc_status(t)
+                                    && code != 0
+                                {
+                                    pending.push(error_event(code, &msg));
+                                }
+                                done = true;
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    );
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+fn error_event(code: i32, message: &str) -> Event {
+    let name = ErrorCode::from_grpc(code).map(ErrorCode::as_str).unwrap_or("unknown");
+    Event::default().event("error").data(json!({"code": name, "message": message}).to_string())
+}
+
+/// Builds the request message from the path bindings, the query string and
+/// the body, per the route's body rule, and validates it as proto3 JSON.
+#[allow(clippy::result_large_err)]
+fn build_input(route: &Route, bound: &[(String, String)], query: &str, body: &Bytes) -> Result<DynamicMessage, Response> {
+    let desc = route.method.input();
+    let parsed_body = || -> Result<Value, Response> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Value::Object(Map::new()));
+        }
+        serde_json::from_slice(body).map_err(|e| invalid(format!("request body is not JSON: {e}")))
+    };
+    let mut obj = match &route.body {
+        BodyRule::None => {
+            if !body.iter().all(u8::is_ascii_whitespace) {
+                return Err(invalid(format!("{} {} takes no request body", route.http_method, route.template)));
+            }
+            Map::new()
+        }
+        BodyRule::All => match parsed_body()? {
+            Value::Object(m) => m,
+            _ => return Err(invalid("request body must be a JSON object")),
+        },
+        BodyRule::Field(f) => {
+            let mut m = Map::new();
+            m.insert(f.clone(), parsed_body()?);
+            m
+        }
+    };
+    for (field, value) in bound {
+        set_path(&mut obj, &desc, field, value, false)?;
+    }
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let k = percent_decode(&k.replace('+', " "));
+        let v = percent_decode(&v.replace('+', " "));
+        if route.body == BodyRule::All {
+            return Err(invalid(format!("unknown query parameter {k:?}: this method takes its fields in the body")));
+        }
+        if route.path_fields().contains(&k.as_str()) {
+            return Err(invalid(format!("query parameter {k:?} is bound by the path")));
+        }
+        set_path(&mut obj, &desc, &k, &v, true)?;
+    }
+    let opts = DeserializeOptions::new().deny_unknown_fields(true);
+    DynamicMessage::deserialize_with_options(desc.clone(), Value::Object(obj), &opts)
+        .map_err(|e| invalid(format!("invalid {}: {e}", desc.name())))
+}
+
+/// Sets a (possibly dotted) field from a string, typed per the descriptor.
+#[allow(clippy::result_large_err)]
+fn set_path(obj: &mut Map<String, Value>, desc: &MessageDescriptor, path: &str, raw: &str, repeat: bool) -> Result<(), Response> {
+    let mut parts = path.split('.').peekable();
+    let mut desc = desc.clone();
+    let mut obj = obj;
+    while let Some(name) = parts.next() {
+        let field = desc
+            .get_field_by_name(name)
+            .or_else(|| desc.get_field_by_json_name(name))
+            .ok_or_else(|| invalid(format!("unknown field {path:?} for {}", desc.name())))?;
+        let key = field.name().to_owned();
+        if parts.peek().is_some() {
+            let Kind::Message(inner) = field.kind() else {
+                return Err(invalid(format!("{path:?}: {name} is not a message")));
+            };
+            let slot = obj.entry(key).or_insert_with(|| Value::Object(Map::new()));
+            let Value::Object(next) = slot else { return Err(invalid(format!("{path:?} conflicts with the body"))) };
+            obj = next;
+            desc = inner;
+            continue;
+        }
+        if field.is_map() {
+            return Err(invalid(format!("map field {path:?} cannot be set from the URL")));
+        }
+        let value = match field.kind() {
+            Kind::Bool => match raw {
+                "true" | "1" => Value::Bool(true),
+                "false" | "0" => Value::Bool(false),
+                _ => return Err(invalid(format!("{path:?} must be true or false"))),
+            },
+            Kind::Message(m) if !m.full_name().starts_with("google.protobuf.") => {
+                return Err(invalid(format!("message field {path:?} cannot be set from the URL")));
+            }
+            // Numbers, enums, strings, bytes and well-known types all accept
+            // their proto3 JSON string form.
+            _ => Value::String(raw.to_owned()),
+        };
+        if field.is_list() && repeat {
+            match obj.entry(key).or_insert_with(|| Value::Array(Vec::new())) {
+                Value::Array(a) => a.push(value),
+                _ => return Err(invalid(format!("{path:?} conflicts with the body"))),
+            }
+        } else if field.is_list() {
+            obj.insert(key, Value::Array(vec![value]));
+        } else {
+            obj.insert(key, value);
+        }
+        return Ok(());
+    }
+    Ok(())
+}

@@ -1,0 +1,223 @@
+//! OpenAPI 3.1 from the same descriptors as the routes.
+
+use std::collections::BTreeMap;
+
+use prost_reflect::{FieldDescriptor, Kind, MessageDescriptor};
+use serde_json::{Map, Value, json};
+
+use crate::routes::{BodyRule, Bridge, Route};
+
+fn schema_name(m: &MessageDescriptor) -> String {
+    m.full_name().to_owned()
+}
+
+fn reference(name: &str) -> Value {
+    json!({"$ref": format!("#/components/schemas/{name}")})
+}
+
+/// The proto3 JSON schema of one field's (single) value.
+fn kind_schema(kind: &Kind, wanted: &mut Vec<MessageDescriptor>) -> Value {
+    match kind {
+        Kind::Double | Kind::Float => json!({"type": "number"}),
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => json!({"type": "integer", "format": "int32"}),
+        Kind::Uint32 | Kind::Fixed32 => json!({"type": "integer", "format": "int64", "minimum": 0, "maximum": 4294967295u64}),
+        // 64-bit integers are strings in proto3 JSON.
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => json!({"type": "string", "format": "int64", "pattern": "^-?[0-9]+$"}),
+        Kind::Uint64 | Kind::Fixed64 => json!({"type": "string", "format": "uint64", "pattern": "^[0-9]+$"}),
+        Kind::Bool => json!({"type": "boolean"}),
+        Kind::String => json!({"type": "string"}),
+        Kind::Bytes => json!({"type": "string", "contentEncoding": "base64"}),
+        Kind::Enum(e) => json!({"type": "string", "enum": e.values().map(|v| v.name().to_owned()).collect::<Vec<_>>()}),
+        Kind::Message(m) => match m.full_name() {
+            "google.protobuf.Timestamp" => json!({"type": "string", "format": "date-time"}),
+            "google.protobuf.Duration" => json!({"type": "string", "pattern": "^-?[0-9]+(\\.[0-9]{1,9})?s$"}),
+            "google.protobuf.Empty" => json!({"type": "object", "additionalProperties": false}),
+            _ => {
+                if !wanted.iter().any(|w| w.full_name() == m.full_name()) {
+                    wanted.push(m.clone());
+                }
+                reference(&schema_name(m))
+            }
+        },
+    }
+}
+
+fn field_schema(f: &FieldDescriptor, wanted: &mut Vec<MessageDescriptor>) -> Value {
+    if f.is_map() {
+        let Kind::Message(entry) = f.kind() else { return json!({"type": "object"}) };
+        let value = entry.map_entry_value_field();
+        return json!({"type": "object", "additionalProperties": kind_schema(&value.kind(), wanted)});
+    }
+    let one = kind_schema(&f.kind(), wanted);
+    if f.is_list() { json!({"type": "array", "items": one}) } else { one }
+}
+
+fn message_schema(m: &MessageDescriptor, wanted: &mut Vec<MessageDescriptor>) -> Value {
+    let mut props = Map::new();
+    for f in m.fields() {
+        props.insert(f.json_name().to_owned(), field_schema(&f, wanted));
+    }
+    json!({"type": "object", "properties": props, "additionalProperties": false})
+}
+
+fn error_schema() -> Value {
+    json!({
+        "type": "object",
+        "required": ["code", "message"],
+        "properties": {
+            "code": {"type": "string"},
+            "message": {"type": "string"},
+            "details": {"type": "array", "items": {}}
+        }
+    })
+}
+
+fn operation(route: &Route, wanted: &mut Vec<MessageDescriptor>) -> Value {
+    let input = route.method.input();
+    let path_fields = route.path_fields();
+    let mut params = Vec::new();
+    for name in &path_fields {
+        let schema = input
+            .get_field_by_name(name)
+            .map(|f| field_schema(&f, wanted))
+            .unwrap_or_else(|| json!({"type": "string"}));
+        params.push(json!({"name": name, "in": "path", "required": true, "schema": schema}));
+    }
+    if route.body == BodyRule::None {
+        for f in input.fields() {
+            if path_fields.contains(&f.name()) || f.is_map() {
+                continue;
+            }
+            if matches!(f.kind(), Kind::Message(ref m) if !m.full_name().starts_with("google.protobuf.")) {
+                continue;
+            }
+            let mut schema = field_schema(&f, wanted);
+            if !f.is_list() {
+                // Query values arrive as strings; integers are given as such.
+                if let Some(obj) = schema.as_object_mut()
+                    && obj.get("type") == Some(&json!("integer"))
+                {
+                    obj.insert("type".into(), json!("integer"));
+                }
+            }
+            params.push(json!({"name": f.json_name(), "in": "query", "required": false, "schema": schema}));
+        }
+    }
+    let mut op = Map::new();
+    op.insert("operationId".into(), json!(route.method.full_name().replace('.', "_")));
+    op.insert("tags".into(), json!([route.method.parent_service().name()]));
+    op.insert("summary".into(), json!(route.method.name()));
+    op.insert("parameters".into(), Value::Array(params));
+    match &route.body {
+        BodyRule::None => {}
+        BodyRule::All => {
+            let mut schema = message_schema(&input, wanted);
+            if let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) {
+                for name in &path_fields {
+                    if let Some(f) = input.get_field_by_name(name) {
+                        props.remove(f.json_name());
+                    }
+                }
+            }
+            op.insert(
+                "requestBody".into(),
+                json!({"required": true, "content": {"application/json": {"schema": schema}}}),
+            );
+        }
+        BodyRule::Field(f) => {
+            let schema = input
+                .get_field_by_name(f)
+                .map(|fd| field_schema(&fd, wanted))
+                .unwrap_or_else(|| json!({}));
+            op.insert("requestBody".into(), json!({"required": true, "content": {"application/json": {"schema": schema}}}));
+        }
+    }
+    let output = route.method.output();
+    let ok = if route.server_streaming() {
+        json!({
+            "description": format!("Server-Sent Events; each `data:` is a JSON {}", output.name()),
+            "content": {"text/event-stream": {"schema": {"type": "string"}}}
+        })
+    } else {
+        wanted.push(output.clone());
+        json!({"description": "OK", "content": {"application/json": {"schema": reference(&schema_name(&output))}}})
+    };
+    let err = json!({"description": "Error", "content": {"application/json": {"schema": reference("tether.Error")}}});
+    op.insert("responses".into(), json!({"200": ok, "default": err}));
+    op.insert(
+        "security".into(),
+        json!(if route.method.parent_service().name() == "AgentService" { json!([]) } else { json!([{"bearer": []}]) }),
+    );
+    Value::Object(op)
+}
+
+/// The OpenAPI 3.1 document of every route.
+pub fn openapi(bridge: &Bridge, version: &str) -> Value {
+    let mut wanted: Vec<MessageDescriptor> = Vec::new();
+    let mut paths: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+    for r in &bridge.routes {
+        // OpenAPI paths use `{name}` for each binding; `{field=**}` keeps its name.
+        let mut path = String::new();
+        for part in r.template.split('/').filter(|p| !p.is_empty()) {
+            path.push('/');
+            match part.strip_prefix('{').and_then(|p| p.split_once('}')) {
+                Some((inner, rest)) => {
+                    path.push('{');
+                    path.push_str(inner.split('=').next().unwrap_or(inner));
+                    path.push('}');
+                    path.push_str(rest);
+                }
+                None => path.push_str(part),
+            }
+        }
+        let op = operation(r, &mut wanted);
+        paths.entry(path).or_default().insert(r.http_method.as_str().to_lowercase(), op);
+    }
+    let mut schemas = Map::new();
+    schemas.insert("tether.Error".into(), error_schema());
+    let mut i = 0;
+    while i < wanted.len() {
+        let m = wanted[i].clone();
+        i += 1;
+        let name = schema_name(&m);
+        if !schemas.contains_key(&name) {
+            let s = message_schema(&m, &mut wanted);
+            schemas.insert(name, s);
+        }
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Tether",
+            "version": version,
+            "description": "Generated from the protos' google.api.http options. JSON follows the proto3 mapping."
+        },
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "A Tether macaroon"}}
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn document_covers_every_route() {
+        let b = Bridge::from_descriptors(tether_proto::FILE_DESCRIPTOR_SET).unwrap();
+        let doc = openapi(&b, "test");
+        assert_eq!(doc["openapi"], "3.1.0");
+        for r in &b.routes {
+            let path = r.template.replace("{node_id}", "{node_id}");
+            let m = r.http_method.as_str().to_lowercase();
+            assert!(doc["paths"][&path][&m].is_object(), "{m} {path} missing");
+        }
+        let node = &doc["components"]["schemas"]["tether.v1.Node"]["properties"];
+        assert_eq!(node["desiredStateVersion"]["type"], "string", "uint64 is a string in proto3 JSON");
+        assert_eq!(node["registeredAt"]["format"], "date-time");
+        assert!(node["status"]["enum"].as_array().unwrap().iter().any(|v| v == "NODE_STATUS_READY"));
+        assert_eq!(doc["paths"]["/v1/nodes:watch"]["get"]["responses"]["200"]["content"]["text/event-stream"]["schema"]["type"], "string");
+    }
+}
