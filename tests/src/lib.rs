@@ -11,4 +11,6 @@ mod harness;
 #[cfg(test)]
 mod registry;
 #[cfg(test)]
+mod rest;
+#[cfg(test)]
 mod work;

@@ -147,7 +147,10 @@ fn percent_decode(s: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%'
-            && let Some(v) = b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok())
+            && let Some(v) = b
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
         {
             out.push(v);
             i += 3;
@@ -242,9 +245,8 @@ fn sse(body: GrpcBody, desc: MessageDescriptor) -> impl IntoResponse {
                             if let Some(data) = frame.data_ref() {
                                 buf.extend_from_slice(data);
                                 match take_messages(&mut buf, &desc) {
-                                    Ok(msgs) => pending.extend(
-                                        msgs.iter().map(|m| Event::default().data(to_json(m).to_string())),
-                                    ),
+                                    Ok(msgs) => pending
+                                        .extend(msgs.iter().map(|m| Event::default().data(to_json(m).to_string()))),
                                     Err(e) => {
                                         pending.push(error_event(13, &e));
                                         done = true;
@@ -275,7 +277,12 @@ fn error_event(code: i32, message: &str) -> Event {
 /// Builds the request message from the path bindings, the query string and
 /// the body, per the route's body rule, and validates it as proto3 JSON.
 #[allow(clippy::result_large_err)]
-fn build_input(route: &Route, bound: &[(String, String)], query: &str, body: &Bytes) -> Result<DynamicMessage, Response> {
+fn build_input(
+    route: &Route,
+    bound: &[(String, String)],
+    query: &str,
+    body: &Bytes,
+) -> Result<DynamicMessage, Response> {
     let desc = route.method.input();
     let parsed_body = || -> Result<Value, Response> {
         if body.iter().all(u8::is_ascii_whitespace) {
@@ -322,7 +329,13 @@ fn build_input(route: &Route, bound: &[(String, String)], query: &str, body: &By
 
 /// Sets a (possibly dotted) field from a string, typed per the descriptor.
 #[allow(clippy::result_large_err)]
-fn set_path(obj: &mut Map<String, Value>, desc: &MessageDescriptor, path: &str, raw: &str, repeat: bool) -> Result<(), Response> {
+fn set_path(
+    obj: &mut Map<String, Value>,
+    desc: &MessageDescriptor,
+    path: &str,
+    raw: &str,
+    repeat: bool,
+) -> Result<(), Response> {
     let mut parts = path.split('.').peekable();
     let mut desc = desc.clone();
     let mut obj = obj;

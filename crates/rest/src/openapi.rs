@@ -20,9 +20,13 @@ fn kind_schema(kind: &Kind, wanted: &mut Vec<MessageDescriptor>) -> Value {
     match kind {
         Kind::Double | Kind::Float => json!({"type": "number"}),
         Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => json!({"type": "integer", "format": "int32"}),
-        Kind::Uint32 | Kind::Fixed32 => json!({"type": "integer", "format": "int64", "minimum": 0, "maximum": 4294967295u64}),
+        Kind::Uint32 | Kind::Fixed32 => {
+            json!({"type": "integer", "format": "int64", "minimum": 0, "maximum": 4294967295u64})
+        }
         // 64-bit integers are strings in proto3 JSON.
-        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => json!({"type": "string", "format": "int64", "pattern": "^-?[0-9]+$"}),
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => {
+            json!({"type": "string", "format": "int64", "pattern": "^-?[0-9]+$"})
+        }
         Kind::Uint64 | Kind::Fixed64 => json!({"type": "string", "format": "uint64", "pattern": "^[0-9]+$"}),
         Kind::Bool => json!({"type": "boolean"}),
         Kind::String => json!({"type": "string"}),
@@ -91,15 +95,7 @@ fn operation(route: &Route, wanted: &mut Vec<MessageDescriptor>) -> Value {
             if matches!(f.kind(), Kind::Message(ref m) if !m.full_name().starts_with("google.protobuf.")) {
                 continue;
             }
-            let mut schema = field_schema(&f, wanted);
-            if !f.is_list() {
-                // Query values arrive as strings; integers are given as such.
-                if let Some(obj) = schema.as_object_mut()
-                    && obj.get("type") == Some(&json!("integer"))
-                {
-                    obj.insert("type".into(), json!("integer"));
-                }
-            }
+            let schema = field_schema(&f, wanted);
             params.push(json!({"name": f.json_name(), "in": "query", "required": false, "schema": schema}));
         }
     }
@@ -125,11 +121,11 @@ fn operation(route: &Route, wanted: &mut Vec<MessageDescriptor>) -> Value {
             );
         }
         BodyRule::Field(f) => {
-            let schema = input
-                .get_field_by_name(f)
-                .map(|fd| field_schema(&fd, wanted))
-                .unwrap_or_else(|| json!({}));
-            op.insert("requestBody".into(), json!({"required": true, "content": {"application/json": {"schema": schema}}}));
+            let schema = input.get_field_by_name(f).map(|fd| field_schema(&fd, wanted)).unwrap_or_else(|| json!({}));
+            op.insert(
+                "requestBody".into(),
+                json!({"required": true, "content": {"application/json": {"schema": schema}}}),
+            );
         }
     }
     let output = route.method.output();
@@ -210,14 +206,16 @@ mod tests {
         let doc = openapi(&b, "test");
         assert_eq!(doc["openapi"], "3.1.0");
         for r in &b.routes {
-            let path = r.template.replace("{node_id}", "{node_id}");
             let m = r.http_method.as_str().to_lowercase();
-            assert!(doc["paths"][&path][&m].is_object(), "{m} {path} missing");
+            assert!(doc["paths"][&r.template][&m].is_object(), "{m} {} missing", r.template);
         }
         let node = &doc["components"]["schemas"]["tether.v1.Node"]["properties"];
         assert_eq!(node["desiredStateVersion"]["type"], "string", "uint64 is a string in proto3 JSON");
         assert_eq!(node["registeredAt"]["format"], "date-time");
         assert!(node["status"]["enum"].as_array().unwrap().iter().any(|v| v == "NODE_STATUS_READY"));
-        assert_eq!(doc["paths"]["/v1/nodes:watch"]["get"]["responses"]["200"]["content"]["text/event-stream"]["schema"]["type"], "string");
+        assert_eq!(
+            doc["paths"]["/v1/nodes:watch"]["get"]["responses"]["200"]["content"]["text/event-stream"]["schema"]["type"],
+            "string"
+        );
     }
 }

@@ -8,7 +8,10 @@ use crate::BridgeError;
 enum Segment {
     Literal(String),
     /// `{field.path}` (one segment) or `{field=**}` (the rest).
-    Var { field: String, rest: bool },
+    Var {
+        field: String,
+        rest: bool,
+    },
 }
 
 /// How the HTTP body maps onto the request message.
@@ -52,7 +55,7 @@ impl Route {
     }
 
     /// Matches a request path; returns the bound (field, value) pairs.
-    fn matches(&self, path: &str) -> Option<Vec<(String, String)>> {
+    fn matches(&self, path: &str) -> Option<Bindings> {
         let (path, verb) = split_verb(path);
         if verb.map(str::to_owned) != self.verb {
             return None;
@@ -142,6 +145,9 @@ fn parse_template(method: &str, t: &str) -> Result<(Vec<Segment>, Option<String>
     Ok((segments, verb))
 }
 
+/// Path variables bound by a match: (field path, decoded value).
+pub type Bindings = Vec<(String, String)>;
+
 /// Every HTTP route of the services in a descriptor set.
 pub struct Bridge {
     pub pool: DescriptorPool,
@@ -217,11 +223,11 @@ impl Bridge {
 
     /// The route for a request, with its path bindings. `Err(true)` when the
     /// path exists under another method (405), `Err(false)` when it does not.
-    pub fn find(&self, method: &http::Method, path: &str) -> Result<(&Route, Vec<(String, String)>), bool> {
+    pub fn find(&self, method: &http::Method, path: &str) -> Result<(&Route, Bindings), bool> {
         let mut path_known = false;
         for r in &self.routes {
             if let Some(bound) = r.matches(path) {
-                if &r.http_method == method {
+                if r.http_method == *method {
                     return Ok((r, bound));
                 }
                 path_known = true;
