@@ -2,7 +2,7 @@
 //! credentials for the agent protocol.
 
 use tether_auth::{Claims, CredentialKind, Macaroon, RootKey};
-use tether_types::{Error, NodeId, OrgId, ProjectId, Role};
+use tether_types::{Error, NodeId, OrgId, ProjectId, Role, TokenId};
 use tonic::Request;
 
 use crate::now_ms;
@@ -28,11 +28,23 @@ impl Principal {
 
 pub struct Authenticator {
     root: RootKey,
+    /// Revoked token ids; refreshed from the database by a loop, so that a
+    /// revocation on another replica takes effect here within seconds.
+    revoked: std::sync::RwLock<std::collections::HashSet<TokenId>>,
 }
 
 impl Authenticator {
     pub fn new(root: RootKey) -> Self {
-        Authenticator { root }
+        Authenticator { root, revoked: Default::default() }
+    }
+
+    pub fn revoke(&self, id: TokenId) {
+        self.revoked.write().unwrap_or_else(|p| p.into_inner()).insert(id);
+    }
+
+    pub fn set_revoked(&self, ids: impl IntoIterator<Item = TokenId>) {
+        let set = ids.into_iter().collect();
+        *self.revoked.write().unwrap_or_else(|p| p.into_inner()) = set;
     }
 
     pub fn root(&self) -> &RootKey {
@@ -50,7 +62,11 @@ impl Authenticator {
             .or_else(|| value.strip_prefix("bearer "))
             .ok_or_else(|| Error::unauthenticated("authorization must be `Bearer <token>`"))?;
         let m = Macaroon::decode(token)?;
-        Ok(m.verify(&self.root, now_ms())?)
+        let claims = m.verify(&self.root, now_ms())?;
+        if self.revoked.read().unwrap_or_else(|p| p.into_inner()).contains(&claims.token_id) {
+            return Err(Error::unauthenticated("credential was revoked"));
+        }
+        Ok(claims)
     }
 
     /// An operator credential with at least `need`.
@@ -75,6 +91,21 @@ impl Authenticator {
         match (claims.kind, claims.node) {
             (CredentialKind::Agent, Some(node)) => Ok((node, claims.project)),
             _ => Err(status(Error::permission_denied("the agent protocol requires a node credential"))),
+        }
+    }
+}
+
+/// Keeps the revocation list in step with the database.
+pub async fn revocation_loop(app: std::sync::Arc<crate::App>, shutdown: tokio_util::sync::CancellationToken) {
+    loop {
+        match app.store.tokens_revoked().await {
+            Ok(ids) => app.auth.set_revoked(ids),
+            Err(e) => tracing::warn!(error = %e, "loading revoked tokens failed; keeping the last list"),
+        }
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
         }
     }
 }

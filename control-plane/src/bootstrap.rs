@@ -72,6 +72,7 @@ pub async fn run(store: &Store, data_dir: &Path) -> anyhow::Result<Boot> {
             description: "bootstrap admin token".into(),
             created_at: now,
             expires_at: None,
+            revoked_at: None,
         })
         .await?;
 

@@ -347,6 +347,16 @@ async fn bad_input_is_refused_and_changes_nothing(backend: Backend) {
     let me = cp.tenancy_as(Some(&viewer)).await.who_am_i(pb::WhoAmIRequest {}).await.unwrap().into_inner();
     assert_eq!(me.role, pb::Role::Viewer as i32);
     assert!(me.expires_at.is_some());
+    // Revocation by token id takes effect at once.
+    let listed = admin.list_tokens(pb::ListTokensRequest {}).await.unwrap().into_inner().tokens;
+    assert!(listed.iter().any(|t| t.token_id == me.token_id && t.revoked_at.is_none()));
+    let e = cp.tenancy_as(Some(&viewer)).await.list_tokens(pb::ListTokensRequest {}).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "only admins list tokens");
+    let revoked = admin.revoke_token(pb::RevokeTokenRequest { token_id: me.token_id.clone() }).await.unwrap().into_inner();
+    assert!(revoked.token.unwrap().revoked_at.is_some());
+    let e = cp.nodes_as(Some(&viewer)).await.list_nodes(pb::ListNodesRequest::default()).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    assert!(e.message().contains("revoked"), "{e:?}");
 
     let expiring = admin
         .create_token(pb::CreateTokenRequest {

@@ -26,6 +26,17 @@ impl TenancyApi {
     }
 }
 
+fn token_info(t: &TokenRecord) -> pb::TokenInfo {
+    pb::TokenInfo {
+        token_id: t.id.to_string(),
+        role: t.role.to_pb() as i32,
+        description: t.description.clone(),
+        created_at: Some(millis_to_timestamp(t.created_at)),
+        expires_at: t.expires_at.map(millis_to_timestamp),
+        revoked_at: t.revoked_at.map(millis_to_timestamp),
+    }
+}
+
 fn description(s: String) -> Result<String, Status> {
     if s.len() > MAX_TEXT_LEN {
         return Err(status(Error::invalid(format!("description is longer than {MAX_TEXT_LEN} bytes"))));
@@ -119,6 +130,7 @@ impl pb::tenancy_service_server::TenancyService for TenancyApi {
                 description: description(req.description)?,
                 created_at: now,
                 expires_at: Some(expires_at),
+                revoked_at: None,
             })
             .await
             .map_err(store_status)?;
@@ -127,6 +139,20 @@ impl pb::tenancy_service_server::TenancyService for TenancyApi {
             token_id: id.to_string(),
             expires_at: Some(millis_to_timestamp(expires_at)),
         }))
+    }
+
+    async fn list_tokens(&self, req: Request<pb::ListTokensRequest>) -> Result<Response<pb::ListTokensResponse>, Status> {
+        let who = self.app.auth.operator(&req, Role::Admin)?;
+        let tokens = self.app.store.token_list(who.project()).await.map_err(store_status)?;
+        Ok(Response::new(pb::ListTokensResponse { tokens: tokens.iter().map(token_info).collect() }))
+    }
+
+    async fn revoke_token(&self, req: Request<pb::RevokeTokenRequest>) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        let who = self.app.auth.operator(&req, Role::Admin)?;
+        let id = TokenId::parse(&req.get_ref().token_id).map_err(status)?;
+        let t = self.app.store.token_revoke(who.project(), &id, now_ms()).await.map_err(store_status)?;
+        self.app.auth.revoke(id);
+        Ok(Response::new(pb::RevokeTokenResponse { token: Some(token_info(&t)) }))
     }
 
     async fn who_am_i(&self, req: Request<pb::WhoAmIRequest>) -> Result<Response<pb::WhoAmIResponse>, Status> {

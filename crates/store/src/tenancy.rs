@@ -23,7 +23,22 @@ pub struct TokenRecord {
     pub description: String,
     pub created_at: UnixMillis,
     pub expires_at: Option<UnixMillis>,
+    pub revoked_at: Option<UnixMillis>,
 }
+
+fn token_from_row(r: &impl Get) -> Result<TokenRecord> {
+    Ok(TokenRecord {
+        id: TokenId::from_trusted(r.text("id")?),
+        project_id: ProjectId::from_trusted(r.text("project_id")?),
+        role: Role::parse(&r.text("role")?)?,
+        description: r.text("description")?,
+        created_at: r.int("created_at")?,
+        expires_at: r.opt_int("expires_at")?,
+        revoked_at: r.opt_int("revoked_at")?,
+    })
+}
+
+const TOKEN_COLS: &str = "id, project_id, role, description, created_at, expires_at, revoked_at";
 
 const DEFAULT: &str = "default";
 
@@ -116,6 +131,46 @@ impl Store {
             .await?;
             append_event!(tx, t.created_at, Some(t.project_id.as_str()), "token.created", t.id.as_str(), to_json(t));
             Ok(())
+        })
+    }
+
+    pub async fn token_list(&self, project: &ProjectId) -> Result<Vec<TokenRecord>> {
+        on_read!(self, |pool| {
+            sqlx::query(&format!("SELECT {TOKEN_COLS} FROM tokens WHERE project_id = $1 ORDER BY created_at, id"))
+                .bind(project.as_str())
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(token_from_row)
+                .collect()
+        })
+    }
+
+    pub async fn token_revoke(&self, project: &ProjectId, id: &TokenId, now: UnixMillis) -> Result<TokenRecord> {
+        in_tx!(self, |tx| {
+            let row = sqlx::query(&format!(
+                "UPDATE tokens SET revoked_at = COALESCE(revoked_at, $3) WHERE id = $1 AND project_id = $2
+                 RETURNING {TOKEN_COLS}"
+            ))
+            .bind(id.as_str())
+            .bind(project.as_str())
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| Error::not_found(format!("token {id} not found")))?;
+            let t = token_from_row(&row)?;
+            append_event!(tx, now, Some(project.as_str()), "token.revoked", id.as_str(), to_json(&t));
+            Ok(t)
+        })
+    }
+
+    /// Ids of every revoked token, for the authenticator's deny list.
+    pub async fn tokens_revoked(&self) -> Result<Vec<TokenId>> {
+        on_read!(self, |pool| {
+            let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM tokens WHERE revoked_at IS NOT NULL")
+                .fetch_all(pool)
+                .await?;
+            Ok(ids.into_iter().map(TokenId::from_trusted).collect())
         })
     }
 
