@@ -51,14 +51,14 @@ fn workspace_root() -> PathBuf {
 }
 
 /// The directory holding the workspace's binaries (next to this test binary).
-fn bin_dir() -> &'static Path {
+pub fn bin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let exe = std::env::current_exe().expect("current exe");
         // target/<profile>/deps/tether_tests-HASH -> target/<profile>
         let dir =
             exe.parent().and_then(Path::parent).expect("test binary lives in target/<profile>/deps").to_path_buf();
-        for bin in ["tether-control-plane", "tether-agent"] {
+        for bin in ["tether-control-plane", "tether-agent", "tetherctl"] {
             assert!(
                 dir.join(bin).exists(),
                 "{} is missing: build the workspace first (`cargo build --workspace` or `./scripts/test`)",

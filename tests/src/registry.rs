@@ -352,7 +352,8 @@ async fn bad_input_is_refused_and_changes_nothing(backend: Backend) {
     assert!(listed.iter().any(|t| t.token_id == me.token_id && t.revoked_at.is_none()));
     let e = cp.tenancy_as(Some(&viewer)).await.list_tokens(pb::ListTokensRequest {}).await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "only admins list tokens");
-    let revoked = admin.revoke_token(pb::RevokeTokenRequest { token_id: me.token_id.clone() }).await.unwrap().into_inner();
+    let revoked =
+        admin.revoke_token(pb::RevokeTokenRequest { token_id: me.token_id.clone() }).await.unwrap().into_inner();
     assert!(revoked.token.unwrap().revoked_at.is_some());
     let e = cp.nodes_as(Some(&viewer)).await.list_nodes(pb::ListNodesRequest::default()).await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);

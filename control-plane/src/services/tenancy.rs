@@ -141,13 +141,19 @@ impl pb::tenancy_service_server::TenancyService for TenancyApi {
         }))
     }
 
-    async fn list_tokens(&self, req: Request<pb::ListTokensRequest>) -> Result<Response<pb::ListTokensResponse>, Status> {
+    async fn list_tokens(
+        &self,
+        req: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
         let who = self.app.auth.operator(&req, Role::Admin)?;
         let tokens = self.app.store.token_list(who.project()).await.map_err(store_status)?;
         Ok(Response::new(pb::ListTokensResponse { tokens: tokens.iter().map(token_info).collect() }))
     }
 
-    async fn revoke_token(&self, req: Request<pb::RevokeTokenRequest>) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+    async fn revoke_token(
+        &self,
+        req: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
         let who = self.app.auth.operator(&req, Role::Admin)?;
         let id = TokenId::parse(&req.get_ref().token_id).map_err(status)?;
         let t = self.app.store.token_revoke(who.project(), &id, now_ms()).await.map_err(store_status)?;

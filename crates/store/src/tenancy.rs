@@ -167,9 +167,8 @@ impl Store {
     /// Ids of every revoked token, for the authenticator's deny list.
     pub async fn tokens_revoked(&self) -> Result<Vec<TokenId>> {
         on_read!(self, |pool| {
-            let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM tokens WHERE revoked_at IS NOT NULL")
-                .fetch_all(pool)
-                .await?;
+            let ids: Vec<String> =
+                sqlx::query_scalar("SELECT id FROM tokens WHERE revoked_at IS NOT NULL").fetch_all(pool).await?;
             Ok(ids.into_iter().map(TokenId::from_trusted).collect())
         })
     }
