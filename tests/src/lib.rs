@@ -15,4 +15,6 @@ mod registry;
 #[cfg(test)]
 mod rest;
 #[cfg(test)]
+mod sdk;
+#[cfg(test)]
 mod work;
