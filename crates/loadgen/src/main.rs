@@ -47,6 +47,16 @@ enum Cmd {
         #[arg(long, default_value_t = 600)]
         timeout_secs: u64,
     },
+    /// Latency of one cheap read over gRPC and over the REST bridge, in one
+    /// run, interleaved in rounds so both see the same machine.
+    RestVsGrpc {
+        /// The HTTP base URL of the same control plane.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        http: String,
+        /// Calls per protocol.
+        #[arg(long, default_value_t = 5000)]
+        calls: usize,
+    },
 }
 
 type Client = JobServiceClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
@@ -83,6 +93,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Jobs { count, concurrency, command, rate, timeout_secs } => {
             jobs(client, count, concurrency.max(1), command, rate, Duration::from_secs(timeout_secs)).await
         }
+        Cmd::RestVsGrpc { http, calls } => rest_vs_grpc(&cli.addr, &cli.token, &http, calls).await,
     }
 }
 
@@ -190,6 +201,58 @@ async fn jobs(
             "p99": percentile(&start_lat, 0.99),
             "max": start_lat.last().copied().unwrap_or(f64::NAN),
         },
+    });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+/// Median of a sample, in microseconds.
+fn median_us(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    percentile(v, 0.5)
+}
+
+async fn rest_vs_grpc(addr: &str, token: &str, http: &str, calls: usize) -> anyhow::Result<()> {
+    use tether_proto::pb::tenancy_service_client::TenancyServiceClient;
+    let channel = Channel::from_shared(addr.to_owned())?.connect().await?;
+    let bearer = Bearer(format!("Bearer {}", token.trim()).parse()?);
+    let mut grpc = TenancyServiceClient::with_interceptor(channel, bearer);
+    let rest = reqwest::Client::builder().pool_max_idle_per_host(1).build()?;
+    let url = format!("{}/v1/whoami", http.trim_end_matches('/'));
+    let auth = format!("Bearer {}", token.trim());
+    // Warm both paths up.
+    for _ in 0..200 {
+        grpc.who_am_i(pb::WhoAmIRequest {}).await?;
+        rest.get(&url).header("authorization", &auth).send().await?.error_for_status()?.bytes().await?;
+    }
+    let mut g = Vec::with_capacity(calls);
+    let mut r = Vec::with_capacity(calls);
+    // Alternate in rounds of 100 so that noise hits both alike.
+    let rounds = calls.div_ceil(100);
+    for _ in 0..rounds {
+        for _ in 0..100 {
+            let t = Instant::now();
+            grpc.who_am_i(pb::WhoAmIRequest {}).await?;
+            g.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        for _ in 0..100 {
+            let t = Instant::now();
+            let body = rest.get(&url).header("authorization", &auth).send().await?.error_for_status()?.bytes().await?;
+            r.push(t.elapsed().as_secs_f64() * 1e6);
+            if body.is_empty() {
+                bail!("empty REST response");
+            }
+        }
+    }
+    let (gm, rm) = (median_us(&mut g), median_us(&mut r));
+    let out = serde_json::json!({
+        "rpc": "TenancyService/WhoAmI (GET /v1/whoami)",
+        "calls_each": g.len(),
+        "grpc_median_us": gm,
+        "rest_median_us": rm,
+        "grpc_p99_us": percentile(&g, 0.99),
+        "rest_p99_us": percentile(&r, 0.99),
+        "ratio_rest_over_grpc": rm / gm,
     });
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
