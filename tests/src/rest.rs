@@ -72,7 +72,11 @@ async fn every_annotated_rpc_answers_over_rest(backend: Backend) {
     assert_eq!(s, 200, "{jt}");
     assert_eq!(jt["joinToken"]["maxUses"], 2);
     let join_token_id = jt["joinToken"]["joinTokenId"].as_str().unwrap().to_owned();
+    let (s, tok) = rest.call("POST", "/v1/tokens", Some(json!({"role": "ROLE_VIEWER", "ttl": "600s"}))).await;
+    assert_eq!(s, 200, "{tok}");
+    let token_id = tok["tokenId"].as_str().unwrap().to_owned();
     let ids = [
+        ("token_id", token_id.as_str()),
         ("node_id", node_id.as_str()),
         ("job_id", job_id.as_str()),
         ("workload_id", workload_id.as_str()),
