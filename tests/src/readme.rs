@@ -103,3 +103,52 @@ async fn readme_examples_run_as_written() {
     cp.start_kill().unwrap();
     let _ = cp.wait().await;
 }
+
+both_backends!(tetherctl_reports_errors_and_speaks_json);
+
+async fn tetherctl(cp: &ControlPlane, token: &str, args: &[&str]) -> (i32, String, String) {
+    let out = tokio::process::Command::new(bin_dir().join("tetherctl"))
+        .args(["--addr", &cp.url(), "--token", token])
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn tetherctl_reports_errors_and_speaks_json(backend: Backend) {
+    let cp = ControlPlane::start(backend).await;
+    let agent = Agent::start(&cp, "ctl", &["--labels", "zone=c"]);
+    let node = agent.node_id().await;
+    cp.wait_nodes(1, tether_proto::pb::NodeStatus::Ready, Duration::from_secs(20)).await;
+    let admin = cp.admin_token.clone();
+
+    let (code, out, _) = tetherctl(&cp, &admin, &["-o", "json", "nodes", "list", "-l", "zone=c"]).await;
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["nodes"][0]["nodeId"], node.as_str());
+    let (code, out, _) = tetherctl(&cp, &admin, &["-o", "id", "nodes", "list"]).await;
+    assert_eq!((code, out.trim()), (0, node.as_str()));
+
+    let (code, _, err) = tetherctl(&cp, "tm1_forged", &["nodes", "list"]).await;
+    assert_eq!(code, 1);
+    assert!(err.starts_with("error: unauthenticated:"), "{err}");
+    let (code, _, err) = tetherctl(&cp, &admin, &["jobs", "get", "not-a-job"]).await;
+    assert_eq!(code, 1);
+    assert!(err.starts_with("error: invalid_argument:"), "{err}");
+    let (code, _, err) = tetherctl(&cp, &admin, &["jobs", "bogus"]).await;
+    assert_eq!(code, 2, "usage errors exit 2: {err}");
+    // A job that fails makes `submit --wait` exit 3.
+    let (code, out, _) = tetherctl(&cp, &admin, &["jobs", "submit", "--wait", "--", "/bin/sh", "-c", "exit 7"]).await;
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("failed") && out.contains("exit code  7"), "{out}");
+    // Quarantine needs a reason and shows it.
+    let (code, out, _) = tetherctl(&cp, &admin, &["nodes", "quarantine", &node, "--reason", "bad disk"]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("quarantined") && out.contains("bad disk"), "{out}");
+    drop(agent);
+}
