@@ -58,24 +58,7 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
     Ok((k.trim().to_owned(), v.trim().to_owned()))
 }
 
-/// Parses `500ms`, `5s`, `2m` or bare seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60.0)
-    } else {
-        (s, 1.0)
-    };
-    let v: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
-    if !(0.0..=86400.0).contains(&(v * mult)) {
-        return Err(format!("duration {s:?} out of range"));
-    }
-    Ok(Duration::from_secs_f64(v * mult))
-}
+use tether_types::parse_duration;
 
 /// Runs the agent until `shutdown` (then signs off) or a fatal error.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AgentError> {

@@ -19,6 +19,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use output::{Format, Out};
+use tether_types::parse_duration;
 
 /// Operate a Tether control plane.
 #[derive(Parser)]
@@ -354,21 +355,6 @@ enum ObjectiveArg {
 fn parse_kv(s: &str) -> Result<(String, String), String> {
     let (k, v) = s.split_once('=').ok_or_else(|| format!("{s:?} must be KEY=VALUE"))?;
     Ok((k.to_owned(), v.to_owned()))
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
-    let n: f64 = s[..split].parse().map_err(|_| format!("invalid duration {s:?} (e.g. 30s, 10m, 2h)"))?;
-    let mult = match &s[split..] {
-        "ms" => 0.001,
-        "" | "s" => 1.0,
-        "m" => 60.0,
-        "h" => 3600.0,
-        "d" => 86400.0,
-        u => return Err(format!("unknown unit {u:?} in {s:?}")),
-    };
-    Ok(Duration::from_secs_f64(n * mult))
 }
 
 fn duration_pb(d: Duration) -> prost_types::Duration {
