@@ -7,6 +7,8 @@
 //! control plane, so the two clocks agree). Bounded in count and time; talks
 //! only to the address it is given.
 
+mod agents;
+
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -47,6 +49,16 @@ enum Cmd {
         #[arg(long, default_value_t = 600)]
         timeout_secs: u64,
     },
+    /// Simulate a fleet: N agents, each with its own TCP connection and its
+    /// own Heartbeat and Jobs streams, speaking the real agent protocol.
+    Agents(agents::AgentsArgs),
+    /// The scheduler alone: placements per second over a synthetic fleet.
+    Placement {
+        #[arg(long, default_value_t = 10_000)]
+        nodes: usize,
+        #[arg(long, default_value_t = 100_000)]
+        placements: usize,
+    },
     /// Latency of one cheap read over gRPC and over the REST bridge, in one
     /// run, interleaved in rounds so both see the same machine.
     RestVsGrpc {
@@ -75,7 +87,7 @@ fn ms(ts: &Option<prost_types::Timestamp>) -> Option<i64> {
     ts.as_ref().map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -86,6 +98,9 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Cmd::Placement { nodes, placements } = cli.cmd {
+        return placement(nodes, placements);
+    }
     let channel = Channel::from_shared(cli.addr.clone())?.connect().await.context("connecting")?;
     let bearer = Bearer(format!("Bearer {}", cli.token.trim()).parse()?);
     let client = JobServiceClient::with_interceptor(channel, bearer);
@@ -94,6 +109,8 @@ async fn main() -> anyhow::Result<()> {
             jobs(client, count, concurrency.max(1), command, rate, Duration::from_secs(timeout_secs)).await
         }
         Cmd::RestVsGrpc { http, calls } => rest_vs_grpc(&cli.addr, &cli.token, &http, calls).await,
+        Cmd::Agents(args) => agents::run(&cli.addr, &cli.token, args).await,
+        Cmd::Placement { nodes, placements } => placement(nodes, placements),
     }
 }
 
@@ -255,5 +272,58 @@ async fn rest_vs_grpc(addr: &str, token: &str, http: &str, calls: usize) -> anyh
         "ratio_rest_over_grpc": rm / gm,
     });
     println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+/// Places `count` requests one by one (each charged before the next) over a
+/// synthetic fleet with mixed sizes, labels and states, and reports the rate.
+fn placement(nodes: usize, count: usize) -> anyhow::Result<()> {
+    use tether_scheduler::{NodeView, Objective, Request, place_batch};
+    use tether_types::{Constraints, NodeId, ProjectId, Resources};
+    let project = ProjectId::from_random([1; 10]);
+    let mut fleet: Vec<NodeView> = (0..nodes)
+        .map(|i| {
+            let mut id = [0u8; 10];
+            id[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            NodeView {
+                id: NodeId::from_random(id),
+                project: project.clone(),
+                ready: i % 50 != 0,
+                active: i % 97 != 0,
+                state: "ready".into(),
+                pool: if i % 3 == 0 { "batch".into() } else { "web".into() },
+                labels: [("zone".to_string(), format!("z{}", i % 4))].into(),
+                gpu_models: vec![],
+                capacity: Resources { cpu_millis: 16_000 + (i as u64 % 4) * 8000, memory_mb: 65_536, gpus: 0 },
+                allocated: Resources::default(),
+                reliability: 0.5 + (i % 10) as f64 / 20.0,
+                groups: Default::default(),
+            }
+        })
+        .collect();
+    let reqs: Vec<Request> = (0..count)
+        .map(|i| {
+            let c = Constraints {
+                pool: if i % 5 == 0 { "batch".into() } else { String::new() },
+                label_selector: if i % 7 == 0 { "zone in (z1,z2)".into() } else { String::new() },
+                gpu_model: String::new(),
+            };
+            let objective = [Objective::Balanced, Objective::Cost, Objective::Latency, Objective::Durability][i % 4];
+            Request::new(project.clone(), Resources { cpu_millis: 10, memory_mb: 8, gpus: 0 }, c, objective)
+        })
+        .collect();
+    let t = Instant::now();
+    let placed = place_batch(&mut fleet, &reqs).iter().filter(|p| p.is_some()).count();
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&serde_json::json!({
+            "nodes": nodes,
+            "requests": count,
+            "placed": placed,
+            "seconds": secs,
+            "placements_per_sec": count as f64 / secs,
+        }))?
+    );
     Ok(())
 }

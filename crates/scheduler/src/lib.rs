@@ -143,7 +143,21 @@ fn ratio(used: u64, cap: u64) -> f64 {
     if cap == 0 { 0.0 } else { (used as f64 / cap as f64).min(1.0) }
 }
 
-fn score(node: &NodeView, req: &Request) -> Scored {
+/// Whether the node can take the request now; the allocation-free twin of
+/// [`filter`], for the hot path.
+fn eligible(node: &NodeView, req: &Request) -> bool {
+    let c = &req.constraints;
+    node.ready
+        && node.active
+        && node.project == req.project
+        && (c.pool.is_empty() || node.pool == c.pool)
+        && (c.gpu_model.is_empty() || node.gpu_models.iter().any(|m| m == &c.gpu_model))
+        && req.resources.fits_in(&node.free())
+        && req.selector.matches(&node.labels)
+}
+
+/// (score, spread, binpack, reliability, anti-affinity)
+fn components(node: &NodeView, req: &Request) -> (f64, f64, f64, f64, f64) {
     let after = node.allocated.add(&req.resources);
     let cpu = ratio(after.cpu_millis, node.capacity.cpu_millis);
     let mem = ratio(after.memory_mb, node.capacity.memory_mb);
@@ -153,7 +167,11 @@ fn score(node: &NodeView, req: &Request) -> Scored {
     let anti = 1.0 / (1.0 + f64::from(same));
     let reliability = node.reliability.clamp(0.0, 1.0);
     let (ws, wb, wr, wa) = req.objective.weights();
-    let score = ws * spread + wb * binpack + wr * reliability + wa * anti;
+    (ws * spread + wb * binpack + wr * reliability + wa * anti, spread, binpack, reliability, anti)
+}
+
+fn score(node: &NodeView, req: &Request) -> Scored {
+    let (score, spread, binpack, reliability, anti) = components(node, req);
     Scored {
         node: node.id.clone(),
         score,
@@ -189,13 +207,18 @@ pub fn rank(nodes: &[NodeView], req: &Request) -> (Vec<Scored>, Vec<Filtered>) {
 
 /// The best node for one request, if any.
 pub fn best(nodes: &[NodeView], req: &Request) -> Option<usize> {
-    let mut best: Option<(usize, Scored)> = None;
+    let mut best: Option<(usize, f64)> = None;
     for (i, n) in nodes.iter().enumerate() {
-        if n.project != req.project || filter(n, req).is_some() {
+        if !eligible(n, req) {
             continue;
         }
-        let s = score(n, req);
-        if best.as_ref().is_none_or(|(_, b)| by_score(&s, b) == Ordering::Less) {
+        let s = components(n, req).0;
+        // Higher score wins; ties go to the lower node id, as in `rank`.
+        let better = match best {
+            None => true,
+            Some((j, b)) => s > b || (s == b && n.id < nodes[j].id),
+        };
+        if better {
             best = Some((i, s));
         }
     }
@@ -351,6 +374,14 @@ mod tests {
             }
             for (i, n) in placed.iter().enumerate() {
                 prop_assert_eq!(&n.allocated, &used[i]);
+            }
+        }
+
+        #[test]
+        fn best_agrees_with_rank(nodes in arb_nodes(), reqs in arb_reqs()) {
+            for r in &reqs {
+                let (ranked, _) = rank(&nodes, r);
+                prop_assert_eq!(best(&nodes, r).map(|i| nodes[i].id.clone()), ranked.first().map(|s| s.node.clone()));
             }
         }
 
