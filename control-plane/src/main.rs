@@ -10,6 +10,8 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let config = tether_control_plane::Config::load()?;
+    let files = raise_open_files_limit();
+    tracing::info!(open_files = files, "open-file limit (each agent holds one connection)");
     let shutdown = CancellationToken::new();
     let on_signal = shutdown.clone();
     let mut term = signal(SignalKind::terminate())?;
@@ -26,4 +28,24 @@ async fn main() -> anyhow::Result<()> {
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// Every agent holds a TCP connection, so lift the soft open-file limit to the
+/// hard one; returns the limit in force.
+#[allow(unsafe_code)]
+fn raise_open_files_limit() -> u64 {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit on this process with a valid struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return raised.rlim_cur;
+            }
+        }
+    }
+    lim.rlim_cur
 }

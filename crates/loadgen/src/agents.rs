@@ -102,7 +102,8 @@ async fn enroll_all(addr: &str, token: &str, n: usize, path: &PathBuf) -> anyhow
     let next = Arc::new(AtomicU64::new(0));
     let out = Arc::new(Mutex::new(Vec::with_capacity(n)));
     for _ in 0..32 {
-        let (mut c, next, out, token) = (AgentServiceClient::new(channel.clone()), next.clone(), out.clone(), token.to_owned());
+        let (mut c, next, out, token) =
+            (AgentServiceClient::new(channel.clone()), next.clone(), out.clone(), token.to_owned());
         set.spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed) as usize;
@@ -140,7 +141,15 @@ async fn enroll_all(addr: &str, token: &str, n: usize, path: &PathBuf) -> anyhow
 }
 
 /// One simulated agent, reconnecting until `stop`.
-async fn agent(addr: String, source: IpAddr, id: Identity, generation: u64, job_ms: u64, stats: Arc<Stats>, stop: Instant) {
+async fn agent(
+    addr: String,
+    source: IpAddr,
+    id: Identity,
+    generation: u64,
+    job_ms: u64,
+    stats: Arc<Stats>,
+    stop: Instant,
+) {
     let mut lost_at: Option<Instant> = None;
     let mut backoff = Duration::from_millis(100);
     while Instant::now() < stop {
@@ -289,7 +298,10 @@ pub async fn run(addr: &str, token: &str, a: AgentsArgs) -> anyhow::Result<()> {
     let mut submit_lat = Vec::new();
     if a.submit > 0 {
         let channel = Endpoint::from_shared(addr.to_owned())?.connect().await?;
-        let mut jobs = pb::job_service_client::JobServiceClient::with_interceptor(channel, Bearer(format!("Bearer {}", token.trim()).parse()?));
+        let mut jobs = pb::job_service_client::JobServiceClient::with_interceptor(
+            channel,
+            Bearer(format!("Bearer {}", token.trim()).parse()?),
+        );
         let mut sent: Vec<(String, Instant)> = Vec::with_capacity(a.submit);
         let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / a.submit_rate.max(0.1)));
         for _ in 0..a.submit {
@@ -302,7 +314,8 @@ pub async fn run(addr: &str, token: &str, a: AgentsArgs) -> anyhow::Result<()> {
                 constraints: Some(pb::Constraints { label_selector: "sim".into(), ..Default::default() }),
                 ..Default::default()
             };
-            let j = jobs.submit_job(pb::SubmitJobRequest { spec: Some(spec), ..Default::default() }).await?.into_inner();
+            let j =
+                jobs.submit_job(pb::SubmitJobRequest { spec: Some(spec), ..Default::default() }).await?.into_inner();
             sent.push((j.job.map(|j| j.job_id).unwrap_or_default(), at));
         }
         let deadline = Instant::now() + Duration::from_secs(30);
