@@ -58,7 +58,7 @@ pub fn bin_dir() -> &'static Path {
         // target/<profile>/deps/tether_tests-HASH -> target/<profile>
         let dir =
             exe.parent().and_then(Path::parent).expect("test binary lives in target/<profile>/deps").to_path_buf();
-        for bin in ["tether-control-plane", "tether-agent", "tetherctl"] {
+        for bin in ["tether-control-plane", "tether-agent", "tetherctl", "tether-loadgen"] {
             assert!(
                 dir.join(bin).exists(),
                 "{} is missing: build the workspace first (`cargo build --workspace` or `./scripts/test`)",

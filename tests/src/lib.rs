@@ -9,6 +9,8 @@
 #[cfg(test)]
 mod harness;
 #[cfg(test)]
+mod loadgen;
+#[cfg(test)]
 mod readme;
 #[cfg(test)]
 mod registry;
