@@ -251,7 +251,7 @@ impl Runner {
         &self,
         key: Key,
         a: agent_pb::AssignJob,
-        exec: agent_pb::ExecDriver,
+        exec: tether_proto::pb::ExecSpec,
         cancel: CancellationToken,
         reason: Arc<Mutex<Option<String>>>,
     ) {
@@ -297,7 +297,7 @@ impl Runner {
     async fn run_once(
         &self,
         key: &Key,
-        exec: &agent_pb::ExecDriver,
+        exec: &tether_proto::pb::ExecSpec,
         cancel: &CancellationToken,
         restarts: u32,
         max_log: u64,

@@ -28,25 +28,13 @@ pub const MAX_LOG_BYTES: u64 = 1024 * 1024;
 /// Reliability grows to 1 over this much time ready.
 const RELIABILITY_RAMP_MS: i64 = 10 * 60 * 1000;
 
-fn exec_driver(e: &ExecSpec) -> agent_pb::ExecDriver {
-    agent_pb::ExecDriver {
-        command: e.command.clone(),
-        args: e.args.clone(),
-        env: e.env.clone().into_iter().collect(),
-        working_dir: e.working_dir.clone(),
-        timeout: e
-            .timeout_ms
-            .map(|ms| prost_types::Duration { seconds: (ms / 1000) as i64, nanos: ((ms % 1000) * 1_000_000) as i32 }),
-    }
-}
-
 fn assign_msg(a: &Allocation, exec: &ExecSpec, restart: Option<RestartPolicy>) -> agent_pb::JobsResponse {
     let (job_id, attempt) = a.wire_id();
     agent_pb::JobsResponse {
         msg: Some(jobs_response::Msg::Assign(agent_pb::AssignJob {
             job_id,
             attempt,
-            exec: Some(exec_driver(exec)),
+            exec: Some(exec.to_pb()),
             kind: match a.kind {
                 AllocKind::Job => agent_pb::AllocationKind::Job,
                 AllocKind::Service => agent_pb::AllocationKind::Service,
