@@ -574,6 +574,21 @@ impl Store {
     /// are retried elsewhere while attempts remain). Idempotent; returns the
     /// allocations that changed.
     pub async fn allocations_lose_on_down_nodes(&self, now: UnixMillis) -> Result<Vec<Allocation>> {
+        // Usually there is nothing to do: look first, without a write transaction.
+        let any: Option<String> = on_read!(self, |pool| {
+            sqlx::query_scalar(
+                "SELECT key FROM allocations
+                 WHERE status IN ('scheduled', 'running', 'stopping')
+                   AND (node_id IN (SELECT id FROM nodes WHERE status = 'down')
+                        OR node_id NOT IN (SELECT id FROM nodes))
+                 LIMIT 1",
+            )
+            .fetch_optional(pool)
+            .await?
+        });
+        if any.is_none() {
+            return Ok(Vec::new());
+        }
         in_tx!(self, |tx| {
             let rows = sqlx::query(&format!(
                 "SELECT {ALLOC_COLS} FROM allocations
