@@ -4,11 +4,10 @@ use std::time::{Duration, Instant};
 
 use tether_proto::agent_pb::agent_service_client::AgentServiceClient;
 use tether_proto::agent_pb::{self, heartbeat_request, heartbeat_response, jobs_response};
-use tether_proto::pb;
+use tether_proto::{Bearer, pb};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 use tracing::Instrument;
@@ -348,22 +347,10 @@ fn to_duration(d: prost_types::Duration) -> Duration {
     Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32)
 }
 
-/// Adds the node credential to every call.
-#[derive(Clone)]
-struct Bearer(MetadataValue<tonic::metadata::Ascii>);
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
-        req.metadata_mut().insert("authorization", self.0.clone());
-        Ok(req)
-    }
-}
-
 type AuthedClient = AgentServiceClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
 
 fn client(channel: Channel, credential: &str) -> AuthedClient {
-    let value = format!("Bearer {credential}").parse().expect("credential is ASCII");
-    AgentServiceClient::with_interceptor(channel, Bearer(value))
+    AgentServiceClient::with_interceptor(channel, Bearer::new(Some(credential)).expect("credential is ASCII"))
 }
 
 async fn enroll(ep: &Endpoint, token: &str, config: &Config) -> Result<Identity, Status> {

@@ -7,12 +7,12 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use tether_proto::agent_pb::agent_service_client::AgentServiceClient;
-use tether_proto::pb;
 use tether_proto::pb::job_service_client::JobServiceClient;
 use tether_proto::pb::node_service_client::NodeServiceClient;
 use tether_proto::pb::placement_service_client::PlacementServiceClient;
 use tether_proto::pb::tenancy_service_client::TenancyServiceClient;
 use tether_proto::pb::workload_service_client::WorkloadServiceClient;
+use tether_proto::{Bearer, pb};
 use tokio::process::{Child, Command};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -130,22 +130,10 @@ where
     }
 }
 
-pub type Authed = InterceptedService<Channel, BearerInterceptor>;
+pub type Authed = InterceptedService<Channel, Bearer>;
 
-#[derive(Clone)]
-pub struct BearerInterceptor(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
-
-impl tonic::service::Interceptor for BearerInterceptor {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(v) = &self.0 {
-            req.metadata_mut().insert("authorization", v.clone());
-        }
-        Ok(req)
-    }
-}
-
-pub fn bearer(token: Option<&str>) -> BearerInterceptor {
-    BearerInterceptor(token.map(|t| format!("Bearer {t}").parse().expect("ASCII token")))
+pub fn bearer(token: Option<&str>) -> Bearer {
+    Bearer::new(token).expect("ASCII token")
 }
 
 /// Liveness settings short enough for tests.

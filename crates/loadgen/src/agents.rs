@@ -19,7 +19,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::{Bearer, percentile};
+use tether_proto::Bearer;
+
+use crate::percentile;
 
 #[derive(Args)]
 pub struct AgentsArgs {
@@ -184,7 +186,7 @@ async fn session(
         .tcp_nodelay(true)
         .connect()
         .await?;
-    let bearer = Bearer(format!("Bearer {}", id.credential).parse()?);
+    let bearer = Bearer::new(Some(&id.credential))?;
     let mut client = AgentServiceClient::with_interceptor(channel, bearer);
     let (hb_tx, hb_rx) = mpsc::channel(4);
     hb_tx
@@ -298,10 +300,7 @@ pub async fn run(addr: &str, token: &str, a: AgentsArgs) -> anyhow::Result<()> {
     let mut submit_lat = Vec::new();
     if a.submit > 0 {
         let channel = Endpoint::from_shared(addr.to_owned())?.connect().await?;
-        let mut jobs = pb::job_service_client::JobServiceClient::with_interceptor(
-            channel,
-            Bearer(format!("Bearer {}", token.trim()).parse()?),
-        );
+        let mut jobs = pb::job_service_client::JobServiceClient::with_interceptor(channel, Bearer::new(Some(token))?);
         let mut sent: Vec<(String, Instant)> = Vec::with_capacity(a.submit);
         let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / a.submit_rate.max(0.1)));
         for _ in 0..a.submit {

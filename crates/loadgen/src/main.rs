@@ -13,9 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use tether_proto::pb;
 use tether_proto::pb::job_service_client::JobServiceClient;
-use tonic::metadata::MetadataValue;
+use tether_proto::{Bearer, pb};
 use tonic::transport::Channel;
 
 #[derive(Parser)]
@@ -73,16 +72,6 @@ enum Cmd {
 
 type Client = JobServiceClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
 
-#[derive(Clone)]
-struct Bearer(MetadataValue<tonic::metadata::Ascii>);
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        req.metadata_mut().insert("authorization", self.0.clone());
-        Ok(req)
-    }
-}
-
 fn ms(ts: &Option<prost_types::Timestamp>) -> Option<i64> {
     ts.as_ref().map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
 }
@@ -102,7 +91,7 @@ async fn main() -> anyhow::Result<()> {
         return placement(nodes, placements);
     }
     let channel = Channel::from_shared(cli.addr.clone())?.connect().await.context("connecting")?;
-    let bearer = Bearer(format!("Bearer {}", cli.token.trim()).parse()?);
+    let bearer = Bearer::new(Some(&cli.token))?;
     let client = JobServiceClient::with_interceptor(channel, bearer);
     match cli.cmd {
         Cmd::Jobs { count, concurrency, command, rate, timeout_secs } => {
@@ -232,7 +221,7 @@ fn median_us(v: &mut [f64]) -> f64 {
 async fn rest_vs_grpc(addr: &str, token: &str, http: &str, calls: usize) -> anyhow::Result<()> {
     use tether_proto::pb::tenancy_service_client::TenancyServiceClient;
     let channel = Channel::from_shared(addr.to_owned())?.connect().await?;
-    let bearer = Bearer(format!("Bearer {}", token.trim()).parse()?);
+    let bearer = Bearer::new(Some(token))?;
     let mut grpc = TenancyServiceClient::with_interceptor(channel, bearer);
     let rest = reqwest::Client::builder().pool_max_idle_per_host(1).build()?;
     let url = format!("{}/v1/whoami", http.trim_end_matches('/'));

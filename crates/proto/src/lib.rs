@@ -28,6 +28,28 @@ pub use tether::agent::v1 as agent_pb;
 /// Operator-facing API (`tether.v1`).
 pub use tether::v1 as pb;
 
+/// A client interceptor that sends `authorization: Bearer <token>` on every
+/// call (or nothing, without a token). Shared by the agent, the CLI, the load
+/// generator and the tests.
+#[derive(Clone, Debug)]
+pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl Bearer {
+    /// Fails when the token holds characters a header cannot carry.
+    pub fn new(token: Option<&str>) -> Result<Self, tonic::metadata::errors::InvalidMetadataValue> {
+        token.map(|t| format!("Bearer {}", t.trim()).parse()).transpose().map(Bearer)
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
 /// The encoded `FileDescriptorSet` of every Tether proto and its imports, with
 /// extension options (`google.api.http`) kept. Feed it to server reflection
 /// and the REST bridge.

@@ -73,14 +73,14 @@ impl Route {
                 }
                 Segment::Var { field, rest: false } => {
                     let v = parts.get(i).filter(|v| !v.is_empty())?;
-                    bound.push((field.clone(), percent_decode(v)?));
+                    bound.push((field.clone(), percent_decode(v, true)?));
                     i += 1;
                 }
                 Segment::Var { field, rest: true } => {
                     if si + 1 != self.segments.len() || i >= parts.len() {
                         return None;
                     }
-                    let v = parts[i..].iter().map(|p| percent_decode(p)).collect::<Option<Vec<_>>>()?.join("/");
+                    let v = parts[i..].iter().map(|p| percent_decode(p, true)).collect::<Option<Vec<_>>>()?.join("/");
                     bound.push((field.clone(), v));
                     i = parts.len();
                 }
@@ -99,21 +99,33 @@ fn split_verb(path: &str) -> (&str, Option<&str>) {
     }
 }
 
-fn percent_decode(s: &str) -> Option<String> {
+/// Decodes `%XX` escapes. Strict (path bindings): a bad escape or non-UTF-8
+/// result is `None`. Lenient (query strings, grpc-message): a bad escape is
+/// kept as written and invalid UTF-8 is replaced.
+pub(crate) fn percent_decode(s: &str, strict: bool) -> Option<String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' {
-            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
+            let v = b
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            match v {
+                Some(v) => {
+                    out.push(v);
+                    i += 3;
+                    continue;
+                }
+                None if strict => return None,
+                None => {}
+            }
         }
+        out.push(b[i]);
+        i += 1;
     }
-    String::from_utf8(out).ok()
+    if strict { String::from_utf8(out).ok() } else { Some(String::from_utf8_lossy(&out).into_owned()) }
 }
 
 fn parse_template(method: &str, t: &str) -> Result<(Vec<Segment>, Option<String>), BridgeError> {

@@ -8,6 +8,12 @@ use crate::events::append_event;
 use crate::row::{Get, to_json};
 use crate::{Result, Store, StoreError, in_tx, on_read};
 
+/// Allocations that hold resources on their node.
+pub(crate) const ACTIVE: &str = "status IN ('scheduled', 'running', 'stopping')";
+/// Active allocations whose node is down or was deregistered.
+const ON_LOST_NODES: &str = "status IN ('scheduled', 'running', 'stopping')
+       AND (node_id IN (SELECT id FROM nodes WHERE status = 'down') OR node_id NOT IN (SELECT id FROM nodes))";
+
 const JOB_COLS: &str =
     "id, project_id, spec, labels, status, attempt, node_id, exit_code, error, created_at, updated_at";
 pub(crate) const ALLOC_COLS: &str =
@@ -342,14 +348,12 @@ impl Store {
     /// Every allocation that holds resources (scheduled, running, stopping).
     pub async fn allocations_active(&self) -> Result<Vec<Allocation>> {
         on_read!(self, |pool| {
-            sqlx::query(&format!(
-                "SELECT {ALLOC_COLS} FROM allocations WHERE status IN ('scheduled', 'running', 'stopping')"
-            ))
-            .fetch_all(pool)
-            .await?
-            .iter()
-            .map(alloc_from_row)
-            .collect()
+            sqlx::query(&format!("SELECT {ALLOC_COLS} FROM allocations WHERE {ACTIVE}"))
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(alloc_from_row)
+                .collect()
         })
     }
 
@@ -357,8 +361,7 @@ impl Store {
     pub async fn allocations_on_node(&self, node: &NodeId) -> Result<Vec<Allocation>> {
         on_read!(self, |pool| {
             sqlx::query(&format!(
-                "SELECT {ALLOC_COLS} FROM allocations
-                 WHERE node_id = $1 AND status IN ('scheduled', 'running', 'stopping') ORDER BY scheduled_at, key"
+                "SELECT {ALLOC_COLS} FROM allocations WHERE node_id = $1 AND {ACTIVE} ORDER BY scheduled_at, key"
             ))
             .bind(node.as_str())
             .fetch_all(pool)
@@ -576,28 +579,17 @@ impl Store {
     pub async fn allocations_lose_on_down_nodes(&self, now: UnixMillis) -> Result<Vec<Allocation>> {
         // Usually there is nothing to do: look first, without a write transaction.
         let any: Option<String> = on_read!(self, |pool| {
-            sqlx::query_scalar(
-                "SELECT key FROM allocations
-                 WHERE status IN ('scheduled', 'running', 'stopping')
-                   AND (node_id IN (SELECT id FROM nodes WHERE status = 'down')
-                        OR node_id NOT IN (SELECT id FROM nodes))
-                 LIMIT 1",
-            )
-            .fetch_optional(pool)
-            .await?
+            sqlx::query_scalar(&format!("SELECT key FROM allocations WHERE {ON_LOST_NODES} LIMIT 1"))
+                .fetch_optional(pool)
+                .await?
         });
         if any.is_none() {
             return Ok(Vec::new());
         }
         in_tx!(self, |tx| {
-            let rows = sqlx::query(&format!(
-                "SELECT {ALLOC_COLS} FROM allocations
-                 WHERE status IN ('scheduled', 'running', 'stopping')
-                   AND (node_id IN (SELECT id FROM nodes WHERE status = 'down')
-                        OR node_id NOT IN (SELECT id FROM nodes))"
-            ))
-            .fetch_all(&mut *tx)
-            .await?;
+            let rows = sqlx::query(&format!("SELECT {ALLOC_COLS} FROM allocations WHERE {ON_LOST_NODES}"))
+                .fetch_all(&mut *tx)
+                .await?;
             let allocs = rows.iter().map(alloc_from_row).collect::<Result<Vec<_>>>()?;
             let mut out = Vec::with_capacity(allocs.len());
             for a in allocs {

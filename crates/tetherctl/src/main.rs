@@ -8,13 +8,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use tether_proto::pb;
 use tether_proto::pb::job_service_client::JobServiceClient;
 use tether_proto::pb::node_service_client::NodeServiceClient;
 use tether_proto::pb::placement_service_client::PlacementServiceClient;
 use tether_proto::pb::tenancy_service_client::TenancyServiceClient;
 use tether_proto::pb::workload_service_client::WorkloadServiceClient;
-use tonic::metadata::{Ascii, MetadataValue};
+use tether_proto::{Bearer, pb};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
@@ -361,18 +360,6 @@ fn duration_pb(d: Duration) -> prost_types::Duration {
     prost_types::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
 }
 
-#[derive(Clone)]
-struct Bearer(Option<MetadataValue<Ascii>>);
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(v) = &self.0 {
-            req.metadata_mut().insert("authorization", v.clone());
-        }
-        Ok(req)
-    }
-}
-
 type Svc = InterceptedService<Channel, Bearer>;
 
 struct Clients {
@@ -437,12 +424,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         ),
         (None, None) => None,
     };
-    let bearer = Bearer(
-        token
-            .map(|t| format!("Bearer {t}").parse())
-            .transpose()
-            .map_err(|_| anyhow::anyhow!("the token contains characters that cannot be sent"))?,
-    );
+    let bearer = Bearer::new(token.as_deref())
+        .map_err(|_| anyhow::anyhow!("the token contains characters that cannot be sent"))?;
     let channel = Channel::from_shared(cli.addr.clone())
         .map_err(|e| anyhow::anyhow!("invalid --addr {:?}: {e}", cli.addr))?
         .connect_timeout(Duration::from_secs(5))
