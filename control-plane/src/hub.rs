@@ -4,13 +4,12 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::stream::TrySendError;
 use tether_proto::agent_pb;
 use tether_types::NodeId;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tonic::Status;
 
-pub type JobsTx = mpsc::Sender<Result<agent_pb::JobsResponse, Status>>;
+pub type JobsTx = crate::stream::StreamTx<agent_pb::JobsResponse>;
 
 /// Room per stream. A stream that falls this far behind is closed; the agent
 /// reconnects and its allocation report brings both sides back in line.
@@ -56,12 +55,12 @@ impl JobsHub {
         let Some(e) = map.get(node) else { return false };
         match e.tx.try_send(Ok(msg)) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(TrySendError::Full) => {
                 tracing::warn!(node_id = %node, "jobs stream is too far behind; closing it to resync");
                 e.cancel.cancel();
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(TrySendError::Closed) => false,
         }
     }
 }

@@ -14,6 +14,7 @@ mod hub;
 mod notify;
 mod registry;
 mod services;
+mod stream;
 mod work;
 
 use std::sync::Arc;

@@ -53,7 +53,7 @@ struct SessionSlot {
     tx: HeartbeatTx,
 }
 
-pub type HeartbeatTx = tokio::sync::mpsc::Sender<Result<tether_proto::agent_pb::HeartbeatResponse, tonic::Status>>;
+pub type HeartbeatTx = crate::stream::StreamTx<tether_proto::agent_pb::HeartbeatResponse>;
 
 impl SessionSlot {
     fn close(&self, reason: CloseReason) {

@@ -25,6 +25,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     compiler.open_files(FILES)?;
     std::fs::write(out.join("tether_descriptor.bin"), compiler.encode_file_descriptor_set())?;
 
-    tonic_prost_build::configure().build_client(true).build_server(true).compile_fds(compiler.file_descriptor_set())?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .codec_path("crate::codec::LeanCodec")
+        .compile_fds(compiler.file_descriptor_set())?;
     Ok(())
 }

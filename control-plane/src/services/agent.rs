@@ -1,6 +1,5 @@
 //! `tether.agent.v1.AgentService`: enrolment, heartbeat sessions, job streams.
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,9 +7,6 @@ use tether_auth::{Caveat, CredentialKind, Macaroon, hash_join_secret, hashes_equ
 use tether_proto::agent_pb::{self, heartbeat_request, heartbeat_response, jobs_request};
 use tether_store::NodeEnroll;
 use tether_types::{Error, ErrorCode, Labels, NodeCapabilities, NodeId, NodeUsage, TokenId, validate_labels};
-use tokio::sync::mpsc;
-use tokio_stream::Stream;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
@@ -23,7 +19,7 @@ const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a session set-up may wait for an admission permit.
 const ADMISSION_WAIT: Duration = Duration::from_secs(5);
 
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+use crate::stream::BoxStream;
 
 pub struct AgentApi {
     app: Arc<App>,
@@ -158,7 +154,7 @@ impl agent_pb::agent_service_server::AgentService for AgentApi {
                 Status::unavailable("control plane is busy admitting sessions; retry with backoff")
             })?
             .map_err(|_| Status::unavailable("control plane is shutting down"))?;
-        let (tx, rx) = mpsc::channel(8);
+        let (tx, rx) = crate::stream::channel(8);
         let (session, record) = self
             .app
             .registry
@@ -194,7 +190,7 @@ impl agent_pb::agent_service_server::AgentService for AgentApi {
         let app = self.app.clone();
         let span = tracing::info_span!("heartbeat", node_id = %node, session = session.id);
         self.app.tasks.spawn(heartbeat_session(app, session, inbound, tx).instrument(span));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(rx))
     }
 
     type JobsStream = BoxStream<agent_pb::JobsResponse>;
@@ -215,7 +211,7 @@ impl agent_pb::agent_service_server::AgentService for AgentApi {
             Ok(Ok(Some(agent_pb::JobsRequest { msg: Some(jobs_request::Msg::Report(r)) }))) => r,
             Ok(Ok(Some(_))) => return Err(Status::invalid_argument("the first message must be AllocationReport")),
         };
-        let (tx, rx) = mpsc::channel(crate::hub::STREAM_BUFFER);
+        let (tx, rx) = crate::stream::channel(crate::hub::STREAM_BUFFER);
         let cancel = self.app.shutdown.child_token();
         // Register before reading what the node should hold, so that nothing
         // placed in between is missed (a duplicate send is harmless).
@@ -224,7 +220,7 @@ impl agent_pb::agent_service_server::AgentService for AgentApi {
         let span = tracing::info_span!("jobs", node_id = %node);
         self.app.tasks.spawn(
             async move {
-                if let Err(e) = crate::work::resync(&app, &node, report).await {
+                if let Err(e) = Box::pin(crate::work::resync(&app, &node, report)).await {
                     tracing::warn!(error = %e, "resync after connect failed; closing the stream");
                     let _ = tx.send(Err(Status::unavailable("resync failed; reconnect"))).await;
                 } else {
@@ -234,7 +230,7 @@ impl agent_pb::agent_service_server::AgentService for AgentApi {
             }
             .instrument(span),
         );
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(rx))
     }
 }
 
@@ -242,11 +238,14 @@ fn duration_pb(d: Duration) -> prost_types::Duration {
     prost_types::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
 }
 
+// The two per-agent session tasks live as long as the agent is connected, and
+// a task's size is its future's largest state. Calls that are rare or that
+// reach the database are boxed, so they take memory only while they run.
 async fn heartbeat_session(
     app: Arc<App>,
     session: Session,
     mut inbound: Streaming<agent_pb::HeartbeatRequest>,
-    tx: mpsc::Sender<Result<agent_pb::HeartbeatResponse, Status>>,
+    tx: crate::registry::HeartbeatTx,
 ) {
     loop {
         tokio::select! {
@@ -266,7 +265,7 @@ async fn heartbeat_session(
                             disk_used_mb: b.disk_used_mb,
                             running_allocations: b.running_allocations,
                         };
-                        if !app.registry.beat(&session, usage).await {
+                        if !Box::pin(app.registry.beat(&session, usage)).await {
                             let _ = tx.send(Err(Status::aborted("superseded by a newer session of this node"))).await;
                             break;
                         }
@@ -278,7 +277,7 @@ async fn heartbeat_session(
                             tracing::warn!(version = ack.version, reason = ack.reason, "desired state rejected by agent");
                         }
                         let reason: String = ack.reason.chars().take(tether_types::MAX_TEXT_LEN).collect();
-                        match app.store.node_desired_ack(&session.node, ack.version, ack.accepted, &reason, now_ms()).await {
+                        match Box::pin(app.store.node_desired_ack(&session.node, ack.version, ack.accepted, &reason, now_ms())).await {
                             Ok(Some((_, seq))) => app.notify.committed(seq),
                             Ok(None) => {}
                             Err(e) => tracing::warn!(error = %e, "recording the desired-state answer failed"),
@@ -286,7 +285,7 @@ async fn heartbeat_session(
                     }
                     heartbeat_request::Msg::Goodbye(g) => {
                         tracing::info!(reason = g.reason, "agent signed off");
-                        app.registry.goodbye(&session).await;
+                        Box::pin(app.registry.goodbye(&session)).await;
                         break;
                     }
                     heartbeat_request::Msg::Hello(_) => {
@@ -337,7 +336,7 @@ async fn jobs_session(
             }
             msg = inbound.message() => match msg {
                 Ok(Some(agent_pb::JobsRequest { msg: Some(m) })) => {
-                    if let Err(e) = crate::work::on_agent_message(app, node, m).await {
+                    if let Err(e) = Box::pin(crate::work::on_agent_message(app, node, m)).await {
                         tracing::warn!(error = %e, "handling a job update failed; closing the stream to resync");
                         let _ = tx.send(Err(Status::unavailable("update failed; reconnect"))).await;
                         break;

@@ -1,6 +1,5 @@
 //! `tether.v1.JobService`.
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,15 +9,12 @@ use tether_types::{
     Error, ErrorCode, Job, JobId, JobSpec, JobStatus, LabelSelector, Labels, NodeId, Role, millis_to_timestamp,
     validate_job_labels,
 };
-use tokio::sync::mpsc;
-use tokio_stream::Stream;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::{status, store_status};
 use crate::{App, now_ms};
 
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+use crate::stream::BoxStream;
 
 const DEFAULT_PAGE: u32 = 100;
 const MAX_PAGE: u32 = 1000;
@@ -209,7 +205,7 @@ impl pb::job_service_server::JobService for JobApi {
         let who = self.app.auth.operator(&req, Role::Viewer)?;
         let job = self.load(who.project(), &req.get_ref().job_id).await?;
         let project = who.project().clone();
-        let (tx, rx) = mpsc::channel(64);
+        let (tx, rx) = crate::stream::channel(64);
         let app = self.app.clone();
         let mut wake = self.app.notify.subscribe();
         // Every state change from submission on, then live ones until terminal.
@@ -248,7 +244,7 @@ impl pb::job_service_server::JobService for JobApi {
                 }
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(rx))
     }
 
     type StreamJobLogsStream = BoxStream<pb::StreamJobLogsResponse>;
@@ -260,7 +256,7 @@ impl pb::job_service_server::JobService for JobApi {
         let who = self.app.auth.operator(&req, Role::Viewer)?;
         let req = req.into_inner();
         let job = self.load(who.project(), &req.job_id).await?;
-        let (tx, rx) = mpsc::channel(16);
+        let (tx, rx) = crate::stream::channel(16);
         let app = self.app.clone();
         self.app.tasks.spawn(async move {
             let mut pos = req.offset;
@@ -324,6 +320,6 @@ impl pb::job_service_server::JobService for JobApi {
                 }
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(rx))
     }
 }

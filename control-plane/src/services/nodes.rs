@@ -1,21 +1,17 @@
 //! `tether.v1.NodeService`: the registry as operators see it.
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tether_proto::pb;
 use tether_store::{Event, NodeFilter};
 use tether_types::{DesiredNodeState, Error, LabelSelector, Node, NodeId, NodeStatus, Role};
-use tokio::sync::mpsc;
-use tokio_stream::Stream;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::{status, store_status};
 use crate::{App, now_ms};
 
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+use crate::stream::BoxStream;
 
 const DEFAULT_PAGE: u32 = 100;
 const MAX_PAGE: u32 = 1000;
@@ -146,7 +142,7 @@ impl pb::node_service_server::NodeService for NodeApi {
             0 => self.app.store.events_head().await.map_err(store_status)?,
             n => i64::try_from(n).map_err(|_| status(Error::invalid("since_sequence is out of range")))?,
         };
-        let (tx, rx) = mpsc::channel(64);
+        let (tx, rx) = crate::stream::channel(64);
         if req.send_initial {
             let filter = NodeFilter { project_id: project.clone(), status: None, pool: None };
             let mut after = None;
@@ -203,7 +199,7 @@ impl pb::node_service_server::NodeService for NodeApi {
                 }
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(rx))
     }
 
     async fn set_desired_state(

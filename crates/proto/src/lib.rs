@@ -23,6 +23,8 @@ pub mod google {
     }
 }
 
+pub mod codec;
+
 /// The agent protocol (`tether.agent.v1`).
 pub use tether::agent::v1 as agent_pb;
 /// Operator-facing API (`tether.v1`).

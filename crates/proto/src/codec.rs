@@ -1,0 +1,54 @@
+//! The prost codec every generated service and client uses, with small
+//! per-RPC buffers.
+//!
+//! tonic's default codec starts each RPC with an 8 KiB encode and an 8 KiB
+//! decode buffer and keeps them for the life of the stream. A control plane
+//! holds two long-lived streams per agent whose messages are tens of bytes, so
+//! those buffers were most of its memory per agent. Here they start at
+//! [`INITIAL_BUFFER`] bytes and grow only when a message needs more; the
+//! yield threshold (when a streaming encoder hands a batch to HTTP/2) keeps
+//! tonic's default.
+
+use std::marker::PhantomData;
+
+use tonic::codec::{BufferSettings, Codec};
+use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
+
+/// Initial capacity of each RPC's encode and decode buffers.
+pub const INITIAL_BUFFER: usize = 512;
+/// tonic's default: a streaming encoder yields once this much is buffered.
+const YIELD_THRESHOLD: usize = 32 * 1024;
+
+fn settings() -> BufferSettings {
+    BufferSettings::new(INITIAL_BUFFER, YIELD_THRESHOLD)
+}
+
+/// [`ProstCodec`] with [`INITIAL_BUFFER`]-byte buffers (wired in through
+/// tonic-prost-build's `codec_path`).
+#[derive(Debug)]
+pub struct LeanCodec<T, U>(PhantomData<(T, U)>);
+
+impl<T, U> Default for LeanCodec<T, U> {
+    fn default() -> Self {
+        Self(PhantomData)
+    }
+}
+
+impl<T, U> Codec for LeanCodec<T, U>
+where
+    T: prost::Message + Send + 'static,
+    U: prost::Message + Default + Send + 'static,
+{
+    type Encode = T;
+    type Decode = U;
+    type Encoder = ProstEncoder<T>;
+    type Decoder = ProstDecoder<U>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        ProstCodec::<T, U>::raw_encoder(settings())
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        ProstCodec::<T, U>::raw_decoder(settings())
+    }
+}
