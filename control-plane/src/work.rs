@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tether_proto::agent_pb::{self, jobs_request, jobs_response};
-use tether_scheduler::{NodeView, Objective, Request, place_batch};
+use tether_scheduler::{NodeView, Objective, Request, place_batch_from};
 use tether_store::StoreError;
 use tether_types::{
     AllocId, AllocKind, AllocStatus, Allocation, DesiredNodeState, ExecSpec, Node, NodeId, NodeStatus, RestartPolicy,
@@ -256,6 +256,15 @@ pub fn node_views(nodes: &[Node], active: &[Allocation], now: i64) -> Vec<NodeVi
 }
 
 /// One pass over everything.
+/// Places a batch, resuming the scheduler's candidate scan where the last
+/// batch left it (see `tether_scheduler::place_batch_from`).
+fn place(app: &App, views: &mut [NodeView], reqs: &[Request]) -> Vec<Option<usize>> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let (placed, next) = place_batch_from(views, reqs, app.placement_cursor.load(Relaxed));
+    app.placement_cursor.store(next, Relaxed);
+    placed
+}
+
 async fn pass(app: &App, draining_done: &mut HashSet<NodeId>) -> Result<(), StoreError> {
     let now = now_ms();
     let store = &app.store;
@@ -312,7 +321,7 @@ async fn pass(app: &App, draining_done: &mut HashSet<NodeId>) -> Result<(), Stor
                 r
             })
             .collect();
-        for i in place_batch(&mut views, &reqs).into_iter().flatten() {
+        for i in place(app, &mut views, &reqs).into_iter().flatten() {
             let a = Allocation {
                 key: AllocId::from_random(tether_auth::random_bytes()).to_string(),
                 project_id: w.project_id.clone(),
@@ -346,7 +355,7 @@ async fn pass(app: &App, draining_done: &mut HashSet<NodeId>) -> Result<(), Stor
         .iter()
         .map(|j| Request::new(j.project_id.clone(), j.spec.resources, j.spec.constraints.clone(), Objective::Balanced))
         .collect();
-    for (j, i) in pending.iter().zip(place_batch(&mut views, &reqs)) {
+    for (j, i) in pending.iter().zip(place(app, &mut views, &reqs)) {
         let Some(i) = i else { continue };
         let attempt = j.attempt + 1;
         let a = Allocation {

@@ -267,7 +267,7 @@ async fn rest_vs_grpc(addr: &str, token: &str, http: &str, calls: usize) -> anyh
 /// Places `count` requests one by one (each charged before the next) over a
 /// synthetic fleet with mixed sizes, labels and states, and reports the rate.
 fn placement(nodes: usize, count: usize) -> anyhow::Result<()> {
-    use tether_scheduler::{NodeView, Objective, Request, place_batch};
+    use tether_scheduler::{NodeView, Objective, Request, place_batch_from};
     use tether_types::{Constraints, NodeId, ProjectId, Resources};
     let project = ProjectId::from_random([1; 10]);
     let mut fleet: Vec<NodeView> = (0..nodes)
@@ -302,7 +302,15 @@ fn placement(nodes: usize, count: usize) -> anyhow::Result<()> {
         })
         .collect();
     let t = Instant::now();
-    let placed = place_batch(&mut fleet, &reqs).iter().filter(|p| p.is_some()).count();
+    // Batches of 100, as the work loop places them, the scan resuming where
+    // the previous batch stopped.
+    let mut cursor = 0;
+    let mut placed = 0;
+    for chunk in reqs.chunks(100) {
+        let (out, next) = place_batch_from(&mut fleet, chunk, cursor);
+        cursor = next;
+        placed += out.iter().filter(|p| p.is_some()).count();
+    }
     let secs = t.elapsed().as_secs_f64();
     println!(
         "{}",

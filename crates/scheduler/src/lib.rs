@@ -11,7 +11,9 @@
 //!   pool, labels or GPU model);
 //! - deterministic: the same input gives the same output (ties break on node id);
 //! - spread spreads: with the balanced, latency or durability objective,
-//!   replicas of one group go to distinct nodes while distinct nodes fit.
+//!   replicas of one group go to distinct nodes while distinct nodes fit;
+//! - in a large fleet a placement looks at a bounded sample of candidates
+//!   ([`CANDIDATES`]) and still finds room whenever any node has it.
 
 use std::cmp::Ordering;
 use std::collections::HashMap;
@@ -205,13 +207,37 @@ pub fn rank(nodes: &[NodeView], req: &Request) -> (Vec<Scored>, Vec<Filtered>) {
     (ok, filtered)
 }
 
-/// The best node for one request, if any.
+/// Fleets up to this many nodes are searched exhaustively: every eligible
+/// node is scored and the best one wins.
+pub const EXHAUSTIVE_UP_TO: usize = 256;
+
+/// In a larger fleet a placement scores this many eligible nodes, visited in
+/// a rotating order, and takes the best of them (Nomad limits its candidate
+/// scan the same way). The scan goes on past ineligible nodes until it has
+/// that many candidates or has seen every node, so "no room" is exact.
+pub const CANDIDATES: usize = 48;
+
+/// The best node for one request over the whole fleet, if any.
 pub fn best(nodes: &[NodeView], req: &Request) -> Option<usize> {
+    best_of(nodes, req, 0, nodes.len()).0
+}
+
+/// Scans nodes from `start` (wrapping) until `want` eligible nodes were
+/// scored or every node was seen. Returns the best and how many nodes it
+/// visited.
+fn best_of(nodes: &[NodeView], req: &Request, start: usize, want: usize) -> (Option<usize>, usize) {
+    let len = nodes.len();
     let mut best: Option<(usize, f64)> = None;
-    for (i, n) in nodes.iter().enumerate() {
+    let mut found = 0;
+    let mut seen = 0;
+    while seen < len && found < want {
+        let i = (start + seen) % len;
+        seen += 1;
+        let n = &nodes[i];
         if !eligible(n, req) {
             continue;
         }
+        found += 1;
         let s = components(n, req).0;
         // Higher score wins; ties go to the lower node id, as in `rank`.
         let better = match best {
@@ -222,15 +248,29 @@ pub fn best(nodes: &[NodeView], req: &Request) -> Option<usize> {
             best = Some((i, s));
         }
     }
-    best.map(|(i, _)| i)
+    (best.map(|(i, _)| i), seen)
 }
 
 /// Places requests in order, charging each placement to its node before the
 /// next one is placed. Returns the node index per request (None: no room).
-pub fn place_batch(nodes: &mut [NodeView], reqs: &[Request]) -> Vec<Option<usize>> {
-    reqs.iter()
+///
+/// Up to [`EXHAUSTIVE_UP_TO`] nodes every placement is the best over the
+/// fleet. Beyond, each is the best of [`CANDIDATES`] eligible nodes and the
+/// scan resumes where the previous placement's stopped, starting at `cursor`;
+/// the returned cursor is where the next batch should start so that
+/// successive batches do not crowd the same nodes. Same input, same output.
+pub fn place_batch_from(nodes: &mut [NodeView], reqs: &[Request], cursor: usize) -> (Vec<Option<usize>>, usize) {
+    let len = nodes.len();
+    let want = if len <= EXHAUSTIVE_UP_TO { len } else { CANDIDATES };
+    let mut cursor = if len == 0 { 0 } else { cursor % len };
+    let placed = reqs
+        .iter()
         .map(|req| {
-            let i = best(nodes, req)?;
+            let (i, seen) = best_of(nodes, req, cursor, want);
+            if len > EXHAUSTIVE_UP_TO {
+                cursor = (cursor + seen) % len;
+            }
+            let i = i?;
             let n = &mut nodes[i];
             n.allocated = n.allocated.add(&req.resources);
             if let Some(g) = &req.group {
@@ -238,7 +278,13 @@ pub fn place_batch(nodes: &mut [NodeView], reqs: &[Request]) -> Vec<Option<usize
             }
             Some(i)
         })
-        .collect()
+        .collect();
+    (placed, cursor)
+}
+
+/// [`place_batch_from`] starting at the first node.
+pub fn place_batch(nodes: &mut [NodeView], reqs: &[Request]) -> Vec<Option<usize>> {
+    place_batch_from(nodes, reqs, 0).0
 }
 
 #[cfg(test)]
@@ -355,6 +401,60 @@ mod tests {
                 })
                 .collect()
         })
+    }
+
+    fn large_fleet(flags: &[(bool, u8)]) -> Vec<NodeView> {
+        flags
+            .iter()
+            .enumerate()
+            .map(|(i, &(ready, cpu))| {
+                let mut id = [0u8; 10];
+                id[..8].copy_from_slice(&(i as u64).to_be_bytes());
+                let mut n = node(0, u64::from(cpu) * 250, 4096);
+                n.id = NodeId::from_random(id);
+                n.ready = ready;
+                n
+            })
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn sampled_search_finds_room_whenever_there_is_some(
+            flags in prop::collection::vec((prop::bool::weighted(0.05), 0u8..4), EXHAUSTIVE_UP_TO + 1..4 * EXHAUSTIVE_UP_TO),
+            cursor in 0usize..10_000,
+            n_reqs in 1usize..200,
+        ) {
+            let nodes = large_fleet(&flags);
+            let reqs: Vec<_> = (0..n_reqs).map(|_| req(250, 64, Objective::Balanced)).collect();
+            let mut placed = nodes.clone();
+            let (out, _) = place_batch_from(&mut placed, &reqs, cursor);
+            // Replay: each request must be placed exactly when some node had room.
+            let mut shadow = nodes.clone();
+            for (r, i) in reqs.iter().zip(&out) {
+                let room = shadow.iter().any(|n| eligible(n, r));
+                prop_assert_eq!(room, i.is_some());
+                if let Some(i) = *i {
+                    prop_assert!(eligible(&shadow[i], r));
+                    shadow[i].allocated = shadow[i].allocated.add(&r.resources);
+                }
+            }
+            prop_assert_eq!(&shadow, &placed);
+        }
+    }
+
+    #[test]
+    fn sampled_batches_move_on_through_the_fleet() {
+        let flags = vec![(true, 40u8); 10 * EXHAUSTIVE_UP_TO];
+        let mut nodes = large_fleet(&flags);
+        let reqs: Vec<_> = (0..20).map(|_| req(250, 64, Objective::Balanced)).collect();
+        let (first, cursor) = place_batch_from(&mut nodes, &reqs, 0);
+        assert_eq!(cursor, 20 * CANDIDATES, "each placement scans one window of candidates");
+        let (second, _) = place_batch_from(&mut nodes, &reqs, cursor);
+        let used: std::collections::HashSet<_> = first.iter().chain(&second).flatten().collect();
+        assert_eq!(used.len(), 40, "empty equal nodes: every placement lands on a fresh one");
     }
 
     proptest! {
