@@ -3,11 +3,13 @@
 //! agents, and the scheduler alone. Figures come from docs/benchmarks.md runs,
 //! never from here.
 
+use std::time::Duration;
+
 use tether_proto::pb;
 
 use crate::harness::*;
 
-both_backends!(loadgen_scenarios_run);
+both_backends!(loadgen_scenarios_run, loadgen_rides_out_a_restart);
 
 async fn loadgen(args: &[&str]) -> serde_json::Value {
     let out = tokio::process::Command::new(bin_dir().join("tether-loadgen")).args(args).output().await.unwrap();
@@ -42,8 +44,10 @@ async fn loadgen_scenarios_run(backend: Backend) {
     ])
     .await;
     assert_eq!(fleet["sessions_opened"], 20, "{fleet}");
-    assert_eq!(fleet["submit_to_agent_ms"]["arrived"], 5, "{fleet}");
+    assert_eq!(fleet["jobs"]["submit_to_agent_ms"]["arrived"], 5, "{fleet}");
+    assert_eq!(fleet["jobs"]["succeeded"], 5, "{fleet}");
     assert_eq!(fleet["jobs_finished"], 5, "{fleet}");
+    assert_eq!(fleet["outages"], serde_json::json!([]), "{fleet}");
     // The jobs really went through the simulated agents.
     let done = cp
         .jobs()
@@ -56,4 +60,70 @@ async fn loadgen_scenarios_run(backend: Backend) {
 
     let placed = loadgen(&["--token", "unused", "placement", "--nodes", "200", "--placements", "500"]).await;
     assert_eq!(placed["placed"], 500, "{placed}");
+}
+
+/// The reconnect-storm scenario in small: simulated agents running jobs ride
+/// out a control-plane restart; the load generator sees one outage that
+/// ends with every agent connected again, and every job succeeds on its
+/// first attempt (none lost).
+async fn loadgen_rides_out_a_restart(backend: Backend) {
+    let mut cp = ControlPlane::start(backend).await;
+    let ids = cp.dir.path().join("ids.json");
+    let args: Vec<String> = [
+        "--addr",
+        &cp.url(),
+        "--token",
+        &cp.admin_token,
+        "agents",
+        "--count",
+        "20",
+        "--join-token",
+        &cp.join_token,
+        "--identities",
+        ids.to_str().unwrap(),
+        "--ramp",
+        "200",
+        "--hold-secs",
+        "12",
+        "--submit",
+        "5",
+        "--submit-rate",
+        "50",
+        "--job-ms",
+        "3000",
+    ]
+    .map(String::from)
+    .into();
+    let run = tokio::process::Command::new(bin_dir().join("tether-loadgen")).args(&args).kill_on_drop(true).output();
+    let run = tokio::spawn(run);
+    // Restart while the five jobs are running on the simulated agents.
+    eventually(Duration::from_secs(20), "five jobs running", || {
+        let cp = &cp;
+        async move {
+            let mut jobs = cp.jobs().await;
+            let r = jobs
+                .list_jobs(pb::ListJobsRequest { status: pb::JobStatus::Running as i32, ..Default::default() })
+                .await
+                .ok()?
+                .into_inner();
+            (r.jobs.len() == 5).then_some(())
+        }
+    })
+    .await;
+    cp.stop(libc::SIGTERM).await;
+    cp.restart().await;
+    let out = run.await.unwrap().unwrap();
+    assert!(out.status.success(), "tether-loadgen: {}", String::from_utf8_lossy(&out.stderr));
+    let fleet: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let outages = fleet["outages"].as_array().unwrap();
+    assert_eq!(outages.len(), 1, "{fleet}");
+    assert!(outages[0]["recovered_secs"].as_f64().is_some(), "{fleet}");
+    assert_eq!(fleet["jobs"]["succeeded"], 5, "{fleet}");
+    let mut jobs = cp.jobs().await;
+    let listed = jobs.list_jobs(pb::ListJobsRequest::default()).await.unwrap().into_inner().jobs;
+    assert_eq!(listed.len(), 5);
+    for j in listed {
+        let j = jobs.get_job(pb::GetJobRequest { job_id: j.job_id }).await.unwrap().into_inner().job.unwrap();
+        assert_eq!(j.attempts.len(), 1, "job {} was retried: {j:?}", j.job_id);
+    }
 }

@@ -46,11 +46,15 @@ pub struct AgentsArgs {
     /// How long a simulated job "runs" before it is reported finished.
     #[arg(long, default_value_t = 0)]
     job_ms: u64,
-    /// Submit this many jobs during the hold, at `submit_rate` per second.
+    /// Submit this many jobs once all agents are connected, at `submit_rate` per second.
     #[arg(long, default_value_t = 0)]
     submit: usize,
+    /// Jobs per second over all submitters; 0 submits as fast as they go.
     #[arg(long, default_value_t = 100.0)]
     submit_rate: f64,
+    /// Concurrent submitters.
+    #[arg(long, default_value_t = 1)]
+    submitters: usize,
     /// Write the summary JSON here too.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -75,6 +79,21 @@ struct Stats {
     /// Time from losing a session to having a new one, in ms.
     reconnects: Mutex<Vec<f64>>,
 }
+
+/// What a simulated agent holds, kept across its sessions so that the
+/// allocation report after a reconnect tells the truth (as the real agent's
+/// journal does), and the Jobs stream of its current session, where results
+/// go.
+/// One lock for both, so that a result is either in a session's report or
+/// sent on that session's stream after the report.
+#[derive(Default)]
+struct AgentState {
+    /// (job, attempt) -> finished.
+    held: HashMap<(String, u32), bool>,
+    jobs_tx: Option<mpsc::Sender<agent_pb::JobsRequest>>,
+}
+
+type Held = Arc<Mutex<AgentState>>;
 
 fn raise_fd_limit() -> u64 {
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
@@ -154,8 +173,9 @@ async fn agent(
 ) {
     let mut lost_at: Option<Instant> = None;
     let mut backoff = Duration::from_millis(100);
+    let held = Held::default();
     while Instant::now() < stop {
-        match session(&addr, source, &id, generation, job_ms, &stats, stop, &mut lost_at).await {
+        match session(&addr, source, &id, generation, job_ms, &stats, stop, &mut lost_at, &held).await {
             Ok(()) => return,
             Err(_) => {
                 stats.failures.fetch_add(1, Ordering::Relaxed);
@@ -179,6 +199,7 @@ async fn session(
     stats: &Arc<Stats>,
     stop: Instant,
     lost_at: &mut Option<Instant>,
+    held: &Held,
 ) -> anyhow::Result<()> {
     let channel: Channel = Endpoint::from_shared(addr.to_owned())?
         .local_address(Some(source))
@@ -202,9 +223,25 @@ async fn session(
         .await?;
     let mut inbound = client.heartbeat(ReceiverStream::new(hb_rx)).await?.into_inner();
     let (jobs_tx, jobs_rx) = mpsc::channel(64);
-    jobs_tx
-        .send(agent_pb::JobsRequest { msg: Some(jobs_request::Msg::Report(agent_pb::AllocationReport::default())) })
-        .await?;
+    {
+        let mut state = held.lock().unwrap();
+        let report = agent_pb::AllocationReport {
+            allocations: state
+                .held
+                .iter()
+                .map(|((job_id, attempt), &finished)| agent_pb::HeldAllocation {
+                    job_id: job_id.clone(),
+                    attempt: *attempt,
+                    running: !finished,
+                    finished,
+                    exit_code: 0,
+                    error: String::new(),
+                })
+                .collect(),
+        };
+        jobs_tx.try_send(agent_pb::JobsRequest { msg: Some(jobs_request::Msg::Report(report)) })?;
+        state.jobs_tx = Some(jobs_tx.clone());
+    }
     let mut jobs_in = client.jobs(ReceiverStream::new(jobs_rx)).await?.into_inner();
     stats.connected.fetch_add(1, Ordering::Relaxed);
     stats.sessions.fetch_add(1, Ordering::Relaxed);
@@ -231,21 +268,39 @@ async fn session(
             },
             m = jobs_in.message() => match m {
                 Ok(Some(agent_pb::JobsResponse { msg: Some(jobs_response::Msg::Assign(a)) })) => {
+                    // A repeated assignment (resync) of something held is not a new job.
+                    if held.lock().unwrap().held.insert((a.job_id.clone(), a.attempt), false).is_some() {
+                        continue;
+                    }
                     stats.assigned.fetch_add(1, Ordering::Relaxed);
                     stats.arrivals.lock().unwrap().entry(a.job_id.clone()).or_insert_with(Instant::now);
                     let tx = jobs_tx.clone();
                     let stats = stats.clone();
+                    let held = held.clone();
                     tokio::spawn(async move {
                         let started = jobs_request::Msg::Started(agent_pb::JobStarted { job_id: a.job_id.clone(), attempt: a.attempt, pid: 1, restarts: 0 });
                         let _ = tx.send(agent_pb::JobsRequest { msg: Some(started) }).await;
                         if job_ms > 0 {
                             tokio::time::sleep(Duration::from_millis(job_ms)).await;
                         }
+                        let current = {
+                            let mut state = held.lock().unwrap();
+                            if let Some(f) = state.held.get_mut(&(a.job_id.clone(), a.attempt)) {
+                                *f = true;
+                            }
+                            // To the current session; if it goes, the next
+                            // one's report carries the result.
+                            state.jobs_tx.clone()
+                        };
+                        stats.finished.fetch_add(1, Ordering::Relaxed);
                         let fin = jobs_request::Msg::Finished(agent_pb::JobFinished { job_id: a.job_id, attempt: a.attempt, exit_code: 0, error: String::new() });
-                        if tx.send(agent_pb::JobsRequest { msg: Some(fin) }).await.is_ok() {
-                            stats.finished.fetch_add(1, Ordering::Relaxed);
+                        if let Some(tx) = current {
+                            let _ = tx.send(agent_pb::JobsRequest { msg: Some(fin) }).await;
                         }
                     });
+                }
+                Ok(Some(agent_pb::JobsResponse { msg: Some(jobs_response::Msg::Release(r)) })) => {
+                    held.lock().unwrap().held.remove(&(r.job_id, r.attempt));
                 }
                 Ok(Some(_)) => {}
                 Ok(None) => break Err(anyhow::anyhow!("jobs stream ended")),
@@ -290,46 +345,19 @@ pub async fn run(addr: &str, token: &str, a: AgentsArgs) -> anyhow::Result<()> {
     // Wait until all are connected (or the hold ends).
     let mut all_connected_secs = None;
     while Instant::now() < stop {
-        if all_connected_secs.is_none() && stats.connected.load(Ordering::Relaxed) as usize == a.count {
+        if stats.connected.load(Ordering::Relaxed) as usize == a.count {
             all_connected_secs = Some(t0.elapsed().as_secs_f64());
             break;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // Optionally submit jobs and time their arrival at the simulated agents.
-    let mut submit_lat = Vec::new();
-    if a.submit > 0 {
-        let channel = Endpoint::from_shared(addr.to_owned())?.connect().await?;
-        let mut jobs = pb::job_service_client::JobServiceClient::with_interceptor(channel, Bearer::new(Some(token))?);
-        let mut sent: Vec<(String, Instant)> = Vec::with_capacity(a.submit);
-        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / a.submit_rate.max(0.1)));
-        for _ in 0..a.submit {
-            tick.tick().await;
-            let at = Instant::now();
-            let spec = pb::JobSpec {
-                driver: "exec".into(),
-                exec: Some(pb::ExecSpec { command: "/bin/true".into(), ..Default::default() }),
-                resources: Some(pb::Resources { cpu_millis: 1, memory_mb: 1, gpus: 0 }),
-                constraints: Some(pb::Constraints { label_selector: "sim".into(), ..Default::default() }),
-                ..Default::default()
-            };
-            let j =
-                jobs.submit_job(pb::SubmitJobRequest { spec: Some(spec), ..Default::default() }).await?.into_inner();
-            sent.push((j.job.map(|j| j.job_id).unwrap_or_default(), at));
-        }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline && stats.arrivals.lock().unwrap().len() < a.submit {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let arrivals = stats.arrivals.lock().unwrap();
-        for (id, at) in &sent {
-            if let Some(got) = arrivals.get(id) {
-                submit_lat.push(got.duration_since(*at).as_secs_f64() * 1000.0);
-            }
-        }
-        submit_lat.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    }
+    // From then on, watch for outages (a control-plane restart): when the
+    // first session was lost and when all agents were connected again.
+    let outages = tokio::spawn(watch_outages(stats.clone(), a.count, stop));
+    let submitted =
+        if a.submit > 0 && all_connected_secs.is_some() { submit(addr, token, &a, &stats).await? } else { json!(null) };
     while let Some(_r) = tasks.join_next().await {}
+    let outages = outages.await?;
     let mut rec = stats.reconnects.lock().unwrap().clone();
     rec.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     let out = json!({
@@ -343,8 +371,8 @@ pub async fn run(addr: &str, token: &str, a: AgentsArgs) -> anyhow::Result<()> {
         "jobs_finished": stats.finished.load(Ordering::Relaxed),
         "reconnects": rec.len(),
         "reconnect_ms": {"p50": percentile(&rec, 0.5), "p99": percentile(&rec, 0.99), "max": rec.last()},
-        "submitted": a.submit,
-        "submit_to_agent_ms": {"p50": percentile(&submit_lat, 0.5), "p99": percentile(&submit_lat, 0.99), "max": submit_lat.last(), "arrived": submit_lat.len()},
+        "outages": outages,
+        "jobs": submitted,
     });
     let text = serde_json::to_string_pretty(&out)?;
     println!("{text}");
@@ -352,4 +380,119 @@ pub async fn run(addr: &str, token: &str, a: AgentsArgs) -> anyhow::Result<()> {
         std::fs::write(p, text)?;
     }
     Ok(())
+}
+
+/// Samples the connected count until `stop`. Each outage is (seconds from
+/// the first lost session to all agents connected again, fewest connected).
+async fn watch_outages(stats: Arc<Stats>, count: usize, stop: Instant) -> serde_json::Value {
+    let mut outages = Vec::new();
+    let mut current: Option<(Instant, usize)> = None;
+    while Instant::now() < stop {
+        let n = stats.connected.load(Ordering::Relaxed) as usize;
+        match current.as_mut() {
+            None if n < count => current = Some((Instant::now(), n)),
+            Some((since, low)) => {
+                *low = (*low).min(n);
+                if n == count {
+                    outages.push(json!({"recovered_secs": since.elapsed().as_secs_f64(), "fewest_connected": *low}));
+                    current = None;
+                }
+            }
+            None => {}
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if let Some((since, low)) = current {
+        outages.push(
+            json!({"recovered_secs": null, "lost_for_secs": since.elapsed().as_secs_f64(), "fewest_connected": low}),
+        );
+    }
+    json!(outages)
+}
+
+/// Submits `a.submit` jobs for the simulated fleet and measures them:
+/// submit-to-agent on the load generator's clock (submit call issued to the
+/// assignment arriving), submit-to-finished and jobs per second as the
+/// control plane recorded them (created to attempt finished, both durable).
+async fn submit(addr: &str, token: &str, a: &AgentsArgs, stats: &Arc<Stats>) -> anyhow::Result<serde_json::Value> {
+    let channel = Endpoint::from_shared(addr.to_owned())?.connect().await?;
+    let client = pb::job_service_client::JobServiceClient::with_interceptor(channel, Bearer::new(Some(token))?);
+    let submitters = a.submitters.max(1);
+    let gap = (a.submit_rate > 0.0).then(|| Duration::from_secs_f64(submitters as f64 / a.submit_rate));
+    let per = a.submit.div_ceil(submitters);
+    let t0 = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for w in 0..submitters {
+        let n = per.min(a.submit.saturating_sub(w * per));
+        let mut c = client.clone();
+        set.spawn(async move {
+            let mut sent = Vec::with_capacity(n);
+            let mut tick = gap.map(tokio::time::interval);
+            for _ in 0..n {
+                if let Some(t) = tick.as_mut() {
+                    t.tick().await;
+                }
+                let spec = pb::JobSpec {
+                    driver: "exec".into(),
+                    exec: Some(pb::ExecSpec { command: "/bin/true".into(), ..Default::default() }),
+                    resources: Some(pb::Resources { cpu_millis: 1, memory_mb: 1, gpus: 0 }),
+                    constraints: Some(pb::Constraints { label_selector: "sim".into(), ..Default::default() }),
+                    ..Default::default()
+                };
+                let at = Instant::now();
+                let j = c.submit_job(pb::SubmitJobRequest { spec: Some(spec), ..Default::default() }).await?;
+                sent.push((j.into_inner().job.map(|j| j.job_id).unwrap_or_default(), at));
+            }
+            Ok::<_, tonic::Status>(sent)
+        });
+    }
+    let mut sent = Vec::with_capacity(a.submit);
+    while let Some(r) = set.join_next().await {
+        sent.extend(r??);
+    }
+    let submit_secs = t0.elapsed().as_secs_f64();
+    // Wait (bounded) for the simulated agents to have finished them all.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline && (stats.finished.load(Ordering::Relaxed) as usize) < sent.len() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut to_agent: Vec<f64> = {
+        let arrivals = stats.arrivals.lock().unwrap();
+        sent.iter()
+            .filter_map(|(id, at)| arrivals.get(id).map(|got| got.duration_since(*at).as_secs_f64() * 1e3))
+            .collect()
+    };
+    to_agent.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    // Then read what the control plane recorded, until every job is terminal.
+    let mut c = client.clone();
+    let mut to_finished = Vec::with_capacity(sent.len());
+    let (mut first_created, mut last_finished, mut succeeded) = (i64::MAX, 0i64, 0usize);
+    for (id, _) in &sent {
+        let job = loop {
+            let j = c.get_job(pb::GetJobRequest { job_id: id.clone() }).await?.into_inner().job.unwrap_or_default();
+            if j.status >= pb::JobStatus::Succeeded as i32 || Instant::now() > deadline {
+                break j;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        succeeded += usize::from(job.status == pb::JobStatus::Succeeded as i32);
+        let created = crate::ms(&job.created_at).unwrap_or(0);
+        first_created = first_created.min(created);
+        if let Some(f) = job.attempts.last().and_then(|at| crate::ms(&at.finished_at)) {
+            last_finished = last_finished.max(f);
+            to_finished.push((f - created) as f64);
+        }
+    }
+    to_finished.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    let e2e_secs = (last_finished - first_created) as f64 / 1000.0;
+    Ok(json!({
+        "submitted": sent.len(),
+        "succeeded": succeeded,
+        "submitters": submitters,
+        "rate": a.submit_rate,
+        "submit_per_sec": sent.len() as f64 / submit_secs,
+        "jobs_per_sec_end_to_end": sent.len() as f64 / e2e_secs.max(0.001),
+        "submit_to_agent_ms": {"p50": percentile(&to_agent, 0.5), "p99": percentile(&to_agent, 0.99), "max": to_agent.last(), "arrived": to_agent.len()},
+        "submit_to_finished_ms": {"p50": percentile(&to_finished, 0.5), "p99": percentile(&to_finished, 0.99), "max": to_finished.last()},
+    }))
 }
