@@ -54,6 +54,8 @@ pub(crate) struct App {
     pub hub: hub::JobsHub,
     /// Wakes the work loop (scheduler and reconcilers).
     pub work_wake: tokio::sync::Notify,
+    /// Every node row, read again only when it may have changed.
+    pub nodes: work::NodeCache,
     /// Where the scheduler's candidate scan resumes in the next pass.
     pub placement_cursor: std::sync::atomic::AtomicUsize,
     /// Wakes log followers when output arrives or a job ends.
@@ -101,6 +103,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         hub: hub::JobsHub::default(),
         work_wake: tokio::sync::Notify::new(),
         placement_cursor: Default::default(),
+        nodes: Default::default(),
         logs: tokio::sync::Notify::new(),
     });
 

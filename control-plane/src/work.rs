@@ -197,8 +197,47 @@ pub async fn on_agent_message(app: &App, node: &NodeId, m: jobs_request::Msg) ->
     Ok(())
 }
 
+/// What the work loop keeps between passes.
+#[derive(Default)]
+struct PassState {
+    /// Drains already reported complete.
+    draining_done: HashSet<NodeId>,
+}
+
+/// The node list is read again when this process wrote a node, and at least
+/// this often in any case (writes by other processes on the same database).
+const NODES_MAX_AGE: Duration = Duration::from_secs(5);
+
+/// A copy of every node row, shared by the work loop and job submission,
+/// read again only when it may have changed (see [`NODES_MAX_AGE`]). At ten
+/// thousand nodes reading them costs tens of milliseconds.
+#[derive(Default)]
+pub struct NodeCache(tokio::sync::Mutex<NodeCacheInner>);
+
+#[derive(Default)]
+struct NodeCacheInner {
+    nodes: Arc<Vec<Node>>,
+    version: Option<u64>,
+    read_at: Option<std::time::Instant>,
+}
+
+impl NodeCache {
+    pub async fn get(&self, store: &tether_store::Store) -> Result<Arc<Vec<Node>>, StoreError> {
+        // Held across the read, so that concurrent callers share one read.
+        let mut c = self.0.lock().await;
+        let version = store.node_version();
+        let fresh = c.version == Some(version) && c.read_at.is_some_and(|t| t.elapsed() < NODES_MAX_AGE);
+        if !fresh {
+            c.nodes = Arc::new(store.node_list_all().await?);
+            c.version = Some(version);
+            c.read_at = Some(std::time::Instant::now());
+        }
+        Ok(c.nodes.clone())
+    }
+}
+
 pub async fn work_loop(app: Arc<App>, shutdown: CancellationToken) {
-    let mut draining_done: HashSet<NodeId> = HashSet::new();
+    let mut state = PassState::default();
     loop {
         tokio::select! {
             biased;
@@ -207,7 +246,7 @@ pub async fn work_loop(app: Arc<App>, shutdown: CancellationToken) {
             _ = tokio::time::sleep(PASS_PERIOD) => {}
         }
         let started = std::time::Instant::now();
-        if let Err(e) = pass(&app, &mut draining_done).await {
+        if let Err(e) = pass(&app, &mut state).await {
             tracing::warn!(error = &e as &dyn std::error::Error, "work pass failed; retrying");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -255,7 +294,6 @@ pub fn node_views(nodes: &[Node], active: &[Allocation], now: i64) -> Vec<NodeVi
         .collect()
 }
 
-/// One pass over everything.
 /// Places a batch, resuming the scheduler's candidate scan where the last
 /// batch left it (see `tether_scheduler::place_batch_from`).
 fn place(app: &App, views: &mut [NodeView], reqs: &[Request]) -> Vec<Option<usize>> {
@@ -265,7 +303,8 @@ fn place(app: &App, views: &mut [NodeView], reqs: &[Request]) -> Vec<Option<usiz
     placed
 }
 
-async fn pass(app: &App, draining_done: &mut HashSet<NodeId>) -> Result<(), StoreError> {
+/// One pass over everything.
+async fn pass(app: &App, state: &mut PassState) -> Result<(), StoreError> {
     let now = now_ms();
     let store = &app.store;
 
@@ -276,24 +315,26 @@ async fn pass(app: &App, draining_done: &mut HashSet<NodeId>) -> Result<(), Stor
         metrics::counter!("tether_allocations_lost_total").increment(lost.len() as u64);
     }
 
-    let nodes = store.node_list_all().await?;
+    let nodes = app.nodes.get(store).await?;
+    let nodes = nodes.as_slice();
     let mut active = store.allocations_active().await?;
 
     // Node desired states that stop work: stopped nodes stop everything; a
     // draining node's jobs are stopped at the deadline.
     let mut evict = Vec::new();
     let mut stop = Vec::new();
-    for n in &nodes {
-        let on_node: Vec<Allocation> =
-            active.iter().filter(|a| a.node_id == n.id && a.status != AllocStatus::Stopping).cloned().collect();
+    let on_node = |id: &NodeId| -> Vec<Allocation> {
+        active.iter().filter(|a| &a.node_id == id && a.status != AllocStatus::Stopping).cloned().collect()
+    };
+    for n in nodes {
         match n.desired_state {
             DesiredNodeState::Stopped => {
-                let (e, s) = split_for_stop(on_node);
+                let (e, s) = split_for_stop(on_node(&n.id));
                 evict.extend(e);
                 stop.extend(s);
             }
             DesiredNodeState::Draining if n.drain_deadline.is_some_and(|d| now >= d) => {
-                evict.extend(on_node.into_iter().filter(|a| a.kind == AllocKind::Job).map(|a| a.key));
+                evict.extend(on_node(&n.id).into_iter().filter(|a| a.kind == AllocKind::Job).map(|a| a.key));
             }
             _ => {}
         }
@@ -302,7 +343,9 @@ async fn pass(app: &App, draining_done: &mut HashSet<NodeId>) -> Result<(), Stor
 
     // Workloads.
     let workloads = store.workload_list(None).await?;
-    let mut views = node_views(&nodes, &active, now);
+    // Built only when something is to be placed: at ten thousand nodes
+    // building them is most of an idle pass.
+    let mut views: Option<Vec<NodeView>> = None;
     let node_by_id: HashMap<&NodeId, &Node> = nodes.iter().map(|n| (&n.id, n)).collect();
     let mut new_allocs: Vec<(Allocation, ExecSpec, Option<RestartPolicy>)> = Vec::new();
     for w in &workloads {
@@ -321,7 +364,11 @@ async fn pass(app: &App, draining_done: &mut HashSet<NodeId>) -> Result<(), Stor
                 r
             })
             .collect();
-        for i in place(app, &mut views, &reqs).into_iter().flatten() {
+        if reqs.is_empty() {
+            continue;
+        }
+        let views = views.get_or_insert_with(|| node_views(nodes, &active, now));
+        for i in place(app, views, &reqs).into_iter().flatten() {
             let a = Allocation {
                 key: AllocId::from_random(tether_auth::random_bytes()).to_string(),
                 project_id: w.project_id.clone(),
@@ -355,7 +402,14 @@ async fn pass(app: &App, draining_done: &mut HashSet<NodeId>) -> Result<(), Stor
         .iter()
         .map(|j| Request::new(j.project_id.clone(), j.spec.resources, j.spec.constraints.clone(), Objective::Balanced))
         .collect();
-    for (j, i) in pending.iter().zip(place(app, &mut views, &reqs)) {
+    let placed = if reqs.is_empty() {
+        Vec::new()
+    } else {
+        let views = views.get_or_insert_with(|| node_views(nodes, &active, now));
+        place(app, views, &reqs)
+    };
+    let views = views.unwrap_or_default();
+    for (j, i) in pending.iter().zip(placed) {
         let Some(i) = i else { continue };
         let attempt = j.attempt + 1;
         let a = Allocation {
@@ -395,13 +449,13 @@ async fn pass(app: &App, draining_done: &mut HashSet<NodeId>) -> Result<(), Stor
     // Drains complete when the node's work has really stopped.
     for n in nodes.iter().filter(|n| n.desired_state == DesiredNodeState::Draining) {
         let busy = active.iter().any(|a| a.node_id == n.id);
-        if !busy && draining_done.insert(n.id.clone()) {
+        if !busy && state.draining_done.insert(n.id.clone()) {
             let seq = store.node_event(n, "node.drain_completed", now).await?;
             app.notify.committed(seq);
             tracing::info!(node_id = %n.id, "drain completed");
         }
     }
-    draining_done.retain(|id| node_by_id.get(id).is_some_and(|n| n.desired_state == DesiredNodeState::Draining));
+    state.draining_done.retain(|id| node_by_id.get(id).is_some_and(|n| n.desired_state == DesiredNodeState::Draining));
     Ok(())
 }
 

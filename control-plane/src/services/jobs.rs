@@ -4,10 +4,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tether_proto::pb;
-use tether_scheduler::{NodeView, Objective, Request as Placement};
+use tether_scheduler::{Objective, Request as Placement};
 use tether_types::{
-    Error, ErrorCode, Job, JobId, JobSpec, JobStatus, LabelSelector, Labels, NodeId, Role, millis_to_timestamp,
-    validate_job_labels,
+    Error, ErrorCode, Job, JobId, JobSpec, JobStatus, LabelSelector, Labels, NodeId, NodeStatus, Role,
+    millis_to_timestamp, validate_job_labels,
 };
 use tonic::{Request, Response, Status};
 
@@ -75,19 +75,22 @@ pub fn job_to_pb(job: &Job, attempts: &[tether_types::Allocation]) -> pb::Job {
 /// Refuses a spec no registered node of the project could ever satisfy, with
 /// each node's reason. A project without nodes accepts work that waits.
 pub async fn check_satisfiable(app: &App, project: &tether_types::ProjectId, req: &Placement) -> Result<(), Status> {
-    let nodes: Vec<NodeView> = super::placement::views(app, project).await?;
-    let live: Vec<&NodeView> = nodes.iter().filter(|n| n.state != "left").collect();
-    if live.is_empty() {
+    let nodes = app.nodes.get(&app.store).await.map_err(store_status)?;
+    let now = crate::now_ms();
+    let mut live = nodes.iter().filter(|n| &n.project_id == project && n.status != NodeStatus::Left).peekable();
+    if live.peek().is_none() {
         return Ok(());
     }
     let mut reasons = Vec::new();
-    for n in &live {
-        match tether_scheduler::static_mismatch(n, req) {
+    for n in live {
+        // Static properties only: what is allocated does not matter here.
+        let view = &crate::work::node_views(std::slice::from_ref(n), &[], now)[0];
+        match tether_scheduler::static_mismatch(view, req) {
             None => return Ok(()),
-            Some(r) => reasons.push(format!("{}: {r}", n.id)),
+            Some(r) if reasons.len() < 10 => reasons.push(format!("{}: {r}", n.id)),
+            Some(_) => {}
         }
     }
-    reasons.truncate(10);
     Err(status(Error::new(
         ErrorCode::FailedPrecondition,
         format!("no node can ever satisfy these constraints ({})", reasons.join("; ")),

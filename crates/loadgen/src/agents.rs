@@ -326,7 +326,8 @@ pub async fn run(addr: &str, token: &str, a: AgentsArgs) -> anyhow::Result<()> {
         anyhow::ensure!(s.is_loopback(), "source {s} is not a loopback address");
     }
     let fds = raise_fd_limit();
-    anyhow::ensure!((a.count as u64) * 2 + 64 < fds, "{} agents need more than the {fds} open files allowed", a.count);
+    // One socket per agent, plus a margin for the enrolment and submit channels.
+    anyhow::ensure!(a.count as u64 + 128 < fds, "{} agents need more than the {fds} open files allowed", a.count);
     let t_enroll = Instant::now();
     let ids = enroll_all(addr, &a.join_token, a.count, &a.identities).await?;
     let enroll_secs = t_enroll.elapsed().as_secs_f64();

@@ -55,6 +55,9 @@ enum Backend {
 #[derive(Clone)]
 pub struct Store {
     backend: Backend,
+    /// Bumped after every write to a node's row other than its lease, so a
+    /// reader can keep a copy of the node list until it changes.
+    node_version: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Runs `$body` with `$pool` bound to a pool that serves reads.
@@ -103,11 +106,22 @@ pub(crate) use {in_tx, on_read};
 impl Store {
     /// A store over SQLite. `write` must have exactly one connection.
     pub fn sqlite(write: SqlitePool, read: SqlitePool) -> Self {
-        Store { backend: Backend::Sqlite { write, read } }
+        Store { backend: Backend::Sqlite { write, read }, node_version: Default::default() }
     }
 
     pub fn postgres(pool: PgPool) -> Self {
-        Store { backend: Backend::Postgres(pool) }
+        Store { backend: Backend::Postgres(pool), node_version: Default::default() }
+    }
+
+    /// Changes whenever this store wrote a node (status, desired state,
+    /// capabilities, enrolment, deregistration; not leases). Writes by other
+    /// processes on the same database are not counted.
+    pub fn node_version(&self) -> u64 {
+        self.node_version.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn node_changed(&self) {
+        self.node_version.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     pub fn backend_name(&self) -> &'static str {

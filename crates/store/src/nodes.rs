@@ -93,7 +93,7 @@ impl Store {
             desired_state_nack: String::new(),
             drain_deadline: None,
         };
-        in_tx!(self, |tx| {
+        let out = in_tx!(self, |tx| {
             let spent = sqlx::query(
                 "UPDATE join_tokens SET uses = uses + 1
                  WHERE id = $1 AND project_id = $2 AND revoked_at IS NULL AND expires_at > $3
@@ -139,7 +139,9 @@ impl Store {
                 to_json(&node)
             );
             Ok((node, seq))
-        })
+        });
+        self.node_changed();
+        out
     }
 
     pub async fn node_get(&self, id: &NodeId) -> Result<Option<Node>> {
@@ -217,7 +219,7 @@ impl Store {
         replica: &str,
         now: UnixMillis,
     ) -> Result<(Node, Vec<(String, i64)>)> {
-        in_tx!(self, |tx| {
+        let out = in_tx!(self, |tx| {
             let before = sqlx::query(&format!("SELECT {NODE_COLS} FROM nodes WHERE id = $1"))
                 .bind(id.as_str())
                 .fetch_optional(&mut *tx)
@@ -262,7 +264,9 @@ impl Store {
                 events.push(("node.status_changed".to_owned(), seq));
             }
             Ok((node, events))
-        })
+        });
+        self.node_changed();
+        out
     }
 
     /// Applies liveness transitions in one transaction; a change to the status a
@@ -272,7 +276,7 @@ impl Store {
         if changes.is_empty() {
             return Ok(Vec::new());
         }
-        in_tx!(self, |tx| {
+        let out = in_tx!(self, |tx| {
             let mut out = Vec::with_capacity(changes.len());
             for c in changes {
                 let row = sqlx::query(&format!(
@@ -300,7 +304,9 @@ impl Store {
                 }
             }
             Ok::<_, StoreError>(out)
-        })
+        });
+        self.node_changed();
+        out
     }
 
     /// Records coarse leases (last seen, holding replica) in one transaction.
@@ -335,7 +341,7 @@ impl Store {
         drain_deadline: Option<UnixMillis>,
         now: UnixMillis,
     ) -> Result<(Node, i64)> {
-        in_tx!(self, |tx| {
+        let out = in_tx!(self, |tx| {
             let row = sqlx::query(&format!(
                 "UPDATE nodes SET desired_state = $3, desired_state_version = desired_state_version + 1,
                         desired_state_reason = $4, drain_deadline = $5, desired_state_nack = ''
@@ -359,7 +365,9 @@ impl Store {
                 to_json(&node)
             );
             Ok((node, seq))
-        })
+        });
+        self.node_changed();
+        out
     }
 
     /// Records the agent's answer to a desired-state version. Stale answers
@@ -372,7 +380,7 @@ impl Store {
         reason: &str,
         now: UnixMillis,
     ) -> Result<Option<(Node, i64)>> {
-        in_tx!(self, |tx| {
+        let out = in_tx!(self, |tx| {
             let row = sqlx::query(&format!(
                 "UPDATE nodes SET acked_desired_state_version = CASE WHEN $3 = 1 THEN $2 ELSE acked_desired_state_version END,
                         desired_state_nack = CASE WHEN $3 = 1 THEN '' ELSE $4 END
@@ -389,7 +397,9 @@ impl Store {
             let kind = if accepted { "node.desired_state_acked" } else { "node.desired_state_rejected" };
             let seq = append_event!(tx, now, Some(node.project_id.as_str()), kind, id.as_str(), to_json(&node));
             Ok(Some((node, seq)))
-        })
+        });
+        self.node_changed();
+        out
     }
 
     /// Appends an event about a node without changing it (e.g. `node.drain_completed`).
@@ -402,7 +412,7 @@ impl Store {
 
     /// Removes a node of `project`; its event carries the last record.
     pub async fn node_deregister(&self, project: &ProjectId, id: &NodeId, now: UnixMillis) -> Result<(Node, i64)> {
-        in_tx!(self, |tx| {
+        let out = in_tx!(self, |tx| {
             let row =
                 sqlx::query(&format!("DELETE FROM nodes WHERE id = $1 AND project_id = $2 RETURNING {NODE_COLS}"))
                     .bind(id.as_str())
@@ -413,6 +423,8 @@ impl Store {
             let node = node_from_row(&row)?;
             let seq = append_event!(tx, now, Some(project.as_str()), "node.deregistered", id.as_str(), to_json(&node));
             Ok((node, seq))
-        })
+        });
+        self.node_changed();
+        out
     }
 }
