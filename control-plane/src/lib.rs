@@ -111,6 +111,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     tasks.spawn(registry::liveness_loop(registry.clone(), shutdown.clone(), config.heartbeat_interval / 4));
     tasks.spawn(registry::lease_loop(registry.clone(), shutdown.clone(), config.lease_flush_interval));
     tasks.spawn(work::work_loop(app.clone(), shutdown.clone()));
+    tasks.spawn(work::node_cache_loop(app.clone(), shutdown.clone()));
     app.auth.set_revoked(store.tokens_revoked().await?);
     tasks.spawn(auth::revocation_loop(app.clone(), shutdown.clone()));
 

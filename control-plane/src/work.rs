@@ -202,37 +202,90 @@ pub async fn on_agent_message(app: &App, node: &NodeId, m: jobs_request::Msg) ->
 struct PassState {
     /// Drains already reported complete.
     draining_done: HashSet<NodeId>,
+    /// Scheduler views of `views_of`'s nodes, kept between passes so that a
+    /// pass only recomputes what is allocated on them.
+    views: Vec<NodeView>,
+    views_of: Option<Arc<NodeSnapshot>>,
 }
 
-/// The node list is read again when this process wrote a node, and at least
-/// this often in any case (writes by other processes on the same database).
+/// The node list is read again at once when this process wrote a node, and
+/// in the background this often in any case (writes by other processes on
+/// the same database).
 const NODES_MAX_AGE: Duration = Duration::from_secs(5);
 
 /// A copy of every node row, shared by the work loop and job submission,
-/// read again only when it may have changed (see [`NODES_MAX_AGE`]). At ten
-/// thousand nodes reading them costs tens of milliseconds.
+/// read again when this process changed a node, and refreshed in the
+/// background every [`NODES_MAX_AGE`]. At ten thousand nodes a read costs
+/// about a hundred milliseconds, which no placement should wait for.
 #[derive(Default)]
 pub struct NodeCache(tokio::sync::Mutex<NodeCacheInner>);
 
 #[derive(Default)]
 struct NodeCacheInner {
-    nodes: Arc<Vec<Node>>,
+    snapshot: Arc<NodeSnapshot>,
     version: Option<u64>,
-    read_at: Option<std::time::Instant>,
+}
+
+/// The node rows, their scheduler views with nothing allocated, and where
+/// each node is in both.
+#[derive(Default)]
+pub struct NodeSnapshot {
+    pub nodes: Vec<Node>,
+    pub base_views: Vec<NodeView>,
+    pub index: HashMap<NodeId, usize>,
+}
+
+impl NodeSnapshot {
+    pub fn node(&self, id: &NodeId) -> Option<&Node> {
+        self.index.get(id).map(|&i| &self.nodes[i])
+    }
+}
+
+impl NodeSnapshot {
+    async fn read(store: &tether_store::Store) -> Result<Self, StoreError> {
+        let nodes = store.node_list_all().await?;
+        let base_views = nodes.iter().map(base_view).collect();
+        let index = nodes.iter().enumerate().map(|(i, n)| (n.id.clone(), i)).collect();
+        Ok(NodeSnapshot { nodes, base_views, index })
+    }
 }
 
 impl NodeCache {
-    pub async fn get(&self, store: &tether_store::Store) -> Result<Arc<Vec<Node>>, StoreError> {
+    pub async fn get(&self, store: &tether_store::Store) -> Result<Arc<NodeSnapshot>, StoreError> {
         // Held across the read, so that concurrent callers share one read.
         let mut c = self.0.lock().await;
+        // Read before the rows: a write counted after this is read next time.
         let version = store.node_version();
-        let fresh = c.version == Some(version) && c.read_at.is_some_and(|t| t.elapsed() < NODES_MAX_AGE);
-        if !fresh {
-            c.nodes = Arc::new(store.node_list_all().await?);
+        if c.version != Some(version) {
+            c.snapshot = Arc::new(NodeSnapshot::read(store).await?);
             c.version = Some(version);
-            c.read_at = Some(std::time::Instant::now());
         }
-        Ok(c.nodes.clone())
+        Ok(c.snapshot.clone())
+    }
+
+    /// Reads the rows without holding up readers, and swaps them in unless
+    /// this process wrote a node meanwhile (then `get` reads anyway).
+    async fn refresh(&self, store: &tether_store::Store) -> Result<(), StoreError> {
+        let version = store.node_version();
+        let snapshot = Arc::new(NodeSnapshot::read(store).await?);
+        let mut c = self.0.lock().await;
+        if c.version == Some(version) && store.node_version() == version {
+            c.snapshot = snapshot;
+        }
+        Ok(())
+    }
+}
+
+/// Refreshes the node cache every [`NODES_MAX_AGE`].
+pub async fn node_cache_loop(app: Arc<App>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(NODES_MAX_AGE) => {}
+        }
+        if let Err(e) = app.nodes.refresh(&app.store).await {
+            tracing::warn!(error = &e as &dyn std::error::Error, "refreshing the node list failed");
+        }
     }
 }
 
@@ -254,44 +307,73 @@ pub async fn work_loop(app: Arc<App>, shutdown: CancellationToken) {
     }
 }
 
-pub fn node_views(nodes: &[Node], active: &[Allocation], now: i64) -> Vec<NodeView> {
-    let mut allocated: HashMap<&NodeId, tether_types::Resources> = HashMap::new();
-    let mut groups: HashMap<&NodeId, HashMap<String, u32>> = HashMap::new();
+/// A node as the scheduler sees it, with nothing allocated.
+fn base_view(n: &Node) -> NodeView {
+    let ready = n.status == NodeStatus::Ready;
+    NodeView {
+        id: n.id.clone(),
+        project: n.project_id.clone(),
+        ready,
+        active: n.desired_state.accepts_work(),
+        state: if !ready { n.status.as_str().into() } else { n.desired_state.as_str().into() },
+        pool: n.pool.clone(),
+        labels: n.labels.clone(),
+        gpu_models: n.capabilities.gpus.iter().map(|g| g.model.clone()).collect(),
+        capacity: tether_types::Resources {
+            cpu_millis: u64::from(n.capabilities.cpu_count) * 1000,
+            memory_mb: n.capabilities.memory_mb,
+            gpus: n.capabilities.gpus.len() as u64,
+        },
+        allocated: Default::default(),
+        reliability: 0.0,
+        groups: HashMap::new(),
+    }
+}
+
+/// Sets what is allocated on each node (and per group) from the active
+/// allocations, and the reliability as of `now`. `views[i]` is `nodes[i]`.
+fn apply_usage(
+    views: &mut [NodeView],
+    nodes: &[Node],
+    index: &HashMap<NodeId, usize>,
+    active: &[Allocation],
+    now: i64,
+) {
+    for (v, n) in views.iter_mut().zip(nodes) {
+        let up_for = (now - n.status_changed_at).clamp(0, RELIABILITY_RAMP_MS);
+        v.reliability = 0.5 + 0.5 * (up_for as f64 / RELIABILITY_RAMP_MS as f64);
+        v.allocated = Default::default();
+        v.groups.clear();
+    }
     for a in active {
-        let r = allocated.entry(&a.node_id).or_default();
-        *r = r.add(&a.resources);
+        let Some(v) = index.get(&a.node_id).map(|&i| &mut views[i]) else { continue };
+        v.allocated = v.allocated.add(&a.resources);
         if let Some(w) = &a.workload_id
             && a.status != AllocStatus::Stopping
         {
-            *groups.entry(&a.node_id).or_default().entry(w.to_string()).or_default() += 1;
+            *v.groups.entry(w.to_string()).or_default() += 1;
         }
     }
-    nodes
-        .iter()
-        .map(|n| {
-            let ready = n.status == NodeStatus::Ready;
-            let active_state = n.desired_state.accepts_work();
-            let up_for = (now - n.status_changed_at).clamp(0, RELIABILITY_RAMP_MS);
-            NodeView {
-                id: n.id.clone(),
-                project: n.project_id.clone(),
-                ready,
-                active: active_state,
-                state: if !ready { n.status.as_str().into() } else { n.desired_state.as_str().into() },
-                pool: n.pool.clone(),
-                labels: n.labels.clone(),
-                gpu_models: n.capabilities.gpus.iter().map(|g| g.model.clone()).collect(),
-                capacity: tether_types::Resources {
-                    cpu_millis: u64::from(n.capabilities.cpu_count) * 1000,
-                    memory_mb: n.capabilities.memory_mb,
-                    gpus: n.capabilities.gpus.len() as u64,
-                },
-                allocated: allocated.get(&n.id).copied().unwrap_or_default(),
-                reliability: 0.5 + 0.5 * (up_for as f64 / RELIABILITY_RAMP_MS as f64),
-                groups: groups.remove(&n.id).unwrap_or_default(),
-            }
-        })
-        .collect()
+}
+
+/// Scheduler views of `nodes` with `active` allocated on them.
+pub fn node_views(nodes: &[Node], active: &[Allocation], now: i64) -> Vec<NodeView> {
+    let mut views: Vec<NodeView> = nodes.iter().map(base_view).collect();
+    let index: HashMap<NodeId, usize> = nodes.iter().enumerate().map(|(i, n)| (n.id.clone(), i)).collect();
+    apply_usage(&mut views, nodes, &index, active, now);
+    views
+}
+
+impl PassState {
+    /// The views for this pass: rebuilt from the snapshot's when the node
+    /// list changed, then what is allocated applied.
+    fn prepare_views(&mut self, snap: &Arc<NodeSnapshot>, active: &[Allocation], now: i64) {
+        if !self.views_of.as_ref().is_some_and(|s| Arc::ptr_eq(s, snap)) {
+            self.views = snap.base_views.clone();
+            self.views_of = Some(snap.clone());
+        }
+        apply_usage(&mut self.views, &snap.nodes, &snap.index, active, now);
+    }
 }
 
 /// Places a batch, resuming the scheduler's candidate scan where the last
@@ -315,8 +397,8 @@ async fn pass(app: &App, state: &mut PassState) -> Result<(), StoreError> {
         metrics::counter!("tether_allocations_lost_total").increment(lost.len() as u64);
     }
 
-    let nodes = app.nodes.get(store).await?;
-    let nodes = nodes.as_slice();
+    let snap = app.nodes.get(store).await?;
+    let nodes = snap.nodes.as_slice();
     let mut active = store.allocations_active().await?;
 
     // Node desired states that stop work: stopped nodes stop everything; a
@@ -345,12 +427,11 @@ async fn pass(app: &App, state: &mut PassState) -> Result<(), StoreError> {
     let workloads = store.workload_list(None).await?;
     // Built only when something is to be placed: at ten thousand nodes
     // building them is most of an idle pass.
-    let mut views: Option<Vec<NodeView>> = None;
-    let node_by_id: HashMap<&NodeId, &Node> = nodes.iter().map(|n| (&n.id, n)).collect();
+    let mut views_ready = false;
     let mut new_allocs: Vec<(Allocation, ExecSpec, Option<RestartPolicy>)> = Vec::new();
     for w in &workloads {
         let mine: Vec<&Allocation> = active.iter().filter(|a| a.workload_id.as_ref() == Some(&w.id)).collect();
-        let plan = reconcile(w, &mine, &node_by_id);
+        let plan = reconcile(w, &mine, |id| snap.node(id));
         stop.extend(plan.stop);
         let reqs: Vec<Request> = (0..plan.create)
             .map(|_| {
@@ -367,7 +448,11 @@ async fn pass(app: &App, state: &mut PassState) -> Result<(), StoreError> {
         if reqs.is_empty() {
             continue;
         }
-        let views = views.get_or_insert_with(|| node_views(nodes, &active, now));
+        if !views_ready {
+            state.prepare_views(&snap, &active, now);
+            views_ready = true;
+        }
+        let views = &mut state.views;
         for i in place(app, views, &reqs).into_iter().flatten() {
             let a = Allocation {
                 key: AllocId::from_random(tether_auth::random_bytes()).to_string(),
@@ -405,10 +490,12 @@ async fn pass(app: &App, state: &mut PassState) -> Result<(), StoreError> {
     let placed = if reqs.is_empty() {
         Vec::new()
     } else {
-        let views = views.get_or_insert_with(|| node_views(nodes, &active, now));
-        place(app, views, &reqs)
+        if !views_ready {
+            state.prepare_views(&snap, &active, now);
+        }
+        place(app, &mut state.views, &reqs)
     };
-    let views = views.unwrap_or_default();
+    let views = &state.views;
     for (j, i) in pending.iter().zip(placed) {
         let Some(i) = i else { continue };
         let attempt = j.attempt + 1;
@@ -455,7 +542,7 @@ async fn pass(app: &App, state: &mut PassState) -> Result<(), StoreError> {
             tracing::info!(node_id = %n.id, "drain completed");
         }
     }
-    state.draining_done.retain(|id| node_by_id.get(id).is_some_and(|n| n.desired_state == DesiredNodeState::Draining));
+    state.draining_done.retain(|id| snap.node(id).is_some_and(|n| n.desired_state == DesiredNodeState::Draining));
     Ok(())
 }
 
@@ -499,11 +586,11 @@ struct Plan {
 /// Keeps `replicas` running: replaces replicas that are gone, migrates those
 /// on draining or stopped nodes and rolls out spec changes `max_parallel` at
 /// a time, always starting a replacement before stopping what it replaces.
-fn reconcile(w: &Workload, allocs: &[&Allocation], nodes: &HashMap<&NodeId, &Node>) -> Plan {
+fn reconcile<'n>(w: &Workload, allocs: &[&Allocation], node: impl Fn(&NodeId) -> Option<&'n Node>) -> Plan {
     let n = w.replicas as usize;
     let live: Vec<&&Allocation> = allocs.iter().filter(|a| a.status != AllocStatus::Stopping).collect();
     let node_ok = |a: &Allocation| {
-        nodes.get(&a.node_id).is_some_and(|n| {
+        node(&a.node_id).is_some_and(|n| {
             !matches!(n.desired_state, DesiredNodeState::Draining | DesiredNodeState::Stopped)
                 && n.status != NodeStatus::Down
                 && n.status != NodeStatus::Left
@@ -623,7 +710,7 @@ mod tests {
     fn run(w: &Workload, nodes: &[Node], allocs: &[Allocation]) -> Plan {
         let by_id: HashMap<&NodeId, &Node> = nodes.iter().map(|n| (&n.id, n)).collect();
         let refs: Vec<&Allocation> = allocs.iter().collect();
-        reconcile(w, &refs, &by_id)
+        reconcile(w, &refs, |id| by_id.get(id).copied())
     }
 
     #[test]

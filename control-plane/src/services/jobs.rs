@@ -75,16 +75,19 @@ pub fn job_to_pb(job: &Job, attempts: &[tether_types::Allocation]) -> pb::Job {
 /// Refuses a spec no registered node of the project could ever satisfy, with
 /// each node's reason. A project without nodes accepts work that waits.
 pub async fn check_satisfiable(app: &App, project: &tether_types::ProjectId, req: &Placement) -> Result<(), Status> {
-    let nodes = app.nodes.get(&app.store).await.map_err(store_status)?;
-    let now = crate::now_ms();
-    let mut live = nodes.iter().filter(|n| &n.project_id == project && n.status != NodeStatus::Left).peekable();
+    let snap = app.nodes.get(&app.store).await.map_err(store_status)?;
+    let mut live = snap
+        .nodes
+        .iter()
+        .zip(&snap.base_views)
+        .filter(|(n, _)| &n.project_id == project && n.status != NodeStatus::Left)
+        .peekable();
     if live.peek().is_none() {
         return Ok(());
     }
     let mut reasons = Vec::new();
-    for n in live {
+    for (n, view) in live {
         // Static properties only: what is allocated does not matter here.
-        let view = &crate::work::node_views(std::slice::from_ref(n), &[], now)[0];
         match tether_scheduler::static_mismatch(view, req) {
             None => return Ok(()),
             Some(r) if reasons.len() < 10 => reasons.push(format!("{}: {r}", n.id)),

@@ -22,8 +22,8 @@ impl PlacementApi {
 
 /// The scheduler's view of one project's nodes, as of now.
 pub async fn views(app: &App, project: &ProjectId) -> Result<Vec<NodeView>, Status> {
-    let nodes = app.nodes.get(&app.store).await.map_err(store_status)?;
-    let nodes: Vec<_> = nodes.iter().filter(|n| &n.project_id == project).cloned().collect();
+    let snap = app.nodes.get(&app.store).await.map_err(store_status)?;
+    let nodes: Vec<_> = snap.nodes.iter().filter(|n| &n.project_id == project).cloned().collect();
     let active = app.store.allocations_active().await.map_err(store_status)?;
     Ok(crate::work::node_views(&nodes, &active, now_ms()))
 }

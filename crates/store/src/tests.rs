@@ -296,6 +296,32 @@ async fn leases_flush_only_moves_forward(store: Store) {
     store.node_leases_flush(&[(a.id.clone(), 4_000)], "r1").await.unwrap();
     assert_eq!(store.node_get(&a.id).await.unwrap().unwrap().last_seen_at, 5_000);
     assert_eq!(store.events_head().await.unwrap(), head, "a lease flush is not an event");
+
+    // Many nodes in one flush (more than one statement's batch), some moving
+    // forward and some not, and an id that is not there.
+    let jt = join_token(&store, &p, 2, 0, 10_000).await;
+    let mut nodes = Vec::new();
+    for i in 0..1_100u32 {
+        let mut e = enroll(&p, &jt, 1, 2_000);
+        let mut b = [0xab; 10];
+        b[..4].copy_from_slice(&i.to_be_bytes());
+        e.id = NodeId::from_random(b);
+        e.capabilities.hostname = format!("n{i}");
+        nodes.push(store.node_enroll(&e).await.unwrap().0);
+    }
+    let leases: Vec<(NodeId, i64)> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.id.clone(), if i % 2 == 0 { 9_000 } else { 1_000 }))
+        .chain([(NodeId::from_random([7; 10]), 9_000)])
+        .collect();
+    let first: Vec<(NodeId, i64)> = nodes.iter().map(|n| (n.id.clone(), 5_000)).collect();
+    store.node_leases_flush(&first, "r2").await.unwrap();
+    store.node_leases_flush(&leases, "r2").await.unwrap();
+    for (i, n) in nodes.iter().enumerate() {
+        let got = store.node_get(&n.id).await.unwrap().unwrap().last_seen_at;
+        assert_eq!(got, if i % 2 == 0 { 9_000 } else { 5_000 }, "node {i}");
+    }
 }
 
 fn job(p: &ProjectId, n: u8, max_attempts: u32) -> Job {
