@@ -5,6 +5,7 @@
 //! from [`run`].
 
 mod auth;
+mod batch;
 mod bootstrap;
 mod config;
 mod db;

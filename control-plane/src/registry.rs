@@ -71,15 +71,63 @@ struct Entry {
     session: Option<SessionSlot>,
 }
 
+/// A session to open in the database, through the group-commit batcher.
+struct OpenItem {
+    node: NodeId,
+    generation: u64,
+    capabilities: Option<NodeCapabilities>,
+}
+
+type Opened = Result<(Node, Vec<(String, i64)>), Error>;
+
 pub struct Registry {
     nodes: Mutex<HashMap<NodeId, Entry>>,
     store: Store,
+    /// Session opens, written many to a transaction when they arrive together.
+    opens: crate::batch::Batcher<OpenItem, Opened>,
     notify: Notifier,
     liveness: Liveness,
     replica: String,
     next_session: AtomicU64,
     /// Parent of every session's cancellation token.
     sessions_root: CancellationToken,
+}
+
+/// Most session opens written in one transaction.
+const OPEN_BATCH: usize = 256;
+
+/// Writes a batch of session opens, one transaction per round of distinct
+/// nodes (a node twice in a batch waits for the next round).
+async fn open_sessions(store: &Store, replica: &str, items: Vec<OpenItem>) -> Vec<Opened> {
+    let mut answers: Vec<Option<Opened>> = (0..items.len()).map(|_| None).collect();
+    let mut pending: Vec<usize> = (0..items.len()).collect();
+    while !pending.is_empty() {
+        let mut seen = std::collections::HashSet::new();
+        let (round, later): (Vec<usize>, Vec<usize>) = pending.iter().partition(|&&i| seen.insert(&items[i].node));
+        let opens: Vec<tether_store::SessionOpen<'_>> = round
+            .iter()
+            .map(|&i| tether_store::SessionOpen {
+                id: &items[i].node,
+                generation: items[i].generation,
+                capabilities: items[i].capabilities.as_ref(),
+            })
+            .collect();
+        match store.node_sessions_open(&opens, replica, now_ms()).await {
+            Ok(results) => {
+                for (&i, r) in round.iter().zip(results) {
+                    answers[i] = Some(r.map_err(Error::from));
+                }
+            }
+            Err(e) => {
+                let e = Error::from(e);
+                for &i in &round {
+                    answers[i] = Some(Err(e.clone()));
+                }
+            }
+        }
+        pending = later;
+    }
+    answers.into_iter().map(|a| a.unwrap_or_else(|| Err(Error::internal("session open not answered")))).collect()
 }
 
 impl Registry {
@@ -91,9 +139,17 @@ impl Registry {
         replica: String,
         sessions_root: CancellationToken,
     ) -> Self {
+        let opens = {
+            let (store, replica) = (store.clone(), replica.clone());
+            crate::batch::Batcher::spawn(OPEN_BATCH, move |items: Vec<OpenItem>| {
+                let (store, replica) = (store.clone(), replica.clone());
+                async move { open_sessions(&store, &replica, items).await }
+            })
+        };
         Registry {
             nodes: Mutex::new(HashMap::new()),
             store,
+            opens,
             notify,
             liveness,
             replica,
@@ -177,7 +233,9 @@ impl Registry {
             return Err(fenced(cur.generation));
         }
         let now = now_ms();
-        let (record, events) = self.store.node_session_open(node, generation, capabilities, &self.replica, now).await?;
+        let item = OpenItem { node: node.clone(), generation, capabilities: capabilities.cloned() };
+        let (record, events) =
+            self.opens.call(item).await.unwrap_or_else(|| Err(Error::unavailable("control plane is shutting down")))?;
         if &record.project_id != project {
             return Err(Error::permission_denied("node credential does not match the node's project"));
         }

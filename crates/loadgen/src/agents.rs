@@ -37,7 +37,8 @@ pub struct AgentsArgs {
     /// Agents started per second.
     #[arg(long, default_value_t = 1000.0)]
     ramp: f64,
-    /// Run this long after the ramp, then stop.
+    /// Run this long after the ramp, then stop. With `--submit`, the run
+    /// ends once the jobs are measured instead (at most ten minutes on).
     #[arg(long, default_value_t = 30)]
     hold_secs: u64,
     /// Local source addresses to spread connections over (127.0.0.0/8 only).
@@ -161,6 +162,26 @@ async fn enroll_all(addr: &str, token: &str, n: usize, path: &PathBuf) -> anyhow
     Ok(ids)
 }
 
+/// When the simulated agents stop: at a deadline, or earlier when told.
+#[derive(Clone)]
+struct Stop {
+    at: Instant,
+    early: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Stop {
+    fn done(&self) -> bool {
+        Instant::now() >= self.at || *self.early.borrow()
+    }
+
+    async fn wait(&mut self) {
+        tokio::select! {
+            _ = tokio::time::sleep_until(self.at.into()) => {}
+            _ = self.early.wait_for(|v| *v) => {}
+        }
+    }
+}
+
 /// One simulated agent, reconnecting until `stop`.
 async fn agent(
     addr: String,
@@ -169,13 +190,13 @@ async fn agent(
     generation: u64,
     job_ms: u64,
     stats: Arc<Stats>,
-    stop: Instant,
+    mut stop: Stop,
 ) {
     let mut lost_at: Option<Instant> = None;
     let mut backoff = Duration::from_millis(100);
     let held = Held::default();
-    while Instant::now() < stop {
-        match session(&addr, source, &id, generation, job_ms, &stats, stop, &mut lost_at, &held).await {
+    while !stop.done() {
+        match session(&addr, source, &id, generation, job_ms, &stats, &mut stop, &mut lost_at, &held).await {
             Ok(()) => return,
             Err(_) => {
                 stats.failures.fetch_add(1, Ordering::Relaxed);
@@ -197,7 +218,7 @@ async fn session(
     generation: u64,
     job_ms: u64,
     stats: &Arc<Stats>,
-    stop: Instant,
+    stop: &mut Stop,
     lost_at: &mut Option<Instant>,
     held: &Held,
 ) -> anyhow::Result<()> {
@@ -253,7 +274,7 @@ async fn session(
     let mut seq = 0;
     let result = loop {
         tokio::select! {
-            _ = tokio::time::sleep_until(stop.into()) => break Ok(()),
+            _ = stop.wait() => break Ok(()),
             m = inbound.message() => match m {
                 Ok(Some(agent_pb::HeartbeatResponse { msg: Some(heartbeat_response::Msg::Config(c)) })) => {
                     if let Some(d) = c.interval {
@@ -334,18 +355,20 @@ pub async fn run(addr: &str, token: &str, a: AgentsArgs) -> anyhow::Result<()> {
     let stats = Arc::new(Stats::default());
     let generation = now_ms();
     let ramp_secs = a.count as f64 / a.ramp.max(1.0);
-    let stop = Instant::now() + Duration::from_secs_f64(ramp_secs) + Duration::from_secs(a.hold_secs);
+    let hold = if a.submit > 0 { Duration::from_secs(a.hold_secs.max(600)) } else { Duration::from_secs(a.hold_secs) };
+    let (stop_early, early) = tokio::sync::watch::channel(false);
+    let stop = Stop { at: Instant::now() + Duration::from_secs_f64(ramp_secs) + hold, early };
     let t0 = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for (i, id) in ids.into_iter().enumerate() {
         let due = t0 + Duration::from_secs_f64(i as f64 / a.ramp.max(1.0));
         tokio::time::sleep_until(due.into()).await;
         let source = a.sources[i % a.sources.len()];
-        tasks.spawn(agent(addr.to_owned(), source, id, generation, a.job_ms, stats.clone(), stop));
+        tasks.spawn(agent(addr.to_owned(), source, id, generation, a.job_ms, stats.clone(), stop.clone()));
     }
     // Wait until all are connected (or the hold ends).
     let mut all_connected_secs = None;
-    while Instant::now() < stop {
+    while !stop.done() {
         if stats.connected.load(Ordering::Relaxed) as usize == a.count {
             all_connected_secs = Some(t0.elapsed().as_secs_f64());
             break;
@@ -354,9 +377,18 @@ pub async fn run(addr: &str, token: &str, a: AgentsArgs) -> anyhow::Result<()> {
     }
     // From then on, watch for outages (a control-plane restart): when the
     // first session was lost and when all agents were connected again.
-    let outages = tokio::spawn(watch_outages(stats.clone(), a.count, stop));
-    let submitted =
-        if a.submit > 0 && all_connected_secs.is_some() { submit(addr, token, &a, &stats).await? } else { json!(null) };
+    let outages = tokio::spawn(watch_outages(stats.clone(), a.count, stop.clone()));
+    let submitted = if a.submit > 0 && all_connected_secs.is_some() {
+        let measured = submit(addr, token, &a, &stats).await;
+        // Hold on for the rest of --hold-secs after the ramp (an outage to
+        // ride out), then stop everything.
+        let until = t0 + Duration::from_secs_f64(ramp_secs) + Duration::from_secs(a.hold_secs);
+        tokio::time::sleep_until(until.into()).await;
+        let _ = stop_early.send(true);
+        measured?
+    } else {
+        json!(null)
+    };
     while let Some(_r) = tasks.join_next().await {}
     let outages = outages.await?;
     let mut rec = stats.reconnects.lock().unwrap().clone();
@@ -385,10 +417,10 @@ pub async fn run(addr: &str, token: &str, a: AgentsArgs) -> anyhow::Result<()> {
 
 /// Samples the connected count until `stop`. Each outage is (seconds from
 /// the first lost session to all agents connected again, fewest connected).
-async fn watch_outages(stats: Arc<Stats>, count: usize, stop: Instant) -> serde_json::Value {
+async fn watch_outages(stats: Arc<Stats>, count: usize, stop: Stop) -> serde_json::Value {
     let mut outages = Vec::new();
     let mut current: Option<(Instant, usize)> = None;
-    while Instant::now() < stop {
+    while !stop.done() {
         let n = stats.connected.load(Ordering::Relaxed) as usize;
         match current.as_mut() {
             None if n < count => current = Some((Instant::now(), n)),

@@ -11,6 +11,14 @@ const NODE_COLS: &str = "id, project_id, status, desired_state, desired_state_ve
      registered_at, status_changed_at, last_seen_at, session_generation, join_token_id, desired_state_reason,
      acked_desired_state_version, desired_state_nack, drain_deadline";
 
+/// One heartbeat session to open (see [`Store::node_sessions_open`]).
+#[derive(Debug, Clone)]
+pub struct SessionOpen<'a> {
+    pub id: &'a NodeId,
+    pub generation: u64,
+    pub capabilities: Option<&'a NodeCapabilities>,
+}
+
 fn node_from_row(r: &impl Get) -> Result<Node> {
     Ok(Node {
         id: NodeId::from_trusted(r.text("id")?),
@@ -219,53 +227,121 @@ impl Store {
         replica: &str,
         now: UnixMillis,
     ) -> Result<(Node, Vec<(String, i64)>)> {
-        let out = in_tx!(self, |tx| {
-            let before = sqlx::query(&format!("SELECT {NODE_COLS} FROM nodes WHERE id = $1"))
-                .bind(id.as_str())
-                .fetch_optional(&mut *tx)
-                .await?
-                .map(|r| node_from_row(&r))
-                .transpose()?
-                .ok_or_else(|| Error::unauthenticated("node is not registered"))?;
-            if generation < before.session_generation {
-                return Err(Error::new(
-                    ErrorCode::Aborted,
-                    format!(
-                        "session generation {generation} is older than {}: a newer agent process holds this node",
-                        before.session_generation
-                    ),
-                )
-                .into());
-            }
-            let caps_changed = capabilities.is_some_and(|c| *c != before.capabilities);
-            let caps_json = to_json(capabilities.unwrap_or(&before.capabilities));
-            let row = sqlx::query(&format!(
+        let open = SessionOpen { id, generation, capabilities };
+        self.node_sessions_open(&[open], replica, now).await?.pop().expect("one answer per open")
+    }
+
+    /// [`Store::node_session_open`] for many nodes in one transaction with
+    /// three statements however many there are (group commit for reconnect
+    /// storms): one read, one update, and an event insert per node whose
+    /// status or capabilities changed. Each open gets its own answer; a
+    /// refused one (not registered, fenced) changes nothing. Node ids must be
+    /// distinct.
+    pub async fn node_sessions_open(
+        &self,
+        opens: &[SessionOpen<'_>],
+        replica: &str,
+        now: UnixMillis,
+    ) -> Result<Vec<Result<(Node, Vec<(String, i64)>)>>> {
+        if opens.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sqlite = self.backend_name() == "sqlite";
+        let ids = serde_json::Value::Array(opens.iter().map(|o| o.id.as_str().into()).collect()).to_string();
+        let select = if sqlite {
+            format!("SELECT {NODE_COLS} FROM nodes WHERE id IN (SELECT value FROM json_each($1))")
+        } else {
+            format!("SELECT {NODE_COLS} FROM nodes WHERE id IN (SELECT jsonb_array_elements_text($1::jsonb))")
+        };
+        // `u` has an id too: name the returned columns by table.
+        let returning = NODE_COLS.split(',').map(|c| format!("nodes.{}", c.trim())).collect::<Vec<_>>().join(", ");
+        let update = if sqlite {
+            format!(
                 "UPDATE nodes SET status = 'ready',
                         status_changed_at = CASE WHEN status = 'ready' THEN status_changed_at ELSE $2 END,
-                        last_seen_at = $2, session_generation = $3, lease_replica = $4, capabilities = $5
-                 WHERE id = $1 RETURNING {NODE_COLS}"
-            ))
-            .bind(id.as_str())
-            .bind(now)
-            .bind(generation as i64)
-            .bind(replica)
-            .bind(caps_json)
-            .fetch_one(&mut *tx)
-            .await?;
-            let node = node_from_row(&row)?;
-            let mut events = Vec::new();
-            let project = Some(node.project_id.as_str());
-            if caps_changed {
-                let seq = append_event!(tx, now, project, "node.updated", id.as_str(), to_json(&node));
-                events.push(("node.updated".to_owned(), seq));
+                        last_seen_at = $2, session_generation = u.generation, lease_replica = $3,
+                        capabilities = u.caps
+                 FROM (SELECT json_extract(value, '$.id') AS id, json_extract(value, '$.generation') AS generation,
+                              json_extract(value, '$.caps') AS caps FROM json_each($1)) AS u
+                 WHERE nodes.id = u.id RETURNING {returning}"
+            )
+        } else {
+            format!(
+                "UPDATE nodes SET status = 'ready',
+                        status_changed_at = CASE WHEN status = 'ready' THEN status_changed_at ELSE $2 END,
+                        last_seen_at = $2, session_generation = u.generation, lease_replica = $3,
+                        capabilities = u.caps
+                 FROM jsonb_to_recordset($1::jsonb) AS u(id text, generation bigint, caps text)
+                 WHERE nodes.id = u.id RETURNING {returning}"
+            )
+        };
+        let out = in_tx!(self, |tx| {
+            let mut before: std::collections::HashMap<String, Node> = std::collections::HashMap::new();
+            for r in sqlx::query(&select).bind(&ids).fetch_all(&mut *tx).await? {
+                let n = node_from_row(&r)?;
+                before.insert(n.id.as_str().to_owned(), n);
             }
-            if before.status != NodeStatus::Ready {
-                let seq = append_event!(tx, now, project, "node.status_changed", id.as_str(), to_json(&node));
-                events.push(("node.status_changed".to_owned(), seq));
+            // Decide each open; collect the rows to write.
+            let mut answers: Vec<Option<Result<()>>> = Vec::with_capacity(opens.len());
+            let mut rows = Vec::new();
+            for o in opens {
+                let Some(b) = before.get(o.id.as_str()) else {
+                    answers.push(Some(Err(Error::unauthenticated("node is not registered").into())));
+                    continue;
+                };
+                if o.generation < b.session_generation {
+                    answers.push(Some(Err(Error::new(
+                        ErrorCode::Aborted,
+                        format!(
+                            "session generation {} is older than {}: a newer agent process holds this node",
+                            o.generation, b.session_generation
+                        ),
+                    )
+                    .into())));
+                    continue;
+                }
+                answers.push(None);
+                rows.push(serde_json::json!({
+                    "id": o.id.as_str(),
+                    "generation": o.generation as i64,
+                    "caps": to_json(o.capabilities.unwrap_or(&b.capabilities)),
+                }));
             }
-            Ok((node, events))
+            let mut after: std::collections::HashMap<String, Node> = std::collections::HashMap::new();
+            if !rows.is_empty() {
+                let rows = serde_json::Value::Array(rows).to_string();
+                for r in sqlx::query(&update).bind(rows).bind(now).bind(replica).fetch_all(&mut *tx).await? {
+                    let n = node_from_row(&r)?;
+                    after.insert(n.id.as_str().to_owned(), n);
+                }
+            }
+            let mut results = Vec::with_capacity(opens.len());
+            for (o, answer) in opens.iter().zip(answers) {
+                if let Some(Err(e)) = answer {
+                    results.push(Err(e));
+                    continue;
+                }
+                let (Some(b), Some(node)) = (before.get(o.id.as_str()), after.remove(o.id.as_str())) else {
+                    results.push(Err(Error::unauthenticated("node is not registered").into()));
+                    continue;
+                };
+                let mut events = Vec::new();
+                let project = Some(node.project_id.as_str());
+                if o.capabilities.is_some_and(|c| *c != b.capabilities) {
+                    let seq = append_event!(tx, now, project, "node.updated", o.id.as_str(), to_json(&node));
+                    events.push(("node.updated".to_owned(), seq));
+                }
+                if b.status != NodeStatus::Ready {
+                    let seq = append_event!(tx, now, project, "node.status_changed", o.id.as_str(), to_json(&node));
+                    events.push(("node.status_changed".to_owned(), seq));
+                }
+                results.push(Ok((node, events)));
+            }
+            Ok::<_, StoreError>(results)
         });
-        self.node_changed();
+        if out.as_ref().is_ok_and(|r| r.iter().any(|x| x.as_ref().is_ok_and(|(_, ev)| !ev.is_empty()))) {
+            self.node_changed();
+        }
         out
     }
 

@@ -79,6 +79,7 @@ suite!(
     settings_first_writer_wins,
     enroll_spends_join_token_uses,
     session_open_fences_older_generations,
+    sessions_open_in_one_batch_answer_each,
     status_changes_append_events_in_order,
     list_filters_and_pages,
     deregister_removes_and_logs,
@@ -192,6 +193,39 @@ async fn session_open_fences_older_generations(store: Store) {
     // Unknown node.
     let err = store.node_session_open(&id(NodeId::from_random, 9), 1, None, "r1", 1).await.unwrap_err();
     assert_eq!(Error::from(err).code, ErrorCode::Unauthenticated);
+}
+
+async fn sessions_open_in_one_batch_answer_each(store: Store) {
+    let p = project(&store).await;
+    let jt = join_token(&store, &p, 1, 0, 10_000).await;
+    let (a, _) = store.node_enroll(&enroll(&p, &jt, 1, 2_000)).await.unwrap();
+    let (b, _) = store.node_enroll(&enroll(&p, &jt, 2, 2_000)).await.unwrap();
+    let (c, _) = store.node_enroll(&enroll(&p, &jt, 3, 2_000)).await.unwrap();
+    store.node_session_open(&b.id, 7, None, "r1", 2_500).await.unwrap();
+    let head = store.events_head().await.unwrap();
+    let caps = NodeCapabilities { hostname: "c-renamed".into(), ..Default::default() };
+    let missing = id(NodeId::from_random, 9);
+    let opens = [
+        SessionOpen { id: &a.id, generation: 1, capabilities: None },
+        SessionOpen { id: &b.id, generation: 6, capabilities: None },
+        SessionOpen { id: &missing, generation: 1, capabilities: None },
+        SessionOpen { id: &c.id, generation: 2, capabilities: Some(&caps) },
+    ];
+    let out = store.node_sessions_open(&opens, "r2", 3_000).await.unwrap();
+    assert_eq!(out.len(), 4);
+    let (na, ev) = out[0].as_ref().unwrap();
+    assert_eq!((na.status, na.session_generation, na.last_seen_at), (NodeStatus::Ready, 1, 3_000));
+    assert_eq!(ev.iter().map(|e| e.0.as_str()).collect::<Vec<_>>(), ["node.status_changed"]);
+    let Err(e) = &out[1] else { panic!("an older generation is fenced") };
+    assert!(e.to_string().contains("older"), "{e}");
+    assert!(out[2].is_err(), "an unknown node is refused");
+    let (nc, ev) = out[3].as_ref().unwrap();
+    assert_eq!(nc.capabilities.hostname, "c-renamed");
+    assert_eq!(ev.iter().map(|e| e.0.as_str()).collect::<Vec<_>>(), ["node.updated", "node.status_changed"]);
+    // The fenced node is untouched; three events were appended in all.
+    let nb = store.node_get(&b.id).await.unwrap().unwrap();
+    assert_eq!((nb.session_generation, nb.last_seen_at), (7, 2_500));
+    assert_eq!(store.events_head().await.unwrap(), head + 3);
 }
 
 async fn status_changes_append_events_in_order(store: Store) {
