@@ -55,6 +55,10 @@ pub(crate) struct App {
     pub hub: hub::JobsHub,
     /// Wakes the work loop (scheduler and reconcilers).
     pub work_wake: tokio::sync::Notify,
+    /// Job submissions, written by group commit.
+    pub submits: services::jobs::Submits,
+    /// Agents' started/finished reports, written by group commit.
+    pub reports: work::Reports,
     /// Every node row, read again only when it may have changed.
     pub nodes: work::NodeCache,
     /// Where the scheduler's candidate scan resumes in the next pass.
@@ -105,6 +109,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         work_wake: tokio::sync::Notify::new(),
         placement_cursor: Default::default(),
         nodes: Default::default(),
+        reports: work::report_batcher(store.clone()),
+        submits: services::jobs::submit_batcher(store.clone()),
         logs: tokio::sync::Notify::new(),
     });
 

@@ -140,9 +140,64 @@ fn placeholder(node: &NodeId, wire_id: &str, attempt: u32) -> Allocation {
     }
 }
 
+/// An agent's started or finished report, queued for group commit.
+pub enum ReportItem {
+    Started { key: String, node: NodeId, restarts: u32 },
+    Finished { key: String, node: NodeId, exit_code: i32, error: String },
+}
+
+pub type Reports = crate::batch::Batcher<ReportItem, Result<tether_store::ReportOutcome, tether_types::Error>>;
+
+/// Most agent reports written in one transaction.
+const REPORT_BATCH: usize = 512;
+
+/// The group-commit writer of agents' started and finished reports: what
+/// arrives together (from any agents) is written in one transaction.
+pub fn report_batcher(store: tether_store::Store) -> Reports {
+    crate::batch::Batcher::spawn(REPORT_BATCH, move |items: Vec<ReportItem>| {
+        let store = store.clone();
+        async move {
+            let reports: Vec<tether_store::AgentReport<'_>> = items
+                .iter()
+                .map(|i| match i {
+                    ReportItem::Started { key, node, restarts } => {
+                        tether_store::AgentReport::Started { key, node, restarts: *restarts }
+                    }
+                    ReportItem::Finished { key, node, exit_code, error } => {
+                        tether_store::AgentReport::Finished { key, node, exit_code: *exit_code, error }
+                    }
+                })
+                .collect();
+            match store.allocation_reports(&reports, now_ms()).await {
+                Ok(out) => out.into_iter().map(Ok).collect(),
+                Err(e) => {
+                    tracing::error!(
+                        error = &e as &dyn std::error::Error,
+                        reports = items.len(),
+                        "writing agent reports failed"
+                    );
+                    let e = tether_types::Error::from(e);
+                    items.iter().map(|_| Err(e.clone())).collect()
+                }
+            }
+        }
+    })
+}
+
+async fn report(app: &App, item: ReportItem) -> Result<tether_store::ReportOutcome, StoreError> {
+    match app.reports.call(item).await {
+        Some(r) => r.map_err(StoreError::from),
+        None => Err(tether_types::Error::unavailable("control plane is shutting down").into()),
+    }
+}
+
 async fn finished(app: &App, node: &NodeId, key: &str, code: i32, error: &str) -> Result<(), StoreError> {
     let error: String = error.chars().take(tether_types::MAX_TEXT_LEN).collect();
-    if let Some(f) = app.store.allocation_finished(key, node, code, &error, now_ms()).await? {
+    let item = ReportItem::Finished { key: key.to_owned(), node: node.clone(), exit_code: code, error };
+    let tether_store::ReportOutcome::Finished(f) = report(app, item).await? else {
+        unreachable!("a finished report gets a finished answer")
+    };
+    if let Some(f) = f {
         metrics::counter!("tether_allocations_finished_total", "status" => f.allocation.status.as_str()).increment(1);
         if let Some(j) = &f.job {
             tracing::info!(job_id = %j.id, attempt = f.allocation.attempt, status = j.status.as_str(), code, "job attempt finished");
@@ -154,13 +209,16 @@ async fn finished(app: &App, node: &NodeId, key: &str, code: i32, error: &str) -
 
 /// Handles one message of a node's Jobs stream.
 pub async fn on_agent_message(app: &App, node: &NodeId, m: jobs_request::Msg) -> Result<(), StoreError> {
-    let now = now_ms();
     match m {
         jobs_request::Msg::Report(_) => {}
         jobs_request::Msg::Accepted(_) | jobs_request::Msg::Progress(_) => {}
         jobs_request::Msg::Started(s) => {
             let key = alloc_key(&s.job_id, s.attempt);
-            match app.store.allocation_started(&key, node, s.restarts, now).await? {
+            let item = ReportItem::Started { key: key.clone(), node: node.clone(), restarts: s.restarts };
+            let tether_store::ReportOutcome::Started(started) = report(app, item).await? else {
+                unreachable!("a started report gets a started answer")
+            };
+            match started {
                 Some(a) if a.status == AllocStatus::Stopping => {
                     app.hub.send(node, cancel_msg(&a, "stopped by the control plane"));
                 }

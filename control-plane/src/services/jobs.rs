@@ -72,6 +72,35 @@ pub fn job_to_pb(job: &Job, attempts: &[tether_types::Allocation]) -> pb::Job {
     }
 }
 
+/// Submissions, written by group commit.
+pub type Submits = crate::batch::Batcher<(Job, Option<String>), Result<(Job, bool), Error>>;
+
+/// Most submissions written in one transaction.
+const SUBMIT_BATCH: usize = 256;
+
+/// The group-commit writer of submissions: those that arrive together are
+/// stored in one transaction, each answered on its own.
+pub fn submit_batcher(store: tether_store::Store) -> Submits {
+    crate::batch::Batcher::spawn(SUBMIT_BATCH, move |items: Vec<(Job, Option<String>)>| {
+        let store = store.clone();
+        async move {
+            let jobs: Vec<(&Job, Option<&str>)> = items.iter().map(|(j, k)| (j, k.as_deref())).collect();
+            match store.jobs_submit(&jobs).await {
+                Ok(out) => out.into_iter().map(Ok).collect(),
+                Err(e) => {
+                    tracing::error!(
+                        error = &e as &dyn std::error::Error,
+                        jobs = items.len(),
+                        "storing submitted jobs failed"
+                    );
+                    let e = Error::from(e);
+                    items.iter().map(|_| Err(e.clone())).collect()
+                }
+            }
+        }
+    })
+}
+
 /// Refuses a spec no registered node of the project could ever satisfy, with
 /// each node's reason. A project without nodes accepts work that waits.
 pub async fn check_satisfiable(app: &App, project: &tether_types::ProjectId, req: &Placement) -> Result<(), Status> {
@@ -129,11 +158,19 @@ impl pb::job_service_server::JobService for JobApi {
             created_at: now,
             updated_at: now,
         };
-        let key = (!req.idempotency_key.is_empty()).then_some(req.idempotency_key.as_str());
-        let (job, created) = self.app.store.job_submit(&job, key).await.map_err(store_status)?;
+        let key = (!req.idempotency_key.is_empty()).then_some(req.idempotency_key);
+        let (job, created) = self
+            .app
+            .submits
+            .call((job, key))
+            .await
+            .unwrap_or_else(|| Err(Error::unavailable("control plane is shutting down")))
+            .map_err(status)?;
         if created {
             metrics::counter!("tether_jobs_submitted_total").increment(1);
             self.app.work_wake.notify_one();
+            // A new job has no attempts yet: nothing more to read.
+            return Ok(Response::new(pb::SubmitJobResponse { job: Some(job_to_pb(&job, &[])) }));
         }
         Ok(Response::new(pb::SubmitJobResponse { job: Some(self.job_pb(&job).await?) }))
     }

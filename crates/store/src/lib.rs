@@ -26,7 +26,7 @@ pub use error::StoreError;
 pub use events::Event;
 pub use nodes::{NodeEnroll, NodeFilter, NodePage, SessionOpen, StatusChange};
 pub use tenancy::{Bootstrap, TokenRecord};
-pub use work::{Finished, JobPage, LogChunk};
+pub use work::{AgentReport, Finished, JobPage, LogChunk, ReportOutcome};
 
 use sqlx::{PgPool, SqlitePool};
 

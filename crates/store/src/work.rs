@@ -73,6 +73,20 @@ pub struct LogChunk {
     pub truncated: bool,
 }
 
+/// An agent's report about one allocation (see [`Store::allocation_reports`]).
+#[derive(Debug, Clone, Copy)]
+pub enum AgentReport<'a> {
+    Started { key: &'a str, node: &'a NodeId, restarts: u32 },
+    Finished { key: &'a str, node: &'a NodeId, exit_code: i32, error: &'a str },
+}
+
+/// The answer to one [`AgentReport`], as the single-report calls give it.
+#[derive(Debug)]
+pub enum ReportOutcome {
+    Started(Option<Allocation>),
+    Finished(Option<Finished>),
+}
+
 /// What a finished report changed.
 #[derive(Debug, Clone)]
 pub struct Finished {
@@ -192,43 +206,56 @@ impl Store {
     /// Stores a new pending job. With an idempotency key that was used before
     /// in the project, returns the first job instead (and `false`).
     pub async fn job_submit(&self, job: &Job, idempotency_key: Option<&str>) -> Result<(Job, bool)> {
+        Ok(self.jobs_submit(&[(job, idempotency_key)]).await?.pop().expect("one answer per job"))
+    }
+
+    /// [`Store::job_submit`] for many jobs, in order, in one transaction
+    /// (group commit of submissions that arrive together). A key used twice
+    /// in one batch gives the first job to both.
+    pub async fn jobs_submit(&self, jobs: &[(&Job, Option<&str>)]) -> Result<Vec<(Job, bool)>> {
         in_tx!(self, |tx| {
-            if let Some(key) = idempotency_key {
-                let row =
-                    sqlx::query(&format!("SELECT {JOB_COLS} FROM jobs WHERE project_id = $1 AND idempotency_key = $2"))
-                        .bind(job.project_id.as_str())
-                        .bind(key)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                if let Some(r) = row {
-                    return Ok((job_from_row(&r)?, false));
+            let mut out = Vec::with_capacity(jobs.len());
+            for &(job, idempotency_key) in jobs {
+                if let Some(key) = idempotency_key {
+                    let row = sqlx::query(&format!(
+                        "SELECT {JOB_COLS} FROM jobs WHERE project_id = $1 AND idempotency_key = $2"
+                    ))
+                    .bind(job.project_id.as_str())
+                    .bind(key)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    if let Some(r) = row {
+                        out.push((job_from_row(&r)?, false));
+                        continue;
+                    }
                 }
+                sqlx::query(
+                    "INSERT INTO jobs (id, project_id, spec, labels, status, priority, max_attempts, attempt, node_id,
+                                       exit_code, error, idempotency_key, created_at, updated_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, 0, NULL, NULL, '', $8, $9, $9)",
+                )
+                .bind(job.id.as_str())
+                .bind(job.project_id.as_str())
+                .bind(to_json(&job.spec))
+                .bind(to_json(&job.labels))
+                .bind(job.status.as_str())
+                .bind(i64::from(job.spec.priority))
+                .bind(i64::from(job.spec.max_attempts))
+                .bind(idempotency_key)
+                .bind(job.created_at)
+                .execute(&mut *tx)
+                .await?;
+                append_event!(
+                    tx,
+                    job.created_at,
+                    Some(job.project_id.as_str()),
+                    "job.submitted",
+                    job.id.as_str(),
+                    to_json(job)
+                );
+                out.push((job.clone(), true));
             }
-            sqlx::query(
-                "INSERT INTO jobs (id, project_id, spec, labels, status, priority, max_attempts, attempt, node_id,
-                                   exit_code, error, idempotency_key, created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, 0, NULL, NULL, '', $8, $9, $9)",
-            )
-            .bind(job.id.as_str())
-            .bind(job.project_id.as_str())
-            .bind(to_json(&job.spec))
-            .bind(to_json(&job.labels))
-            .bind(job.status.as_str())
-            .bind(i64::from(job.spec.priority))
-            .bind(i64::from(job.spec.max_attempts))
-            .bind(idempotency_key)
-            .bind(job.created_at)
-            .execute(&mut *tx)
-            .await?;
-            append_event!(
-                tx,
-                job.created_at,
-                Some(job.project_id.as_str()),
-                "job.submitted",
-                job.id.as_str(),
-                to_json(job)
-            );
-            Ok((job.clone(), true))
+            Ok::<_, StoreError>(out)
         })
     }
 
@@ -450,32 +477,10 @@ impl Store {
         restarts: u32,
         now: UnixMillis,
     ) -> Result<Option<Allocation>> {
-        in_tx!(self, |tx| {
-            let Some(mut a) = fetch_alloc!(tx, key) else { return Ok(None) };
-            if &a.node_id != node || !matches!(a.status, AllocStatus::Scheduled | AllocStatus::Running) {
-                return Ok(None);
-            }
-            if a.status == AllocStatus::Running && a.restarts == restarts {
-                return Ok(Some(a));
-            }
-            a.status = AllocStatus::Running;
-            a.restarts = restarts;
-            a.started_at = Some(now);
-            update_alloc!(tx, &a);
-            if let Some(job_id) = &a.job_id {
-                if let Some(mut job) = fetch_job!(tx, job_id.as_str())
-                    && job.status == JobStatus::Scheduled
-                    && job.attempt == a.attempt
-                {
-                    job.status = JobStatus::Running;
-                    job.updated_at = now;
-                    update_job!(tx, &job, "job.running");
-                }
-            } else {
-                append_event!(tx, now, Some(a.project_id.as_str()), "allocation.running", &a.key, to_json(&a));
-            }
-            Ok(Some(a))
-        })
+        match self.allocation_reports(&[AgentReport::Started { key, node, restarts }], now).await?.pop() {
+            Some(ReportOutcome::Started(a)) => Ok(a),
+            _ => unreachable!("one started answer per started report"),
+        }
     }
 
     /// The node reports the allocation's process ended. Idempotent: a report
@@ -488,45 +493,115 @@ impl Store {
         error: &str,
         now: UnixMillis,
     ) -> Result<Option<Finished>> {
+        match self.allocation_reports(&[AgentReport::Finished { key, node, exit_code, error }], now).await?.pop() {
+            Some(ReportOutcome::Finished(f)) => Ok(f),
+            _ => unreachable!("one finished answer per finished report"),
+        }
+    }
+
+    /// Applies agents' started and finished reports in order, all in one
+    /// transaction (group commit: the control plane batches what arrives
+    /// together). Each report gets the answer
+    /// [`Store::allocation_started`] or [`Store::allocation_finished`] would
+    /// give; a database error fails them all.
+    pub async fn allocation_reports(&self, reports: &[AgentReport<'_>], now: UnixMillis) -> Result<Vec<ReportOutcome>> {
         in_tx!(self, |tx| {
-            let Some(mut a) = fetch_alloc!(tx, key) else { return Ok(None) };
-            if &a.node_id != node || !a.status.is_active() {
-                return Ok(None);
-            }
-            let ok = exit_code == 0 && error.is_empty();
-            a.status = match (a.status, ok) {
-                (AllocStatus::Stopping, _) => AllocStatus::Stopped,
-                (_, true) => AllocStatus::Succeeded,
-                (_, false) => AllocStatus::Failed,
-            };
-            a.exit_code = Some(exit_code);
-            a.error = error.to_owned();
-            a.finished_at = Some(now);
-            update_alloc!(tx, &a);
-            let mut job_after = None;
-            if let Some(job_id) = &a.job_id {
-                if let Some(mut job) = fetch_job!(tx, job_id.as_str())
-                    && job.attempt == a.attempt
-                    && !job.status.is_terminal()
-                {
-                    let kind = if ok {
-                        job.status = JobStatus::Succeeded;
-                        job.exit_code = Some(exit_code);
-                        job.error.clear();
-                        job.updated_at = now;
-                        "job.succeeded"
-                    } else {
-                        let why =
-                            if error.is_empty() { format!("exited with code {exit_code}") } else { error.to_owned() };
-                        retry_or(&mut job, JobStatus::Failed, why, Some(exit_code), now)
-                    };
-                    update_job!(tx, &job, kind);
-                    job_after = Some(job);
+            let mut out = Vec::with_capacity(reports.len());
+            for r in reports {
+                match *r {
+                    AgentReport::Started { key, node, restarts } => {
+                        let started = 'report: {
+                            let Some(mut a) = fetch_alloc!(tx, key) else { break 'report None };
+                            if &a.node_id != node || !matches!(a.status, AllocStatus::Scheduled | AllocStatus::Running)
+                            {
+                                break 'report None;
+                            }
+                            if a.status == AllocStatus::Running && a.restarts == restarts {
+                                break 'report Some(a);
+                            }
+                            a.status = AllocStatus::Running;
+                            a.restarts = restarts;
+                            a.started_at = Some(now);
+                            update_alloc!(tx, &a);
+                            if let Some(job_id) = &a.job_id {
+                                if let Some(mut job) = fetch_job!(tx, job_id.as_str())
+                                    && job.status == JobStatus::Scheduled
+                                    && job.attempt == a.attempt
+                                {
+                                    job.status = JobStatus::Running;
+                                    job.updated_at = now;
+                                    update_job!(tx, &job, "job.running");
+                                }
+                            } else {
+                                append_event!(
+                                    tx,
+                                    now,
+                                    Some(a.project_id.as_str()),
+                                    "allocation.running",
+                                    &a.key,
+                                    to_json(&a)
+                                );
+                            }
+                            Some(a)
+                        };
+                        out.push(ReportOutcome::Started(started));
+                    }
+                    AgentReport::Finished { key, node, exit_code, error } => {
+                        let finished = 'report: {
+                            let Some(mut a) = fetch_alloc!(tx, key) else { break 'report None };
+                            if &a.node_id != node || !a.status.is_active() {
+                                break 'report None;
+                            }
+                            let ok = exit_code == 0 && error.is_empty();
+                            a.status = match (a.status, ok) {
+                                (AllocStatus::Stopping, _) => AllocStatus::Stopped,
+                                (_, true) => AllocStatus::Succeeded,
+                                (_, false) => AllocStatus::Failed,
+                            };
+                            a.exit_code = Some(exit_code);
+                            a.error = error.to_owned();
+                            a.finished_at = Some(now);
+                            update_alloc!(tx, &a);
+                            let mut job_after = None;
+                            if let Some(job_id) = &a.job_id {
+                                if let Some(mut job) = fetch_job!(tx, job_id.as_str())
+                                    && job.attempt == a.attempt
+                                    && !job.status.is_terminal()
+                                {
+                                    let kind = if ok {
+                                        job.status = JobStatus::Succeeded;
+                                        job.exit_code = Some(exit_code);
+                                        job.error.clear();
+                                        job.updated_at = now;
+                                        "job.succeeded"
+                                    } else {
+                                        let why = if error.is_empty() {
+                                            format!("exited with code {exit_code}")
+                                        } else {
+                                            error.to_owned()
+                                        };
+                                        retry_or(&mut job, JobStatus::Failed, why, Some(exit_code), now)
+                                    };
+                                    update_job!(tx, &job, kind);
+                                    job_after = Some(job);
+                                }
+                            } else {
+                                append_event!(
+                                    tx,
+                                    now,
+                                    Some(a.project_id.as_str()),
+                                    "allocation.finished",
+                                    &a.key,
+                                    to_json(&a)
+                                );
+                            }
+                            Some(Finished { allocation: a, job: job_after })
+                        };
+                        out.push(ReportOutcome::Finished(finished));
+                    }
                 }
-            } else {
-                append_event!(tx, now, Some(a.project_id.as_str()), "allocation.finished", &a.key, to_json(&a));
             }
-            Ok(Some(Finished { allocation: a, job: job_after }))
+            Ok::<_, StoreError>(out)
         })
     }
 
