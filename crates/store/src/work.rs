@@ -81,6 +81,9 @@ pub enum AgentReport<'a> {
 }
 
 /// The answer to one [`AgentReport`], as the single-report calls give it.
+// Short-lived, one per report in a batch: boxing a variant would only add an
+// allocation per report.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum ReportOutcome {
     Started(Option<Allocation>),
