@@ -17,32 +17,23 @@ async fn loadgen(args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// `tether-loadgen agents` with 20 simulated agents against `cp`, plus `extra`.
+fn fleet_args(cp: &ControlPlane, extra: &[&str]) -> Vec<String> {
+    let ids = cp.dir.path().join("ids.json");
+    let mut args: Vec<String> = ["--addr", &cp.url(), "--token", &cp.admin_token, "agents", "--count", "20"]
+        .into_iter()
+        .chain(["--join-token", &cp.join_token, "--identities", ids.to_str().unwrap(), "--ramp", "200"])
+        .map(String::from)
+        .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
 async fn loadgen_scenarios_run(backend: Backend) {
     let cp = ControlPlane::start(backend).await;
-    let ids = cp.dir.path().join("ids.json");
-    let url = cp.url();
-    let fleet = loadgen(&[
-        "--addr",
-        &url,
-        "--token",
-        &cp.admin_token,
-        "agents",
-        "--count",
-        "20",
-        "--join-token",
-        &cp.join_token,
-        "--identities",
-        ids.to_str().unwrap(),
-        "--ramp",
-        "200",
-        "--hold-secs",
-        "2",
-        "--submit",
-        "5",
-        "--submit-rate",
-        "20",
-    ])
-    .await;
+    let args = fleet_args(&cp, &["--hold-secs", "2", "--submit", "5", "--submit-rate", "20"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let fleet = loadgen(&args).await;
     assert_eq!(fleet["sessions_opened"], 20, "{fleet}");
     assert_eq!(fleet["jobs"]["submit_to_agent_ms"]["arrived"], 5, "{fleet}");
     assert_eq!(fleet["jobs"]["succeeded"], 5, "{fleet}");
@@ -68,32 +59,7 @@ async fn loadgen_scenarios_run(backend: Backend) {
 /// first attempt (none lost).
 async fn loadgen_rides_out_a_restart(backend: Backend) {
     let mut cp = ControlPlane::start(backend).await;
-    let ids = cp.dir.path().join("ids.json");
-    let args: Vec<String> = [
-        "--addr",
-        &cp.url(),
-        "--token",
-        &cp.admin_token,
-        "agents",
-        "--count",
-        "20",
-        "--join-token",
-        &cp.join_token,
-        "--identities",
-        ids.to_str().unwrap(),
-        "--ramp",
-        "200",
-        "--hold-secs",
-        "12",
-        "--submit",
-        "5",
-        "--submit-rate",
-        "50",
-        "--job-ms",
-        "3000",
-    ]
-    .map(String::from)
-    .into();
+    let args = fleet_args(&cp, &["--hold-secs", "12", "--submit", "5", "--submit-rate", "50", "--job-ms", "3000"]);
     let run = tokio::process::Command::new(bin_dir().join("tether-loadgen")).args(&args).kill_on_drop(true).output();
     let run = tokio::spawn(run);
     // Restart while the five jobs are running on the simulated agents.

@@ -450,39 +450,15 @@ async fn watch_outages(stats: Arc<Stats>, count: usize, stop: Stop) -> serde_jso
 async fn submit(addr: &str, token: &str, a: &AgentsArgs, stats: &Arc<Stats>) -> anyhow::Result<serde_json::Value> {
     let channel = Endpoint::from_shared(addr.to_owned())?.connect().await?;
     let client = pb::job_service_client::JobServiceClient::with_interceptor(channel, Bearer::new(Some(token))?);
-    let submitters = a.submitters.max(1);
-    let gap = (a.submit_rate > 0.0).then(|| Duration::from_secs_f64(submitters as f64 / a.submit_rate));
-    let per = a.submit.div_ceil(submitters);
     let t0 = Instant::now();
-    let mut set = tokio::task::JoinSet::new();
-    for w in 0..submitters {
-        let n = per.min(a.submit.saturating_sub(w * per));
-        let mut c = client.clone();
-        set.spawn(async move {
-            let mut sent = Vec::with_capacity(n);
-            let mut tick = gap.map(tokio::time::interval);
-            for _ in 0..n {
-                if let Some(t) = tick.as_mut() {
-                    t.tick().await;
-                }
-                let spec = pb::JobSpec {
-                    driver: "exec".into(),
-                    exec: Some(pb::ExecSpec { command: "/bin/true".into(), ..Default::default() }),
-                    resources: Some(pb::Resources { cpu_millis: 1, memory_mb: 1, gpus: 0 }),
-                    constraints: Some(pb::Constraints { label_selector: "sim".into(), ..Default::default() }),
-                    ..Default::default()
-                };
-                let at = Instant::now();
-                let j = c.submit_job(pb::SubmitJobRequest { spec: Some(spec), ..Default::default() }).await?;
-                sent.push((j.into_inner().job.map(|j| j.job_id).unwrap_or_default(), at));
-            }
-            Ok::<_, tonic::Status>(sent)
-        });
-    }
-    let mut sent = Vec::with_capacity(a.submit);
-    while let Some(r) = set.join_next().await {
-        sent.extend(r??);
-    }
+    let spec = pb::JobSpec {
+        driver: "exec".into(),
+        exec: Some(pb::ExecSpec { command: "/bin/true".into(), ..Default::default() }),
+        resources: Some(pb::Resources { cpu_millis: 1, memory_mb: 1, gpus: 0 }),
+        constraints: Some(pb::Constraints { label_selector: "sim".into(), ..Default::default() }),
+        ..Default::default()
+    };
+    let sent = crate::submit_jobs(&client, a.submit, a.submitters, a.submit_rate, spec).await?;
     let submit_secs = t0.elapsed().as_secs_f64();
     // Wait (bounded) for the simulated agents to have finished them all.
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -521,7 +497,7 @@ async fn submit(addr: &str, token: &str, a: &AgentsArgs, stats: &Arc<Stats>) -> 
     Ok(json!({
         "submitted": sent.len(),
         "succeeded": succeeded,
-        "submitters": submitters,
+        "submitters": a.submitters.max(1),
         "rate": a.submit_rate,
         "submit_per_sec": sent.len() as f64 / submit_secs,
         "jobs_per_sec_end_to_end": sent.len() as f64 / e2e_secs.max(0.001),

@@ -112,37 +112,14 @@ async fn jobs(
     timeout: Duration,
 ) -> anyhow::Result<()> {
     let t0 = Instant::now();
-    // Each submitter paces itself so that all together submit `rate` per second.
-    let gap = (rate > 0.0).then(|| Duration::from_secs_f64(concurrency as f64 / rate));
-    let mut set = tokio::task::JoinSet::new();
-    let per = count.div_ceil(concurrency);
-    for w in 0..concurrency {
-        let mut c = client.clone();
-        let n = per.min(count.saturating_sub(w * per));
-        let command = command.clone();
-        set.spawn(async move {
-            let mut ids = Vec::with_capacity(n);
-            let mut tick = gap.map(tokio::time::interval);
-            for _ in 0..n {
-                if let Some(t) = tick.as_mut() {
-                    t.tick().await;
-                }
-                let spec = pb::JobSpec {
-                    driver: "exec".into(),
-                    exec: Some(pb::ExecSpec { command: command.clone(), ..Default::default() }),
-                    resources: Some(pb::Resources { cpu_millis: 1, memory_mb: 1, gpus: 0 }),
-                    ..Default::default()
-                };
-                let job = c.submit_job(pb::SubmitJobRequest { spec: Some(spec), ..Default::default() }).await?;
-                ids.push(job.into_inner().job.map(|j| j.job_id).unwrap_or_default());
-            }
-            Ok::<_, tonic::Status>(ids)
-        });
-    }
-    let mut ids = Vec::with_capacity(count);
-    while let Some(r) = set.join_next().await {
-        ids.extend(r??);
-    }
+    let spec = pb::JobSpec {
+        driver: "exec".into(),
+        exec: Some(pb::ExecSpec { command, ..Default::default() }),
+        resources: Some(pb::Resources { cpu_millis: 1, memory_mb: 1, gpus: 0 }),
+        ..Default::default()
+    };
+    let ids: Vec<String> =
+        submit_jobs(&client, count, concurrency, rate, spec).await?.into_iter().map(|(id, _)| id).collect();
     let submit_secs = t0.elapsed().as_secs_f64();
 
     // Wait until every job is terminal (bounded).
@@ -210,6 +187,45 @@ async fn jobs(
     });
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
+}
+
+/// Submits `count` copies of `spec` from `submitters` concurrent callers,
+/// together `rate` per second (0: as fast as they go). Returns each job's id
+/// with the moment its call was issued.
+async fn submit_jobs(
+    client: &Client,
+    count: usize,
+    submitters: usize,
+    rate: f64,
+    spec: pb::JobSpec,
+) -> Result<Vec<(String, Instant)>, tonic::Status> {
+    let submitters = submitters.max(1);
+    // Each submitter paces itself so that all together submit `rate` per second.
+    let gap = (rate > 0.0).then(|| Duration::from_secs_f64(submitters as f64 / rate));
+    let per = count.div_ceil(submitters);
+    let mut set = tokio::task::JoinSet::new();
+    for w in 0..submitters {
+        let n = per.min(count.saturating_sub(w * per));
+        let (mut c, spec) = (client.clone(), spec.clone());
+        set.spawn(async move {
+            let mut sent = Vec::with_capacity(n);
+            let mut tick = gap.map(tokio::time::interval);
+            for _ in 0..n {
+                if let Some(t) = tick.as_mut() {
+                    t.tick().await;
+                }
+                let at = Instant::now();
+                let job = c.submit_job(pb::SubmitJobRequest { spec: Some(spec.clone()), ..Default::default() }).await?;
+                sent.push((job.into_inner().job.map(|j| j.job_id).unwrap_or_default(), at));
+            }
+            Ok::<_, tonic::Status>(sent)
+        });
+    }
+    let mut sent = Vec::with_capacity(count);
+    while let Some(r) = set.join_next().await {
+        sent.extend(r.map_err(|e| tonic::Status::internal(e.to_string()))??);
+    }
+    Ok(sent)
 }
 
 /// Median of a sample, in microseconds.
