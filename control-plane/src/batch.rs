@@ -53,6 +53,23 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
     }
 }
 
+/// Spreads a batch's outcome over its callers: each its own answer, or the
+/// batch's database error (logged once, here) to every one of them.
+pub fn answers<T>(
+    n: usize,
+    what: &str,
+    result: Result<Vec<T>, tether_store::StoreError>,
+) -> Vec<Result<T, tether_types::Error>> {
+    match result {
+        Ok(out) => out.into_iter().map(Ok).collect(),
+        Err(e) => {
+            tracing::error!(error = &e as &dyn std::error::Error, items = n, "{what} failed");
+            let e = tether_types::Error::from(e);
+            (0..n).map(|_| Err(e.clone())).collect()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;

@@ -168,18 +168,11 @@ pub fn report_batcher(store: tether_store::Store) -> Reports {
                     }
                 })
                 .collect();
-            match store.allocation_reports(&reports, now_ms()).await {
-                Ok(out) => out.into_iter().map(Ok).collect(),
-                Err(e) => {
-                    tracing::error!(
-                        error = &e as &dyn std::error::Error,
-                        reports = items.len(),
-                        "writing agent reports failed"
-                    );
-                    let e = tether_types::Error::from(e);
-                    items.iter().map(|_| Err(e.clone())).collect()
-                }
-            }
+            crate::batch::answers(
+                items.len(),
+                "writing agent reports",
+                store.allocation_reports(&reports, now_ms()).await,
+            )
         }
     })
 }

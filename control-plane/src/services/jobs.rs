@@ -85,18 +85,7 @@ pub fn submit_batcher(store: tether_store::Store) -> Submits {
         let store = store.clone();
         async move {
             let jobs: Vec<(&Job, Option<&str>)> = items.iter().map(|(j, k)| (j, k.as_deref())).collect();
-            match store.jobs_submit(&jobs).await {
-                Ok(out) => out.into_iter().map(Ok).collect(),
-                Err(e) => {
-                    tracing::error!(
-                        error = &e as &dyn std::error::Error,
-                        jobs = items.len(),
-                        "storing submitted jobs failed"
-                    );
-                    let e = Error::from(e);
-                    items.iter().map(|_| Err(e.clone())).collect()
-                }
-            }
+            crate::batch::answers(items.len(), "storing submitted jobs", store.jobs_submit(&jobs).await)
         }
     })
 }
