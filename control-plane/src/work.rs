@@ -572,7 +572,7 @@ async fn pass(app: &App, state: &mut PassState) -> Result<(), StoreError> {
         let Some(i) = i else { continue };
         let attempt = j.attempt + 1;
         let a = Allocation {
-            key: format!("{}/{attempt}", j.id),
+            key: alloc_key(j.id.as_str(), attempt),
             project_id: j.project_id.clone(),
             kind: AllocKind::Job,
             job_id: Some(j.id.clone()),

@@ -124,6 +124,23 @@ impl Store {
         self.node_version.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
+    /// A table expression `AS alias` over the JSON array of objects bound as
+    /// `$1`, with the given columns (name, SQL type): how one statement takes
+    /// many rows on both backends.
+    pub(crate) fn json_rows(&self, alias: &str, cols: &[(&str, &str)]) -> String {
+        match self.backend {
+            Backend::Sqlite { .. } => {
+                let fields: Vec<String> =
+                    cols.iter().map(|(c, _)| format!("json_extract(value, '$.{c}') AS {c}")).collect();
+                format!("(SELECT {} FROM json_each($1)) AS {alias}", fields.join(", "))
+            }
+            Backend::Postgres(_) => {
+                let fields: Vec<String> = cols.iter().map(|(c, t)| format!("{c} {t}")).collect();
+                format!("jsonb_to_recordset($1::jsonb) AS {alias}({})", fields.join(", "))
+            }
+        }
+    }
+
     pub fn backend_name(&self) -> &'static str {
         match self.backend {
             Backend::Sqlite { .. } => "sqlite",

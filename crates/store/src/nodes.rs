@@ -246,35 +246,23 @@ impl Store {
         if opens.is_empty() {
             return Ok(Vec::new());
         }
-        let sqlite = self.backend_name() == "sqlite";
-        let ids = serde_json::Value::Array(opens.iter().map(|o| o.id.as_str().into()).collect()).to_string();
-        let select = if sqlite {
-            format!("SELECT {NODE_COLS} FROM nodes WHERE id IN (SELECT value FROM json_each($1))")
-        } else {
-            format!("SELECT {NODE_COLS} FROM nodes WHERE id IN (SELECT jsonb_array_elements_text($1::jsonb))")
-        };
+        let ids: Vec<serde_json::Value> = opens.iter().map(|o| serde_json::json!({"id": o.id.as_str()})).collect();
+        let ids = serde_json::Value::Array(ids).to_string();
+        let select = format!(
+            "SELECT {NODE_COLS} FROM nodes WHERE id IN (SELECT i.id FROM {})",
+            self.json_rows("i", &[("id", "text")])
+        );
         // `u` has an id too: name the returned columns by table.
         let returning = NODE_COLS.split(',').map(|c| format!("nodes.{}", c.trim())).collect::<Vec<_>>().join(", ");
-        let update = if sqlite {
-            format!(
-                "UPDATE nodes SET status = 'ready',
-                        status_changed_at = CASE WHEN status = 'ready' THEN status_changed_at ELSE $2 END,
-                        last_seen_at = $2, session_generation = u.generation, lease_replica = $3,
-                        capabilities = u.caps
-                 FROM (SELECT json_extract(value, '$.id') AS id, json_extract(value, '$.generation') AS generation,
-                              json_extract(value, '$.caps') AS caps FROM json_each($1)) AS u
-                 WHERE nodes.id = u.id RETURNING {returning}"
-            )
-        } else {
-            format!(
-                "UPDATE nodes SET status = 'ready',
-                        status_changed_at = CASE WHEN status = 'ready' THEN status_changed_at ELSE $2 END,
-                        last_seen_at = $2, session_generation = u.generation, lease_replica = $3,
-                        capabilities = u.caps
-                 FROM jsonb_to_recordset($1::jsonb) AS u(id text, generation bigint, caps text)
-                 WHERE nodes.id = u.id RETURNING {returning}"
-            )
-        };
+        let update = format!(
+            "UPDATE nodes SET status = 'ready',
+                    status_changed_at = CASE WHEN status = 'ready' THEN status_changed_at ELSE $2 END,
+                    last_seen_at = $2, session_generation = u.generation, lease_replica = $3,
+                    capabilities = u.caps
+             FROM {}
+             WHERE nodes.id = u.id RETURNING {returning}",
+            self.json_rows("u", &[("id", "text"), ("generation", "bigint"), ("caps", "text")])
+        );
         let out = in_tx!(self, |tx| {
             let mut before: std::collections::HashMap<String, Node> = std::collections::HashMap::new();
             for r in sqlx::query(&select).bind(&ids).fetch_all(&mut *tx).await? {
@@ -394,19 +382,11 @@ impl Store {
             return Ok(());
         }
         // The rows travel as one JSON array: [{"id": ..., "ts": ...}, ...].
-        let sql = match self.backend_name() {
-            "sqlite" => {
-                "UPDATE nodes SET last_seen_at = l.ts, lease_replica = $2
-                 FROM (SELECT json_extract(value, '$.id') AS id, json_extract(value, '$.ts') AS ts
-                       FROM json_each($1)) AS l
-                 WHERE nodes.id = l.id AND nodes.last_seen_at < l.ts"
-            }
-            _ => {
-                "UPDATE nodes SET last_seen_at = l.ts, lease_replica = $2
-                 FROM jsonb_to_recordset($1::jsonb) AS l(id text, ts bigint)
-                 WHERE nodes.id = l.id AND nodes.last_seen_at < l.ts"
-            }
-        };
+        let sql = format!(
+            "UPDATE nodes SET last_seen_at = l.ts, lease_replica = $2 FROM {}
+             WHERE nodes.id = l.id AND nodes.last_seen_at < l.ts",
+            self.json_rows("l", &[("id", "text"), ("ts", "bigint")])
+        );
         let batches: Vec<String> = leases
             .chunks(1000)
             .map(|chunk| {
@@ -417,7 +397,7 @@ impl Store {
             .collect();
         in_tx!(self, |tx| {
             for batch in &batches {
-                sqlx::query(sql).bind(batch).bind(replica).execute(&mut *tx).await?;
+                sqlx::query(&sql).bind(batch).bind(replica).execute(&mut *tx).await?;
             }
             Ok::<_, StoreError>(())
         })

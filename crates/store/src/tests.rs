@@ -382,7 +382,7 @@ fn job(p: &ProjectId, n: u8, max_attempts: u32) -> Job {
 
 fn attempt(j: &Job, node: &NodeId, attempt: u32) -> Allocation {
     Allocation {
-        key: format!("{}/{attempt}", j.id),
+        key: tether_types::alloc_key(j.id.as_str(), attempt),
         project_id: j.project_id.clone(),
         kind: AllocKind::Job,
         job_id: Some(j.id.clone()),

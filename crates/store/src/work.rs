@@ -361,7 +361,7 @@ impl Store {
             job.updated_at = now;
             let mut stopping = None;
             if job.attempt > 0 {
-                let key = format!("{}/{}", job.id, job.attempt);
+                let key = tether_types::alloc_key(job.id.as_str(), job.attempt);
                 if let Some(mut a) = fetch_alloc!(tx, &key)
                     && a.status.is_active()
                 {
@@ -389,11 +389,17 @@ impl Store {
 
     /// Active allocations on one node.
     pub async fn allocations_on_node(&self, node: &NodeId) -> Result<Vec<Allocation>> {
+        self.active_allocations_where("node_id", node.as_str()).await
+    }
+
+    /// Active allocations whose `column` (a fixed column name) is `value`,
+    /// oldest first.
+    pub(crate) async fn active_allocations_where(&self, column: &'static str, value: &str) -> Result<Vec<Allocation>> {
         on_read!(self, |pool| {
             sqlx::query(&format!(
-                "SELECT {ALLOC_COLS} FROM allocations WHERE node_id = $1 AND {ACTIVE} ORDER BY scheduled_at, key"
+                "SELECT {ALLOC_COLS} FROM allocations WHERE {column} = $1 AND {ACTIVE} ORDER BY scheduled_at, key"
             ))
-            .bind(node.as_str())
+            .bind(value)
             .fetch_all(pool)
             .await?
             .iter()

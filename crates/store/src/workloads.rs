@@ -4,7 +4,7 @@ use tether_types::{Allocation, Error, ErrorCode, ProjectId, UnixMillis, Workload
 
 use crate::events::append_event;
 use crate::row::{Get, to_json};
-use crate::work::{ACTIVE, ALLOC_COLS, alloc_from_row};
+use crate::work::{ALLOC_COLS, alloc_from_row};
 use crate::{Result, Store, StoreError, in_tx, on_read};
 
 const WL_COLS: &str = "id, project_id, name, spec, spec_version, replicas, created_at, updated_at";
@@ -170,16 +170,6 @@ impl Store {
 
     /// A workload's replicas that still hold resources.
     pub async fn workload_allocations(&self, id: &WorkloadId) -> Result<Vec<Allocation>> {
-        on_read!(self, |pool| {
-            sqlx::query(&format!(
-                "SELECT {ALLOC_COLS} FROM allocations WHERE workload_id = $1 AND {ACTIVE} ORDER BY scheduled_at, key"
-            ))
-            .bind(id.as_str())
-            .fetch_all(pool)
-            .await?
-            .iter()
-            .map(alloc_from_row)
-            .collect()
-        })
+        self.active_allocations_where("workload_id", id.as_str()).await
     }
 }
