@@ -78,7 +78,7 @@ struct OpenItem {
     capabilities: Option<NodeCapabilities>,
 }
 
-type Opened = Result<(Node, Vec<(String, i64)>), Error>;
+type Opened = Result<tether_store::OpenedSession, Error>;
 
 pub struct Registry {
     nodes: Mutex<HashMap<NodeId, Entry>>,
@@ -96,38 +96,21 @@ pub struct Registry {
 /// Most session opens written in one transaction.
 const OPEN_BATCH: usize = 256;
 
-/// Writes a batch of session opens, one transaction per round of distinct
-/// nodes (a node twice in a batch waits for the next round).
+/// Writes a batch of session opens in one transaction.
 async fn open_sessions(store: &Store, replica: &str, items: Vec<OpenItem>) -> Vec<Opened> {
-    let mut answers: Vec<Option<Opened>> = (0..items.len()).map(|_| None).collect();
-    let mut pending: Vec<usize> = (0..items.len()).collect();
-    while !pending.is_empty() {
-        let mut seen = std::collections::HashSet::new();
-        let (round, later): (Vec<usize>, Vec<usize>) = pending.iter().partition(|&&i| seen.insert(&items[i].node));
-        let opens: Vec<tether_store::SessionOpen<'_>> = round
-            .iter()
-            .map(|&i| tether_store::SessionOpen {
-                id: &items[i].node,
-                generation: items[i].generation,
-                capabilities: items[i].capabilities.as_ref(),
-            })
-            .collect();
-        match store.node_sessions_open(&opens, replica, now_ms()).await {
-            Ok(results) => {
-                for (&i, r) in round.iter().zip(results) {
-                    answers[i] = Some(r.map_err(Error::from));
-                }
-            }
-            Err(e) => {
-                let e = Error::from(e);
-                for &i in &round {
-                    answers[i] = Some(Err(e.clone()));
-                }
-            }
-        }
-        pending = later;
-    }
-    answers.into_iter().map(|a| a.unwrap_or_else(|| Err(Error::internal("session open not answered")))).collect()
+    let opens: Vec<tether_store::SessionOpen<'_>> = items
+        .iter()
+        .map(|i| tether_store::SessionOpen {
+            id: &i.node,
+            generation: i.generation,
+            capabilities: i.capabilities.as_ref(),
+        })
+        .collect();
+    let out = store.node_sessions_open(&opens, replica, now_ms()).await;
+    crate::batch::answers(items.len(), "opening sessions", out)
+        .into_iter()
+        .map(|answer| answer.and_then(|opened| opened.map_err(Error::from)))
+        .collect()
 }
 
 impl Registry {

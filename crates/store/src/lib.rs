@@ -24,7 +24,7 @@ mod tests;
 
 pub use error::StoreError;
 pub use events::Event;
-pub use nodes::{NodeEnroll, NodeFilter, NodePage, SessionOpen, StatusChange};
+pub use nodes::{NodeEnroll, NodeFilter, NodePage, OpenedSession, SessionOpen, StatusChange};
 pub use tenancy::{Bootstrap, TokenRecord};
 pub use work::{AgentReport, Finished, JobPage, LogChunk, ReportOutcome};
 

@@ -11,6 +11,9 @@ const NODE_COLS: &str = "id, project_id, status, desired_state, desired_state_ve
      registered_at, status_changed_at, last_seen_at, session_generation, join_token_id, desired_state_reason,
      acked_desired_state_version, desired_state_nack, drain_deadline";
 
+/// An opened session's node and the events its opening appended (kind, seq).
+pub type OpenedSession = (Node, Vec<(String, i64)>);
+
 /// One heartbeat session to open (see [`Store::node_sessions_open`]).
 #[derive(Debug, Clone)]
 pub struct SessionOpen<'a> {
@@ -235,19 +238,18 @@ impl Store {
     /// three statements however many there are (group commit for reconnect
     /// storms): one read, one update, and an event insert per node whose
     /// status or capabilities changed. Each open gets its own answer; a
-    /// refused one (not registered, fenced) changes nothing. Node ids must be
-    /// distinct.
+    /// refused one (not registered, fenced) changes nothing. A node named
+    /// twice is opened in order: its later opens go in a further round of the
+    /// same transaction, which sees the earlier ones.
     pub async fn node_sessions_open(
         &self,
         opens: &[SessionOpen<'_>],
         replica: &str,
         now: UnixMillis,
-    ) -> Result<Vec<Result<(Node, Vec<(String, i64)>)>>> {
+    ) -> Result<Vec<Result<OpenedSession>>> {
         if opens.is_empty() {
             return Ok(Vec::new());
         }
-        let ids: Vec<serde_json::Value> = opens.iter().map(|o| serde_json::json!({"id": o.id.as_str()})).collect();
-        let ids = serde_json::Value::Array(ids).to_string();
         let select = format!(
             "SELECT {NODE_COLS} FROM nodes WHERE id IN (SELECT i.id FROM {})",
             self.json_rows("i", &[("id", "text")])
@@ -264,68 +266,80 @@ impl Store {
             self.json_rows("u", &[("id", "text"), ("generation", "bigint"), ("caps", "text")])
         );
         let out = in_tx!(self, |tx| {
-            let mut before: std::collections::HashMap<String, Node> = std::collections::HashMap::new();
-            for r in sqlx::query(&select).bind(&ids).fetch_all(&mut *tx).await? {
-                let n = node_from_row(&r)?;
-                before.insert(n.id.as_str().to_owned(), n);
-            }
-            // Decide each open; collect the rows to write.
-            let mut answers: Vec<Option<Result<()>>> = Vec::with_capacity(opens.len());
-            let mut rows = Vec::new();
-            for o in opens {
-                let Some(b) = before.get(o.id.as_str()) else {
-                    answers.push(Some(Err(Error::unauthenticated("node is not registered").into())));
-                    continue;
-                };
-                if o.generation < b.session_generation {
-                    answers.push(Some(Err(Error::new(
-                        ErrorCode::Aborted,
-                        format!(
-                            "session generation {} is older than {}: a newer agent process holds this node",
-                            o.generation, b.session_generation
-                        ),
-                    )
-                    .into())));
-                    continue;
-                }
-                answers.push(None);
-                rows.push(serde_json::json!({
-                    "id": o.id.as_str(),
-                    "generation": o.generation as i64,
-                    "caps": to_json(o.capabilities.unwrap_or(&b.capabilities)),
-                }));
-            }
-            let mut after: std::collections::HashMap<String, Node> = std::collections::HashMap::new();
-            if !rows.is_empty() {
-                let rows = serde_json::Value::Array(rows).to_string();
-                for r in sqlx::query(&update).bind(rows).bind(now).bind(replica).fetch_all(&mut *tx).await? {
+            let mut answered: Vec<Option<Result<OpenedSession>>> = opens.iter().map(|_| None).collect();
+            let mut pending: Vec<usize> = (0..opens.len()).collect();
+            while !pending.is_empty() {
+                let mut seen = std::collections::HashSet::new();
+                let (round, later): (Vec<usize>, Vec<usize>) = pending.iter().partition(|&&i| seen.insert(opens[i].id));
+                pending = later;
+                let ids: Vec<serde_json::Value> =
+                    round.iter().map(|&i| serde_json::json!({"id": opens[i].id.as_str()})).collect();
+                let ids = serde_json::Value::Array(ids).to_string();
+                let mut before: std::collections::HashMap<String, Node> = std::collections::HashMap::new();
+                for r in sqlx::query(&select).bind(&ids).fetch_all(&mut *tx).await? {
                     let n = node_from_row(&r)?;
-                    after.insert(n.id.as_str().to_owned(), n);
+                    before.insert(n.id.as_str().to_owned(), n);
+                }
+                // Decide each open; collect the rows to write.
+                let mut answers: Vec<Option<Result<()>>> = Vec::with_capacity(round.len());
+                let mut rows = Vec::new();
+                for o in round.iter().map(|&i| &opens[i]) {
+                    let Some(b) = before.get(o.id.as_str()) else {
+                        answers.push(Some(Err(Error::unauthenticated("node is not registered").into())));
+                        continue;
+                    };
+                    if o.generation < b.session_generation {
+                        answers.push(Some(Err(Error::new(
+                            ErrorCode::Aborted,
+                            format!(
+                                "session generation {} is older than {}: a newer agent process holds this node",
+                                o.generation, b.session_generation
+                            ),
+                        )
+                        .into())));
+                        continue;
+                    }
+                    answers.push(None);
+                    rows.push(serde_json::json!({
+                        "id": o.id.as_str(),
+                        "generation": o.generation as i64,
+                        "caps": to_json(o.capabilities.unwrap_or(&b.capabilities)),
+                    }));
+                }
+                let mut after: std::collections::HashMap<String, Node> = std::collections::HashMap::new();
+                if !rows.is_empty() {
+                    let rows = serde_json::Value::Array(rows).to_string();
+                    for r in sqlx::query(&update).bind(rows).bind(now).bind(replica).fetch_all(&mut *tx).await? {
+                        let n = node_from_row(&r)?;
+                        after.insert(n.id.as_str().to_owned(), n);
+                    }
+                }
+                for (&i, answer) in round.iter().zip(answers) {
+                    let o = &opens[i];
+                    if let Some(Err(e)) = answer {
+                        answered[i] = Some(Err(e));
+                        continue;
+                    }
+                    let (Some(b), Some(node)) = (before.get(o.id.as_str()), after.remove(o.id.as_str())) else {
+                        answered[i] = Some(Err(Error::unauthenticated("node is not registered").into()));
+                        continue;
+                    };
+                    let mut events = Vec::new();
+                    let project = Some(node.project_id.as_str());
+                    if o.capabilities.is_some_and(|c| *c != b.capabilities) {
+                        let seq = append_event!(tx, now, project, "node.updated", o.id.as_str(), to_json(&node));
+                        events.push(("node.updated".to_owned(), seq));
+                    }
+                    if b.status != NodeStatus::Ready {
+                        let seq = append_event!(tx, now, project, "node.status_changed", o.id.as_str(), to_json(&node));
+                        events.push(("node.status_changed".to_owned(), seq));
+                    }
+                    answered[i] = Some(Ok((node, events)));
                 }
             }
-            let mut results = Vec::with_capacity(opens.len());
-            for (o, answer) in opens.iter().zip(answers) {
-                if let Some(Err(e)) = answer {
-                    results.push(Err(e));
-                    continue;
-                }
-                let (Some(b), Some(node)) = (before.get(o.id.as_str()), after.remove(o.id.as_str())) else {
-                    results.push(Err(Error::unauthenticated("node is not registered").into()));
-                    continue;
-                };
-                let mut events = Vec::new();
-                let project = Some(node.project_id.as_str());
-                if o.capabilities.is_some_and(|c| *c != b.capabilities) {
-                    let seq = append_event!(tx, now, project, "node.updated", o.id.as_str(), to_json(&node));
-                    events.push(("node.updated".to_owned(), seq));
-                }
-                if b.status != NodeStatus::Ready {
-                    let seq = append_event!(tx, now, project, "node.status_changed", o.id.as_str(), to_json(&node));
-                    events.push(("node.status_changed".to_owned(), seq));
-                }
-                results.push(Ok((node, events)));
-            }
-            Ok::<_, StoreError>(results)
+            Ok::<_, StoreError>(
+                answered.into_iter().map(|a| a.expect("every open is answered in its round")).collect::<Vec<_>>(),
+            )
         });
         if out.as_ref().is_ok_and(|r| r.iter().any(|x| x.as_ref().is_ok_and(|(_, ev)| !ev.is_empty()))) {
             self.node_changed();
