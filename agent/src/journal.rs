@@ -17,9 +17,36 @@ const REMEMBER_RELEASED: usize = 20_000;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "ev", rename_all = "snake_case")]
 pub enum Entry {
-    Start { job: String, attempt: u32 },
-    End { job: String, attempt: u32, code: i32, error: String },
-    Release { job: String, attempt: u32 },
+    Start {
+        job: String,
+        attempt: u32,
+    },
+    End {
+        job: String,
+        attempt: u32,
+        code: i32,
+        error: String,
+        /// Given up without a result (fenced); counted as lost.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        lost: bool,
+    },
+    /// The control plane stored the outcome; it is kept, should the control
+    /// plane ever ask again (it answers a resent assignment).
+    Release {
+        job: String,
+        attempt: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        outcome: Option<Outcome>,
+    },
+}
+
+/// How an allocation ended on this node.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Outcome {
+    pub code: i32,
+    pub error: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lost: bool,
 }
 
 /// What the journal says about one allocation.
@@ -27,11 +54,9 @@ pub enum Entry {
 pub enum Past {
     /// Started and not ended: the agent died while it ran.
     Interrupted,
-    Ended {
-        code: i32,
-        error: String,
-    },
-    Released,
+    Ended(Outcome),
+    /// Released, with its outcome when the journal kept it.
+    Released(Option<Outcome>),
 }
 
 /// What the journal recorded, by (job id, attempt).
@@ -55,11 +80,11 @@ impl Journal {
                     Entry::Start { job, attempt } => {
                         past.entry((job, attempt)).or_insert(Past::Interrupted);
                     }
-                    Entry::End { job, attempt, code, error } => {
-                        past.insert((job, attempt), Past::Ended { code, error });
+                    Entry::End { job, attempt, code, error, lost } => {
+                        past.insert((job, attempt), Past::Ended(Outcome { code, error, lost }));
                     }
-                    Entry::Release { job, attempt } => {
-                        past.insert((job.clone(), attempt), Past::Released);
+                    Entry::Release { job, attempt, outcome } => {
+                        past.insert((job.clone(), attempt), Past::Released(outcome));
                         released.push_back((job, attempt));
                     }
                 }
@@ -78,8 +103,8 @@ impl Journal {
                 let (job, attempt) = (job.clone(), *attempt);
                 let e = match p {
                     Past::Interrupted => Entry::Start { job, attempt },
-                    Past::Ended { code, error } => Entry::End { job, attempt, code: *code, error: error.clone() },
-                    Past::Released => Entry::Release { job, attempt },
+                    Past::Ended(o) => Entry::End { job, attempt, code: o.code, error: o.error.clone(), lost: o.lost },
+                    Past::Released(outcome) => Entry::Release { job, attempt, outcome: outcome.clone() },
                 };
                 serde_json::to_writer(&mut f, &e)?;
                 f.write_all(b"\n")?;
@@ -114,10 +139,20 @@ mod tests {
             assert!(past.is_empty());
             j.record(&Entry::Start { job: "job-a".into(), attempt: 1 }).unwrap();
             j.record(&Entry::Start { job: "job-b".into(), attempt: 1 }).unwrap();
-            j.record(&Entry::End { job: "job-b".into(), attempt: 1, code: 0, error: String::new() }).unwrap();
+            j.record(&Entry::End { job: "job-b".into(), attempt: 1, code: 0, error: String::new(), lost: false })
+                .unwrap();
             j.record(&Entry::Start { job: "job-c".into(), attempt: 2 }).unwrap();
-            j.record(&Entry::End { job: "job-c".into(), attempt: 2, code: 1, error: String::new() }).unwrap();
-            j.record(&Entry::Release { job: "job-c".into(), attempt: 2 }).unwrap();
+            j.record(&Entry::End { job: "job-c".into(), attempt: 2, code: 1, error: String::new(), lost: false })
+                .unwrap();
+            let outcome = Outcome { code: 1, error: String::new(), lost: false };
+            j.record(&Entry::Release { job: "job-c".into(), attempt: 2, outcome: Some(outcome) }).unwrap();
+            // A line from before outcomes were kept.
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(dir.join("allocations.jsonl"))
+                .unwrap()
+                .write_all(b"{\"ev\":\"release\",\"job\":\"job-d\",\"attempt\":1}\n")
+                .unwrap();
             // A torn line.
             std::fs::OpenOptions::new()
                 .append(true)
@@ -128,10 +163,19 @@ mod tests {
         }
         let (_, past) = Journal::open(&dir).unwrap();
         assert_eq!(past[&("job-a".to_string(), 1)], Past::Interrupted);
-        assert_eq!(past[&("job-b".to_string(), 1)], Past::Ended { code: 0, error: String::new() });
-        assert_eq!(past[&("job-c".to_string(), 2)], Past::Released);
+        assert_eq!(
+            past[&("job-b".to_string(), 1)],
+            Past::Ended(Outcome { code: 0, error: String::new(), lost: false })
+        );
+        assert_eq!(
+            past[&("job-c".to_string(), 2)],
+            Past::Released(Some(Outcome { code: 1, error: String::new(), lost: false }))
+        );
+        assert_eq!(past[&("job-d".to_string(), 1)], Past::Released(None));
         let lines = std::fs::read_to_string(dir.join("allocations.jsonl")).unwrap().lines().count();
-        assert_eq!(lines, 3, "compacted to one line per allocation");
+        assert_eq!(lines, 4, "compacted to one line per allocation");
+        let (_, again) = Journal::open(&dir).unwrap();
+        assert_eq!(again, past, "compaction keeps what it read");
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -3,6 +3,7 @@
 //! reconnecting forever with capped, fully jittered exponential backoff.
 
 mod backoff;
+mod fence;
 mod host;
 mod journal;
 mod runner;

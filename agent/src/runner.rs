@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use tether_proto::agent_pb::{self, jobs_request};
 use tokio::io::AsyncReadExt;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::journal::{Entry, Journal, Past};
+use crate::journal::{Entry, Journal, Outcome, Past};
 
 type Key = (String, u32);
 
@@ -23,32 +23,51 @@ type Key = (String, u32);
 const KILL_GRACE: Duration = Duration::from_secs(3);
 const DEFAULT_MAX_LOG: u64 = 1024 * 1024;
 const CHUNK: usize = 16 * 1024;
+/// Log chunks queued for the Jobs stream at most (16 KiB each).
+const LOG_CHUNKS_QUEUED: usize = 64;
+
+/// Why a running allocation is being stopped.
+#[derive(Debug, Clone)]
+struct Stop {
+    why: String,
+    /// Given up without a result: reported lost, not failed.
+    lost: bool,
+    /// SIGKILL at once instead of SIGTERM and a grace.
+    kill: bool,
+}
 
 enum Slot {
     Running {
         cancel: CancellationToken,
-        reason: Arc<Mutex<Option<String>>>,
+        stop: Arc<Mutex<Option<Stop>>>,
         restarts: u32,
+        /// A job attempt (not a service replica).
+        job: bool,
     },
-    Finished {
-        code: i32,
-        error: String,
-    },
-    /// Released by the control plane; remembered to refuse resends.
-    Done,
+    Finished(Outcome),
+    /// Released by the control plane; remembered to refuse resends, with the
+    /// outcome to repeat should the control plane ask again.
+    Done(Option<Outcome>),
 }
+
+/// What goes out on the Jobs stream. Control messages (started, finished)
+/// are never dropped: the queue is unbounded, and they are few (one or two
+/// per allocation). Log chunks carry a permit of a bounded budget, given
+/// back when the stream takes them.
+pub type Outbound = (agent_pb::JobsRequest, Option<OwnedSemaphorePermit>);
 
 struct State {
     slots: HashMap<Key, Slot>,
     journal: Journal,
     /// The current Jobs stream, while connected.
-    out: Option<mpsc::Sender<agent_pb::JobsRequest>>,
+    out: Option<mpsc::UnboundedSender<Outbound>>,
 }
 
 #[derive(Clone)]
 pub struct Runner {
     state: Arc<Mutex<State>>,
     work_dir: PathBuf,
+    log_budget: Arc<Semaphore>,
 }
 
 fn msg(m: jobs_request::Msg) -> agent_pb::JobsRequest {
@@ -64,17 +83,27 @@ impl Runner {
                 Past::Interrupted => {
                     // Its process died with the previous agent (PDEATHSIG); report it.
                     let error = "the agent restarted while it ran".to_string();
-                    journal.record(&Entry::End { job: job.clone(), attempt, code: -1, error: error.clone() })?;
-                    Slot::Finished { code: -1, error }
+                    journal.record(&Entry::End {
+                        job: job.clone(),
+                        attempt,
+                        code: -1,
+                        error: error.clone(),
+                        lost: false,
+                    })?;
+                    Slot::Finished(Outcome { code: -1, error, lost: false })
                 }
-                Past::Ended { code, error } => Slot::Finished { code, error },
-                Past::Released => Slot::Done,
+                Past::Ended(o) => Slot::Finished(o),
+                Past::Released(o) => Slot::Done(o),
             };
             slots.insert((job, attempt), slot);
         }
         let work_dir = state_dir.join("work");
         std::fs::create_dir_all(&work_dir)?;
-        Ok(Runner { state: Arc::new(Mutex::new(State { slots, journal, out: None })), work_dir })
+        Ok(Runner {
+            state: Arc::new(Mutex::new(State { slots, journal, out: None })),
+            work_dir,
+            log_budget: Arc::new(Semaphore::new(LOG_CHUNKS_QUEUED)),
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -94,22 +123,23 @@ impl Runner {
                     running: true,
                     ..Default::default()
                 }),
-                Slot::Finished { code, error } => Some(agent_pb::HeldAllocation {
+                Slot::Finished(o) => Some(agent_pb::HeldAllocation {
                     job_id: job.clone(),
                     attempt: *attempt,
                     running: false,
                     finished: true,
-                    exit_code: *code,
-                    error: error.clone(),
+                    exit_code: o.code,
+                    error: o.error.clone(),
+                    lost: o.lost,
                 }),
-                Slot::Done => None,
+                Slot::Done(_) => None,
             })
             .collect();
         allocations.sort_by(|a, b| (&a.job_id, a.attempt).cmp(&(&b.job_id, b.attempt)));
         agent_pb::AllocationReport { allocations }
     }
 
-    pub fn attach(&self, out: mpsc::Sender<agent_pb::JobsRequest>) {
+    pub fn attach(&self, out: mpsc::UnboundedSender<Outbound>) {
         self.lock().out = Some(out);
     }
 
@@ -121,19 +151,31 @@ impl Runner {
         self.lock().slots.values().filter(|s| matches!(s, Slot::Running { .. })).count() as u32
     }
 
-    /// Best effort: dropped when disconnected; state is re-sent in the next report.
+    /// Job attempts running (not service replicas).
+    pub fn running_jobs(&self) -> usize {
+        self.lock().slots.values().filter(|s| matches!(s, Slot::Running { job: true, .. })).count()
+    }
+
+    /// Queued for the current Jobs stream; while disconnected, nothing is
+    /// lost: the next stream starts with a report of everything held.
     fn send(&self, m: jobs_request::Msg) {
         let out = self.lock().out.clone();
         if let Some(out) = out {
-            let _ = out.try_send(msg(m));
+            let _ = out.send((msg(m), None));
         }
     }
 
-    /// Log chunks wait for room for a while (backpressure), then are dropped.
+    /// Log chunks wait for room in the budget for a while (backpressure),
+    /// then are dropped.
     async fn send_log(&self, m: jobs_request::Msg) {
+        let Ok(Ok(permit)) =
+            tokio::time::timeout(Duration::from_secs(2), self.log_budget.clone().acquire_owned()).await
+        else {
+            return;
+        };
         let out = self.lock().out.clone();
         if let Some(out) = out {
-            let _ = tokio::time::timeout(Duration::from_secs(2), out.send(msg(m))).await;
+            let _ = out.send((msg(m), Some(permit)));
         }
     }
 
@@ -154,13 +196,26 @@ impl Runner {
                 self.send(started);
                 return;
             }
-            Some(Slot::Finished { code, error }) => {
-                let fin = finished(&key, *code, error.clone());
+            Some(Slot::Finished(o)) => {
+                let fin = finished(&key, o);
                 drop(st);
                 self.send(fin);
                 return;
             }
-            Some(Slot::Done) => {
+            Some(Slot::Done(Some(o))) => {
+                // The control plane asks again for what it once stored: tell
+                // it again how it ended.
+                tracing::warn!(
+                    job_id = key.0,
+                    attempt = key.1,
+                    "assignment of a released allocation; repeating its outcome"
+                );
+                let fin = finished(&key, o);
+                drop(st);
+                self.send(fin);
+                return;
+            }
+            Some(Slot::Done(None)) => {
                 tracing::warn!(job_id = key.0, attempt = key.1, "refusing to run a released allocation again");
                 return;
             }
@@ -169,7 +224,7 @@ impl Runner {
         let Some(exec) = a.exec.clone() else {
             let e = "assignment without an exec spec".to_string();
             drop(st);
-            self.finish(&key, -1, e);
+            self.finish(&key, Outcome { code: -1, error: e, lost: false });
             return;
         };
         if let Err(e) = st.journal.record(&Entry::Start { job: key.0.clone(), attempt: key.1 }) {
@@ -177,25 +232,29 @@ impl Runner {
             return;
         }
         let cancel = CancellationToken::new();
-        let reason = Arc::new(Mutex::new(None));
-        st.slots.insert(key.clone(), Slot::Running { cancel: cancel.clone(), reason: reason.clone(), restarts: 0 });
+        let stop = Arc::new(Mutex::new(None));
+        let job = a.kind != agent_pb::AllocationKind::Service as i32;
+        st.slots.insert(key.clone(), Slot::Running { cancel: cancel.clone(), stop: stop.clone(), restarts: 0, job });
         drop(st);
         tracing::info!(job_id = key.0, attempt = key.1, command = exec.command, "starting");
         let runner = self.clone();
-        tokio::spawn(async move { runner.run(key, a, exec, cancel, reason).await });
+        tokio::spawn(async move { runner.run(key, a, exec, cancel, stop).await });
     }
 
     /// Kills the allocation's process group; it is reported as finished.
     pub fn cancel(&self, job: &str, attempt: u32, why: &str) {
-        let key = (job.to_owned(), attempt);
+        self.stop(&(job.to_owned(), attempt), Stop { why: why.to_owned(), lost: false, kill: false });
+    }
+
+    fn stop(&self, key: &Key, how: Stop) {
         let st = self.lock();
-        match st.slots.get(&key) {
-            Some(Slot::Running { cancel, reason, .. }) => {
-                *reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.to_owned());
+        match st.slots.get(key) {
+            Some(Slot::Running { cancel, stop, .. }) => {
+                stop.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(how);
                 cancel.cancel();
             }
-            Some(Slot::Finished { code, error }) => {
-                let fin = finished(&key, *code, error.clone());
+            Some(Slot::Finished(o)) => {
+                let fin = finished(key, o);
                 drop(st);
                 self.send(fin);
             }
@@ -203,19 +262,40 @@ impl Runner {
             // assignment does not start it.
             None => {
                 drop(st);
-                self.finish(&key, -1, format!("cancelled before it started: {why}"));
+                let error = format!("cancelled before it started: {}", how.why);
+                self.finish(key, Outcome { code: -1, error, lost: how.lost });
             }
-            Some(Slot::Done) => {}
+            Some(Slot::Done(_)) => {}
         }
+    }
+
+    /// Gives up every running job attempt at once (SIGKILL), reporting them
+    /// lost: this node has lost contact with the control plane for so long
+    /// that it may declare them lost and run them elsewhere. Service
+    /// replicas keep running. Returns how many were given up.
+    pub fn fence(&self, why: &str) -> usize {
+        let keys: Vec<Key> = self
+            .lock()
+            .slots
+            .iter()
+            .filter(|(_, s)| matches!(s, Slot::Running { job: true, .. }))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in &keys {
+            tracing::warn!(job_id = key.0, attempt = key.1, why, "giving up the job attempt");
+            self.stop(key, Stop { why: why.to_owned(), lost: true, kill: true });
+        }
+        keys.len()
     }
 
     /// The control plane recorded the result.
     pub fn release(&self, job: &str, attempt: u32) {
         let key = (job.to_owned(), attempt);
         let mut st = self.lock();
-        if matches!(st.slots.get(&key), Some(Slot::Finished { .. })) {
-            let _ = st.journal.record(&Entry::Release { job: key.0.clone(), attempt });
-            st.slots.insert(key, Slot::Done);
+        if let Some(Slot::Finished(o)) = st.slots.get(&key) {
+            let outcome = Some(o.clone());
+            let _ = st.journal.record(&Entry::Release { job: key.0.clone(), attempt, outcome: outcome.clone() });
+            st.slots.insert(key, Slot::Done(outcome));
         }
     }
 
@@ -233,18 +313,18 @@ impl Runner {
         }
     }
 
-    fn finish(&self, key: &Key, code: i32, error: String) {
+    fn finish(&self, key: &Key, o: Outcome) {
         {
             let mut st = self.lock();
-            if let Err(e) =
-                st.journal.record(&Entry::End { job: key.0.clone(), attempt: key.1, code, error: error.clone() })
-            {
+            let entry =
+                Entry::End { job: key.0.clone(), attempt: key.1, code: o.code, error: o.error.clone(), lost: o.lost };
+            if let Err(e) = st.journal.record(&entry) {
                 tracing::error!(error = %e, "journal write failed");
             }
-            st.slots.insert(key.clone(), Slot::Finished { code, error: error.clone() });
+            st.slots.insert(key.clone(), Slot::Finished(o.clone()));
         }
-        tracing::info!(job_id = key.0, attempt = key.1, code, error, "finished");
-        self.send(finished(key, code, error));
+        tracing::info!(job_id = key.0, attempt = key.1, code = o.code, error = o.error, lost = o.lost, "finished");
+        self.send(finished(key, &o));
     }
 
     async fn run(
@@ -253,17 +333,21 @@ impl Runner {
         a: agent_pb::AssignJob,
         exec: tether_proto::pb::ExecSpec,
         cancel: CancellationToken,
-        reason: Arc<Mutex<Option<String>>>,
+        stop: Arc<Mutex<Option<Stop>>>,
     ) {
         let service = a.kind == agent_pb::AllocationKind::Service as i32;
+        let stopped = |code: i32| {
+            let s = stop.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let s = s.unwrap_or(Stop { why: String::new(), lost: false, kill: false });
+            Outcome { code, error: format!("cancelled: {}", s.why), lost: s.lost }
+        };
         let restart = agent_pb::ServiceRestart::try_from(a.restart).unwrap_or(agent_pb::ServiceRestart::Always);
         let max_log = if a.max_log_bytes == 0 { DEFAULT_MAX_LOG } else { a.max_log_bytes };
         let mut restarts = 0u32;
         loop {
-            let (code, error) = self.run_once(&key, &exec, &cancel, restarts, max_log).await;
+            let (code, error) = self.run_once(&key, &exec, &cancel, &stop, restarts, max_log).await;
             if cancel.is_cancelled() {
-                let why = reason.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_default();
-                self.finish(&key, code, format!("cancelled: {why}"));
+                self.finish(&key, stopped(code));
                 return;
             }
             let again = service
@@ -273,7 +357,7 @@ impl Runner {
                     _ => true,
                 };
             if !again {
-                self.finish(&key, code, error);
+                self.finish(&key, Outcome { code, error, lost: false });
                 return;
             }
             restarts += 1;
@@ -284,8 +368,7 @@ impl Runner {
             }
             tokio::select! {
                 _ = cancel.cancelled() => {
-                    let why = reason.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_default();
-                    self.finish(&key, code, format!("cancelled: {why}"));
+                    self.finish(&key, stopped(code));
                     return;
                 }
                 _ = tokio::time::sleep(delay) => {}
@@ -299,6 +382,7 @@ impl Runner {
         key: &Key,
         exec: &tether_proto::pb::ExecSpec,
         cancel: &CancellationToken,
+        stop: &Mutex<Option<Stop>>,
         restarts: u32,
         max_log: u64,
     ) -> (i32, String) {
@@ -361,7 +445,8 @@ impl Runner {
         let status = tokio::select! {
             s = child.wait() => s,
             _ = cancel.cancelled() => {
-                killpg(pid, libc::SIGTERM);
+                let kill = stop.lock().unwrap_or_else(|p| p.into_inner()).as_ref().is_some_and(|s| s.kill);
+                killpg(pid, if kill { libc::SIGKILL } else { libc::SIGTERM });
                 match tokio::time::timeout(KILL_GRACE, child.wait()).await {
                     Ok(s) => s,
                     Err(_) => { killpg(pid, libc::SIGKILL); child.wait().await }
@@ -441,8 +526,14 @@ struct LogCursor {
     cut: bool,
 }
 
-fn finished(key: &Key, code: i32, error: String) -> jobs_request::Msg {
-    jobs_request::Msg::Finished(agent_pb::JobFinished { job_id: key.0.clone(), attempt: key.1, exit_code: code, error })
+fn finished(key: &Key, o: &Outcome) -> jobs_request::Msg {
+    jobs_request::Msg::Finished(agent_pb::JobFinished {
+        job_id: key.0.clone(),
+        attempt: key.1,
+        exit_code: o.code,
+        error: o.error.clone(),
+        lost: o.lost,
+    })
 }
 
 fn killpg(pgid: u32, sig: i32) {

@@ -1,12 +1,14 @@
 //! Enrolment and the session loop: connect, hello, beat, reconnect.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tether_proto::agent_pb::agent_service_client::AgentServiceClient;
 use tether_proto::agent_pb::{self, heartbeat_request, heartbeat_response, jobs_response};
 use tether_proto::{Bearer, pb};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
@@ -14,6 +16,7 @@ use tracing::Instrument;
 
 use crate::Config;
 use crate::backoff::Backoff;
+use crate::fence::Fence;
 use crate::host::{self, Sampler};
 use crate::runner::Runner;
 use crate::state::{Identity, StateDir};
@@ -63,6 +66,11 @@ pub struct Agent {
     next_endpoint: usize,
     backoff: Backoff,
     runner: Runner,
+    fence: Arc<Fence>,
+    sampler: Sampler,
+    /// Beat sequence numbers grow across sessions, so that a late
+    /// acknowledgement from an old session is never mistaken for a new one.
+    seq: u64,
 }
 
 fn endpoint(url: &str) -> Result<Endpoint, AgentError> {
@@ -137,8 +145,21 @@ impl Agent {
         identity.generation = (identity.generation + 1).max(now);
         state.save(&identity).map_err(AgentError::State)?;
         let runner = Runner::open(&config.state_dir).map_err(AgentError::State)?;
+        let fence = Arc::new(Fence::new());
+        tokio::spawn(crate::fence::watchdog(fence.clone(), runner.clone(), shutdown.clone()));
         tracing::info!(node_id = identity.node_id, generation = identity.generation, "agent identity ready");
-        Ok(Agent { config, shutdown, identity, endpoints, next_endpoint, backoff, runner })
+        Ok(Agent {
+            config,
+            shutdown,
+            identity,
+            endpoints,
+            next_endpoint,
+            backoff,
+            runner,
+            fence,
+            sampler: Sampler::new(),
+            seq: 0,
+        })
     }
 
     pub async fn run(mut self) -> Result<(), AgentError> {
@@ -184,7 +205,9 @@ impl Agent {
         };
         let mut client = client(channel, &self.identity.credential);
 
-        // Heartbeat stream: Hello first.
+        // Heartbeat stream: Hello, and the first beat right behind it, so the
+        // control plane counts the node live from the start, however slow the
+        // link (the Jobs stream's set-up takes further round trips).
         let (hb_tx, hb_rx) = mpsc::channel(8);
         let hello = agent_pb::Hello {
             node_id: self.identity.node_id.clone(),
@@ -195,6 +218,7 @@ impl Agent {
             desired_state_version: *applied_version,
         };
         let _ = hb_tx.try_send(agent_pb::HeartbeatRequest { msg: Some(heartbeat_request::Msg::Hello(hello)) });
+        let _ = hb_tx.try_send(self.beat());
         let inbound = match client.heartbeat(ReceiverStream::new(hb_rx)).await {
             Ok(r) => r.into_inner(),
             Err(s) => return classify(&s).map_or_else(|| Ok(End::Retry(format!("heartbeat: {s}"))), Err),
@@ -202,40 +226,49 @@ impl Agent {
         *sent_capabilities = true;
 
         // Jobs stream: first report everything held, then stream updates.
-        let (jobs_tx, jobs_rx) = mpsc::channel(256);
-        let _ = jobs_tx
-            .try_send(agent_pb::JobsRequest { msg: Some(agent_pb::jobs_request::Msg::Report(self.runner.report())) });
-        self.runner.attach(jobs_tx.clone());
-        let result = self.session_loop(&mut client, jobs_rx, hb_tx, inbound, applied_version).await;
+        let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
+        let report = agent_pb::JobsRequest { msg: Some(agent_pb::jobs_request::Msg::Report(self.runner.report())) };
+        let _ = jobs_tx.send((report, None));
+        self.runner.attach(jobs_tx);
+        let outbound = UnboundedReceiverStream::new(jobs_rx).map(|(m, _permit): crate::runner::Outbound| m);
+        let result = self.session_loop(&mut client, outbound, hb_tx, inbound, applied_version).await;
         self.runner.detach();
-        drop(jobs_tx);
         result
+    }
+
+    /// The next beat, recorded for the fence.
+    fn beat(&mut self) -> agent_pb::HeartbeatRequest {
+        self.seq += 1;
+        let (cpu, mem, disk) = self.sampler.sample(&self.config.state_dir);
+        let beat = agent_pb::Beat {
+            seq: self.seq,
+            cpu_percent: cpu,
+            memory_used_mb: mem,
+            disk_used_mb: disk,
+            running_allocations: self.runner.running(),
+        };
+        self.fence.sent(self.seq);
+        agent_pb::HeartbeatRequest { msg: Some(heartbeat_request::Msg::Beat(beat)) }
     }
 
     async fn session_loop(
         &mut self,
         client: &mut AuthedClient,
-        jobs_rx: mpsc::Receiver<agent_pb::JobsRequest>,
+        outbound: impl tokio_stream::Stream<Item = agent_pb::JobsRequest> + Send + 'static,
         hb_tx: mpsc::Sender<agent_pb::HeartbeatRequest>,
         mut inbound: tonic::Streaming<agent_pb::HeartbeatResponse>,
         applied_version: &mut u64,
     ) -> Result<End, AgentError> {
-        let mut jobs_in = match client.jobs(ReceiverStream::new(jobs_rx)).await {
-            Ok(r) => Some(r.into_inner()),
-            Err(s) => {
-                if let Some(fatal) = classify(&s) {
-                    return Err(fatal);
-                }
-                tracing::warn!(error = %s, "jobs stream refused; heartbeats continue");
-                None
-            }
-        };
-        tracing::info!("connected");
+        // Opened while beats go on: on a slow link its round trips must not
+        // hold the beats up.
+        let mut jobs_client = client.clone();
+        let jobs_open = jobs_client.jobs(outbound);
+        tokio::pin!(jobs_open);
+        let mut jobs_in: Option<tonic::Streaming<agent_pb::JobsResponse>> = None;
+        tracing::info!("heartbeat session open");
 
         let mut interval = Duration::from_secs(5);
         let mut jitter = Duration::ZERO;
-        let mut sampler = Sampler::new();
-        let mut seq = 0u64;
         let jitter_src = Backoff::new(Duration::ZERO, Duration::ZERO);
         let mut next_beat = tokio::time::Instant::now() + interval;
         loop {
@@ -256,14 +289,25 @@ impl Agent {
                     tracing::info!("signed off");
                     return Ok(End::Shutdown);
                 }
+                opened = &mut jobs_open, if jobs_in.is_none() => match opened {
+                    Ok(r) => {
+                        jobs_in = Some(r.into_inner());
+                        tracing::info!("connected");
+                    }
+                    Err(s) => {
+                        return classify(&s).map_or_else(|| Ok(End::Retry(format!("jobs stream refused: {s}"))), Err);
+                    }
+                },
                 msg = inbound.message() => match msg {
                     Ok(Some(agent_pb::HeartbeatResponse { msg: Some(m) })) => match m {
                         heartbeat_response::Msg::Config(c) => {
                             interval = c.interval.map(to_duration).unwrap_or(interval).max(Duration::from_millis(50));
                             jitter = c.jitter.map(to_duration).unwrap_or(Duration::ZERO);
-                            next_beat = tokio::time::Instant::now();
+                            self.fence.set_after(c.fence_after.map(to_duration));
+                            next_beat = tokio::time::Instant::now() + interval;
                             tracing::debug!(?interval, ?jitter, "heartbeat configuration");
                         }
+                        heartbeat_response::Msg::BeatAck(a) => self.fence.acked(a.seq),
                         heartbeat_response::Msg::DesiredState(d) => {
                             let ack = self.desired_state(&d);
                             if ack.accepted {
@@ -288,27 +332,21 @@ impl Agent {
                         self.runner.release(&r.job_id, r.attempt);
                     }
                     Some(Ok(_)) => {}
+                    // Either stream ending ends the session: both reconnect.
                     Some(Err(s)) => {
-                        if let Some(fatal) = classify(&s) {
-                            return Err(fatal);
-                        }
-                        jobs_in = None;
-                        tracing::warn!(error = %s, "jobs stream ended");
+                        return classify(&s).map_or_else(|| Ok(End::Retry(format!("jobs stream: {s}"))), Err);
                     }
-                    None => jobs_in = None,
+                    None => return Ok(End::Retry("control plane closed the jobs stream".into())),
                 },
                 _ = tokio::time::sleep_until(next_beat) => {
-                    seq += 1;
-                    let (cpu, mem, disk) = sampler.sample(&self.config.state_dir);
-                    let beat = agent_pb::Beat {
-                        seq,
-                        cpu_percent: cpu,
-                        memory_used_mb: mem,
-                        disk_used_mb: disk,
-                        running_allocations: self.runner.running(),
-                    };
-                    if hb_tx.send(agent_pb::HeartbeatRequest { msg: Some(heartbeat_request::Msg::Beat(beat)) }).await.is_err() {
-                        return Ok(End::Retry("heartbeat stream closed".into()));
+                    // Never wait for room: a stream that does not drain is a
+                    // link that does not carry beats anyway.
+                    match hb_tx.try_send(self.beat()) {
+                        Err(mpsc::error::TrySendError::Closed(_)) => {
+                            return Ok(End::Retry("heartbeat stream closed".into()));
+                        }
+                        Err(mpsc::error::TrySendError::Full(_)) => tracing::debug!("heartbeat stream full; beat skipped"),
+                        Ok(()) => {}
                     }
                     next_beat = tokio::time::Instant::now() + interval + jitter.mul_f64(jitter_src.unit());
                 }

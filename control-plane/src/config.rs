@@ -147,6 +147,14 @@ impl Config {
         self.heartbeat_jitter.unwrap_or(self.heartbeat_interval / 5)
     }
 
+    /// How long an agent keeps its job attempts running without a beat
+    /// acknowledged: three quarters of the way from the grace to the down
+    /// timeout, so that it has given them up before the control plane can
+    /// declare them lost (which counts from a later beat's arrival).
+    pub fn fence_after(&self) -> Duration {
+        self.heartbeat_grace + (self.down_after.saturating_sub(self.heartbeat_grace)) * 3 / 4
+    }
+
     pub fn replica(&self) -> String {
         self.replica_id.clone().unwrap_or_else(|| {
             let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();

@@ -14,7 +14,10 @@ pub async fn open(config: &Config) -> anyhow::Result<Store> {
         Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
             let pool = PgPoolOptions::new()
                 .max_connections(16)
-                .acquire_timeout(Duration::from_secs(10))
+                // Long enough for work under load; the health probe has its
+                // own connection and a one-second limit, and while it finds
+                // the database unreachable operations fail at once.
+                .acquire_timeout(Duration::from_secs(5))
                 .connect(url)
                 .await
                 .context("connecting to PostgreSQL")?;
@@ -35,7 +38,9 @@ async fn sqlite(opts: SqliteConnectOptions) -> anyhow::Result<Store> {
     let opts = opts
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Normal)
+        // FULL: a commit is on disk (WAL fsynced) before it is acknowledged,
+        // also across a power loss; group commit keeps the fsyncs few.
+        .synchronous(SqliteSynchronous::Full)
         .busy_timeout(Duration::from_secs(5))
         .foreign_keys(true);
     let write =

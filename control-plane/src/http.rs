@@ -27,6 +27,8 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     metrics::describe_histogram!("tether_grpc_request_duration_seconds", "Time to the response headers by method");
     metrics::describe_counter!("tether_enrollments_total", "Nodes enrolled");
     metrics::describe_counter!("tether_admission_rejected_total", "Session set-ups refused by admission throttling");
+    metrics::describe_gauge!("tether_database_up", "1 while the database answers the health probe");
+    metrics::describe_gauge!("tether_database_writable", "1 while database writes succeed");
     metrics::gauge!("tether_agents_connected").set(0.0);
     metrics::counter!("tether_heartbeats_total").increment(0);
     Ok(handle)
@@ -56,16 +58,16 @@ pub async fn serve(
     axum::serve(listener, router).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
 }
 
-async fn readyz(State(s): State<HttpState>) -> (StatusCode, &'static str) {
+/// Ready while serving and while the database answers and takes writes, as
+/// the background probe last found it: answers at once, never waits on the
+/// database.
+async fn readyz(State(s): State<HttpState>) -> (StatusCode, String) {
     if !s.app.ready.load(Ordering::SeqCst) || s.app.shutdown.is_cancelled() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".into());
     }
-    match s.app.store.ping().await {
-        Ok(()) => (StatusCode::OK, "ready\n"),
-        Err(e) => {
-            tracing::warn!(error = %e, "readiness: database unreachable");
-            (StatusCode::SERVICE_UNAVAILABLE, "database unreachable\n")
-        }
+    match s.app.store.health() {
+        tether_store::DbHealth::Ok => (StatusCode::OK, "ready\n".into()),
+        h => (StatusCode::SERVICE_UNAVAILABLE, format!("{}\n", h.describe())),
     }
 }
 

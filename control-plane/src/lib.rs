@@ -10,6 +10,7 @@ mod bootstrap;
 mod config;
 mod db;
 mod edge;
+mod health;
 mod http;
 mod hub;
 mod notify;
@@ -115,6 +116,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     });
 
     // Background loops.
+    tasks.spawn(health::probe_loop(store.clone(), shutdown.clone()));
     tasks.spawn(registry::liveness_loop(registry.clone(), shutdown.clone(), config.heartbeat_interval / 4));
     tasks.spawn(registry::lease_loop(registry.clone(), shutdown.clone(), config.lease_flush_interval));
     tasks.spawn(work::work_loop(app.clone(), shutdown.clone()));

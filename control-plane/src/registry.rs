@@ -27,6 +27,26 @@ pub struct Liveness {
 pub enum CloseReason {
     Superseded,
     Deregistered,
+    /// The node's work was released (it went `down`) while this session
+    /// was silent: the agent must reconnect and report what it holds, so
+    /// that stale attempts are cancelled before anything else happens.
+    Resync,
+    /// The session's Jobs stream ended; a session is both streams.
+    JobsStreamEnded,
+    /// No Jobs stream was opened within the grace.
+    NoJobsStream,
+}
+
+/// What a beat did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Beat {
+    /// Counted: the agent gets an acknowledgement.
+    Counted,
+    /// The session is no longer the node's current one.
+    Stale,
+    /// The node was declared down meanwhile: the session is closed for a
+    /// resync.
+    Resync,
 }
 
 /// One open heartbeat session, as its stream task sees it.
@@ -51,6 +71,16 @@ struct SessionSlot {
     reason: Arc<OnceLock<CloseReason>>,
     /// The heartbeat stream's sender, for desired-state pushes.
     tx: HeartbeatTx,
+    opened: Instant,
+    /// Whether the session's Jobs stream is open.
+    jobs: bool,
+}
+
+/// A Jobs stream attached to a node's current session.
+pub struct JobsAttachment {
+    pub session: u64,
+    /// Cancelled when the session closes (a child of its token).
+    pub cancel: CancellationToken,
 }
 
 pub type HeartbeatTx = crate::stream::StreamTx<tether_proto::agent_pb::HeartbeatResponse>;
@@ -228,6 +258,8 @@ impl Registry {
             cancel: self.sessions_root.child_token(),
             reason: Arc::new(OnceLock::new()),
             tx,
+            opened: Instant::now(),
+            jobs: false,
         };
         let session = Session {
             id: slot.id,
@@ -265,14 +297,18 @@ impl Registry {
         Ok((session, record))
     }
 
-    /// Records a beat. Returns false when the session is no longer the node's
-    /// current one. A beat on a node marked unreachable brings it back.
-    pub async fn beat(&self, s: &Session, usage: NodeUsage) -> bool {
+    /// Records a beat. A beat on a node marked unreachable brings it back; a
+    /// beat on a node declared down (its work released) closes the session
+    /// instead, so that the agent reconnects and resynchronises.
+    pub async fn beat(&self, s: &Session, usage: NodeUsage) -> Beat {
         let revive = {
             let mut map = self.lock();
-            let Some(e) = map.get_mut(&s.node) else { return false };
-            if e.session.as_ref().map(|x| x.id) != Some(s.id) {
-                return false;
+            let Some(e) = map.get_mut(&s.node) else { return Beat::Stale };
+            let Some(slot) = e.session.as_ref().filter(|x| x.id == s.id) else { return Beat::Stale };
+            if matches!(e.status, NodeStatus::Down | NodeStatus::Left) {
+                tracing::info!(node_id = %s.node, status = e.status.as_str(), "beat on a released node; closing the session to resync");
+                slot.close(CloseReason::Resync);
+                return Beat::Resync;
             }
             e.last_seen = Instant::now();
             e.last_seen_ms = now_ms();
@@ -284,7 +320,34 @@ impl Registry {
         if revive {
             self.set_status(&s.node, NodeStatus::Ready).await;
         }
-        true
+        Beat::Counted
+    }
+
+    /// Closes the node's session, if it has one here, for a resync: called
+    /// when its work was released behind its back (declared lost).
+    pub fn resync(&self, node: &NodeId) {
+        if let Some(slot) = self.lock().get(node).and_then(|e| e.session.as_ref()) {
+            tracing::info!(node_id = %node, "work on the node was declared lost; closing its session to resync");
+            slot.close(CloseReason::Resync);
+        }
+    }
+
+    /// Attaches a Jobs stream to the node's current session. None when the
+    /// node has no session here (the agent opens Heartbeat first).
+    pub fn jobs_attach(&self, node: &NodeId) -> Option<JobsAttachment> {
+        let mut map = self.lock();
+        let slot = map.get_mut(node)?.session.as_mut()?;
+        slot.jobs = true;
+        Some(JobsAttachment { session: slot.id, cancel: slot.cancel.child_token() })
+    }
+
+    /// The Jobs stream of `session` ended: the session ends with it.
+    pub fn jobs_detached(&self, node: &NodeId, session: u64) {
+        let mut map = self.lock();
+        if let Some(slot) = map.get_mut(node).and_then(|e| e.session.as_mut()).filter(|x| x.id == session) {
+            slot.jobs = false;
+            slot.close(CloseReason::JobsStreamEnded);
+        }
     }
 
     /// The stream of session `s` ended (client gone or closed by us).
@@ -368,6 +431,16 @@ impl Registry {
         let now_wall = now_ms();
         let changes: Vec<StatusChange> = {
             let map = self.lock();
+            for (id, e) in map.iter() {
+                if let Some(slot) = &e.session
+                    && !slot.jobs
+                    && now.saturating_duration_since(slot.opened) > self.liveness.grace
+                    && slot.reason.get().is_none()
+                {
+                    tracing::warn!(node_id = %id, "no jobs stream within the grace; closing the session");
+                    slot.close(CloseReason::NoJobsStream);
+                }
+            }
             map.iter()
                 .filter_map(|(id, e)| {
                     let silent = now.saturating_duration_since(e.last_seen);

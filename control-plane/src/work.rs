@@ -75,19 +75,19 @@ async fn assignment(app: &App, a: &Allocation) -> Result<Option<agent_pb::JobsRe
 /// Brings a node and the control plane in line after the node (re)connects:
 /// results it holds are recorded and released, work it runs that is no
 /// longer wanted is cancelled, and work it lacks is (re)sent.
-pub async fn resync(app: &App, node: &NodeId, report: agent_pb::AllocationReport) -> Result<(), StoreError> {
+pub async fn resync(app: &App, node: &NodeId, report: &agent_pb::AllocationReport) -> Result<(), StoreError> {
     let now = now_ms();
     let mut held = HashSet::new();
-    for h in report.allocations {
+    for h in &report.allocations {
         let key = alloc_key(&h.job_id, h.attempt);
         held.insert(key.clone());
         let current = app.store.allocation_get(&key).await?;
         let mine = current.as_ref().filter(|a| &a.node_id == node && a.status.is_active());
         if h.finished {
             if mine.is_some() {
-                finished(app, node, &key, h.exit_code, &h.error).await?;
+                finished(app, node, &key, h.exit_code, &h.error, h.lost).await?;
             }
-            app.hub.send(node, release_msg(h.job_id, h.attempt));
+            app.hub.send(node, release_msg(h.job_id.clone(), h.attempt));
         } else if let Some(a) = mine {
             if a.status == AllocStatus::Stopping {
                 app.hub.send(node, cancel_msg(a, "stopped by the control plane"));
@@ -108,7 +108,7 @@ pub async fn resync(app: &App, node: &NodeId, report: agent_pb::AllocationReport
         }
         if a.status == AllocStatus::Stopping {
             // Asked to stop, and the node does not have it: it is stopped.
-            finished(app, node, &a.key, -1, "stopped before the node started it").await?;
+            finished(app, node, &a.key, -1, "stopped before the node started it", false).await?;
         } else if let Some(msg) = assignment(app, &a).await? {
             app.hub.send(node, msg);
         }
@@ -143,7 +143,7 @@ fn placeholder(node: &NodeId, wire_id: &str, attempt: u32) -> Allocation {
 /// An agent's started or finished report, queued for group commit.
 pub enum ReportItem {
     Started { key: String, node: NodeId, restarts: u32 },
-    Finished { key: String, node: NodeId, exit_code: i32, error: String },
+    Finished { key: String, node: NodeId, exit_code: i32, error: String, lost: bool },
 }
 
 pub type Reports = crate::batch::Batcher<ReportItem, Result<tether_store::ReportOutcome, tether_types::Error>>;
@@ -163,8 +163,8 @@ pub fn report_batcher(store: tether_store::Store) -> Reports {
                     ReportItem::Started { key, node, restarts } => {
                         tether_store::AgentReport::Started { key, node, restarts: *restarts }
                     }
-                    ReportItem::Finished { key, node, exit_code, error } => {
-                        tether_store::AgentReport::Finished { key, node, exit_code: *exit_code, error }
+                    ReportItem::Finished { key, node, exit_code, error, lost } => {
+                        tether_store::AgentReport::Finished { key, node, exit_code: *exit_code, error, lost: *lost }
                     }
                 })
                 .collect();
@@ -184,9 +184,9 @@ async fn report(app: &App, item: ReportItem) -> Result<tether_store::ReportOutco
     }
 }
 
-async fn finished(app: &App, node: &NodeId, key: &str, code: i32, error: &str) -> Result<(), StoreError> {
+async fn finished(app: &App, node: &NodeId, key: &str, code: i32, error: &str, lost: bool) -> Result<(), StoreError> {
     let error: String = error.chars().take(tether_types::MAX_TEXT_LEN).collect();
-    let item = ReportItem::Finished { key: key.to_owned(), node: node.clone(), exit_code: code, error };
+    let item = ReportItem::Finished { key: key.to_owned(), node: node.clone(), exit_code: code, error, lost };
     let tether_store::ReportOutcome::Finished(f) = report(app, item).await? else {
         unreachable!("a finished report gets a finished answer")
     };
@@ -200,8 +200,48 @@ async fn finished(app: &App, node: &NodeId, key: &str, code: i32, error: &str) -
     Ok(())
 }
 
+/// Runs `op` until it succeeds or fails for good, waiting between tries
+/// (100 ms doubling to 5 s) while it fails transiently: the database down,
+/// busy or full. None when `cancel` fired first.
+pub async fn retry_transient<'a, T, F>(
+    cancel: &CancellationToken,
+    what: &str,
+    mut op: F,
+) -> Option<Result<T, StoreError>>
+where
+    F: FnMut() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, StoreError>> + Send + 'a>>,
+{
+    let mut delay = Duration::from_millis(100);
+    let mut failures = 0u32;
+    loop {
+        match op().await {
+            Err(e) if e.is_transient() => {
+                failures += 1;
+                if failures == 1 {
+                    tracing::warn!(
+                        error = &e as &dyn std::error::Error,
+                        "{what} failed; retrying until the database recovers"
+                    );
+                }
+                tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => return None,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            out => {
+                if failures > 0 && out.is_ok() {
+                    tracing::info!(failures, "{what} succeeded after retries");
+                }
+                return Some(out);
+            }
+        }
+    }
+}
+
 /// Handles one message of a node's Jobs stream.
-pub async fn on_agent_message(app: &App, node: &NodeId, m: jobs_request::Msg) -> Result<(), StoreError> {
+pub async fn on_agent_message(app: &App, node: &NodeId, m: &jobs_request::Msg) -> Result<(), StoreError> {
     match m {
         jobs_request::Msg::Report(_) => {}
         jobs_request::Msg::Accepted(_) | jobs_request::Msg::Progress(_) => {}
@@ -240,8 +280,8 @@ pub async fn on_agent_message(app: &App, node: &NodeId, m: jobs_request::Msg) ->
         }
         jobs_request::Msg::Finished(f) => {
             let key = alloc_key(&f.job_id, f.attempt);
-            finished(app, node, &key, f.exit_code, &f.error).await?;
-            app.hub.send(node, release_msg(f.job_id, f.attempt));
+            finished(app, node, &key, f.exit_code, &f.error, f.lost).await?;
+            app.hub.send(node, release_msg(f.job_id.clone(), f.attempt));
             app.logs.notify_waiters();
         }
     }
@@ -363,6 +403,7 @@ pub async fn node_cache_loop(app: Arc<App>, shutdown: CancellationToken) {
 
 pub async fn work_loop(app: Arc<App>, shutdown: CancellationToken) {
     let mut state = PassState::default();
+    let mut backoff = Duration::ZERO;
     loop {
         tokio::select! {
             biased;
@@ -371,9 +412,21 @@ pub async fn work_loop(app: Arc<App>, shutdown: CancellationToken) {
             _ = tokio::time::sleep(PASS_PERIOD) => {}
         }
         let started = std::time::Instant::now();
-        if let Err(e) = pass(&app, &mut state).await {
-            tracing::warn!(error = &e as &dyn std::error::Error, "work pass failed; retrying");
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        match pass(&app, &mut state).await {
+            Ok(()) => backoff = Duration::ZERO,
+            Err(e) => {
+                // 200 ms doubling to 5 s while the database is away; logged
+                // once per outage.
+                if backoff.is_zero() {
+                    tracing::warn!(error = &e as &dyn std::error::Error, "work pass failed; retrying");
+                }
+                backoff = (backoff * 2).clamp(Duration::from_millis(200), Duration::from_secs(5));
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+            }
         }
         metrics::histogram!("tether_work_pass_seconds").record(started.elapsed().as_secs_f64());
     }
@@ -467,6 +520,17 @@ async fn pass(app: &App, state: &mut PassState) -> Result<(), StoreError> {
     if !lost.is_empty() {
         tracing::info!(allocations = lost.len(), "allocations lost on down nodes");
         metrics::counter!("tether_allocations_lost_total").increment(lost.len() as u64);
+        // Should a lost node still hold a stream here (a partition that
+        // TCP has not noticed), it hears of the loss first when it heals,
+        // and its session is closed so that it reconnects and resyncs.
+        let mut nodes_hit = HashSet::new();
+        for a in &lost {
+            app.hub.send(&a.node_id, cancel_msg(a, "the node was declared down; this attempt is lost"));
+            nodes_hit.insert(a.node_id.clone());
+        }
+        for n in &nodes_hit {
+            app.registry.resync(n);
+        }
     }
 
     let snap = app.nodes.get(store).await?;
@@ -474,26 +538,25 @@ async fn pass(app: &App, state: &mut PassState) -> Result<(), StoreError> {
     let mut active = store.allocations_active().await?;
 
     // Node desired states that stop work: stopped nodes stop everything; a
-    // draining node's jobs are stopped at the deadline.
+    // draining node's jobs are stopped at the deadline. A stopped job attempt
+    // is retried elsewhere once it has really stopped.
     let mut evict = Vec::new();
-    let mut stop = Vec::new();
-    let on_node = |id: &NodeId| -> Vec<Allocation> {
-        active.iter().filter(|a| &a.node_id == id && a.status != AllocStatus::Stopping).cloned().collect()
-    };
     for n in nodes {
-        match n.desired_state {
-            DesiredNodeState::Stopped => {
-                let (e, s) = split_for_stop(on_node(&n.id));
-                evict.extend(e);
-                stop.extend(s);
-            }
-            DesiredNodeState::Draining if n.drain_deadline.is_some_and(|d| now >= d) => {
-                evict.extend(on_node(&n.id).into_iter().filter(|a| a.kind == AllocKind::Job).map(|a| a.key));
-            }
-            _ => {}
-        }
+        let jobs_only = match n.desired_state {
+            DesiredNodeState::Stopped => false,
+            DesiredNodeState::Draining if n.drain_deadline.is_some_and(|d| now >= d) => true,
+            _ => continue,
+        };
+        evict.extend(
+            active
+                .iter()
+                .filter(|a| a.node_id == n.id && a.status != AllocStatus::Stopping)
+                .filter(|a| !jobs_only || a.kind == AllocKind::Job)
+                .map(|a| a.key.clone()),
+        );
     }
-    evict_and_cancel(app, &evict, "node stopped or drain deadline passed", now).await?;
+    stop_and_cancel(app, &evict, "node stopped or drain deadline passed", now).await?;
+    let mut stop = Vec::new();
 
     // Workloads.
     let workloads = store.workload_list(None).await?;
@@ -618,14 +681,10 @@ async fn pass(app: &App, state: &mut PassState) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Job attempts to evict (lost, retried elsewhere) and replicas to stop.
-fn split_for_stop(allocs: Vec<Allocation>) -> (Vec<String>, Vec<String>) {
-    let (jobs, services): (Vec<_>, Vec<_>) = allocs.into_iter().partition(|a| a.kind == AllocKind::Job);
-    (jobs.into_iter().map(|a| a.key).collect(), services.into_iter().map(|a| a.key).collect())
-}
-
-async fn evict_and_cancel(app: &App, keys: &[String], reason: &str, now: i64) -> Result<(), StoreError> {
-    for a in app.store.allocations_evict(keys, reason, now).await? {
+/// Asks the allocations to stop and tells their nodes. A job attempt among
+/// them is retried elsewhere once its node reports it stopped (or is down).
+async fn stop_and_cancel(app: &App, keys: &[String], reason: &str, now: i64) -> Result<(), StoreError> {
+    for a in app.store.allocations_stop(keys, reason, now).await? {
         app.hub.send(&a.node_id, cancel_msg(&a, reason));
     }
     Ok(())
@@ -633,17 +692,19 @@ async fn evict_and_cancel(app: &App, keys: &[String], reason: &str, now: i64) ->
 
 /// Stops all work on a node that was just set to `stopped`, before the agent
 /// hears of it: the control plane decides what the stops mean (job attempts
-/// are lost and retried elsewhere; replicas are replaced), not the order in
-/// which the agent's reports arrive.
+/// are retried elsewhere once stopped; replicas are replaced), not the order
+/// in which the agent's reports arrive.
 pub async fn stop_node_work(app: &App, node: &NodeId) -> Result<(), StoreError> {
     let now = now_ms();
-    let on_node: Vec<Allocation> =
-        app.store.allocations_on_node(node).await?.into_iter().filter(|a| a.status != AllocStatus::Stopping).collect();
-    let (evict, stop) = split_for_stop(on_node);
-    evict_and_cancel(app, &evict, "node stopped", now).await?;
-    for a in app.store.allocations_stop(&stop, "node stopped", now).await? {
-        app.hub.send(&a.node_id, cancel_msg(&a, "node stopped"));
-    }
+    let keys: Vec<String> = app
+        .store
+        .allocations_on_node(node)
+        .await?
+        .into_iter()
+        .filter(|a| a.status != AllocStatus::Stopping)
+        .map(|a| a.key)
+        .collect();
+    stop_and_cancel(app, &keys, "node stopped", now).await?;
     app.work_wake.notify_one();
     Ok(())
 }

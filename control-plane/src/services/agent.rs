@@ -35,6 +35,11 @@ fn closed_status(app: &App, session: &Session) -> Status {
     match session.close_reason() {
         Some(CloseReason::Superseded) => Status::aborted("superseded by a newer session of this node"),
         Some(CloseReason::Deregistered) => Status::permission_denied("node was deregistered"),
+        Some(CloseReason::Resync) => Status::unavailable(
+            "the node was declared down while this session was silent; reconnect and report what it holds",
+        ),
+        Some(CloseReason::JobsStreamEnded) => Status::unavailable("the session's jobs stream ended; reconnect both"),
+        Some(CloseReason::NoJobsStream) => Status::unavailable("no jobs stream was opened in time; reconnect"),
         None if app.shutdown.is_cancelled() => Status::unavailable("control plane is shutting down; reconnect"),
         None => Status::unavailable("session closed"),
     }
@@ -174,6 +179,7 @@ impl agent_pb::agent_service_server::AgentService for AgentApi {
             msg: Some(heartbeat_response::Msg::Config(agent_pb::HeartbeatConfig {
                 interval: Some(duration_pb(self.app.config.heartbeat_interval)),
                 jitter: Some(duration_pb(jitter)),
+                fence_after: Some(duration_pb(self.app.config.fence_after())),
             })),
         };
         let _ = tx.try_send(Ok(config));
@@ -197,9 +203,6 @@ impl agent_pb::agent_service_server::AgentService for AgentApi {
 
     async fn jobs(&self, req: Request<Streaming<agent_pb::JobsRequest>>) -> Result<Response<Self::JobsStream>, Status> {
         let (node, _project) = self.app.auth.agent(&req)?;
-        if self.app.store.node_get(&node).await.map_err(store_status)?.is_none() {
-            return Err(status(Error::unauthenticated("node is not registered")));
-        }
         if self.app.shutdown.is_cancelled() {
             return Err(Status::unavailable("control plane is shutting down"));
         }
@@ -211,8 +214,13 @@ impl agent_pb::agent_service_server::AgentService for AgentApi {
             Ok(Ok(Some(agent_pb::JobsRequest { msg: Some(jobs_request::Msg::Report(r)) }))) => r,
             Ok(Ok(Some(_))) => return Err(Status::invalid_argument("the first message must be AllocationReport")),
         };
+        // The session proves the node is registered and current; the stream
+        // lives and dies with it.
+        let Some(attached) = self.app.registry.jobs_attach(&node) else {
+            return Err(Status::unavailable("this node has no heartbeat session here; open Heartbeat first"));
+        };
         let (tx, rx) = crate::stream::channel(crate::hub::STREAM_BUFFER);
-        let cancel = self.app.shutdown.child_token();
+        let cancel = attached.cancel.clone();
         // Register before reading what the node should hold, so that nothing
         // placed in between is missed (a duplicate send is harmless).
         let stream_id = self.app.hub.register(&node, tx.clone(), cancel.clone());
@@ -220,17 +228,37 @@ impl agent_pb::agent_service_server::AgentService for AgentApi {
         let span = tracing::info_span!("jobs", node_id = %node);
         self.app.tasks.spawn(
             async move {
-                if let Err(e) = Box::pin(crate::work::resync(&app, &node, report)).await {
-                    tracing::warn!(error = %e, "resync after connect failed; closing the stream");
-                    let _ = tx.send(Err(Status::unavailable("resync failed; reconnect"))).await;
-                } else {
-                    jobs_session(&app, &node, cancel, inbound, &tx).await;
+                let synced = crate::work::retry_transient(&cancel, "resync after connect", || {
+                    Box::pin(crate::work::resync(&app, &node, &report))
+                })
+                .await;
+                match synced {
+                    Some(Ok(())) => jobs_session(&app, &node, cancel, inbound, &tx).await,
+                    Some(Err(e)) => {
+                        tracing::warn!(
+                            error = &e as &dyn std::error::Error,
+                            "resync after connect failed; closing the stream"
+                        );
+                        let _ = tx.send(Err(Status::unavailable("resync failed; reconnect"))).await;
+                    }
+                    None => {
+                        let _ = tx.send(Err(jobs_closed_status(&app))).await;
+                    }
                 }
                 app.hub.unregister(&node, stream_id);
+                app.registry.jobs_detached(&node, attached.session);
             }
             .instrument(span),
         );
         Ok(Response::new(rx))
+    }
+}
+
+fn jobs_closed_status(app: &App) -> Status {
+    if app.shutdown.is_cancelled() {
+        Status::unavailable("control plane is shutting down; reconnect")
+    } else {
+        Status::unavailable("session closed, jobs stream replaced or too far behind; reconnect")
     }
 }
 
@@ -265,9 +293,20 @@ async fn heartbeat_session(
                             disk_used_mb: b.disk_used_mb,
                             running_allocations: b.running_allocations,
                         };
-                        if !Box::pin(app.registry.beat(&session, usage)).await {
-                            let _ = tx.send(Err(Status::aborted("superseded by a newer session of this node"))).await;
-                            break;
+                        match Box::pin(app.registry.beat(&session, usage)).await {
+                            crate::registry::Beat::Counted => {
+                                // Best effort: a full queue means the agent is not
+                                // reading; a later ack covers this beat too.
+                                let _ = tx.try_send(Ok(agent_pb::HeartbeatResponse {
+                                    msg: Some(heartbeat_response::Msg::BeatAck(agent_pb::BeatAck { seq: b.seq })),
+                                }));
+                            }
+                            crate::registry::Beat::Stale => {
+                                let _ = tx.send(Err(Status::aborted("superseded by a newer session of this node"))).await;
+                                break;
+                            }
+                            // The session was closed: the cancel branch answers.
+                            crate::registry::Beat::Resync => {}
                         }
                     }
                     heartbeat_request::Msg::Ack(ack) => {
@@ -326,20 +365,30 @@ async fn jobs_session(
         tokio::select! {
             biased;
             _ = cancel.cancelled() => {
-                let st = if app.shutdown.is_cancelled() {
-                    Status::unavailable("control plane is shutting down; reconnect")
-                } else {
-                    Status::aborted("jobs stream replaced or too far behind; reconnect")
-                };
-                let _ = tx.send(Err(st)).await;
+                let _ = tx.send(Err(jobs_closed_status(app))).await;
                 break;
             }
             msg = inbound.message() => match msg {
                 Ok(Some(agent_pb::JobsRequest { msg: Some(m) })) => {
-                    if let Err(e) = Box::pin(crate::work::on_agent_message(app, node, m)).await {
-                        tracing::warn!(error = %e, "handling a job update failed; closing the stream to resync");
-                        let _ = tx.send(Err(Status::unavailable("update failed; reconnect"))).await;
-                        break;
+                    // A transient failure (the database down or busy) is
+                    // retried here, holding the stream, until it succeeds: an
+                    // agent's report is never dropped and never acknowledged
+                    // (released) before it is durable.
+                    let handled = crate::work::retry_transient(&cancel, "handling a job update", || {
+                        Box::pin(crate::work::on_agent_message(app, node, &m))
+                    })
+                    .await;
+                    match handled {
+                        Some(Ok(())) => {}
+                        Some(Err(e)) => {
+                            tracing::warn!(error = &e as &dyn std::error::Error, "handling a job update failed; closing the stream to resync");
+                            let _ = tx.send(Err(Status::unavailable("update failed; reconnect"))).await;
+                            break;
+                        }
+                        None => {
+                            let _ = tx.send(Err(jobs_closed_status(app))).await;
+                            break;
+                        }
                     }
                 }
                 Ok(Some(_)) => {}

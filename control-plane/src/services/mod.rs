@@ -15,7 +15,9 @@ use tether_types::{Error, ErrorCode};
 
 /// The one conversion from a domain error to a gRPC status.
 pub fn status(e: Error) -> tonic::Status {
-    tonic::Status::new(tonic::Code::from_i32(e.code.grpc_code()), e.message)
+    let mut st = tonic::Status::new(tonic::Code::from_i32(e.code.grpc_code()), e.message);
+    st.metadata_mut().insert(ErrorCode::METADATA_KEY, tonic::metadata::MetadataValue::from_static(e.code.as_str()));
+    st
 }
 
 pub fn store_status(e: tether_store::StoreError) -> tonic::Status {

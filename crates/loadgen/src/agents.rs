@@ -255,8 +255,7 @@ async fn session(
                     attempt: *attempt,
                     running: !finished,
                     finished,
-                    exit_code: 0,
-                    error: String::new(),
+                    ..Default::default()
                 })
                 .collect(),
         };
@@ -314,7 +313,7 @@ async fn session(
                             state.jobs_tx.clone()
                         };
                         stats.finished.fetch_add(1, Ordering::Relaxed);
-                        let fin = jobs_request::Msg::Finished(agent_pb::JobFinished { job_id: a.job_id, attempt: a.attempt, exit_code: 0, error: String::new() });
+                        let fin = jobs_request::Msg::Finished(agent_pb::JobFinished { job_id: a.job_id, attempt: a.attempt, ..Default::default() });
                         if let Some(tx) = current {
                             let _ = tx.send(agent_pb::JobsRequest { msg: Some(fin) }).await;
                         }

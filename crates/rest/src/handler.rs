@@ -62,7 +62,13 @@ where
 
 /// A JSON error with the HTTP status of the shared error code.
 fn error(grpc_code: i32, message: &str) -> Response {
-    let (status, name) = match ErrorCode::from_grpc(grpc_code) {
+    error_as(grpc_code, None, message)
+}
+
+/// [`error`], with the exact code when the service named it (two codes can
+/// share one gRPC code).
+fn error_as(grpc_code: i32, exact: Option<ErrorCode>, message: &str) -> Response {
+    let (status, name) = match exact.filter(|c| c.grpc_code() == grpc_code).or(ErrorCode::from_grpc(grpc_code)) {
         Some(c) => (c.http_status(), c.as_str()),
         None => match grpc_code {
             1 => (499, "cancelled"),
@@ -122,10 +128,10 @@ where
         Err(never) => match never {},
     };
     // Errors before any message come back as headers only.
-    if let Some((code, msg)) = grpc_status(resp.headers())
+    if let Some((code, exact, msg)) = grpc_status(resp.headers())
         && code != 0
     {
-        return error(code, &msg);
+        return error_as(code, exact, &msg);
     }
     let output = route.method.output();
     if route.server_streaming() {
@@ -135,10 +141,11 @@ where
     }
 }
 
-fn grpc_status(h: &http::HeaderMap) -> Option<(i32, String)> {
+fn grpc_status(h: &http::HeaderMap) -> Option<(i32, Option<ErrorCode>, String)> {
     let code = h.get("grpc-status")?.to_str().ok()?.parse().ok()?;
+    let exact = h.get(ErrorCode::METADATA_KEY).and_then(|v| v.to_str().ok()).and_then(ErrorCode::parse);
     let msg = h.get("grpc-message").and_then(|v| v.to_str().ok()).map(percent_decode).unwrap_or_default();
-    Some((code, msg))
+    Some((code, exact, msg))
 }
 
 fn percent_decode(s: &str) -> String {
@@ -188,8 +195,8 @@ async fn unary(mut body: GrpcBody, desc: MessageDescriptor) -> Response {
         }
     }
     match status {
-        Some((0, _)) => {}
-        Some((code, msg)) => return error(code, &msg),
+        Some((0, _, _)) => {}
+        Some((code, exact, msg)) => return error_as(code, exact, &msg),
         None => return error(13, "the call ended without a status"),
     }
     match take_messages(&mut buf, &desc) {
@@ -236,10 +243,10 @@ fn sse(body: GrpcBody, desc: MessageDescriptor) -> impl IntoResponse {
                                     }
                                 }
                             } else if let Some(t) = frame.trailers_ref() {
-                                if let Some((code, msg)) = grpc_status(t)
+                                if let Some((code, exact, msg)) = grpc_status(t)
                                     && code != 0
                                 {
-                                    pending.push(error_event(code, &msg));
+                                    pending.push(error_event_as(code, exact, &msg));
                                 }
                                 done = true;
                             }
@@ -253,7 +260,15 @@ fn sse(body: GrpcBody, desc: MessageDescriptor) -> impl IntoResponse {
 }
 
 fn error_event(code: i32, message: &str) -> Event {
-    let name = ErrorCode::from_grpc(code).map(ErrorCode::as_str).unwrap_or("unknown");
+    error_event_as(code, None, message)
+}
+
+fn error_event_as(code: i32, exact: Option<ErrorCode>, message: &str) -> Event {
+    let name = exact
+        .filter(|c| c.grpc_code() == code)
+        .or(ErrorCode::from_grpc(code))
+        .map(ErrorCode::as_str)
+        .unwrap_or("unknown");
     Event::default().event("error").data(json!({"code": name, "message": message}).to_string())
 }
 

@@ -12,6 +12,7 @@
 
 mod error;
 mod events;
+mod health;
 mod nodes;
 mod row;
 mod settings;
@@ -22,8 +23,9 @@ mod workloads;
 #[cfg(test)]
 mod tests;
 
-pub use error::StoreError;
+pub use error::{Failure, StoreError};
 pub use events::Event;
+pub use health::{DbHealth, PROBE_TIMEOUT};
 pub use nodes::{NodeEnroll, NodeFilter, NodePage, OpenedSession, SessionOpen, StatusChange};
 pub use tenancy::{Bootstrap, TokenRecord};
 pub use work::{AgentReport, Finished, JobPage, LogChunk, ReportOutcome};
@@ -58,47 +60,98 @@ pub struct Store {
     /// Bumped after every write to a node's row other than its lease, so a
     /// reader can keep a copy of the node list until it changes.
     node_version: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    health: std::sync::Arc<health::HealthState>,
+    /// The health probe's own PostgreSQL connection (see [`Store::probe`]).
+    probe_conn: std::sync::Arc<tokio::sync::Mutex<Option<sqlx::PgConnection>>>,
 }
 
-/// Runs `$body` with `$pool` bound to a pool that serves reads.
+/// Runs `$body` with `$pool` bound to a pool that serves reads. Fails fast
+/// with [`StoreError::Unavailable`] while the database is known unreachable.
 macro_rules! on_read {
-    ($store:expr, |$pool:ident| $body:expr) => {
+    ($store:expr, |$pool:ident| $body:expr) => {{
+        $store.health.admit()?;
         match &$store.backend {
             $crate::Backend::Sqlite { read: $pool, .. } => $body,
             $crate::Backend::Postgres($pool) => $body,
         }
-    };
+    }};
 }
 
 /// Runs `$body` inside one write transaction bound to `$tx` and commits it
 /// when `$body` returns `Ok`. `$body` is an expression of type `Result<T>`,
 /// evaluated in an async block, so `return` and `?` leave the body (rolling
 /// back) and never skip the commit of a success.
+///
+/// The result is `Ok` only once the commit succeeded. After a database error
+/// the transaction is rolled back and, where the connection's state is in
+/// doubt (see [`StoreError::poisons_connection`]), the connection is closed
+/// instead of going back to the pool; the SQLite writer is then reopened on
+/// the next write. Every outcome is recorded for [`Store::health`].
 macro_rules! in_tx {
-    ($store:expr, |$tx:ident| $body:expr) => {
-        match &$store.backend {
-            $crate::Backend::Sqlite { write, .. } => {
-                let mut $tx = write.begin().await?;
-                let out: $crate::Result<_> = async { $body }.await;
-                if out.is_ok() {
-                    $tx.commit().await?;
+    ($store:expr, |$tx:ident| $body:expr) => {{
+        let store: &$crate::Store = &$store;
+        let out: $crate::Result<_> = async {
+            store.health.admit()?;
+            match &store.backend {
+                $crate::Backend::Sqlite { write, .. } => {
+                    let mut conn = write.acquire().await?;
+                    let out: $crate::Result<_> = async {
+                        let mut $tx = sqlx::Connection::begin(&mut *conn).await?;
+                        let out: $crate::Result<_> = async { $body }.await;
+                        match out {
+                            Ok(v) => {
+                                $tx.commit().await?;
+                                Ok(v)
+                            }
+                            Err(e) => {
+                                let _ = $tx.rollback().await;
+                                Err(e)
+                            }
+                        }
+                    }
+                    .await;
+                    if let Err(e) = &out
+                        && e.poisons_connection(true)
+                    {
+                        tracing::warn!(error = e as &dyn std::error::Error, "replacing the SQLite writer connection");
+                        conn.close_on_drop();
+                    }
+                    out
                 }
-                out
-            }
-            $crate::Backend::Postgres(pool) => {
-                let mut $tx = pool.begin().await?;
-                sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                    .bind($crate::PG_EVENT_ORDER_LOCK)
-                    .execute(&mut *$tx)
-                    .await?;
-                let out: $crate::Result<_> = async { $body }.await;
-                if out.is_ok() {
-                    $tx.commit().await?;
+                $crate::Backend::Postgres(pool) => {
+                    let mut conn = pool.acquire().await?;
+                    let out: $crate::Result<_> = async {
+                        let mut $tx = sqlx::Connection::begin(&mut *conn).await?;
+                        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                            .bind($crate::PG_EVENT_ORDER_LOCK)
+                            .execute(&mut *$tx)
+                            .await?;
+                        let out: $crate::Result<_> = async { $body }.await;
+                        match out {
+                            Ok(v) => {
+                                $tx.commit().await?;
+                                Ok(v)
+                            }
+                            Err(e) => {
+                                let _ = $tx.rollback().await;
+                                Err(e)
+                            }
+                        }
+                    }
+                    .await;
+                    if let Err(e) = &out
+                        && e.poisons_connection(false)
+                    {
+                        conn.close_on_drop();
+                    }
+                    out
                 }
-                out
             }
         }
-    };
+        .await;
+        store.health.observe_write(&out);
+        out
+    }};
 }
 
 pub(crate) use {in_tx, on_read};
@@ -106,11 +159,21 @@ pub(crate) use {in_tx, on_read};
 impl Store {
     /// A store over SQLite. `write` must have exactly one connection.
     pub fn sqlite(write: SqlitePool, read: SqlitePool) -> Self {
-        Store { backend: Backend::Sqlite { write, read }, node_version: Default::default() }
+        Store {
+            backend: Backend::Sqlite { write, read },
+            node_version: Default::default(),
+            health: Default::default(),
+            probe_conn: Default::default(),
+        }
     }
 
     pub fn postgres(pool: PgPool) -> Self {
-        Store { backend: Backend::Postgres(pool), node_version: Default::default() }
+        Store {
+            backend: Backend::Postgres(pool),
+            node_version: Default::default(),
+            health: Default::default(),
+            probe_conn: Default::default(),
+        }
     }
 
     /// Changes whenever this store wrote a node (status, desired state,
@@ -154,14 +217,6 @@ impl Store {
             Backend::Sqlite { write, .. } => SQLITE_MIGRATIONS.run(write).await?,
             Backend::Postgres(pool) => POSTGRES_MIGRATIONS.run(pool).await?,
         }
-        Ok(())
-    }
-
-    /// A cheap round trip, for readiness.
-    pub async fn ping(&self) -> Result<()> {
-        on_read!(self, |pool| {
-            sqlx::query("SELECT 1").execute(pool).await?;
-        });
         Ok(())
     }
 

@@ -76,8 +76,20 @@ pub struct LogChunk {
 /// An agent's report about one allocation (see [`Store::allocation_reports`]).
 #[derive(Debug, Clone, Copy)]
 pub enum AgentReport<'a> {
-    Started { key: &'a str, node: &'a NodeId, restarts: u32 },
-    Finished { key: &'a str, node: &'a NodeId, exit_code: i32, error: &'a str },
+    Started {
+        key: &'a str,
+        node: &'a NodeId,
+        restarts: u32,
+    },
+    /// `lost`: the agent gave the attempt up without a result (it fenced
+    /// itself after losing contact); counted as lost, not failed.
+    Finished {
+        key: &'a str,
+        node: &'a NodeId,
+        exit_code: i32,
+        error: &'a str,
+        lost: bool,
+    },
 }
 
 /// The answer to one [`AgentReport`], as the single-report calls give it.
@@ -502,7 +514,11 @@ impl Store {
         error: &str,
         now: UnixMillis,
     ) -> Result<Option<Finished>> {
-        match self.allocation_reports(&[AgentReport::Finished { key, node, exit_code, error }], now).await?.pop() {
+        match self
+            .allocation_reports(&[AgentReport::Finished { key, node, exit_code, error, lost: false }], now)
+            .await?
+            .pop()
+        {
             Some(ReportOutcome::Finished(f)) => Ok(f),
             _ => unreachable!("one finished answer per finished report"),
         }
@@ -555,12 +571,23 @@ impl Store {
                         };
                         out.push(ReportOutcome::Started(started));
                     }
-                    AgentReport::Finished { key, node, exit_code, error } => {
+                    AgentReport::Finished { key, node, exit_code, error, lost } => {
                         let finished = 'report: {
                             let Some(mut a) = fetch_alloc!(tx, key) else { break 'report None };
                             if &a.node_id != node || !a.status.is_active() {
                                 break 'report None;
                             }
+                            if lost {
+                                let reason = if error.is_empty() { "given up by the node" } else { error };
+                                let a = lose_allocation!(tx, a, reason, now);
+                                let job = match &a.job_id {
+                                    Some(id) => fetch_job!(tx, id.as_str()),
+                                    None => None,
+                                };
+                                break 'report Some(Finished { allocation: a, job });
+                            }
+                            // Why the control plane asked it to stop, if it did.
+                            let stopped_because = (a.status == AllocStatus::Stopping).then(|| a.error.clone());
                             let ok = exit_code == 0 && error.is_empty();
                             a.status = match (a.status, ok) {
                                 (AllocStatus::Stopping, _) => AllocStatus::Stopped,
@@ -583,6 +610,11 @@ impl Store {
                                         job.error.clear();
                                         job.updated_at = now;
                                         "job.succeeded"
+                                    } else if let Some(why) = stopped_because {
+                                        // Stopped by the control plane (a drain
+                                        // deadline, a stopped node) while the job
+                                        // still wants a result: lost, retried.
+                                        retry_or(&mut job, JobStatus::Lost, why, Some(exit_code), now)
                                     } else {
                                         let why = if error.is_empty() {
                                             format!("exited with code {exit_code}")
@@ -614,8 +646,11 @@ impl Store {
         })
     }
 
-    /// Asks for allocations to stop: active ones become `stopping`. Returns
-    /// those that changed.
+    /// Asks for allocations to stop: active ones become `stopping`, with
+    /// `reason`. Returns those that changed. A job attempt whose job still
+    /// wants a result (not cancelled) is retried once it has stopped (its node
+    /// reports it ended, or goes down), never before: no attempt runs on
+    /// after the control plane gave up on it.
     pub async fn allocations_stop(&self, keys: &[String], reason: &str, now: UnixMillis) -> Result<Vec<Allocation>> {
         if keys.is_empty() {
             return Ok(Vec::new());
@@ -631,26 +666,6 @@ impl Store {
                 a.error = reason.to_owned();
                 update_alloc!(tx, &a);
                 append_event!(tx, now, Some(a.project_id.as_str()), "allocation.stopping", &a.key, to_json(&a));
-                out.push(a);
-            }
-            Ok::<_, StoreError>(out)
-        })
-    }
-
-    /// A job attempt stopped by a drain deadline or a stopped node: the
-    /// allocation is lost and the job retried while attempts remain.
-    pub async fn allocations_evict(&self, keys: &[String], reason: &str, now: UnixMillis) -> Result<Vec<Allocation>> {
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
-        in_tx!(self, |tx| {
-            let mut out = Vec::new();
-            for k in keys {
-                let Some(a) = fetch_alloc!(tx, k) else { continue };
-                if !a.status.is_active() {
-                    continue;
-                }
-                let a = lose_allocation!(tx, a, reason, now);
                 out.push(a);
             }
             Ok::<_, StoreError>(out)

@@ -11,6 +11,8 @@ pub enum ErrorCode {
     Unauthenticated,
     PermissionDenied,
     ResourceExhausted,
+    /// The database has no room to write: gRPC RESOURCE_EXHAUSTED, HTTP 507.
+    InsufficientStorage,
     Aborted,
     DeadlineExceeded,
     Unavailable,
@@ -27,6 +29,7 @@ impl ErrorCode {
             ErrorCode::AlreadyExists => 6,
             ErrorCode::PermissionDenied => 7,
             ErrorCode::ResourceExhausted => 8,
+            ErrorCode::InsufficientStorage => 8,
             ErrorCode::FailedPrecondition => 9,
             ErrorCode::Aborted => 10,
             ErrorCode::Internal => 13,
@@ -46,13 +49,41 @@ impl ErrorCode {
             ErrorCode::AlreadyExists => 409,
             ErrorCode::Aborted => 409,
             ErrorCode::ResourceExhausted => 429,
+            ErrorCode::InsufficientStorage => 507,
             ErrorCode::Internal => 500,
             ErrorCode::Unavailable => 503,
             ErrorCode::DeadlineExceeded => 504,
         }
     }
 
-    /// The code for a numeric gRPC status, if it is one of ours.
+    /// Every code, for lookups by name.
+    pub const ALL: [ErrorCode; 12] = [
+        ErrorCode::InvalidArgument,
+        ErrorCode::NotFound,
+        ErrorCode::AlreadyExists,
+        ErrorCode::FailedPrecondition,
+        ErrorCode::Unauthenticated,
+        ErrorCode::PermissionDenied,
+        ErrorCode::ResourceExhausted,
+        ErrorCode::InsufficientStorage,
+        ErrorCode::Aborted,
+        ErrorCode::DeadlineExceeded,
+        ErrorCode::Unavailable,
+        ErrorCode::Internal,
+    ];
+
+    /// The code named `name` (see [`ErrorCode::as_str`]).
+    pub fn parse(name: &str) -> Option<ErrorCode> {
+        Self::ALL.into_iter().find(|c| c.as_str() == name)
+    }
+
+    /// The gRPC metadata key that carries [`ErrorCode::as_str`] beside the
+    /// status, for codes that share a gRPC code (RESOURCE_EXHAUSTED is both a
+    /// rate limit, HTTP 429, and a full disk, HTTP 507).
+    pub const METADATA_KEY: &'static str = "tether-error-code";
+
+    /// The code for a numeric gRPC status, if it is one of ours. Where two
+    /// codes share a gRPC code, the more common one.
     pub const fn from_grpc(code: i32) -> Option<ErrorCode> {
         Some(match code {
             3 => ErrorCode::InvalidArgument,
@@ -79,6 +110,7 @@ impl ErrorCode {
             ErrorCode::Unauthenticated => "unauthenticated",
             ErrorCode::PermissionDenied => "permission_denied",
             ErrorCode::ResourceExhausted => "resource_exhausted",
+            ErrorCode::InsufficientStorage => "insufficient_storage",
             ErrorCode::Aborted => "aborted",
             ErrorCode::DeadlineExceeded => "deadline_exceeded",
             ErrorCode::Unavailable => "unavailable",
@@ -136,26 +168,17 @@ mod tests {
 
     #[test]
     fn every_code_maps_to_an_error_status() {
-        for code in [
-            ErrorCode::InvalidArgument,
-            ErrorCode::NotFound,
-            ErrorCode::AlreadyExists,
-            ErrorCode::FailedPrecondition,
-            ErrorCode::Unauthenticated,
-            ErrorCode::PermissionDenied,
-            ErrorCode::ResourceExhausted,
-            ErrorCode::Aborted,
-            ErrorCode::DeadlineExceeded,
-            ErrorCode::Unavailable,
-            ErrorCode::Internal,
-        ] {
+        for code in ErrorCode::ALL {
             assert!(code.grpc_code() > 0 && code.grpc_code() <= 16);
             assert!(code.http_status() >= 400, "{code}");
+            assert_eq!(ErrorCode::parse(code.as_str()), Some(code));
         }
+        assert_eq!(ErrorCode::InsufficientStorage.http_status(), 507);
         assert_eq!(ErrorCode::Unauthenticated.http_status(), 401);
         for code in 0..20 {
             if let Some(c) = ErrorCode::from_grpc(code) {
                 assert_eq!(c.grpc_code(), code);
+                assert_ne!(c, ErrorCode::InsufficientStorage, "429 stays the answer to a plain RESOURCE_EXHAUSTED");
             }
         }
         assert_eq!(ErrorCode::PermissionDenied.grpc_code(), 7);
