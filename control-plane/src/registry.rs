@@ -346,7 +346,10 @@ impl Registry {
         let mut map = self.lock();
         if let Some(slot) = map.get_mut(node).and_then(|e| e.session.as_mut()).filter(|x| x.id == session) {
             slot.jobs = false;
-            slot.close(CloseReason::JobsStreamEnded);
+            // Already closing (shutdown, superseded): that reason stands.
+            if !slot.cancel.is_cancelled() {
+                slot.close(CloseReason::JobsStreamEnded);
+            }
         }
     }
 

@@ -32,6 +32,9 @@ impl AgentApi {
 }
 
 fn closed_status(app: &App, session: &Session) -> Status {
+    if app.shutdown.is_cancelled() {
+        return Status::unavailable("control plane is shutting down; reconnect");
+    }
     match session.close_reason() {
         Some(CloseReason::Superseded) => Status::aborted("superseded by a newer session of this node"),
         Some(CloseReason::Deregistered) => Status::permission_denied("node was deregistered"),
@@ -40,7 +43,6 @@ fn closed_status(app: &App, session: &Session) -> Status {
         ),
         Some(CloseReason::JobsStreamEnded) => Status::unavailable("the session's jobs stream ended; reconnect both"),
         Some(CloseReason::NoJobsStream) => Status::unavailable("no jobs stream was opened in time; reconnect"),
-        None if app.shutdown.is_cancelled() => Status::unavailable("control plane is shutting down; reconnect"),
         None => Status::unavailable("session closed"),
     }
 }

@@ -197,16 +197,21 @@ fn retry_or(
 macro_rules! lose_allocation {
     ($tx:expr, $a:expr, $reason:expr, $now:expr) => {{
         let mut a: Allocation = $a;
+        // The job still waiting for this attempt's result, if any.
+        let waiting = match &a.job_id {
+            Some(job_id) => fetch_job!($tx, job_id.as_str())
+                .filter(|j: &Job| j.attempt == a.attempt && !j.status.is_terminal()),
+            None => None,
+        };
+        // Asked to stop and nobody waits for it (a cancelled job, a
+        // replica): it stopped. Otherwise its result is lost.
         let was_stopping = a.status == AllocStatus::Stopping;
-        a.status = if was_stopping { AllocStatus::Stopped } else { AllocStatus::Lost };
+        a.status = if was_stopping && waiting.is_none() { AllocStatus::Stopped } else { AllocStatus::Lost };
         a.error = $reason.to_owned();
         a.finished_at = Some($now);
         update_alloc!($tx, &a);
-        if let Some(job_id) = &a.job_id {
-            if let Some(mut job) = fetch_job!($tx, job_id.as_str())
-                && job.attempt == a.attempt
-                && !job.status.is_terminal()
-            {
+        if a.job_id.is_some() {
+            if let Some(mut job) = waiting {
                 let kind = retry_or(&mut job, JobStatus::Lost, $reason.to_owned(), None, $now);
                 update_job!($tx, &job, kind);
             }
@@ -589,44 +594,45 @@ impl Store {
                             // Why the control plane asked it to stop, if it did.
                             let stopped_because = (a.status == AllocStatus::Stopping).then(|| a.error.clone());
                             let ok = exit_code == 0 && error.is_empty();
-                            a.status = match (a.status, ok) {
-                                (AllocStatus::Stopping, _) => AllocStatus::Stopped,
+                            // The job still waiting for this attempt's result, if any.
+                            let waiting = match &a.job_id {
+                                Some(id) => fetch_job!(tx, id.as_str())
+                                    .filter(|j: &Job| j.attempt == a.attempt && !j.status.is_terminal()),
+                                None => None,
+                            };
+                            a.status = match (&stopped_because, ok) {
+                                // Stopped while nobody waits for it: a cancelled
+                                // job, a replica.
+                                (Some(_), _) if waiting.is_none() => AllocStatus::Stopped,
                                 (_, true) => AllocStatus::Succeeded,
-                                (_, false) => AllocStatus::Failed,
+                                // Stopped by the control plane (a drain deadline,
+                                // a stopped node) before it had a result: lost,
+                                // and retried.
+                                (Some(_), false) => AllocStatus::Lost,
+                                (None, false) => AllocStatus::Failed,
                             };
                             a.exit_code = Some(exit_code);
                             a.error = error.to_owned();
                             a.finished_at = Some(now);
                             update_alloc!(tx, &a);
                             let mut job_after = None;
-                            if let Some(job_id) = &a.job_id {
-                                if let Some(mut job) = fetch_job!(tx, job_id.as_str())
-                                    && job.attempt == a.attempt
-                                    && !job.status.is_terminal()
-                                {
-                                    let kind = if ok {
-                                        job.status = JobStatus::Succeeded;
-                                        job.exit_code = Some(exit_code);
-                                        job.error.clear();
-                                        job.updated_at = now;
-                                        "job.succeeded"
-                                    } else if let Some(why) = stopped_because {
-                                        // Stopped by the control plane (a drain
-                                        // deadline, a stopped node) while the job
-                                        // still wants a result: lost, retried.
-                                        retry_or(&mut job, JobStatus::Lost, why, Some(exit_code), now)
-                                    } else {
-                                        let why = if error.is_empty() {
-                                            format!("exited with code {exit_code}")
-                                        } else {
-                                            error.to_owned()
-                                        };
-                                        retry_or(&mut job, JobStatus::Failed, why, Some(exit_code), now)
-                                    };
-                                    update_job!(tx, &job, kind);
-                                    job_after = Some(job);
-                                }
-                            } else {
+                            if let Some(mut job) = waiting {
+                                let kind = if ok {
+                                    job.status = JobStatus::Succeeded;
+                                    job.exit_code = Some(exit_code);
+                                    job.error.clear();
+                                    job.updated_at = now;
+                                    "job.succeeded"
+                                } else if let Some(why) = stopped_because {
+                                    retry_or(&mut job, JobStatus::Lost, why, Some(exit_code), now)
+                                } else {
+                                    let why =
+                                        if error.is_empty() { format!("exited with code {exit_code}") } else { error.to_owned() };
+                                    retry_or(&mut job, JobStatus::Failed, why, Some(exit_code), now)
+                                };
+                                update_job!(tx, &job, kind);
+                                job_after = Some(job);
+                            } else if a.job_id.is_none() {
                                 append_event!(
                                     tx,
                                     now,
