@@ -151,31 +151,66 @@ pub struct ControlPlane {
     pub admin_token: String,
     pub join_token: String,
     starts: u32,
-    down_after: Duration,
+    opts: Options,
+}
+
+/// How a test control plane is started; `Options::default()` is what
+/// [`ControlPlane::start`] uses.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub interval: Duration,
+    pub jitter: Duration,
+    pub grace: Duration,
+    pub down_after: Duration,
+    /// gRPC listen address (port 0: any free port).
+    pub grpc_addr: String,
+    /// Data directory instead of one in the test's temp dir.
+    pub data_dir: Option<PathBuf>,
+    /// A PostgreSQL URL instead of a fresh database on the shared test server.
+    pub database_url: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            interval: INTERVAL,
+            jitter: Duration::from_millis(50),
+            grace: GRACE,
+            down_after: DOWN_AFTER,
+            grpc_addr: "127.0.0.1:0".into(),
+            data_dir: None,
+            database_url: None,
+        }
+    }
 }
 
 impl ControlPlane {
     pub async fn start(backend: Backend) -> ControlPlane {
-        Self::start_with(backend, DOWN_AFTER).await
+        Self::start_opts(backend, Options::default()).await
     }
 
     /// Starts with a shorter or longer time until silent nodes are `down`.
     pub async fn start_with(backend: Backend, down_after: Duration) -> ControlPlane {
-        let database_url = match backend {
-            Backend::Sqlite => None,
-            Backend::Postgres => Some(fresh_postgres_db().await),
+        Self::start_opts(backend, Options { down_after, ..Options::default() }).await
+    }
+
+    pub async fn start_opts(backend: Backend, opts: Options) -> ControlPlane {
+        let database_url = match (backend, &opts.database_url) {
+            (Backend::Sqlite, _) => None,
+            (Backend::Postgres, Some(url)) => Some(url.clone()),
+            (Backend::Postgres, None) => Some(fresh_postgres_db().await),
         };
         let mut cp = ControlPlane {
             dir: tempfile::tempdir().expect("tempdir"),
             backend,
             database_url,
             child: None,
-            grpc_addr: "127.0.0.1:0".into(),
+            grpc_addr: opts.grpc_addr.clone(),
             http_addr: "127.0.0.1:0".into(),
             admin_token: String::new(),
             join_token: String::new(),
             starts: 0,
-            down_after,
+            opts,
         };
         cp.spawn().await;
         cp.admin_token = std::fs::read_to_string(cp.data_dir().join("admin.token")).unwrap().trim().to_owned();
@@ -184,7 +219,7 @@ impl ControlPlane {
     }
 
     pub fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
+        self.opts.data_dir.clone().unwrap_or_else(|| self.dir.path().join("data"))
     }
 
     /// Starts the binary (again, on the same ports after the first start).
@@ -200,13 +235,13 @@ impl ControlPlane {
             .arg("--data-dir")
             .arg(self.data_dir())
             .arg("--heartbeat-interval")
-            .arg(format!("{}ms", INTERVAL.as_millis()))
+            .arg(format!("{}ms", self.opts.interval.as_millis()))
             .arg("--heartbeat-jitter")
-            .arg("50ms")
+            .arg(format!("{}ms", self.opts.jitter.as_millis()))
             .arg("--heartbeat-grace")
-            .arg(format!("{}ms", GRACE.as_millis()))
+            .arg(format!("{}ms", self.opts.grace.as_millis()))
             .arg("--down-after")
-            .arg(format!("{}ms", self.down_after.as_millis()))
+            .arg(format!("{}ms", self.opts.down_after.as_millis()))
             .arg("--lease-flush-interval")
             .arg("1s")
             .env("RUST_LOG", "info")
@@ -334,10 +369,29 @@ impl Agent {
     }
 
     pub fn start_with_state(cp: &ControlPlane, name: &str, state_dir: PathBuf, extra: &[&str]) -> Agent {
+        Agent::start_in(cp, name, state_dir, extra, None)
+    }
+
+    /// Starts the agent inside network namespace `netns` (made by the test).
+    pub fn start_in_netns(cp: &ControlPlane, name: &str, netns: &str, extra: &[&str]) -> Agent {
+        let state_dir = cp.dir.path().join(format!("agent-{name}"));
+        Agent::start_in(cp, name, state_dir, extra, Some(netns))
+    }
+
+    fn start_in(cp: &ControlPlane, name: &str, state_dir: PathBuf, extra: &[&str], netns: Option<&str>) -> Agent {
         let n = std::fs::read_dir(cp.dir.path()).map(|d| d.count()).unwrap_or(0);
         let log_path = cp.dir.path().join(format!("agent-{name}-{n}.log"));
         let log = std::fs::File::create(&log_path).unwrap();
-        let child = Command::new(bin_dir().join("tether-agent"))
+        let agent_bin = bin_dir().join("tether-agent");
+        let mut cmd = match netns {
+            None => Command::new(&agent_bin),
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&agent_bin);
+                c
+            }
+        };
+        let child = cmd
             .arg("--control-plane")
             .arg(cp.url())
             .arg("--join-token")

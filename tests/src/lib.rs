@@ -7,6 +7,8 @@
 //! unit tests, which links once.
 
 #[cfg(test)]
+mod faults;
+#[cfg(test)]
 mod harness;
 #[cfg(test)]
 mod loadgen;

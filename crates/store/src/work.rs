@@ -199,8 +199,9 @@ macro_rules! lose_allocation {
         let mut a: Allocation = $a;
         // The job still waiting for this attempt's result, if any.
         let waiting = match &a.job_id {
-            Some(job_id) => fetch_job!($tx, job_id.as_str())
-                .filter(|j: &Job| j.attempt == a.attempt && !j.status.is_terminal()),
+            Some(job_id) => {
+                fetch_job!($tx, job_id.as_str()).filter(|j: &Job| j.attempt == a.attempt && !j.status.is_terminal())
+            }
             None => None,
         };
         // Asked to stop and nobody waits for it (a cancelled job, a
@@ -626,8 +627,11 @@ impl Store {
                                 } else if let Some(why) = stopped_because {
                                     retry_or(&mut job, JobStatus::Lost, why, Some(exit_code), now)
                                 } else {
-                                    let why =
-                                        if error.is_empty() { format!("exited with code {exit_code}") } else { error.to_owned() };
+                                    let why = if error.is_empty() {
+                                        format!("exited with code {exit_code}")
+                                    } else {
+                                        error.to_owned()
+                                    };
                                     retry_or(&mut job, JobStatus::Failed, why, Some(exit_code), now)
                                 };
                                 update_job!(tx, &job, kind);
