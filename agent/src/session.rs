@@ -23,6 +23,8 @@ use crate::state::{Identity, StateDir};
 
 /// A session that lasted this long resets the backoff.
 const STABLE_SESSION: Duration = Duration::from_secs(10);
+/// The beat rate until a session's configuration arrives.
+const PRE_CONFIG_INTERVAL: Duration = Duration::from_millis(500);
 /// How long a sign-off waits for the control plane to close the stream.
 const GOODBYE_WAIT: Duration = Duration::from_secs(3);
 
@@ -71,6 +73,8 @@ pub struct Agent {
     /// Beat sequence numbers grow across sessions, so that a late
     /// acknowledgement from an old session is never mistaken for a new one.
     seq: u64,
+    /// The beat interval the control plane chose last.
+    interval: Duration,
 }
 
 fn endpoint(url: &str) -> Result<Endpoint, AgentError> {
@@ -159,6 +163,7 @@ impl Agent {
             fence,
             sampler: Sampler::new(),
             seq: 0,
+            interval: Duration::from_secs(5),
         })
     }
 
@@ -203,35 +208,8 @@ impl Agent {
             Ok(c) => c,
             Err(e) => return Ok(End::Retry(format!("connect: {e}"))),
         };
-        let mut client = client(channel, &self.identity.credential);
-
-        // Heartbeat stream: Hello, and the first beat right behind it, so the
-        // control plane counts the node live from the start, however slow the
-        // link (the Jobs stream's set-up takes further round trips).
-        let (hb_tx, hb_rx) = mpsc::channel(8);
-        let hello = agent_pb::Hello {
-            node_id: self.identity.node_id.clone(),
-            agent_version: env!("CARGO_PKG_VERSION").into(),
-            capabilities: (!*sent_capabilities)
-                .then(|| host::capabilities(&self.config.state_dir, self.config.hostname.as_deref())),
-            session_generation: self.identity.generation,
-            desired_state_version: *applied_version,
-        };
-        let _ = hb_tx.try_send(agent_pb::HeartbeatRequest { msg: Some(heartbeat_request::Msg::Hello(hello)) });
-        let _ = hb_tx.try_send(self.beat());
-        let inbound = match client.heartbeat(ReceiverStream::new(hb_rx)).await {
-            Ok(r) => r.into_inner(),
-            Err(s) => return classify(&s).map_or_else(|| Ok(End::Retry(format!("heartbeat: {s}"))), Err),
-        };
-        *sent_capabilities = true;
-
-        // Jobs stream: first report everything held, then stream updates.
-        let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
-        let report = agent_pb::JobsRequest { msg: Some(agent_pb::jobs_request::Msg::Report(self.runner.report())) };
-        let _ = jobs_tx.send((report, None));
-        self.runner.attach(jobs_tx);
-        let outbound = UnboundedReceiverStream::new(jobs_rx).map(|(m, _permit): crate::runner::Outbound| m);
-        let result = self.session_loop(&mut client, outbound, hb_tx, inbound, applied_version).await;
+        let client = client(channel, &self.identity.credential);
+        let result = self.session_loop(client, sent_capabilities, applied_version).await;
         self.runner.detach();
         result
     }
@@ -251,23 +229,46 @@ impl Agent {
         agent_pb::HeartbeatRequest { msg: Some(heartbeat_request::Msg::Beat(beat)) }
     }
 
+    /// One session: the Heartbeat stream (Hello, then beats at once and on
+    /// the interval, never waiting for an answer), then the Jobs stream once
+    /// the control plane has answered the Heartbeat call. A slow link delays
+    /// the answers, never the beats.
     async fn session_loop(
         &mut self,
-        client: &mut AuthedClient,
-        outbound: impl tokio_stream::Stream<Item = agent_pb::JobsRequest> + Send + 'static,
-        hb_tx: mpsc::Sender<agent_pb::HeartbeatRequest>,
-        mut inbound: tonic::Streaming<agent_pb::HeartbeatResponse>,
+        client: AuthedClient,
+        sent_capabilities: &mut bool,
         applied_version: &mut u64,
     ) -> Result<End, AgentError> {
-        // Opened while beats go on: on a slow link its round trips must not
-        // hold the beats up.
-        let mut jobs_client = client.clone();
-        let jobs_open = jobs_client.jobs(outbound);
-        tokio::pin!(jobs_open);
+        let (hb_tx, hb_rx) = mpsc::channel(8);
+        let hello = agent_pb::Hello {
+            node_id: self.identity.node_id.clone(),
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            capabilities: (!*sent_capabilities)
+                .then(|| host::capabilities(&self.config.state_dir, self.config.hostname.as_deref())),
+            session_generation: self.identity.generation,
+            desired_state_version: *applied_version,
+        };
+        let _ = hb_tx.try_send(agent_pb::HeartbeatRequest { msg: Some(heartbeat_request::Msg::Hello(hello)) });
+        let _ = hb_tx.try_send(self.beat());
+        let mut hb_open = {
+            let mut c = client.clone();
+            Box::pin(async move { c.heartbeat(ReceiverStream::new(hb_rx)).await })
+        };
+        let mut inbound: Option<tonic::Streaming<agent_pb::HeartbeatResponse>> = None;
+        type JobsOpen = std::pin::Pin<
+            Box<
+                dyn std::future::Future<
+                        Output = Result<tonic::Response<tonic::Streaming<agent_pb::JobsResponse>>, Status>,
+                    > + Send,
+            >,
+        >;
+        let mut jobs_open: Option<JobsOpen> = None;
         let mut jobs_in: Option<tonic::Streaming<agent_pb::JobsResponse>> = None;
-        tracing::info!("heartbeat session open");
 
-        let mut interval = Duration::from_secs(5);
+        // Until this session's configuration arrives (a round trip, long on
+        // a slow link), beat at least twice a second, so that the control
+        // plane hears from the node within any sensible grace.
+        let mut interval = self.interval.min(PRE_CONFIG_INTERVAL);
         let mut jitter = Duration::ZERO;
         let jitter_src = Backoff::new(Duration::ZERO, Duration::ZERO);
         let mut next_beat = tokio::time::Instant::now() + interval;
@@ -278,7 +279,9 @@ impl Agent {
                     let bye = agent_pb::HeartbeatRequest {
                         msg: Some(heartbeat_request::Msg::Goodbye(agent_pb::Goodbye { reason: "agent stopping".into() })),
                     };
-                    if hb_tx.send(bye).await.is_ok() {
+                    if let Some(mut inbound) = inbound
+                        && hb_tx.send(bye).await.is_ok()
+                    {
                         drop(hb_tx);
                         // Wait for the control plane to record it and end the stream.
                         let _ = tokio::time::timeout(GOODBYE_WAIT, async {
@@ -289,22 +292,42 @@ impl Agent {
                     tracing::info!("signed off");
                     return Ok(End::Shutdown);
                 }
-                opened = &mut jobs_open, if jobs_in.is_none() => match opened {
+                opened = &mut hb_open, if inbound.is_none() => match opened {
                     Ok(r) => {
-                        jobs_in = Some(r.into_inner());
-                        tracing::info!("connected");
+                        inbound = Some(r.into_inner());
+                        *sent_capabilities = true;
+                        tracing::info!("heartbeat session open");
+                        // Jobs: first report everything held, then updates.
+                        let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
+                        let report = agent_pb::JobsRequest { msg: Some(agent_pb::jobs_request::Msg::Report(self.runner.report())) };
+                        let _ = jobs_tx.send((report, None));
+                        self.runner.attach(jobs_tx);
+                        let outbound = UnboundedReceiverStream::new(jobs_rx).map(|(m, _permit): crate::runner::Outbound| m);
+                        let mut c = client.clone();
+                        jobs_open = Some(Box::pin(async move { c.jobs(outbound).await }));
                     }
-                    Err(s) => {
-                        return classify(&s).map_or_else(|| Ok(End::Retry(format!("jobs stream refused: {s}"))), Err);
-                    }
+                    Err(s) => return classify(&s).map_or_else(|| Ok(End::Retry(format!("heartbeat: {s}"))), Err),
                 },
-                msg = inbound.message() => match msg {
-                    Ok(Some(agent_pb::HeartbeatResponse { msg: Some(m) })) => match m {
+                opened = async { jobs_open.as_mut().expect("guarded").await }, if jobs_open.is_some() => {
+                    jobs_open = None;
+                    match opened {
+                        Ok(r) => {
+                            jobs_in = Some(r.into_inner());
+                            tracing::info!("connected");
+                        }
+                        Err(s) => {
+                            return classify(&s).map_or_else(|| Ok(End::Retry(format!("jobs stream refused: {s}"))), Err);
+                        }
+                    }
+                }
+                msg = next_message(&mut inbound) => match msg {
+                    Some(Ok(agent_pb::HeartbeatResponse { msg: Some(m) })) => match m {
                         heartbeat_response::Msg::Config(c) => {
-                            interval = c.interval.map(to_duration).unwrap_or(interval).max(Duration::from_millis(50));
+                            interval = c.interval.map(to_duration).unwrap_or(self.interval).max(Duration::from_millis(50));
+                            self.interval = interval;
                             jitter = c.jitter.map(to_duration).unwrap_or(Duration::ZERO);
                             self.fence.set_after(c.fence_after.map(to_duration));
-                            next_beat = tokio::time::Instant::now() + interval;
+                            next_beat = next_beat.min(tokio::time::Instant::now() + interval);
                             tracing::debug!(?interval, ?jitter, "heartbeat configuration");
                         }
                         heartbeat_response::Msg::BeatAck(a) => self.fence.acked(a.seq),
@@ -313,14 +336,16 @@ impl Agent {
                             if ack.accepted {
                                 *applied_version = d.version;
                             }
-                            let _ = hb_tx.send(agent_pb::HeartbeatRequest { msg: Some(heartbeat_request::Msg::Ack(ack)) }).await;
+                            if hb_tx.try_send(agent_pb::HeartbeatRequest { msg: Some(heartbeat_request::Msg::Ack(ack)) }).is_err() {
+                                tracing::warn!(version = d.version, "heartbeat stream full; desired-state answer dropped");
+                            }
                         }
                     },
-                    Ok(Some(_)) => {}
-                    Ok(None) => return Ok(End::Retry("control plane closed the heartbeat stream".into())),
-                    Err(s) => return classify(&s).map_or_else(|| Ok(End::Retry(format!("heartbeat: {s}"))), Err),
+                    Some(Ok(_)) => {}
+                    None => return Ok(End::Retry("control plane closed the heartbeat stream".into())),
+                    Some(Err(s)) => return classify(&s).map_or_else(|| Ok(End::Retry(format!("heartbeat: {s}"))), Err),
                 },
-                msg = next_job(&mut jobs_in) => match msg {
+                msg = next_message(&mut jobs_in) => match msg {
                     Some(Ok(agent_pb::JobsResponse { msg: Some(jobs_response::Msg::Cancel(c)) })) => {
                         tracing::info!(job_id = c.job_id, attempt = c.attempt, reason = c.reason, "cancel");
                         self.runner.cancel(&c.job_id, c.attempt, &c.reason);
@@ -372,9 +397,7 @@ impl Agent {
     }
 }
 
-async fn next_job(
-    s: &mut Option<tonic::Streaming<agent_pb::JobsResponse>>,
-) -> Option<Result<agent_pb::JobsResponse, Status>> {
+async fn next_message<T>(s: &mut Option<tonic::Streaming<T>>) -> Option<Result<T, Status>> {
     match s {
         Some(s) => s.message().await.transpose(),
         None => std::future::pending().await,

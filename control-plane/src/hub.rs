@@ -41,6 +41,11 @@ impl JobsHub {
         id
     }
 
+    /// Whether the node has a Jobs stream here.
+    pub fn has(&self, node: &NodeId) -> bool {
+        self.lock().contains_key(node)
+    }
+
     pub fn unregister(&self, node: &NodeId, id: u64) {
         let mut map = self.lock();
         if map.get(node).is_some_and(|e| e.id == id) {

@@ -33,7 +33,7 @@ pub enum CloseReason {
     Resync,
     /// The session's Jobs stream ended; a session is both streams.
     JobsStreamEnded,
-    /// No Jobs stream was opened within the grace.
+    /// No Jobs stream was opened within the down timeout.
     NoJobsStream,
 }
 
@@ -435,12 +435,16 @@ impl Registry {
         let changes: Vec<StatusChange> = {
             let map = self.lock();
             for (id, e) in map.iter() {
+                // A slow link delays the Jobs stream by two one-way trips
+                // after the session opens; nothing is placed on the node
+                // until it is there, and a session still without one when a
+                // silent node would be down is closed.
                 if let Some(slot) = &e.session
                     && !slot.jobs
-                    && now.saturating_duration_since(slot.opened) > self.liveness.grace
+                    && now.saturating_duration_since(slot.opened) > self.liveness.down_after
                     && slot.reason.get().is_none()
                 {
-                    tracing::warn!(node_id = %id, "no jobs stream within the grace; closing the session");
+                    tracing::warn!(node_id = %id, "no jobs stream within the down timeout; closing the session");
                     slot.close(CloseReason::NoJobsStream);
                 }
             }

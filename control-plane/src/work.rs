@@ -492,10 +492,16 @@ pub fn node_views(nodes: &[Node], active: &[Allocation], now: i64) -> Vec<NodeVi
 impl PassState {
     /// The views for this pass: rebuilt from the snapshot's when the node
     /// list changed, then what is allocated applied.
-    fn prepare_views(&mut self, snap: &Arc<NodeSnapshot>, active: &[Allocation], now: i64) {
+    ///
+    /// A node takes new work only while its Jobs stream is open here: work
+    /// placed on a node that cannot hear of it would wait for a reconnect.
+    fn prepare_views(&mut self, snap: &Arc<NodeSnapshot>, active: &[Allocation], now: i64, hub: &crate::hub::JobsHub) {
         if !self.views_of.as_ref().is_some_and(|s| Arc::ptr_eq(s, snap)) {
             self.views = snap.base_views.clone();
             self.views_of = Some(snap.clone());
+        }
+        for (v, base) in self.views.iter_mut().zip(&snap.base_views) {
+            v.ready = base.ready && hub.has(&v.id);
         }
         apply_usage(&mut self.views, &snap.nodes, &snap.index, active, now);
     }
@@ -584,7 +590,7 @@ async fn pass(app: &App, state: &mut PassState) -> Result<(), StoreError> {
             continue;
         }
         if !views_ready {
-            state.prepare_views(&snap, &active, now);
+            state.prepare_views(&snap, &active, now, &app.hub);
             views_ready = true;
         }
         let views = &mut state.views;
@@ -626,7 +632,7 @@ async fn pass(app: &App, state: &mut PassState) -> Result<(), StoreError> {
         Vec::new()
     } else {
         if !views_ready {
-            state.prepare_views(&snap, &active, now);
+            state.prepare_views(&snap, &active, now, &app.hub);
         }
         place(app, &mut state.views, &reqs)
     };

@@ -332,7 +332,7 @@ async fn slow_link_does_not_flap_a_new_node(backend: Backend) {
     let cp = ControlPlane::start_opts(backend, opts).await;
     let link = SlowLink::start(cp.grpc_addr.clone(), Duration::from_secs(1)).await;
     let url = format!("http://{}", link.addr);
-    let a = Agent::start(&cp, "slow", &["--control-plane", &url]);
+    let a = Agent::start_via(&cp, "slow", &url, &[]);
     let id = a.node_id().await;
     let mut watch = cp.nodes().await.watch_nodes(pb::WatchNodesRequest::default()).await.unwrap().into_inner();
     let seen_ready = eventually(Duration::from_secs(30), "slow node ready", || async {

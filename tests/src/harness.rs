@@ -369,16 +369,29 @@ impl Agent {
     }
 
     pub fn start_with_state(cp: &ControlPlane, name: &str, state_dir: PathBuf, extra: &[&str]) -> Agent {
-        Agent::start_in(cp, name, state_dir, extra, None)
+        Agent::start_in(cp, name, state_dir, extra, None, &cp.url())
     }
 
     /// Starts the agent inside network namespace `netns` (made by the test).
     pub fn start_in_netns(cp: &ControlPlane, name: &str, netns: &str, extra: &[&str]) -> Agent {
         let state_dir = cp.dir.path().join(format!("agent-{name}"));
-        Agent::start_in(cp, name, state_dir, extra, Some(netns))
+        Agent::start_in(cp, name, state_dir, extra, Some(netns), &cp.url())
     }
 
-    fn start_in(cp: &ControlPlane, name: &str, state_dir: PathBuf, extra: &[&str], netns: Option<&str>) -> Agent {
+    /// Starts the agent against `url` (a relay in front of `cp`).
+    pub fn start_via(cp: &ControlPlane, name: &str, url: &str, extra: &[&str]) -> Agent {
+        let state_dir = cp.dir.path().join(format!("agent-{name}"));
+        Agent::start_in(cp, name, state_dir, extra, None, url)
+    }
+
+    fn start_in(
+        cp: &ControlPlane,
+        name: &str,
+        state_dir: PathBuf,
+        extra: &[&str],
+        netns: Option<&str>,
+        url: &str,
+    ) -> Agent {
         let n = std::fs::read_dir(cp.dir.path()).map(|d| d.count()).unwrap_or(0);
         let log_path = cp.dir.path().join(format!("agent-{name}-{n}.log"));
         let log = std::fs::File::create(&log_path).unwrap();
@@ -393,7 +406,7 @@ impl Agent {
         };
         let child = cmd
             .arg("--control-plane")
-            .arg(cp.url())
+            .arg(url)
             .arg("--join-token")
             .arg(&cp.join_token)
             .arg("--state-dir")
