@@ -29,6 +29,11 @@ mod sqlite_only {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stopped_agent_gives_its_attempts_up_when_it_resumes() {
+        stopped_agent().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn full_disk_loses_no_acknowledged_write() {
         full_disk().await;
     }
@@ -258,6 +263,68 @@ async fn partition(backend: Backend, outage: Duration) {
     let log = a.log();
     assert!(log.contains("gave up running job attempts"), "the cut-off agent fenced itself:\n{log}");
     drop(b);
+}
+
+/// An agent frozen with SIGSTOP past the down timeout: its node goes down and
+/// its job is retried elsewhere. Its processes keep running meanwhile (a
+/// stopped agent cannot stop them: see docs/reliability.md); once it resumes
+/// it kills the stale attempt at once, before that can finish, and comes
+/// back through a resync.
+async fn stopped_agent() {
+    let opts = Options {
+        interval: Duration::from_millis(300),
+        grace: Duration::from_millis(1000),
+        down_after: Duration::from_secs(3),
+        ..Options::default()
+    };
+    let cp = ControlPlane::start_opts(Backend::Sqlite, opts).await;
+    let marks = cp.dir.path().join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    let frozen = Agent::start(&cp, "frozen", &[]);
+    let frozen_id = frozen.node_id().await;
+    cp.wait_nodes(1, NodeStatus::Ready, Duration::from_secs(20)).await;
+    // 60 ticks: about 12 s, longer than the freeze.
+    let j = cp.jobs().await.submit_job(job_req(&marking_script(&marks, 60), 2, "")).await.unwrap().into_inner();
+    let job_id = j.job.unwrap().job_id;
+    eventually(Duration::from_secs(20), "attempt 1 running", || async {
+        starts(&marks).contains_key(&(job_id.clone(), 1)).then_some(())
+    })
+    .await;
+    let other = Agent::start(&cp, "other", &[]);
+    cp.wait_nodes(2, NodeStatus::Ready, Duration::from_secs(20)).await;
+
+    frozen.signal(libc::SIGSTOP);
+    eventually(Duration::from_secs(20), "attempt 2 running elsewhere", || async {
+        starts(&marks).contains_key(&(job_id.clone(), 2)).then_some(())
+    })
+    .await;
+    assert_eq!(node_status(&cp, &frozen_id).await, Some(NodeStatus::Down as i32));
+    frozen.signal(libc::SIGCONT);
+    let resumed = Instant::now();
+    // The stale attempt dies at once: its alive mark stops moving.
+    let stale_gone = eventually(Duration::from_secs(5), "attempt 1 killed", || async {
+        let a = last_alive(&marks, &job_id, 1)?;
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        (last_alive(&marks, &job_id, 1)? == a).then_some(resumed.elapsed())
+    })
+    .await;
+    eprintln!("stale attempt stopped {stale_gone:?} after SIGCONT");
+    eventually(Duration::from_secs(20), "frozen node ready again", || async {
+        (node_status(&cp, &frozen_id).await == Some(NodeStatus::Ready as i32)).then_some(())
+    })
+    .await;
+    let j = eventually(Duration::from_secs(30), "job succeeded", || async {
+        let j = get_job(&cp, &job_id).await;
+        (j.status == JobStatus::Succeeded as i32).then_some(j)
+    })
+    .await;
+    assert_eq!(j.attempts.len(), 2);
+    assert_eq!(j.attempts[0].status, "lost");
+    assert!(!marks.join(format!("done-{job_id}-1")).exists(), "the stale attempt ran to its end");
+    for (k, n) in starts(&marks) {
+        assert_eq!(n, 1, "{k:?} started {n} times");
+    }
+    drop(other);
 }
 
 /// A TCP relay on 127.0.0.1 that holds every chunk for `delay` in each
