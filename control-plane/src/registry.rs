@@ -323,6 +323,19 @@ impl Registry {
         Beat::Counted
     }
 
+    /// The node tried to open a session and we could not take it (the
+    /// database is unavailable): it is alive, and it is not its fault, so
+    /// its silence does not count against it. It gets no acknowledged beats
+    /// meanwhile, so its agent still fences on time.
+    pub fn refused_alive(&self, node: &NodeId) {
+        if let Some(e) = self.lock().get_mut(node)
+            && e.session.is_none()
+        {
+            e.last_seen = Instant::now();
+            e.last_seen_ms = now_ms();
+        }
+    }
+
     /// Closes the node's session, if it has one here, for a resync: called
     /// when its work was released behind its back (declared lost).
     pub fn resync(&self, node: &NodeId) {

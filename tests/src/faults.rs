@@ -523,7 +523,13 @@ async fn database_outage() {
     assert!(t.elapsed() < Duration::from_secs(6), "a submit during the outage took {:?}", t.elapsed());
     // Health probes answer while the database is away.
     assert_eq!(cp.http_get("/healthz").await.0, 200);
+    // Every job ends while the database is away: its result has to wait.
+    eventually(Duration::from_secs(15), "all eight finished during the outage", || async {
+        ids.iter().all(|id| marks.join(format!("done-{id}-1")).exists()).then_some(())
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(6).saturating_sub(stopped.elapsed())).await;
+    assert_eq!(cp.http_get("/readyz").await.0, 503, "still down when it comes back up");
     pg.ctl("up");
 
     eventually(Duration::from_secs(20), "/readyz ready again", || async {
@@ -561,6 +567,13 @@ async fn database_outage() {
     .await;
     let log = cp.log();
     assert!(log.contains("database unavailable"), "the control plane said what happened");
+    // The sessions outlived the outage: results waited at the control plane.
+    for a in &agents {
+        let log = a.log();
+        assert!(!log.contains("session ended"), "agent {} lost its session:\n{log}", a.name);
+    }
+    // No node was counted silent for the control plane's own outage.
+    assert!(!log.contains("\"unreachable\"") && !log.contains("\"down\""), "a node changed status:\n{log}");
     drop(agents);
 }
 

@@ -171,6 +171,9 @@ impl agent_pb::agent_service_server::AgentService for AgentApi {
                 if e.code != ErrorCode::Aborted {
                     tracing::warn!(node_id = %node, error = %e, "session refused");
                 }
+                if matches!(e.code, ErrorCode::Unavailable | ErrorCode::InsufficientStorage) {
+                    self.app.registry.refused_alive(&node);
+                }
                 status(e)
             })?;
         drop(permit);

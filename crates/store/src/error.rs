@@ -101,7 +101,15 @@ impl StoreError {
     /// True when the same operation may succeed later: contention, a
     /// database that is coming back, storage that is freed.
     pub fn is_transient(&self) -> bool {
-        matches!(self.failure(), Some(Failure::Busy | Failure::Unavailable | Failure::Io | Failure::StorageFull))
+        match self {
+            // A failure already turned into a client error (a group commit
+            // answers each caller with one) keeps its meaning.
+            StoreError::Domain(e) => matches!(e.code, ErrorCode::Unavailable | ErrorCode::InsufficientStorage),
+            _ => matches!(
+                self.failure(),
+                Some(Failure::Busy | Failure::Unavailable | Failure::Io | Failure::StorageFull)
+            ),
+        }
     }
 
     /// Whether the connection this error came from may be left in a state
@@ -169,8 +177,10 @@ mod tests {
         assert!(timed_out.is_transient());
         assert!(Error::from(timed_out).message.contains("no connection in time"));
 
+        assert!(StoreError::Domain(Error::from(StoreError::Unavailable)).is_transient(), "through a group commit");
         let domain = StoreError::Domain(Error::not_found("x"));
         assert_eq!(domain.failure(), None);
+        assert!(!domain.is_transient());
         assert!(!domain.poisons_connection(true));
         assert_eq!(Error::from(domain).code, ErrorCode::NotFound);
 
