@@ -148,6 +148,39 @@ fn starts(dir: &Path) -> HashMap<(String, u32), u32> {
     out
 }
 
+/// Submits `n` jobs running `script` (one attempt each); returns their ids.
+async fn submit(cp: &ControlPlane, script: &str, n: usize) -> Vec<String> {
+    let mut jobs = cp.jobs().await;
+    let mut ids = Vec::with_capacity(n);
+    for _ in 0..n {
+        ids.push(jobs.submit_job(job_req(script, 1, "")).await.unwrap().into_inner().job.unwrap().job_id);
+    }
+    ids
+}
+
+/// No (job, attempt) started twice.
+fn each_started_once(dir: &Path) {
+    for (k, n) in starts(dir) {
+        assert_eq!(n, 1, "{k:?} started {n} times");
+    }
+}
+
+/// Waits until every job in `ids` succeeded; returns them.
+async fn all_succeeded(cp: &ControlPlane, ids: &[String]) -> Vec<pb::Job> {
+    eventually(Duration::from_secs(40), "every job succeeded", || async {
+        let mut out = Vec::new();
+        for id in ids {
+            let j = get_job(cp, id).await;
+            if j.status != JobStatus::Succeeded as i32 {
+                return None;
+            }
+            out.push(j);
+        }
+        Some(out)
+    })
+    .await
+}
+
 fn last_alive(dir: &Path, job: &str, attempt: u32) -> Option<i64> {
     std::fs::read_to_string(dir.join(format!("alive-{job}-{attempt}"))).ok()?.trim().parse().ok()
 }
@@ -228,18 +261,7 @@ async fn partition(backend: Backend, outage: Duration) {
     })
     .await;
     eprintln!("partition {outage:?}: a ready again {:?} after the heal", healed.elapsed());
-    let done = eventually(Duration::from_secs(40), "every job succeeded", || async {
-        let mut out = Vec::new();
-        for id in &ids {
-            let j = get_job(&cp, id).await;
-            if j.status != JobStatus::Succeeded as i32 {
-                return None;
-            }
-            out.push(j);
-        }
-        Some(out)
-    })
-    .await;
+    let done = all_succeeded(&cp, &ids).await;
     for j in &done {
         assert_eq!(j.attempts.len(), 2, "{j:?}");
         let first = &j.attempts[0];
@@ -257,9 +279,7 @@ async fn partition(backend: Backend, outage: Duration) {
         assert!(marks.join(format!("done-{}-2", j.job_id)).exists());
     }
     // Nothing started twice for one attempt, on either node.
-    for (k, n) in starts(&marks) {
-        assert_eq!(n, 1, "{k:?} started {n} times");
-    }
+    each_started_once(&marks);
     let log = a.log();
     assert!(log.contains("gave up running job attempts"), "the cut-off agent fenced itself:\n{log}");
     drop(b);
@@ -321,9 +341,7 @@ async fn stopped_agent() {
     assert_eq!(j.attempts.len(), 2);
     assert_eq!(j.attempts[0].status, "lost");
     assert!(!marks.join(format!("done-{job_id}-1")).exists(), "the stale attempt ran to its end");
-    for (k, n) in starts(&marks) {
-        assert_eq!(n, 1, "{k:?} started {n} times");
-    }
+    each_started_once(&marks);
     drop(other);
 }
 
@@ -488,19 +506,8 @@ async fn database_outage() {
     let agents = [Agent::start(&cp, "p1", &[]), Agent::start(&cp, "p2", &[])];
     cp.wait_nodes(2, NodeStatus::Ready, Duration::from_secs(20)).await;
     let mut jobs = cp.jobs().await;
-    let mut ids = Vec::new();
     // 15 ticks: about 3 s each, so they end while the database is away.
-    for _ in 0..8 {
-        ids.push(
-            jobs.submit_job(job_req(&marking_script(&marks, 15), 1, ""))
-                .await
-                .unwrap()
-                .into_inner()
-                .job
-                .unwrap()
-                .job_id,
-        );
-    }
+    let ids = submit(&cp, &marking_script(&marks, 15), 8).await;
     eventually(Duration::from_secs(20), "all eight running", || async {
         (starts(&marks).len() == ids.len()).then_some(())
     })
@@ -538,24 +545,11 @@ async fn database_outage() {
     .await;
     // Every job ends by itself, once, on its first attempt: the sessions
     // outlived the outage and the results were stored when it ended.
-    let done = eventually(Duration::from_secs(40), "every job succeeded", || async {
-        let mut out = Vec::new();
-        for id in &ids {
-            let j = get_job(&cp, id).await;
-            if j.status != JobStatus::Succeeded as i32 {
-                return None;
-            }
-            out.push(j);
-        }
-        Some(out)
-    })
-    .await;
+    let done = all_succeeded(&cp, &ids).await;
     for j in &done {
         assert_eq!(j.attempts.len(), 1, "{j:?}");
     }
-    for (k, n) in starts(&marks) {
-        assert_eq!(n, 1, "{k:?} started {n} times");
-    }
+    each_started_once(&marks);
     for n in cp.list_nodes().await {
         assert_eq!(n.status, NodeStatus::Ready as i32, "{n:?}");
     }
@@ -630,19 +624,8 @@ async fn full_disk() {
     let agent = Agent::start(&cp, "d1", &[]);
     cp.wait_nodes(1, NodeStatus::Ready, Duration::from_secs(20)).await;
     let mut jobs = cp.jobs().await;
-    let mut acked = Vec::new();
     // Four jobs that end while the disk is full.
-    for _ in 0..4 {
-        acked.push(
-            jobs.submit_job(job_req(&marking_script(&marks, 10), 1, ""))
-                .await
-                .unwrap()
-                .into_inner()
-                .job
-                .unwrap()
-                .job_id,
-        );
-    }
+    let mut acked = submit(&cp, &marking_script(&marks, 10), 4).await;
     eventually(Duration::from_secs(20), "four running", || async { (starts(&marks).len() == 4).then_some(()) }).await;
 
     fill(&fs.path().join("filler"));
@@ -721,9 +704,7 @@ async fn full_disk() {
     for j in &done {
         assert_eq!(j.attempts.len(), 1, "{j:?}");
     }
-    for (k, n) in starts(&marks) {
-        assert_eq!(n, 1, "{k:?} started {n} times");
-    }
+    each_started_once(&marks);
     eprintln!("full disk: {} writes acknowledged and kept, {refused} refused", acked.len());
     drop(agent);
 }

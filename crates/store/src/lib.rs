@@ -93,59 +93,18 @@ macro_rules! in_tx {
         let out: $crate::Result<_> = async {
             store.health.admit()?;
             match &store.backend {
-                $crate::Backend::Sqlite { write, .. } => {
-                    let mut conn = write.acquire().await?;
-                    let out: $crate::Result<_> = async {
-                        let mut $tx = sqlx::Connection::begin(&mut *conn).await?;
-                        let out: $crate::Result<_> = async { $body }.await;
-                        match out {
-                            Ok(v) => {
-                                $tx.commit().await?;
-                                Ok(v)
-                            }
-                            Err(e) => {
-                                let _ = $tx.rollback().await;
-                                Err(e)
-                            }
-                        }
-                    }
-                    .await;
-                    if let Err(e) = &out
-                        && e.poisons_connection(true)
-                    {
-                        tracing::warn!(error = e as &dyn std::error::Error, "replacing the SQLite writer connection");
-                        conn.close_on_drop();
-                    }
-                    out
-                }
-                $crate::Backend::Postgres(pool) => {
-                    let mut conn = pool.acquire().await?;
-                    let out: $crate::Result<_> = async {
-                        let mut $tx = sqlx::Connection::begin(&mut *conn).await?;
+                $crate::Backend::Sqlite { write, .. } => $crate::tx_on!(write, true, |$tx| {}, $body),
+                $crate::Backend::Postgres(pool) => $crate::tx_on!(
+                    pool,
+                    false,
+                    |$tx| {
                         sqlx::query("SELECT pg_advisory_xact_lock($1)")
                             .bind($crate::PG_EVENT_ORDER_LOCK)
                             .execute(&mut *$tx)
                             .await?;
-                        let out: $crate::Result<_> = async { $body }.await;
-                        match out {
-                            Ok(v) => {
-                                $tx.commit().await?;
-                                Ok(v)
-                            }
-                            Err(e) => {
-                                let _ = $tx.rollback().await;
-                                Err(e)
-                            }
-                        }
-                    }
-                    .await;
-                    if let Err(e) = &out
-                        && e.poisons_connection(false)
-                    {
-                        conn.close_on_drop();
-                    }
-                    out
-                }
+                    },
+                    $body
+                ),
             }
         }
         .await;
@@ -154,7 +113,39 @@ macro_rules! in_tx {
     }};
 }
 
-pub(crate) use {in_tx, on_read};
+/// One transaction on a connection of `$pool` (see [`in_tx!`]): `$prelude`
+/// runs first inside it; a connection whose state an error put in doubt is
+/// closed instead of returned to the pool.
+macro_rules! tx_on {
+    ($pool:expr, $sqlite:expr, |$tx:ident| $prelude:block, $body:expr) => {{
+        let mut conn = $pool.acquire().await?;
+        let out: $crate::Result<_> = async {
+            let mut $tx = sqlx::Connection::begin(&mut *conn).await?;
+            $prelude
+            let out: $crate::Result<_> = async { $body }.await;
+            match out {
+                Ok(v) => {
+                    $tx.commit().await?;
+                    Ok(v)
+                }
+                Err(e) => {
+                    let _ = $tx.rollback().await;
+                    Err(e)
+                }
+            }
+        }
+        .await;
+        if let Err(e) = &out
+            && e.poisons_connection($sqlite)
+        {
+            tracing::warn!(error = e as &dyn std::error::Error, "closing a database connection after an error");
+            conn.close_on_drop();
+        }
+        out
+    }};
+}
+
+pub(crate) use {in_tx, on_read, tx_on};
 
 impl Store {
     /// A store over SQLite. `write` must have exactly one connection.
