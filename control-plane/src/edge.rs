@@ -82,7 +82,8 @@ where
                     fix_oversized(r);
                     // Errors before the body are sent as headers-only responses;
                     // a success carries its status in the trailers.
-                    r.headers().get("grpc-status").and_then(|v| v.to_str().ok()).unwrap_or("0").to_owned()
+                    let n = r.headers().get("grpc-status").and_then(|v| v.to_str().ok()).unwrap_or("0");
+                    grpc_code_name(n.parse().unwrap_or(2)).to_owned()
                 }
                 Err(_) => "transport_error".to_owned(),
             };
@@ -106,5 +107,29 @@ fn fix_oversized<RB>(r: &mut Response<RB>) {
         .is_some_and(|m| m.contains("too%20large") || m.contains("too large"));
     if out_of_range && too_large {
         r.headers_mut().insert("grpc-status", HeaderValue::from_static("8"));
+    }
+}
+
+/// The canonical name of a gRPC status code, for the `code` label.
+pub fn grpc_code_name(code: i32) -> &'static str {
+    match code {
+        0 => "OK",
+        1 => "CANCELLED",
+        2 => "UNKNOWN",
+        3 => "INVALID_ARGUMENT",
+        4 => "DEADLINE_EXCEEDED",
+        5 => "NOT_FOUND",
+        6 => "ALREADY_EXISTS",
+        7 => "PERMISSION_DENIED",
+        8 => "RESOURCE_EXHAUSTED",
+        9 => "FAILED_PRECONDITION",
+        10 => "ABORTED",
+        11 => "OUT_OF_RANGE",
+        12 => "UNIMPLEMENTED",
+        13 => "INTERNAL",
+        14 => "UNAVAILABLE",
+        15 => "DATA_LOSS",
+        16 => "UNAUTHENTICATED",
+        _ => "UNKNOWN",
     }
 }

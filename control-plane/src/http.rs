@@ -21,16 +21,36 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
             &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
         )?
         .install_recorder()?;
-    metrics::describe_gauge!("tether_agents_connected", "Agents with an open heartbeat session on this replica");
-    metrics::describe_counter!("tether_heartbeats_total", "Heartbeats received");
-    metrics::describe_counter!("tether_grpc_requests_total", "gRPC requests by method and status code");
-    metrics::describe_histogram!("tether_grpc_request_duration_seconds", "Time to the response headers by method");
-    metrics::describe_counter!("tether_enrollments_total", "Nodes enrolled");
-    metrics::describe_counter!("tether_admission_rejected_total", "Session set-ups refused by admission throttling");
-    metrics::describe_gauge!("tether_database_up", "1 while the database answers the health probe");
-    metrics::describe_gauge!("tether_database_writable", "1 while database writes succeed");
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!("tether_agents_connected", "Agents with an open heartbeat session on this replica");
+    describe_counter!("tether_heartbeats_total", "Heartbeats received");
+    describe_counter!("tether_grpc_requests_total", "gRPC requests by method and status code name");
+    describe_histogram!("tether_grpc_request_duration_seconds", "Time to the response headers by method");
+    describe_counter!("tether_enrollments_total", "Nodes enrolled");
+    describe_counter!("tether_admission_rejected_total", "Session set-ups refused by admission throttling");
+    describe_gauge!("tether_database_up", "1 while the database answers the health probe");
+    describe_gauge!("tether_database_writable", "1 while database writes succeed");
+    describe_counter!("tether_jobs_submitted_total", "Jobs accepted by SubmitJob");
+    describe_counter!("tether_allocations_placed_total", "Allocations placed by the scheduler and reconciler");
+    describe_counter!("tether_allocations_finished_total", "Allocations that ended, by status");
+    describe_counter!("tether_allocations_lost_total", "Allocations lost with their node");
+    describe_counter!("tether_lease_flush_rows_total", "Node leases written by the lease flush");
+    describe_histogram!("tether_lease_flush_seconds", "Time to write one lease flush");
+    describe_histogram!("tether_work_pass_seconds", "Time of one work pass (scheduler and reconcilers)");
+    describe_histogram!("tether_group_commit_batch_size", "Items written in one group-commit transaction");
+    // Documented series exist from the start, at zero.
     metrics::gauge!("tether_agents_connected").set(0.0);
-    metrics::counter!("tether_heartbeats_total").increment(0);
+    for c in [
+        "tether_heartbeats_total",
+        "tether_enrollments_total",
+        "tether_admission_rejected_total",
+        "tether_jobs_submitted_total",
+        "tether_allocations_placed_total",
+        "tether_allocations_lost_total",
+        "tether_lease_flush_rows_total",
+    ] {
+        metrics::counter!(c).increment(0);
+    }
     Ok(handle)
 }
 

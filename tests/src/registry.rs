@@ -119,12 +119,18 @@ async fn three_agents_enrol_and_show_ready(backend: Backend) {
     assert!(metrics.lines().any(|l| l == "tether_agents_connected 3"), "{metrics}");
     assert!(metrics.contains("tether_heartbeats_total"));
     assert!(
-        metrics.contains(r#"tether_grpc_requests_total{method="/tether.v1.NodeService/ListNodes",code="0"}"#),
+        metrics.contains(r#"tether_grpc_requests_total{method="/tether.v1.NodeService/ListNodes",code="OK"}"#),
         "{metrics}"
     );
     assert!(
         metrics.contains("tether_grpc_request_duration_seconds_bucket{method=\"/tether.v1.NodeService/ListNodes\"")
     );
+    // Documented counters exist before their first event; every series is
+    // well-formed for Prometheus.
+    for c in ["tether_admission_rejected_total", "tether_allocations_lost_total", "tether_jobs_submitted_total"] {
+        assert!(metrics.lines().any(|l| l == format!("{c} 0")), "{c} missing:\n{metrics}");
+    }
+    promtool_check(&metrics).await;
     drop(agents);
 }
 

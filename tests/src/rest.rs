@@ -184,7 +184,7 @@ async fn every_annotated_rpc_answers_over_rest(backend: Backend) {
     assert_eq!(wrong_method.status().as_u16(), 405);
     // REST calls go through the same metrics as gRPC.
     let (_, metrics) = cp.http_get("/metrics").await;
-    assert!(metrics.contains(r#"tether_grpc_requests_total{method="/tether.v1.NodeService/ListNodes",code="0"}"#));
+    assert!(metrics.contains(r#"tether_grpc_requests_total{method="/tether.v1.NodeService/ListNodes",code="OK"}"#));
     drop(agent);
 }
 

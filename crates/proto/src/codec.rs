@@ -11,7 +11,7 @@
 
 use std::marker::PhantomData;
 
-use tonic::codec::{BufferSettings, Codec};
+use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
 use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
 
 /// Initial capacity of each RPC's encode and decode buffers.
@@ -42,13 +42,38 @@ where
     type Encode = T;
     type Decode = U;
     type Encoder = ProstEncoder<T>;
-    type Decoder = ProstDecoder<U>;
+    type Decoder = LeanDecoder<U>;
 
     fn encoder(&mut self) -> Self::Encoder {
         ProstCodec::<T, U>::raw_encoder(settings())
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        ProstCodec::<T, U>::raw_decoder(settings())
+        LeanDecoder(ProstCodec::<T, U>::raw_decoder(settings()))
+    }
+}
+
+/// prost's decoder, with a message that does not decode (garbage, a
+/// truncated varint, a string that is not UTF-8) answered as the caller's
+/// fault, INVALID_ARGUMENT, instead of INTERNAL.
+#[derive(Debug)]
+pub struct LeanDecoder<U>(ProstDecoder<U>);
+
+impl<U: prost::Message + Default> Decoder for LeanDecoder<U> {
+    type Item = U;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<U>, tonic::Status> {
+        self.0.decode(src).map_err(|s| {
+            if s.code() == tonic::Code::Internal {
+                tonic::Status::invalid_argument(format!("the message does not decode: {}", s.message()))
+            } else {
+                s
+            }
+        })
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        self.0.buffer_settings()
     }
 }

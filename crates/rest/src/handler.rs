@@ -82,6 +82,41 @@ fn error_as(grpc_code: i32, exact: Option<ErrorCode>, message: &str) -> Response
     (StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), axum::Json(body)).into_response()
 }
 
+/// A JSON error with an HTTP status of its own (not from a gRPC code).
+pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
+    (status, axum::Json(json!({"code": code, "message": message, "details": []}))).into_response()
+}
+
+/// 405 with the methods the path has in `Allow`.
+pub fn method_not_allowed(method: &http::Method, path: &str, allowed: &[http::Method]) -> Response {
+    let mut r =
+        json_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", &format!("{method} is not allowed on {path}"));
+    let allow = allowed.iter().map(http::Method::as_str).collect::<Vec<_>>().join(", ");
+    if let Ok(v) = HeaderValue::from_str(&allow) {
+        r.headers_mut().insert(http::header::ALLOW, v);
+    }
+    r
+}
+
+fn too_large() -> Response {
+    json_error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        &format!("request body is larger than {MAX_BODY} bytes"),
+    )
+}
+
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
 fn invalid(message: impl Into<String>) -> Response {
     error(ErrorCode::InvalidArgument.grpc_code(), &message.into())
 }
@@ -93,16 +128,20 @@ where
     let (parts, body) = req.into_parts();
     let (route, bound) = match st.bridge.find(&parts.method, parts.uri.path()) {
         Ok(x) => x,
-        Err(true) => {
-            let mut r = error(12, &format!("{} is not allowed on {}", parts.method, parts.uri.path()));
-            *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
-            return r;
+        Err(allowed) if !allowed.is_empty() => {
+            return method_not_allowed(&parts.method, parts.uri.path(), &allowed);
         }
-        Err(false) => return error(5, &format!("no route for {}", parts.uri.path())),
+        Err(_) => return error(5, &format!("no route for {}", parts.uri.path())),
     };
+    // Refused from the declared length before a byte of the body is read.
+    let declared = parts.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return too_large();
+    }
     let body = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(b) => b,
-        Err(_) => return error(8, &format!("request body is larger than {MAX_BODY} bytes")),
+        Err(e) if is_length_limit(&e) => return too_large(),
+        Err(e) => return invalid(format!("reading the request body failed: {e}")),
     };
     let input = match build_input(route, &bound, parts.uri.query().unwrap_or(""), &body) {
         Ok(m) => m,

@@ -233,19 +233,21 @@ impl Bridge {
         Ok(Bridge { pool, routes })
     }
 
-    /// The route for a request, with its path bindings. `Err(true)` when the
-    /// path exists under another method (405), `Err(false)` when it does not.
-    pub fn find(&self, method: &http::Method, path: &str) -> Result<(&Route, Bindings), bool> {
-        let mut path_known = false;
+    /// The route for a request, with its path bindings. Otherwise the
+    /// methods the path has (405 with `Allow`), empty when it has none (404).
+    pub fn find(&self, method: &http::Method, path: &str) -> Result<(&Route, Bindings), Vec<http::Method>> {
+        let mut allowed = Vec::new();
         for r in &self.routes {
             if let Some(bound) = r.matches(path) {
                 if r.http_method == *method {
                     return Ok((r, bound));
                 }
-                path_known = true;
+                if !allowed.contains(&r.http_method) {
+                    allowed.push(r.http_method.clone());
+                }
             }
         }
-        Err(path_known)
+        Err(allowed)
     }
 }
 
@@ -268,9 +270,9 @@ mod tests {
         assert_eq!(bound[0].1, "job-1");
         let (r, _) = b.find(&http::Method::POST, "/v1/nodes/nd-1:setDesiredState").unwrap();
         assert_eq!(r.body, BodyRule::All);
-        assert_eq!(b.find(&http::Method::PATCH, "/v1/nodes").err(), Some(true));
-        assert_eq!(b.find(&http::Method::GET, "/v1/nope").err(), Some(false));
-        assert_eq!(b.find(&http::Method::GET, "/v1/nodes/a/b").err(), Some(false));
+        assert_eq!(b.find(&http::Method::PATCH, "/v1/nodes").err(), Some(vec![http::Method::GET]));
+        assert_eq!(b.find(&http::Method::GET, "/v1/nope").err(), Some(vec![]));
+        assert_eq!(b.find(&http::Method::GET, "/v1/nodes/a/b").err(), Some(vec![]));
         // Percent-encoded bindings are decoded.
         let (_, bound) = b.find(&http::Method::GET, "/v1/nodes/nd%2D1").unwrap();
         assert_eq!(bound[0].1, "nd-1");

@@ -117,6 +117,18 @@ impl ExecSpec {
         if e.env.len() > 256 {
             return Err(Error::invalid("exec.env: at most 256 variables"));
         }
+        // What reaches execve(2) and chdir(2) cannot hold NUL; control
+        // characters in a path or command are refused too (args may carry
+        // newlines and tabs: scripts do).
+        if has_control(&e.command) {
+            return Err(Error::invalid("exec.command must not contain NUL or control characters"));
+        }
+        if has_control(&e.working_dir) {
+            return Err(Error::invalid("exec.working_dir must not contain NUL or control characters"));
+        }
+        if let Some(i) = e.args.iter().position(|a| a.contains('\0')) {
+            return Err(Error::invalid(format!("exec.args[{i}] must not contain NUL")));
+        }
         for (k, v) in &e.env {
             if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') || v.len() > 64 * 1024 {
                 return Err(Error::invalid(format!("exec.env: invalid variable {k:?}")));
@@ -281,6 +293,11 @@ pub fn validate_name(name: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// NUL or another control character (`char::is_control`).
+fn has_control(s: &str) -> bool {
+    s.chars().any(char::is_control)
+}
+
 pub fn validate_text(field: &str, s: &str) -> Result<(), Error> {
     if s.len() > MAX_TEXT_LEN {
         return Err(Error::invalid(format!("{field} is longer than {MAX_TEXT_LEN} bytes")));
@@ -438,6 +455,13 @@ mod tests {
                 .message
                 .contains("timeout")
         );
+        assert!(bad(&|s| s.exec.as_mut().unwrap().command = "/bin/true\0x".into()).message.contains("exec.command"));
+        assert!(bad(&|s| s.exec.as_mut().unwrap().command = "/bin/\x1btrue".into()).message.contains("control"));
+        assert!(bad(&|s| s.exec.as_mut().unwrap().working_dir = "/tmp\0".into()).message.contains("working_dir"));
+        assert!(bad(&|s| s.exec.as_mut().unwrap().args = vec!["ok".into(), "a\0b".into()]).message.contains("args[1]"));
+        let mut multi_line = spec();
+        multi_line.exec.as_mut().unwrap().args = vec!["-c".into(), "echo a\n\techo b".into()];
+        JobSpec::try_from(multi_line).expect("scripts may hold newlines and tabs");
     }
 
     #[test]
