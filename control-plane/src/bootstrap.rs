@@ -53,28 +53,7 @@ pub async fn run(store: &Store, data_dir: &Path) -> anyhow::Result<Boot> {
         return Ok(boot);
     }
 
-    let token_id = TokenId::from_random(random_bytes());
-    let admin = Macaroon::mint(
-        &boot.root_key,
-        token_id.clone(),
-        &[
-            Caveat::Kind(CredentialKind::Operator),
-            Caveat::Org(boot.org_id.clone()),
-            Caveat::Project(boot.project_id.clone()),
-            Caveat::Role(Role::Admin),
-        ],
-    );
-    store
-        .token_record(&TokenRecord {
-            id: token_id,
-            project_id: boot.project_id.clone(),
-            role: Role::Admin,
-            description: "bootstrap admin token".into(),
-            created_at: now,
-            expires_at: None,
-            revoked_at: None,
-        })
-        .await?;
+    let admin = mint_admin(store, &boot, None, "bootstrap admin token").await?;
 
     let jt_id = JoinTokenId::from_random(random_bytes());
     let secret = JoinSecret::generate(&jt_id);
@@ -95,11 +74,44 @@ pub async fn run(store: &Store, data_dir: &Path) -> anyhow::Result<Boot> {
         )
         .await?;
 
-    write_secret(&data_dir.join("admin.token"), &admin.encode())?;
+    write_secret(&data_dir.join("admin.token"), &admin)?;
     write_secret(&data_dir.join("join.token"), &secret.token)?;
-    boot.admin_token = Some(admin.encode());
+    boot.admin_token = Some(admin);
     boot.join_token = Some(secret.token);
     Ok(boot)
+}
+
+/// Mints an admin token of the bootstrap project and records it; returns the
+/// encoded token.
+pub async fn mint_admin(
+    store: &Store,
+    boot: &Boot,
+    expires_at: Option<i64>,
+    description: &str,
+) -> anyhow::Result<String> {
+    let token_id = TokenId::from_random(random_bytes());
+    let mut caveats = vec![
+        Caveat::Kind(CredentialKind::Operator),
+        Caveat::Org(boot.org_id.clone()),
+        Caveat::Project(boot.project_id.clone()),
+        Caveat::Role(Role::Admin),
+    ];
+    if let Some(at) = expires_at {
+        caveats.push(Caveat::ExpiresAt(at));
+    }
+    let admin = Macaroon::mint(&boot.root_key, token_id.clone(), &caveats);
+    store
+        .token_record(&TokenRecord {
+            id: token_id,
+            project_id: boot.project_id.clone(),
+            role: Role::Admin,
+            description: description.into(),
+            created_at: now_ms(),
+            expires_at,
+            revoked_at: None,
+        })
+        .await?;
+    Ok(admin.encode())
 }
 
 /// Prints the first-start credentials where an operator will see them.

@@ -67,6 +67,27 @@ pub struct Config {
     /// This replica's name in leases. Defaults to hostname:pid.
     #[arg(long, env = "TETHER_REPLICA_ID")]
     pub replica_id: Option<String>,
+
+    /// Without a command: run the control plane.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// One-off commands run against the configured database instead of serving.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Mints a new admin token for the bootstrap project from the root key
+    /// in the database and prints it: the recovery path when every admin
+    /// token is lost. Needs only the data dir (or database URL), not a
+    /// running control plane; a running one accepts the token at once.
+    AdminToken {
+        /// How long the token is valid; without it, it does not expire.
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<Duration>,
+        /// Shown in ListTokens.
+        #[arg(long, default_value = "recovery admin token (minted offline)")]
+        description: String,
+    },
 }
 
 #[derive(Debug, Default, Deserialize)]

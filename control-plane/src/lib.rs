@@ -35,7 +35,26 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use config::{Config, parse_duration};
+pub use config::{Command, Config, parse_duration};
+
+/// `tether-control-plane admin-token`: mints an admin token offline from the
+/// root key in the configured database (see [`Command::AdminToken`]).
+pub async fn admin_token(config: &Config, ttl: Option<Duration>, description: &str) -> anyhow::Result<String> {
+    if config.database_url.is_none() {
+        let db = config.data_dir.join("tether.db");
+        anyhow::ensure!(
+            db.exists(),
+            "no database at {}: pass the --data-dir (or --database-url) the control plane runs with",
+            db.display()
+        );
+    }
+    let store = db::open(config).await?;
+    let boot = bootstrap::run(&store, &config.data_dir).await?;
+    let expires_at = ttl.map(|t| now_ms() + t.as_millis() as i64);
+    let token = bootstrap::mint_admin(&store, &boot, expires_at, description).await?;
+    store.close().await;
+    Ok(token)
+}
 
 /// Wall-clock now in Unix milliseconds.
 pub(crate) fn now_ms() -> i64 {

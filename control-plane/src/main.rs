@@ -3,13 +3,20 @@ use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Logs go to stderr; stdout carries what commands print (a token).
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
     let config = tether_control_plane::Config::load()?;
+    if let Some(tether_control_plane::Command::AdminToken { ttl, description }) = &config.command {
+        let token = tether_control_plane::admin_token(&config, *ttl, description).await?;
+        println!("{token}");
+        return Ok(());
+    }
     let files = raise_open_files_limit();
     tracing::info!(open_files = files, "open-file limit (each agent holds one connection)");
     let shutdown = CancellationToken::new();

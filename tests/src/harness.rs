@@ -315,6 +315,16 @@ impl ControlPlane {
         format!("http://{}", self.grpc_addr)
     }
 
+    /// The flags that point another `tether-control-plane` command at this
+    /// control plane's database.
+    pub fn database_args(&self) -> Vec<String> {
+        let mut args = vec!["--data-dir".to_owned(), self.data_dir().display().to_string()];
+        if let Some(url) = &self.database_url {
+            args.extend(["--database-url".to_owned(), url.clone()]);
+        }
+        args
+    }
+
     pub async fn channel(&self) -> Channel {
         Channel::from_shared(self.url()).unwrap().connect().await.expect("connect to control plane")
     }

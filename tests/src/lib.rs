@@ -7,6 +7,8 @@
 //! unit tests, which links once.
 
 #[cfg(test)]
+mod edge;
+#[cfg(test)]
 mod faults;
 #[cfg(test)]
 mod harness;

@@ -146,8 +146,39 @@ impl Store {
         })
     }
 
+    /// Revokes a token. Refused (FAILED_PRECONDITION, nothing changed) when
+    /// it is a live admin token and no other live admin token of the
+    /// project would remain: a project is never locked out of its own
+    /// administration (`tether-control-plane admin-token` mints one offline).
     pub async fn token_revoke(&self, project: &ProjectId, id: &TokenId, now: UnixMillis) -> Result<TokenRecord> {
         in_tx!(self, |tx| {
+            let live_admin = "revoked_at IS NULL AND role = 'admin' AND (expires_at IS NULL OR expires_at > $2)";
+            let target_is_admin: Option<String> = sqlx::query_scalar(&format!(
+                "SELECT id FROM tokens WHERE id = $1 AND {live_admin} AND project_id = $3"
+            ))
+            .bind(id.as_str())
+            .bind(now)
+            .bind(project.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+            if target_is_admin.is_some() {
+                let others: i64 = sqlx::query_scalar(&format!(
+                    "SELECT COUNT(*) FROM tokens WHERE id <> $1 AND {live_admin} AND project_id = $3"
+                ))
+                .bind(id.as_str())
+                .bind(now)
+                .bind(project.as_str())
+                .fetch_one(&mut *tx)
+                .await?;
+                if others == 0 {
+                    return Err(Error::precondition(format!(
+                        "token {id} is the project's last admin token: revoking it would lock the project out; \
+                         mint another admin token first (or, on the control plane's host, \
+                         `tether-control-plane admin-token`)"
+                    ))
+                    .into());
+                }
+            }
             let row = sqlx::query(&format!(
                 "UPDATE tokens SET revoked_at = COALESCE(revoked_at, $3) WHERE id = $1 AND project_id = $2
                  RETURNING {TOKEN_COLS}"

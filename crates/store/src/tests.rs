@@ -84,6 +84,7 @@ suite!(
     list_filters_and_pages,
     deregister_removes_and_logs,
     join_token_revoke_and_list,
+    last_admin_token_is_never_revoked,
     leases_flush_only_moves_forward,
     job_lifecycle_retries_and_idempotency,
     job_cancel_and_lost_on_down_node,
@@ -319,6 +320,42 @@ async fn join_token_revoke_and_list(store: Store) {
     assert_eq!(Error::from(err).code, ErrorCode::NotFound);
     let err = store.node_enroll(&enroll(&p, &a, 1, 2_800)).await.unwrap_err();
     assert_eq!(Error::from(err).code, ErrorCode::Unauthenticated, "a revoked token enrols nothing");
+}
+
+fn token(p: &ProjectId, n: u8, role: tether_types::Role, expires_at: Option<i64>) -> crate::TokenRecord {
+    crate::TokenRecord {
+        id: id(tether_types::TokenId::from_random, n),
+        project_id: p.clone(),
+        role,
+        description: String::new(),
+        created_at: 1_000,
+        expires_at,
+        revoked_at: None,
+    }
+}
+
+async fn last_admin_token_is_never_revoked(store: Store) {
+    use tether_types::Role;
+    let p = project(&store).await;
+    let admin = token(&p, 1, Role::Admin, None);
+    let viewer = token(&p, 2, Role::Viewer, None);
+    let expired_admin = token(&p, 3, Role::Admin, Some(1_500));
+    for t in [&admin, &viewer, &expired_admin] {
+        store.token_record(t).await.unwrap();
+    }
+    let err = store.token_revoke(&p, &admin.id, 2_000).await.unwrap_err();
+    let err = Error::from(err);
+    assert_eq!(err.code, ErrorCode::FailedPrecondition, "{err}");
+    assert!(err.message.contains("last admin token"), "{err}");
+    assert_eq!(store.tokens_revoked().await.unwrap(), vec![], "nothing changed");
+    // Others may go; with a second admin, so may the first.
+    store.token_revoke(&p, &viewer.id, 2_000).await.unwrap();
+    store.token_revoke(&p, &expired_admin.id, 2_000).await.unwrap();
+    let second = token(&p, 4, Role::Admin, Some(10_000));
+    store.token_record(&second).await.unwrap();
+    store.token_revoke(&p, &admin.id, 2_100).await.unwrap();
+    let err = store.token_revoke(&p, &second.id, 2_200).await.unwrap_err();
+    assert_eq!(Error::from(err).code, ErrorCode::FailedPrecondition, "now the second is the last");
 }
 
 async fn leases_flush_only_moves_forward(store: Store) {

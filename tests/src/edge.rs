@@ -1,0 +1,210 @@
+//! The edge: bad input refused at the door with a JSON error and nothing
+//! changed, and no way for an admin to lock the project out.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tether_proto::pb;
+use tonic::Code;
+
+use crate::harness::*;
+
+both_backends!(malformed_input_is_refused_and_changes_nothing, last_admin_token_cannot_be_revoked_and_recovery_works);
+
+async fn rest(
+    cp: &ControlPlane,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let mut req = reqwest::Client::new()
+        .request(method.parse().unwrap(), format!("http://{}{path}", cp.http_addr))
+        .bearer_auth(&cp.admin_token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.expect("HTTP request");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let text = resp.text().await.unwrap();
+    let json = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{method} {path}: not JSON: {text:?}"));
+    (status, headers, json)
+}
+
+/// Counts of what a refused request must not have changed.
+async fn counts(cp: &ControlPlane) -> (usize, usize, usize) {
+    let jobs = cp.jobs().await.list_jobs(pb::ListJobsRequest::default()).await.unwrap().into_inner().jobs.len();
+    let tokens = cp
+        .tenancy_as(Some(&cp.admin_token))
+        .await
+        .list_tokens(pb::ListTokensRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens
+        .len();
+    (jobs, cp.list_nodes().await.len(), tokens)
+}
+
+/// Sends raw bytes on a fresh connection and reads the answer.
+async fn raw_http(addr: &str, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+async fn malformed_input_is_refused_and_changes_nothing(backend: Backend) {
+    let cp = ControlPlane::start(backend).await;
+    let before = counts(&cp).await;
+
+    // NUL and control characters in what would reach execve.
+    for (field, exec) in [
+        ("command", json!({"command": "/bin/true\u{0}x"})),
+        ("command", json!({"command": "/bin/\u{1b}true"})),
+        ("args", json!({"command": "/bin/echo", "args": ["a\u{0}b"]})),
+        ("working_dir", json!({"command": "/bin/true", "workingDir": "/tmp\u{0}"})),
+    ] {
+        let (status, _, body) =
+            rest(&cp, "POST", "/v1/jobs", Some(json!({"spec": {"driver": "exec", "exec": exec}}))).await;
+        assert_eq!(status, 400, "{field}: {body}");
+        assert_eq!(body["code"], "invalid_argument", "{body}");
+        assert!(body["message"].as_str().unwrap().contains(field), "{body}");
+    }
+    let mut jobs = cp.jobs().await;
+    let err = jobs
+        .submit_job(pb::SubmitJobRequest {
+            spec: Some(pb::JobSpec {
+                driver: "exec".into(),
+                exec: Some(pb::ExecSpec { command: "/bin/true\0".into(), ..Default::default() }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+
+    // A body over the limit is refused from its declared length, at once,
+    // with 413 (not 429, which invites a retry).
+    let answer = raw_http(
+        &cp.http_addr,
+        format!(
+            "POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\n\
+             Content-Length: 10737418240\r\nConnection: close\r\n\r\n{{}}",
+            cp.admin_token
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("\"payload_too_large\""), "{answer}");
+
+    // 405 names the allowed methods, as JSON.
+    let (status, headers, body) = rest(&cp, "DELETE", "/v1/nodes", None).await;
+    assert_eq!(status, 405, "{body}");
+    assert_eq!(headers.get("allow").and_then(|v| v.to_str().ok()), Some("GET"));
+    assert_eq!(body["code"], "method_not_allowed");
+
+    // gRPC: bytes that are not the message are the caller's fault.
+    for (what, payload) in [
+        ("garbage", vec![0xff, 0xff, 0xff, 0xff, 0xff]),
+        ("truncated varint", vec![0x08, 0x80]),
+        ("string not UTF-8", vec![0x0a, 0x02, 0xc3, 0x28]),
+    ] {
+        let mut grpc = tonic::client::Grpc::new(cp.channel().await);
+        grpc.ready().await.unwrap();
+        let mut req = tonic::Request::new(payload);
+        req.metadata_mut().insert("authorization", format!("Bearer {}", cp.admin_token).parse().unwrap());
+        let path = http::uri::PathAndQuery::from_static("/tether.v1.JobService/GetJob");
+        let err = grpc.unary(req, path, RawCodec).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{what}: {err:?}");
+    }
+
+    assert_eq!(counts(&cp).await, before, "a refused request changed something");
+}
+
+async fn last_admin_token_cannot_be_revoked_and_recovery_works(backend: Backend) {
+    let cp = ControlPlane::start(backend).await;
+    let mut tenancy = cp.tenancy_as(Some(&cp.admin_token)).await;
+    let me = tenancy.who_am_i(pb::WhoAmIRequest {}).await.unwrap().into_inner();
+    // Revoking itself, the only admin token: refused, nothing changed.
+    let (status, _, body) = rest(&cp, "POST", &format!("/v1/tokens/{}:revoke", me.token_id), None).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["code"], "failed_precondition", "{body}");
+    assert!(body["message"].as_str().unwrap().contains("admin-token"), "names the recovery path: {body}");
+    tenancy.who_am_i(pb::WhoAmIRequest {}).await.expect("still valid");
+
+    // The host operator mints a new admin token offline, with the control
+    // plane running; it works at once.
+    let out = tokio::process::Command::new(bin_dir().join("tether-control-plane"))
+        .args(cp.database_args())
+        .args(["admin-token", "--ttl", "1h"])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "admin-token: {}", String::from_utf8_lossy(&out.stderr));
+    let recovered = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(recovered.starts_with("tm1_"), "stdout is the token alone: {recovered:?}");
+    let mut as_recovered = cp.tenancy_as(Some(&recovered)).await;
+    let who = as_recovered.who_am_i(pb::WhoAmIRequest {}).await.unwrap().into_inner();
+    assert_eq!(who.role, pb::Role::Admin as i32);
+    assert_ne!(who.token_id, me.token_id);
+
+    // With another admin token alive, the first may go.
+    as_recovered.revoke_token(pb::RevokeTokenRequest { token_id: me.token_id.clone() }).await.unwrap();
+    let err = tenancy.who_am_i(pb::WhoAmIRequest {}).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    // And now the recovered one is the last.
+    let err = as_recovered.revoke_token(pb::RevokeTokenRequest { token_id: who.token_id.clone() }).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+
+    // The offline command refuses a data dir without a database.
+    let empty = tempfile::tempdir().unwrap();
+    let out = tokio::process::Command::new(bin_dir().join("tether-control-plane"))
+        .arg("--data-dir")
+        .arg(empty.path())
+        .arg("admin-token")
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no database"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Sends and receives raw bytes as gRPC messages.
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use bytes::Buf;
+        Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
+    }
+}
