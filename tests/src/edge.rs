@@ -87,6 +87,19 @@ async fn malformed_input_is_refused_and_changes_nothing(backend: Backend) {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
 
+    // A key named twice is refused (a plain parser would keep the last).
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}/v1/jobs", cp.http_addr))
+        .bearer_auth(&cp.admin_token)
+        .header("content-type", "application/json")
+        .body(r#"{"spec": 5, "spec": {"driver": "exec", "exec": {"command": "/bin/true"}}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    let body: Value = resp.json().await.unwrap();
+    assert!(body["message"].as_str().unwrap().contains("duplicate key \"spec\""), "{body}");
+
     // A body over the limit is refused from its declared length, at once,
     // with 413 (not 429, which invites a retry).
     let answer = raw_http(

@@ -325,7 +325,7 @@ fn build_input(
         if body.iter().all(u8::is_ascii_whitespace) {
             return Ok(Value::Object(Map::new()));
         }
-        serde_json::from_slice(body).map_err(|e| invalid(format!("request body is not JSON: {e}")))
+        strict_json(body).map_err(|e| invalid(format!("request body is not JSON: {e}")))
     };
     let mut obj = match &route.body {
         BodyRule::None => {
@@ -362,6 +362,72 @@ fn build_input(
     let opts = DeserializeOptions::new().deny_unknown_fields(true);
     DynamicMessage::deserialize_with_options(desc.clone(), Value::Object(obj), &opts)
         .map_err(|e| invalid(format!("invalid {}: {e}", desc.name())))
+}
+
+/// Parses JSON, refusing an object that names a key twice (plain parsers
+/// keep the last, so `{"spec": 5, "spec": {...}}` would pass).
+fn strict_json(body: &[u8]) -> Result<Value, serde_json::Error> {
+    serde_json::from_slice::<Strict>(body).map(|s| s.0)
+}
+
+struct Strict(Value);
+
+impl<'de> serde::Deserialize<'de> for Strict {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map(Value::Number).unwrap_or(Value::Null))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(Strict(v)) = seq.next_element()? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(k) = map.next_key::<String>()? {
+            if out.contains_key(&k) {
+                return Err(serde::de::Error::custom(format!("duplicate key {k:?}")));
+            }
+            let Strict(v) = map.next_value()?;
+            out.insert(k, v);
+        }
+        Ok(Value::Object(out))
+    }
 }
 
 /// Sets a (possibly dotted) field from a string, typed per the descriptor.
@@ -421,4 +487,22 @@ fn set_path(
         return Ok(());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod strict_tests {
+    use super::*;
+
+    #[test]
+    fn duplicate_keys_are_refused_at_any_depth() {
+        assert_eq!(
+            strict_json(br#"{"a": [1, {"b": null}], "c": 1.5}"#).unwrap(),
+            json!({"a": [1, {"b": null}], "c": 1.5})
+        );
+        let e = strict_json(br#"{"spec": 5, "spec": {}}"#).unwrap_err();
+        assert!(e.to_string().contains("duplicate key \"spec\""), "{e}");
+        assert!(strict_json(br#"{"a": [{"x": 1, "x": 2}]}"#).is_err());
+        assert!(strict_json(br#"{"a": 1,}"#).is_err(), "still strict JSON");
+        assert_eq!(strict_json(b"18446744073709551615").unwrap(), json!(u64::MAX));
+    }
 }
