@@ -60,6 +60,19 @@ pub struct Config {
     #[arg(long, env = "TETHER_MAX_MESSAGE_BYTES", default_value_t = 1024 * 1024)]
     pub max_message_bytes: usize,
 
+    /// HTTP port: a request's headers must arrive within this long, and an
+    /// idle keep-alive connection is closed after it.
+    #[arg(long, env = "TETHER_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub http_header_timeout: Duration,
+
+    /// HTTP port: a request body must arrive within this long (408 if not).
+    #[arg(long, env = "TETHER_HTTP_BODY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub http_body_timeout: Duration,
+
+    /// HTTP port: open connections at most; more wait in the kernel's backlog.
+    #[arg(long, env = "TETHER_HTTP_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub http_max_connections: usize,
+
     /// Sessions that may be set up at once; more wait (reconnect storms).
     #[arg(long, env = "TETHER_ADMISSION_CONCURRENCY", default_value_t = 64)]
     pub admission_concurrency: usize,
@@ -103,6 +116,9 @@ struct FileConfig {
     down_after: Option<String>,
     lease_flush_interval: Option<String>,
     max_message_bytes: Option<usize>,
+    http_header_timeout: Option<String>,
+    http_body_timeout: Option<String>,
+    http_max_connections: Option<usize>,
     admission_concurrency: Option<usize>,
     replica_id: Option<String>,
 }
@@ -147,6 +163,9 @@ impl Config {
         take!(down_after, duration);
         take!(lease_flush_interval, duration);
         take!(max_message_bytes);
+        take!(http_header_timeout, duration);
+        take!(http_body_timeout, duration);
+        take!(http_max_connections);
         take!(admission_concurrency);
         take!(replica_id);
         Ok(())
@@ -161,6 +180,9 @@ impl Config {
         anyhow::ensure!(self.down_after > self.heartbeat_grace, "down-after must exceed the heartbeat grace");
         anyhow::ensure!(self.max_message_bytes >= 4096, "max message size below 4 KiB");
         anyhow::ensure!(self.admission_concurrency >= 1, "admission concurrency must be at least 1");
+        anyhow::ensure!(self.http_max_connections >= 1, "HTTP max connections must be at least 1");
+        anyhow::ensure!(!self.http_header_timeout.is_zero(), "HTTP header timeout must be positive");
+        anyhow::ensure!(!self.http_body_timeout.is_zero(), "HTTP body timeout must be positive");
         Ok(())
     }
 

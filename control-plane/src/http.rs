@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -68,14 +69,109 @@ pub async fn serve(
     openapi: Arc<serde_json::Value>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    let limits =
+        Limits { header_timeout: app.config.http_header_timeout, max_connections: app.config.http_max_connections };
     let router = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/openapi.json", get(move || async move { axum::Json(openapi.as_ref().clone()) }))
         .with_state(HttpState { app, prometheus })
-        .merge(rest);
-    axum::serve(listener, router).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+        .merge(rest)
+        .layer(axum::middleware::map_response(json_errors));
+    serve_with_limits(listener, router, limits, shutdown).await
+}
+
+/// What the HTTP port allows a client, as a reverse proxy would.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Headers must arrive within this long; it also closes idle keep-alive
+    /// connections (hyper starts the clock when it waits for a request).
+    pub header_timeout: Duration,
+    pub max_connections: usize,
+}
+
+/// How long open connections get to finish at shutdown.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// axum's `serve`, with the limits it does not expose: a header-read
+/// timeout, a connection cap (further connections wait in the backlog) and
+/// a bounded drain at shutdown.
+pub async fn serve_with_limits(
+    listener: TcpListener,
+    router: Router,
+    limits: Limits,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
+    builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(30)));
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let permit = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            p = slots.clone().acquire_owned() => p.expect("never closed"),
+        };
+        let (stream, _) = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accepting an HTTP connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        use tower::ServiceExt;
+        let service = TowerToHyperService::new(
+            router.clone().map_request(|req: http::Request<hyper::body::Incoming>| req.map(axum::body::Body::new)),
+        );
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
+        tracing::info!("HTTP connections still open after the drain; closing them");
+    }
+    Ok(())
+}
+
+/// Every error answer is `{code, message}` JSON, also those made outside
+/// the REST bridge (axum's 405 with its `Allow`, a plain-text 503 from
+/// /readyz): the text, if any, becomes the message.
+async fn json_errors(resp: axum::response::Response) -> axum::response::Response {
+    use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+    let status = resp.status();
+    let is_json = resp.headers().get(CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if status.as_u16() < 400 || is_json {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text).trim().to_owned();
+    let reason = status.canonical_reason().unwrap_or("error");
+    let message = if text.is_empty() { reason.to_lowercase() } else { text };
+    let code = match status {
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable".to_owned(),
+        s => s.canonical_reason().unwrap_or("error").to_lowercase().replace([' ', '-'], "_"),
+    };
+    parts.headers.remove(CONTENT_LENGTH);
+    parts.headers.insert(CONTENT_TYPE, axum::http::HeaderValue::from_static("application/json"));
+    let body = serde_json::json!({"code": code, "message": message, "details": []}).to_string();
+    axum::response::Response::from_parts(parts, axum::body::Body::from(body))
 }
 
 /// Ready while serving and while the database answers and takes writes, as

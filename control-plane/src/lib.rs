@@ -207,7 +207,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .add_service(placement);
     let bridge = Arc::new(tether_rest::Bridge::from_descriptors(tether_proto::FILE_DESCRIPTOR_SET)?);
     let openapi = Arc::new(tether_rest::openapi(&bridge, env!("CARGO_PKG_VERSION")));
-    let rest = tether_rest::router(bridge, tower::Layer::layer(&edge::EdgeLayer::new(), routes.clone()));
+    let rest = tether_rest::router(
+        bridge,
+        tower::Layer::layer(&edge::EdgeLayer::new(), routes.clone()),
+        config.http_body_timeout,
+    );
 
     let grpc_shutdown = shutdown.clone();
     let grpc = tonic::transport::Server::builder()

@@ -11,6 +11,59 @@ use crate::harness::*;
 
 both_backends!(malformed_input_is_refused_and_changes_nothing, last_admin_token_cannot_be_revoked_and_recovery_works);
 
+mod transport {
+    use super::*;
+
+    /// The HTTP port's limits do not depend on the database: SQLite only.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn slow_clients_are_cut_off_and_others_served() {
+        slow_clients().await;
+    }
+}
+
+async fn slow_clients() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let opts = Options {
+        extra_args: ["--http-header-timeout", "1s", "--http-body-timeout", "1s"].map(String::from).to_vec(),
+        ..Options::default()
+    };
+    let cp = ControlPlane::start_opts(Backend::Sqlite, opts).await;
+    // Headers that never finish.
+    let mut slow = tokio::net::TcpStream::connect(&cp.http_addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.unwrap();
+    let opened = std::time::Instant::now();
+    // Others are served meanwhile.
+    for _ in 0..3 {
+        assert_eq!(cp.http_get("/healthz").await.0, 200);
+    }
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut buf)).await;
+    assert!(closed.is_ok(), "the unfinished request's connection is still open after 10 s");
+    let took = opened.elapsed();
+    assert!(took < Duration::from_secs(5), "closed after {took:?} with a 1 s header timeout");
+    eprintln!("unfinished headers: connection closed after {took:?}");
+
+    // A body that never finishes: 408, as JSON, after the body timeout.
+    let answer = raw_http(
+        &cp.http_addr,
+        format!(
+            "POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\n\
+             Content-Length: 100\r\nConnection: close\r\n\r\n{{\"sp",
+            cp.admin_token
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"request_timeout\""), "{answer}");
+
+    // Errors made outside the REST bridge are JSON too, 405 with its Allow.
+    let (status, headers, body) = rest(&cp, "POST", "/metrics", None).await;
+    assert_eq!(status, 405);
+    assert!(headers.get("allow").is_some_and(|v| v.to_str().unwrap().contains("GET")), "{headers:?}");
+    assert_eq!(body["code"], "method_not_allowed", "{body}");
+}
+
 async fn rest(
     cp: &ControlPlane,
     method: &str,

@@ -196,6 +196,8 @@ pub struct Options {
     pub data_dir: Option<PathBuf>,
     /// A PostgreSQL URL instead of a fresh database on the shared test server.
     pub database_url: Option<String>,
+    /// More flags for the control plane.
+    pub extra_args: Vec<String>,
 }
 
 impl Default for Options {
@@ -208,6 +210,7 @@ impl Default for Options {
             grpc_addr: "127.0.0.1:0".into(),
             data_dir: None,
             database_url: None,
+            extra_args: Vec::new(),
         }
     }
 }
@@ -272,6 +275,7 @@ impl ControlPlane {
             .arg(format!("{}ms", self.opts.down_after.as_millis()))
             .arg("--lease-flush-interval")
             .arg("1s")
+            .args(&self.opts.extra_args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())

@@ -48,15 +48,17 @@ impl<S> Grpc for S where
 struct Shared<S> {
     bridge: Arc<Bridge>,
     grpc: S,
+    body_timeout: std::time::Duration,
 }
 
 /// An axum router serving every HTTP route of the bridge (as a fallback, so
 /// it can be merged with other routes).
-pub fn router<S: Grpc>(bridge: Arc<Bridge>, grpc: S) -> Router
+/// A request body must arrive within `body_timeout` (408 if not).
+pub fn router<S: Grpc>(bridge: Arc<Bridge>, grpc: S, body_timeout: std::time::Duration) -> Router
 where
     S::Future: Send,
 {
-    let shared = Arc::new(Shared { bridge, grpc });
+    let shared = Arc::new(Shared { bridge, grpc, body_timeout });
     Router::new().fallback(handle::<S>).with_state(shared)
 }
 
@@ -138,10 +140,17 @@ where
     if declared.is_some_and(|n| n > MAX_BODY as u64) {
         return too_large();
     }
-    let body = match axum::body::to_bytes(body, MAX_BODY).await {
-        Ok(b) => b,
-        Err(e) if is_length_limit(&e) => return too_large(),
-        Err(e) => return invalid(format!("reading the request body failed: {e}")),
+    let body = match tokio::time::timeout(st.body_timeout, axum::body::to_bytes(body, MAX_BODY)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) if is_length_limit(&e) => return too_large(),
+        Ok(Err(e)) => return invalid(format!("reading the request body failed: {e}")),
+        Err(_) => {
+            return json_error(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                &format!("the request body did not arrive within {:?}", st.body_timeout),
+            );
+        }
     };
     let input = match build_input(route, &bound, parts.uri.query().unwrap_or(""), &body) {
         Ok(m) => m,
