@@ -46,7 +46,37 @@ fn kind_schema(kind: &Kind, wanted: &mut Vec<MessageDescriptor>) -> Value {
     }
 }
 
+/// The id kind a string field holds, by its name: the prefix its values
+/// carry (see `tether_types` ids).
+fn id_prefix(field: &str) -> Option<&'static str> {
+    use tether_types::*;
+    Some(match field {
+        "node_id" => NodeId::PREFIX,
+        "job_id" => JobId::PREFIX,
+        "workload_id" => WorkloadId::PREFIX,
+        "token_id" => TokenId::PREFIX,
+        "join_token_id" => JoinTokenId::PREFIX,
+        "project_id" => ProjectId::PREFIX,
+        "organization_id" => OrgId::PREFIX,
+        "allocation_id" => AllocId::PREFIX,
+        _ => return None,
+    })
+}
+
+/// An id: its prefix and 20 lowercase hex digits.
+fn id_pattern(prefix: &str) -> String {
+    format!("^{prefix}[0-9a-f]{{20}}$")
+}
+
 fn field_schema(f: &FieldDescriptor, wanted: &mut Vec<MessageDescriptor>) -> Value {
+    if let (Kind::String, Some(prefix)) = (f.kind(), id_prefix(f.name()))
+        && !f.is_list()
+        && !f.is_map()
+    {
+        // Empty where the field is optional (a filter, a job not placed yet).
+        let pattern = format!("^({prefix}[0-9a-f]{{20}})?$");
+        return json!({"type": "string", "pattern": pattern, "description": format!("an id: {prefix} and 20 hex digits")});
+    }
     if f.is_map() {
         let Kind::Message(entry) = f.kind() else { return json!({"type": "object"}) };
         let value = entry.map_entry_value_field();
@@ -81,10 +111,13 @@ fn operation(route: &Route, wanted: &mut Vec<MessageDescriptor>) -> Value {
     let path_fields = route.path_fields();
     let mut params = Vec::new();
     for name in &path_fields {
-        let schema = input
-            .get_field_by_name(name)
-            .map(|f| field_schema(&f, wanted))
-            .unwrap_or_else(|| json!({"type": "string"}));
+        let schema = match id_prefix(name) {
+            Some(prefix) => json!({"type": "string", "pattern": id_pattern(prefix)}),
+            None => input
+                .get_field_by_name(name)
+                .map(|f| field_schema(&f, wanted))
+                .unwrap_or_else(|| json!({"type": "string"})),
+        };
         params.push(json!({"name": name, "in": "path", "required": true, "schema": schema}));
     }
     if route.body == BodyRule::None {
@@ -217,5 +250,11 @@ mod tests {
             doc["paths"]["/v1/nodes:watch"]["get"]["responses"]["200"]["content"]["text/event-stream"]["schema"]["type"],
             "string"
         );
+        // Ids carry their shape: strict in paths, possibly empty in fields.
+        let param = &doc["paths"]["/v1/jobs/{job_id}"]["get"]["parameters"][0];
+        assert_eq!(param["schema"]["pattern"], "^job-[0-9a-f]{20}$", "{param}");
+        assert_eq!(node["nodeId"]["pattern"], "^(nd-[0-9a-f]{20})?$");
+        let id = tether_types::NodeId::from_random([0xab; 10]);
+        assert!(id.as_str().starts_with("nd-") && id.as_str().len() == 23);
     }
 }
