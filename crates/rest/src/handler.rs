@@ -369,8 +369,12 @@ fn build_input(
         set_path(&mut obj, &desc, &k, &v, true)?;
     }
     let opts = DeserializeOptions::new().deny_unknown_fields(true);
-    DynamicMessage::deserialize_with_options(desc.clone(), Value::Object(obj), &opts)
-        .map_err(|e| invalid(format!("invalid {}: {e}", desc.name())))
+    let msg = DynamicMessage::deserialize_with_options(desc.clone(), Value::Object(obj), &opts)
+        .map_err(|e| invalid(format!("invalid {}: {e}", desc.name())))?;
+    if let Some(field) = crate::routes::missing_required(&msg) {
+        return Err(invalid(format!("{field} is required")));
+    }
+    Ok(msg)
 }
 
 /// Parses JSON, refusing an object that names a key twice (plain parsers

@@ -88,10 +88,43 @@ fn field_schema(f: &FieldDescriptor, wanted: &mut Vec<MessageDescriptor>) -> Val
 
 fn message_schema(m: &MessageDescriptor, wanted: &mut Vec<MessageDescriptor>) -> Value {
     let mut props = Map::new();
+    let mut required = Vec::new();
     for f in m.fields() {
-        props.insert(f.json_name().to_owned(), field_schema(&f, wanted));
+        let mut schema = field_schema(&f, wanted);
+        if crate::routes::is_required(&f) {
+            required.push(f.json_name().to_owned());
+            required_shape(&f, &mut schema);
+        }
+        props.insert(f.json_name().to_owned(), schema);
     }
-    json!({"type": "object", "properties": props, "additionalProperties": false})
+    let mut out = json!({"type": "object", "properties": props, "additionalProperties": false});
+    if !required.is_empty() {
+        out["required"] = json!(required);
+    }
+    out
+}
+
+/// What REQUIRED means for the value itself: a string is not empty, an enum
+/// is not its zero value, a list has an element.
+fn required_shape(f: &FieldDescriptor, schema: &mut Value) {
+    if f.is_list() {
+        schema["minItems"] = json!(1);
+        return;
+    }
+    match f.kind() {
+        Kind::String if schema.get("pattern").is_none() => schema["minLength"] = json!(1),
+        Kind::String => {
+            // An optional-id pattern `^(...)?$` becomes the strict one.
+            if let Some(p) = schema["pattern"].as_str().and_then(|p| p.strip_prefix("^(")?.strip_suffix(")?$")) {
+                schema["pattern"] = json!(format!("^{p}$"));
+            }
+        }
+        Kind::Enum(e) => {
+            schema["enum"] =
+                json!(e.values().filter(|v| v.number() != 0).map(|v| v.name().to_owned()).collect::<Vec<_>>());
+        }
+        _ => {}
+    }
 }
 
 fn error_schema() -> Value {
@@ -141,16 +174,24 @@ fn operation(route: &Route, wanted: &mut Vec<MessageDescriptor>) -> Value {
         BodyRule::None => {}
         BodyRule::All => {
             let mut schema = message_schema(&input, wanted);
-            if let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) {
-                for name in &path_fields {
-                    if let Some(f) = input.get_field_by_name(name) {
+            for name in &path_fields {
+                if let Some(f) = input.get_field_by_name(name) {
+                    if let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) {
                         props.remove(f.json_name());
+                    }
+                    if let Some(req) = schema.get_mut("required").and_then(Value::as_array_mut) {
+                        req.retain(|r| r != f.json_name());
                     }
                 }
             }
+            // A body is required exactly when some field of it is.
+            let needed = schema.get("required").and_then(Value::as_array).is_some_and(|r| !r.is_empty());
+            if !needed && let Some(o) = schema.as_object_mut() {
+                o.remove("required");
+            }
             op.insert(
                 "requestBody".into(),
-                json!({"required": true, "content": {"application/json": {"schema": schema}}}),
+                json!({"required": needed, "content": {"application/json": {"schema": schema}}}),
             );
         }
         BodyRule::Field(f) => {
@@ -254,6 +295,18 @@ mod tests {
         let param = &doc["paths"]["/v1/jobs/{job_id}"]["get"]["parameters"][0];
         assert_eq!(param["schema"]["pattern"], "^job-[0-9a-f]{20}$", "{param}");
         assert_eq!(node["nodeId"]["pattern"], "^(nd-[0-9a-f]{20})?$");
+        // REQUIRED fields, from the protos' google.api.field_behavior.
+        let submit = &doc["paths"]["/v1/jobs"]["post"]["requestBody"];
+        assert_eq!(submit["required"], true);
+        assert_eq!(submit["content"]["application/json"]["schema"]["required"], json!(["spec"]));
+        let exec = &doc["components"]["schemas"]["tether.v1.ExecSpec"];
+        assert_eq!(exec["required"], json!(["command"]));
+        assert_eq!(exec["properties"]["command"]["minLength"], 1);
+        let token = &doc["paths"]["/v1/tokens"]["post"]["requestBody"]["content"]["application/json"]["schema"];
+        let roles = token["properties"]["role"]["enum"].as_array().unwrap();
+        assert!(!roles.iter().any(|r| r == "ROLE_UNSPECIFIED"), "{roles:?}");
+        let join = &doc["paths"]["/v1/join-tokens"]["post"]["requestBody"];
+        assert_eq!(join["required"], false, "nothing in it is required: {join}");
         let id = tether_types::NodeId::from_random([0xab; 10]);
         assert!(id.as_str().starts_with("nd-") && id.as_str().len() == 23);
     }
