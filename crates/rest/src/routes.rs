@@ -290,12 +290,13 @@ pub fn missing_required(m: &prost_reflect::DynamicMessage) -> Option<String> {
                 return Some(f.json_name().to_owned());
             }
         }
-        if set && !f.is_list() && !f.is_map() {
-            if let Value::Message(inner) = &*m.get_field(&f) {
-                if let Some(path) = missing_required(inner) {
-                    return Some(format!("{}.{path}", f.json_name()));
-                }
-            }
+        if set
+            && !f.is_list()
+            && !f.is_map()
+            && let Value::Message(inner) = &*m.get_field(&f)
+            && let Some(path) = missing_required(inner)
+        {
+            return Some(format!("{}.{path}", f.json_name()));
         }
     }
     None
