@@ -44,16 +44,7 @@ async fn slow_clients() {
     eprintln!("unfinished headers: connection closed after {took:?}");
 
     // A body that never finishes: 408, as JSON, after the body timeout.
-    let answer = raw_http(
-        &cp.http_addr,
-        format!(
-            "POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\n\
-             Content-Length: 100\r\nConnection: close\r\n\r\n{{\"sp",
-            cp.admin_token
-        )
-        .as_bytes(),
-    )
-    .await;
+    let answer = post_jobs_raw(&cp, 100, "{\"sp").await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("\"request_timeout\""), "{answer}");
 
@@ -97,6 +88,16 @@ async fn counts(cp: &ControlPlane) -> (usize, usize, usize) {
         .tokens
         .len();
     (jobs, cp.list_nodes().await.len(), tokens)
+}
+
+/// POST /v1/jobs declaring `length` bytes and sending `body`, raw.
+async fn post_jobs_raw(cp: &ControlPlane, length: u64, body: &str) -> String {
+    let head = format!(
+        "POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\n\
+         Content-Length: {length}\r\nConnection: close\r\n\r\n{body}",
+        cp.admin_token
+    );
+    raw_http(&cp.http_addr, head.as_bytes()).await
 }
 
 /// Sends raw bytes on a fresh connection and reads the answer.
@@ -155,16 +156,7 @@ async fn malformed_input_is_refused_and_changes_nothing(backend: Backend) {
 
     // A body over the limit is refused from its declared length, at once,
     // with 413 (not 429, which invites a retry).
-    let answer = raw_http(
-        &cp.http_addr,
-        format!(
-            "POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\n\
-             Content-Length: 10737418240\r\nConnection: close\r\n\r\n{{}}",
-            cp.admin_token
-        )
-        .as_bytes(),
-    )
-    .await;
+    let answer = post_jobs_raw(&cp, 10_737_418_240, "{}").await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert!(answer.contains("\"payload_too_large\""), "{answer}");
 
