@@ -23,11 +23,14 @@ fn kind_schema(kind: &Kind, wanted: &mut Vec<MessageDescriptor>) -> Value {
         Kind::Uint32 | Kind::Fixed32 => {
             json!({"type": "integer", "format": "int64", "minimum": 0, "maximum": 4294967295u64})
         }
-        // 64-bit integers are strings in proto3 JSON.
+        // 64-bit integers are written as strings in proto3 JSON, and read
+        // from strings or numbers.
         Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => {
-            json!({"type": "string", "format": "int64", "pattern": "^-?[0-9]+$"})
+            json!({"type": ["string", "integer"], "format": "int64", "pattern": "^-?[0-9]+$"})
         }
-        Kind::Uint64 | Kind::Fixed64 => json!({"type": "string", "format": "uint64", "pattern": "^[0-9]+$"}),
+        Kind::Uint64 | Kind::Fixed64 => {
+            json!({"type": ["string", "integer"], "format": "uint64", "pattern": "^[0-9]+$", "minimum": 0})
+        }
         Kind::Bool => json!({"type": "boolean"}),
         Kind::String => json!({"type": "string"}),
         Kind::Bytes => json!({"type": "string", "contentEncoding": "base64"}),
@@ -94,6 +97,8 @@ fn message_schema(m: &MessageDescriptor, wanted: &mut Vec<MessageDescriptor>) ->
         if crate::routes::is_required(&f) {
             required.push(f.json_name().to_owned());
             required_shape(&f, &mut schema);
+        } else {
+            nullable(&mut schema);
         }
         props.insert(f.json_name().to_owned(), schema);
     }
@@ -102,6 +107,27 @@ fn message_schema(m: &MessageDescriptor, wanted: &mut Vec<MessageDescriptor>) ->
         out["required"] = json!(required);
     }
     out
+}
+
+/// proto3 JSON takes `null` for any field as "not set": say so, except for
+/// required fields (where not set is refused).
+fn nullable(schema: &mut Value) {
+    if schema.get("$ref").is_some() {
+        *schema = json!({"anyOf": [schema.clone(), {"type": "null"}]});
+        return;
+    }
+    if let Some(list) = schema.get_mut("enum").and_then(Value::as_array_mut) {
+        list.push(Value::Null);
+    }
+    match schema.get("type").cloned() {
+        Some(Value::String(t)) => schema["type"] = json!([t, "null"]),
+        Some(Value::Array(mut ts)) => {
+            ts.push(json!("null"));
+            schema["type"] = Value::Array(ts);
+        }
+        None if schema.is_object() => schema["type"] = json!(["object", "null"]),
+        _ => {}
+    }
 }
 
 /// What REQUIRED means for the value itself: a string is not empty, an enum
@@ -284,7 +310,14 @@ mod tests {
             assert!(doc["paths"][&r.template][&m].is_object(), "{m} {} missing", r.template);
         }
         let node = &doc["components"]["schemas"]["tether.v1.Node"]["properties"];
-        assert_eq!(node["desiredStateVersion"]["type"], "string", "uint64 is a string in proto3 JSON");
+        assert_eq!(
+            node["desiredStateVersion"]["type"],
+            json!(["string", "integer", "null"]),
+            "uint64: a string in proto3 JSON, read from a number too"
+        );
+        assert_eq!(node["desiredStateVersion"]["pattern"], "^[0-9]+$");
+        // Not required: proto3 JSON's null ("not set") is allowed.
+        assert!(node["status"]["enum"].as_array().unwrap().contains(&Value::Null));
         assert_eq!(node["registeredAt"]["format"], "date-time");
         assert!(node["status"]["enum"].as_array().unwrap().iter().any(|v| v == "NODE_STATUS_READY"));
         assert_eq!(
