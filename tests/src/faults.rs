@@ -521,7 +521,9 @@ async fn database_outage() {
     })
     .await;
     assert!(body.contains("database unavailable"), "{body}");
-    assert!(took < Duration::from_secs(1), "/readyz took {took:?}");
+    // A cached answer: milliseconds; the bound leaves room for a loaded CI machine.
+    assert!(took < Duration::from_secs(2), "/readyz took {took:?}");
+    eprintln!("/readyz during the outage answered in {took:?}");
     assert_eq!(code, 503);
     let t = Instant::now();
     let err = jobs.submit_job(job_req("true", 1, "")).await.unwrap_err();
