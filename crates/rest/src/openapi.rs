@@ -230,9 +230,20 @@ fn operation(route: &Route, wanted: &mut Vec<MessageDescriptor>) -> Value {
     }
     let output = route.method.output();
     let ok = if route.server_streaming() {
+        // OpenAPI 3.1 has no item schema for event streams; JSON Schema's
+        // contentMediaType/contentSchema say what each `data:` line holds.
+        wanted.push(output.clone());
         json!({
-            "description": format!("Server-Sent Events; each `data:` is a JSON {}", output.name()),
-            "content": {"text/event-stream": {"schema": {"type": "string"}}}
+            "description": format!(
+                "Server-Sent Events: each `data:` is one JSON {}; a failure ends the stream with `event: error` \
+                 and a `{{code, message}}` JSON",
+                output.name()
+            ),
+            "content": {"text/event-stream": {"schema": {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "contentSchema": reference(&schema_name(&output)),
+            }}}
         })
     } else {
         wanted.push(output.clone());
@@ -320,9 +331,12 @@ mod tests {
         assert!(node["status"]["enum"].as_array().unwrap().contains(&Value::Null));
         assert_eq!(node["registeredAt"]["format"], "date-time");
         assert!(node["status"]["enum"].as_array().unwrap().iter().any(|v| v == "NODE_STATUS_READY"));
-        assert_eq!(
-            doc["paths"]["/v1/nodes:watch"]["get"]["responses"]["200"]["content"]["text/event-stream"]["schema"]["type"],
-            "string"
+        let sse = &doc["paths"]["/v1/nodes:watch"]["get"]["responses"]["200"]["content"]["text/event-stream"]["schema"];
+        assert_eq!(sse["type"], "string");
+        assert_eq!(sse["contentSchema"]["$ref"], "#/components/schemas/tether.v1.WatchNodesResponse");
+        assert!(
+            doc["components"]["schemas"]["tether.v1.WatchNodesResponse"].is_object(),
+            "the event's schema is there"
         );
         // Ids carry their shape: strict in paths, possibly empty in fields.
         let param = &doc["paths"]["/v1/jobs/{job_id}"]["get"]["parameters"][0];
