@@ -1,0 +1,305 @@
+//! The work loop (scheduler and reconcilers) and the control plane's side of
+//! the Jobs stream.
+//!
+//! The loop is idempotent and takes no input: each pass reads the durable
+//! state, decides, writes its decisions in transactions, then tells agents.
+//! It is woken by changes (submits, finishes, node changes) and by a timer.
+
+mod messages;
+mod nodes;
+mod reconcile;
+mod stream;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tether_scheduler::{NodeView, Objective, Request, place_batch_from};
+use tether_store::StoreError;
+use tether_types::{
+    AllocId, AllocKind, AllocStatus, Allocation, DesiredNodeState, ExecSpec, NodeId, RestartPolicy, alloc_key,
+};
+use tokio_util::sync::CancellationToken;
+
+use messages::assign_msg;
+pub use messages::cancel_msg;
+use nodes::apply_usage;
+pub use nodes::{NodeCache, NodeSnapshot, node_cache_loop, node_views};
+use reconcile::reconcile;
+pub use stream::{Reports, on_agent_message, report_batcher, resync, retry_transient};
+
+use crate::{App, now_ms};
+
+/// A pass runs at least this often, to catch deadlines and other replicas' work.
+const PASS_PERIOD: Duration = Duration::from_millis(500);
+const PENDING_BATCH: u32 = 2000;
+/// Output cap per job attempt.
+pub const MAX_LOG_BYTES: u64 = 1024 * 1024;
+
+/// What the work loop keeps between passes.
+#[derive(Default)]
+struct PassState {
+    /// Drains already reported complete.
+    draining_done: HashSet<NodeId>,
+    /// Scheduler views of `views_of`'s nodes, kept between passes so that a
+    /// pass only recomputes what is allocated on them.
+    views: Vec<NodeView>,
+    views_of: Option<Arc<NodeSnapshot>>,
+}
+
+pub async fn work_loop(app: Arc<App>, shutdown: CancellationToken) {
+    let mut state = PassState::default();
+    let mut backoff = Duration::ZERO;
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            _ = app.work_wake.notified() => {}
+            _ = tokio::time::sleep(PASS_PERIOD) => {}
+        }
+        let started = std::time::Instant::now();
+        match pass(&app, &mut state).await {
+            Ok(()) => backoff = Duration::ZERO,
+            Err(e) => {
+                // 200 ms doubling to 5 s while the database is away; logged
+                // once per outage.
+                if backoff.is_zero() {
+                    tracing::warn!(error = &e as &dyn std::error::Error, "work pass failed; retrying");
+                }
+                backoff = (backoff * 2).clamp(Duration::from_millis(200), Duration::from_secs(5));
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+            }
+        }
+        metrics::histogram!("tether_work_pass_seconds").record(started.elapsed().as_secs_f64());
+    }
+}
+
+impl PassState {
+    /// The views for this pass: rebuilt from the snapshot's when the node
+    /// list changed, then what is allocated applied.
+    ///
+    /// A node takes new work only while its Jobs stream is open here: work
+    /// placed on a node that cannot hear of it would wait for a reconnect.
+    fn prepare_views(&mut self, snap: &Arc<NodeSnapshot>, active: &[Allocation], now: i64, hub: &crate::hub::JobsHub) {
+        if !self.views_of.as_ref().is_some_and(|s| Arc::ptr_eq(s, snap)) {
+            self.views = snap.base_views.clone();
+            self.views_of = Some(snap.clone());
+        }
+        for (v, base) in self.views.iter_mut().zip(&snap.base_views) {
+            v.ready = base.ready && hub.has(&v.id);
+        }
+        apply_usage(&mut self.views, &snap.nodes, &snap.index, active, now);
+    }
+}
+
+/// Places a batch, resuming the scheduler's candidate scan where the last
+/// batch left it (see `tether_scheduler::place_batch_from`).
+fn place(app: &App, views: &mut [NodeView], reqs: &[Request]) -> Vec<Option<usize>> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let (placed, next) = place_batch_from(views, reqs, app.placement_cursor.load(Relaxed));
+    app.placement_cursor.store(next, Relaxed);
+    placed
+}
+
+/// One pass over everything.
+async fn pass(app: &App, state: &mut PassState) -> Result<(), StoreError> {
+    let now = now_ms();
+    let store = &app.store;
+
+    // Work on nodes that are down is lost (and retried while attempts remain).
+    let lost = store.allocations_lose_on_down_nodes(now).await?;
+    if !lost.is_empty() {
+        tracing::info!(allocations = lost.len(), "allocations lost on down nodes");
+        metrics::counter!("tether_allocations_lost_total").increment(lost.len() as u64);
+        // Should a lost node still hold a stream here (a partition that
+        // TCP has not noticed), it hears of the loss first when it heals,
+        // and its session is closed so that it reconnects and resyncs.
+        let mut nodes_hit = HashSet::new();
+        for a in &lost {
+            app.hub.send(&a.node_id, cancel_msg(a, "the node was declared down; this attempt is lost"));
+            nodes_hit.insert(a.node_id.clone());
+        }
+        for n in &nodes_hit {
+            app.registry.resync(n);
+        }
+    }
+
+    let snap = app.nodes.get(store).await?;
+    let nodes = snap.nodes.as_slice();
+    let mut active = store.allocations_active().await?;
+
+    // Node desired states that stop work: stopped nodes stop everything; a
+    // draining node's jobs are stopped at the deadline. A stopped job attempt
+    // is retried elsewhere once it has really stopped.
+    let mut evict = Vec::new();
+    for n in nodes {
+        let jobs_only = match n.desired_state {
+            DesiredNodeState::Stopped => false,
+            DesiredNodeState::Draining if n.drain_deadline.is_some_and(|d| now >= d) => true,
+            _ => continue,
+        };
+        evict.extend(
+            active
+                .iter()
+                .filter(|a| a.node_id == n.id && a.status != AllocStatus::Stopping)
+                .filter(|a| !jobs_only || a.kind == AllocKind::Job)
+                .map(|a| a.key.clone()),
+        );
+    }
+    stop_and_cancel(app, &evict, "node stopped or drain deadline passed", now).await?;
+    let mut stop = Vec::new();
+
+    // Workloads.
+    let workloads = store.workload_list(None).await?;
+    // Built only when something is to be placed: at ten thousand nodes
+    // building them is most of an idle pass.
+    let mut views_ready = false;
+    let mut new_allocs: Vec<(Allocation, ExecSpec, Option<RestartPolicy>)> = Vec::new();
+    for w in &workloads {
+        let mine: Vec<&Allocation> = active.iter().filter(|a| a.workload_id.as_ref() == Some(&w.id)).collect();
+        let plan = reconcile(w, &mine, |id| snap.node(id));
+        stop.extend(plan.stop);
+        let reqs: Vec<Request> = (0..plan.create)
+            .map(|_| {
+                let mut r = Request::new(
+                    w.project_id.clone(),
+                    w.spec.resources,
+                    w.spec.constraints.clone(),
+                    Objective::Balanced,
+                );
+                r.group = Some(w.id.to_string());
+                r
+            })
+            .collect();
+        if reqs.is_empty() {
+            continue;
+        }
+        if !views_ready {
+            state.prepare_views(&snap, &active, now, &app.hub);
+            views_ready = true;
+        }
+        let views = &mut state.views;
+        for i in place(app, views, &reqs).into_iter().flatten() {
+            let a = Allocation {
+                key: AllocId::from_random(tether_auth::random_bytes()).to_string(),
+                project_id: w.project_id.clone(),
+                kind: AllocKind::Service,
+                job_id: None,
+                attempt: 1,
+                workload_id: Some(w.id.clone()),
+                spec_version: w.spec_version,
+                node_id: views[i].id.clone(),
+                status: AllocStatus::Scheduled,
+                resources: w.spec.resources,
+                exit_code: None,
+                error: String::new(),
+                restarts: 0,
+                scheduled_at: now,
+                started_at: None,
+                finished_at: None,
+            };
+            new_allocs.push((a, w.spec.exec.clone(), Some(w.spec.restart)));
+        }
+    }
+    if !stop.is_empty() {
+        for a in store.allocations_stop(&stop, "stopped by the reconciler", now).await? {
+            app.hub.send(&a.node_id, cancel_msg(&a, "stopped by the reconciler"));
+        }
+    }
+
+    // Pending jobs, highest priority first.
+    let pending = store.jobs_pending(PENDING_BATCH).await?;
+    let reqs: Vec<Request> = pending
+        .iter()
+        .map(|j| Request::new(j.project_id.clone(), j.spec.resources, j.spec.constraints.clone(), Objective::Balanced))
+        .collect();
+    let placed = if reqs.is_empty() {
+        Vec::new()
+    } else {
+        if !views_ready {
+            state.prepare_views(&snap, &active, now, &app.hub);
+        }
+        place(app, &mut state.views, &reqs)
+    };
+    let views = &state.views;
+    for (j, i) in pending.iter().zip(placed) {
+        let Some(i) = i else { continue };
+        let attempt = j.attempt + 1;
+        let a = Allocation {
+            key: alloc_key(j.id.as_str(), attempt),
+            project_id: j.project_id.clone(),
+            kind: AllocKind::Job,
+            job_id: Some(j.id.clone()),
+            attempt,
+            workload_id: None,
+            spec_version: 0,
+            node_id: views[i].id.clone(),
+            status: AllocStatus::Scheduled,
+            resources: j.spec.resources,
+            exit_code: None,
+            error: String::new(),
+            restarts: 0,
+            scheduled_at: now,
+            started_at: None,
+            finished_at: None,
+        };
+        new_allocs.push((a, j.spec.exec.clone(), None));
+    }
+
+    if !new_allocs.is_empty() {
+        let allocs: Vec<Allocation> = new_allocs.iter().map(|(a, _, _)| a.clone()).collect();
+        // Durable before sent.
+        let stored: HashSet<String> = store.allocations_place(&allocs, now).await?.into_iter().map(|a| a.key).collect();
+        metrics::counter!("tether_allocations_placed_total").increment(stored.len() as u64);
+        for (a, exec, restart) in &new_allocs {
+            if stored.contains(&a.key) {
+                app.hub.send(&a.node_id, assign_msg(a, exec, *restart));
+            }
+        }
+        active.extend(allocs.into_iter().filter(|a| stored.contains(&a.key)));
+    }
+
+    // Drains complete when the node's work has really stopped.
+    for n in nodes.iter().filter(|n| n.desired_state == DesiredNodeState::Draining) {
+        let busy = active.iter().any(|a| a.node_id == n.id);
+        if !busy && state.draining_done.insert(n.id.clone()) {
+            let seq = store.node_event(n, "node.drain_completed", now).await?;
+            app.notify.committed(seq);
+            tracing::info!(node_id = %n.id, "drain completed");
+        }
+    }
+    state.draining_done.retain(|id| snap.node(id).is_some_and(|n| n.desired_state == DesiredNodeState::Draining));
+    Ok(())
+}
+
+/// Asks the allocations to stop and tells their nodes. A job attempt among
+/// them is retried elsewhere once its node reports it stopped (or is down).
+async fn stop_and_cancel(app: &App, keys: &[String], reason: &str, now: i64) -> Result<(), StoreError> {
+    for a in app.store.allocations_stop(keys, reason, now).await? {
+        app.hub.send(&a.node_id, cancel_msg(&a, reason));
+    }
+    Ok(())
+}
+
+/// Stops all work on a node that was just set to `stopped`, before the agent
+/// hears of it: the control plane decides what the stops mean (job attempts
+/// are retried elsewhere once stopped; replicas are replaced), not the order
+/// in which the agent's reports arrive.
+pub async fn stop_node_work(app: &App, node: &NodeId) -> Result<(), StoreError> {
+    let now = now_ms();
+    let keys: Vec<String> = app
+        .store
+        .allocations_on_node(node)
+        .await?
+        .into_iter()
+        .filter(|a| a.status != AllocStatus::Stopping)
+        .map(|a| a.key)
+        .collect();
+    stop_and_cancel(app, &keys, "node stopped", now).await?;
+    app.work_wake.notify_one();
+    Ok(())
+}

@@ -1,0 +1,207 @@
+//! The control plane's side of a node's Jobs stream: the resync on connect,
+//! the agent's reports (written by group commit) and retries while the
+//! database is away.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use tether_proto::agent_pb::{self, jobs_request};
+use tether_store::StoreError;
+use tether_types::{AllocStatus, Allocation, NodeId, alloc_key};
+use tokio_util::sync::CancellationToken;
+
+use super::messages::{assignment, cancel_msg, placeholder, release_msg};
+use crate::{App, now_ms};
+
+/// Brings a node and the control plane in line after the node (re)connects:
+/// results it holds are recorded and released, work it runs that is no
+/// longer wanted is cancelled, and work it lacks is (re)sent.
+pub async fn resync(app: &App, node: &NodeId, report: &agent_pb::AllocationReport) -> Result<(), StoreError> {
+    let now = now_ms();
+    let mut held = HashSet::new();
+    for h in &report.allocations {
+        let key = alloc_key(&h.job_id, h.attempt);
+        held.insert(key.clone());
+        let current = app.store.allocation_get(&key).await?;
+        let mine = current.as_ref().filter(|a| &a.node_id == node && a.status.is_active());
+        if h.finished {
+            if mine.is_some() {
+                finished(app, node, &key, h.exit_code, &h.error, h.lost).await?;
+            }
+            app.hub.send(node, release_msg(h.job_id.clone(), h.attempt));
+        } else if let Some(a) = mine {
+            if a.status == AllocStatus::Stopping {
+                app.hub.send(node, cancel_msg(a, "stopped by the control plane"));
+            } else if a.status == AllocStatus::Scheduled {
+                app.store.allocation_started(&key, node, 0, now).await?;
+            }
+        } else {
+            let stale = Allocation {
+                key: key.clone(),
+                ..current.clone().unwrap_or_else(|| placeholder(node, &h.job_id, h.attempt))
+            };
+            app.hub.send(node, cancel_msg(&stale, "the control plane holds no such allocation on this node"));
+        }
+    }
+    for a in app.store.allocations_on_node(node).await? {
+        if held.contains(&a.key) {
+            continue;
+        }
+        if a.status == AllocStatus::Stopping {
+            // Asked to stop, and the node does not have it: it is stopped.
+            finished(app, node, &a.key, -1, "stopped before the node started it", false).await?;
+        } else if let Some(msg) = assignment(app, &a).await? {
+            app.hub.send(node, msg);
+        }
+    }
+    app.work_wake.notify_one();
+    Ok(())
+}
+
+/// An agent's started or finished report, queued for group commit.
+pub enum ReportItem {
+    Started { key: String, node: NodeId, restarts: u32 },
+    Finished { key: String, node: NodeId, exit_code: i32, error: String, lost: bool },
+}
+
+pub type Reports = crate::batch::Batcher<ReportItem, Result<tether_store::ReportOutcome, tether_types::Error>>;
+
+/// Most agent reports written in one transaction.
+const REPORT_BATCH: usize = 512;
+
+/// The group-commit writer of agents' started and finished reports: what
+/// arrives together (from any agents) is written in one transaction.
+pub fn report_batcher(store: tether_store::Store) -> Reports {
+    crate::batch::Batcher::spawn(REPORT_BATCH, move |items: Vec<ReportItem>| {
+        let store = store.clone();
+        async move {
+            let reports: Vec<tether_store::AgentReport<'_>> = items
+                .iter()
+                .map(|i| match i {
+                    ReportItem::Started { key, node, restarts } => {
+                        tether_store::AgentReport::Started { key, node, restarts: *restarts }
+                    }
+                    ReportItem::Finished { key, node, exit_code, error, lost } => {
+                        tether_store::AgentReport::Finished { key, node, exit_code: *exit_code, error, lost: *lost }
+                    }
+                })
+                .collect();
+            crate::batch::answers(
+                items.len(),
+                "writing agent reports",
+                store.allocation_reports(&reports, now_ms()).await,
+            )
+        }
+    })
+}
+
+async fn report(app: &App, item: ReportItem) -> Result<tether_store::ReportOutcome, StoreError> {
+    match app.reports.call(item).await {
+        Some(r) => r.map_err(StoreError::from),
+        None => Err(tether_types::Error::unavailable("control plane is shutting down").into()),
+    }
+}
+
+async fn finished(app: &App, node: &NodeId, key: &str, code: i32, error: &str, lost: bool) -> Result<(), StoreError> {
+    let error: String = error.chars().take(tether_types::MAX_TEXT_LEN).collect();
+    let item = ReportItem::Finished { key: key.to_owned(), node: node.clone(), exit_code: code, error, lost };
+    let tether_store::ReportOutcome::Finished(f) = report(app, item).await? else {
+        unreachable!("a finished report gets a finished answer")
+    };
+    if let Some(f) = f {
+        metrics::counter!("tether_allocations_finished_total", "status" => f.allocation.status.as_str()).increment(1);
+        if let Some(j) = &f.job {
+            tracing::info!(job_id = %j.id, attempt = f.allocation.attempt, status = j.status.as_str(), code, "job attempt finished");
+        }
+        app.work_wake.notify_one();
+    }
+    Ok(())
+}
+
+/// Runs `op` until it succeeds or fails for good, waiting between tries
+/// (100 ms doubling to 5 s) while it fails transiently: the database down,
+/// busy or full. None when `cancel` fired first.
+pub async fn retry_transient<'a, T, F>(
+    cancel: &CancellationToken,
+    what: &str,
+    mut op: F,
+) -> Option<Result<T, StoreError>>
+where
+    F: FnMut() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, StoreError>> + Send + 'a>>,
+{
+    let mut delay = Duration::from_millis(100);
+    let mut failures = 0u32;
+    loop {
+        match op().await {
+            Err(e) if e.is_transient() => {
+                failures += 1;
+                if failures == 1 {
+                    tracing::warn!(
+                        error = &e as &dyn std::error::Error,
+                        "{what} failed; retrying until the database recovers"
+                    );
+                }
+                tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => return None,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            out => {
+                if failures > 0 && out.is_ok() {
+                    tracing::info!(failures, "{what} succeeded after retries");
+                }
+                return Some(out);
+            }
+        }
+    }
+}
+
+/// Handles one message of a node's Jobs stream.
+pub async fn on_agent_message(app: &App, node: &NodeId, m: &jobs_request::Msg) -> Result<(), StoreError> {
+    match m {
+        jobs_request::Msg::Report(_) => {}
+        jobs_request::Msg::Accepted(_) | jobs_request::Msg::Progress(_) => {}
+        jobs_request::Msg::Started(s) => {
+            let key = alloc_key(&s.job_id, s.attempt);
+            let item = ReportItem::Started { key: key.clone(), node: node.clone(), restarts: s.restarts };
+            let tether_store::ReportOutcome::Started(started) = report(app, item).await? else {
+                unreachable!("a started report gets a started answer")
+            };
+            match started {
+                Some(a) if a.status == AllocStatus::Stopping => {
+                    app.hub.send(node, cancel_msg(&a, "stopped by the control plane"));
+                }
+                Some(_) => {}
+                None => {
+                    // Started something the control plane no longer wants here.
+                    let a = app.store.allocation_get(&key).await?;
+                    let stale = a.unwrap_or_else(|| placeholder(node, &s.job_id, s.attempt));
+                    if stale.status != AllocStatus::Running || &stale.node_id != node {
+                        app.hub.send(node, cancel_msg(&Allocation { key, ..stale }, "no longer wanted"));
+                    }
+                }
+            }
+        }
+        jobs_request::Msg::Log(l) => {
+            if l.job_id.starts_with(tether_types::JobId::PREFIX) {
+                let key = alloc_key(&l.job_id, l.attempt);
+                // Only output from the node that holds the attempt is kept.
+                if app.store.allocation_get(&key).await?.is_some_and(|a| &a.node_id == node) {
+                    let job = tether_types::JobId::from_trusted(l.job_id.clone());
+                    if app.store.job_log_append(&job, l.attempt, l.offset, &l.data, l.truncated).await? {
+                        app.logs.notify_waiters();
+                    }
+                }
+            }
+        }
+        jobs_request::Msg::Finished(f) => {
+            let key = alloc_key(&f.job_id, f.attempt);
+            finished(app, node, &key, f.exit_code, &f.error, f.lost).await?;
+            app.hub.send(node, release_msg(f.job_id.clone(), f.attempt));
+            app.logs.notify_waiters();
+        }
+    }
+    Ok(())
+}
