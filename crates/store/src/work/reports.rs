@@ -1,0 +1,209 @@
+//! Agents' started and finished reports, applied in batches.
+
+use tether_types::{AllocStatus, Allocation, Job, JobStatus, NodeId, UnixMillis};
+
+use super::{ALLOC_COLS, JOB_COLS, alloc_from_row, job_from_row, retry_or};
+use crate::events::append_event;
+use crate::row::to_json;
+use crate::{Result, Store, StoreError, in_tx};
+
+/// An agent's report about one allocation (see [`Store::allocation_reports`]).
+#[derive(Debug, Clone, Copy)]
+pub enum AgentReport<'a> {
+    Started {
+        key: &'a str,
+        node: &'a NodeId,
+        restarts: u32,
+    },
+    /// `lost`: the agent gave the attempt up without a result (it fenced
+    /// itself after losing contact); counted as lost, not failed.
+    Finished {
+        key: &'a str,
+        node: &'a NodeId,
+        exit_code: i32,
+        error: &'a str,
+        lost: bool,
+    },
+}
+
+/// The answer to one [`AgentReport`], as the single-report calls give it.
+// Short-lived, one per report in a batch: boxing a variant would only add an
+// allocation per report.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum ReportOutcome {
+    Started(Option<Allocation>),
+    Finished(Option<Finished>),
+}
+
+/// What a finished report changed.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub allocation: Allocation,
+    /// The job after the change, for job attempts.
+    pub job: Option<Job>,
+}
+
+impl Store {
+    /// The node reports the allocation's process started. Only the node that
+    /// holds it may say so; a report for an allocation that is no longer
+    /// active changes nothing and returns None.
+    pub async fn allocation_started(
+        &self,
+        key: &str,
+        node: &NodeId,
+        restarts: u32,
+        now: UnixMillis,
+    ) -> Result<Option<Allocation>> {
+        match self.allocation_reports(&[AgentReport::Started { key, node, restarts }], now).await?.pop() {
+            Some(ReportOutcome::Started(a)) => Ok(a),
+            _ => unreachable!("one started answer per started report"),
+        }
+    }
+
+    /// The node reports the allocation's process ended. Idempotent: a report
+    /// for an allocation that already ended returns None.
+    pub async fn allocation_finished(
+        &self,
+        key: &str,
+        node: &NodeId,
+        exit_code: i32,
+        error: &str,
+        now: UnixMillis,
+    ) -> Result<Option<Finished>> {
+        match self
+            .allocation_reports(&[AgentReport::Finished { key, node, exit_code, error, lost: false }], now)
+            .await?
+            .pop()
+        {
+            Some(ReportOutcome::Finished(f)) => Ok(f),
+            _ => unreachable!("one finished answer per finished report"),
+        }
+    }
+
+    /// Applies agents' started and finished reports in order, all in one
+    /// transaction (group commit: the control plane batches what arrives
+    /// together). Each report gets the answer
+    /// [`Store::allocation_started`] or [`Store::allocation_finished`] would
+    /// give; a database error fails them all.
+    pub async fn allocation_reports(&self, reports: &[AgentReport<'_>], now: UnixMillis) -> Result<Vec<ReportOutcome>> {
+        in_tx!(self, |tx| {
+            let mut out = Vec::with_capacity(reports.len());
+            for r in reports {
+                match *r {
+                    AgentReport::Started { key, node, restarts } => {
+                        let started = 'report: {
+                            let Some(mut a) = fetch_alloc!(tx, key) else { break 'report None };
+                            if &a.node_id != node || !matches!(a.status, AllocStatus::Scheduled | AllocStatus::Running)
+                            {
+                                break 'report None;
+                            }
+                            if a.status == AllocStatus::Running && a.restarts == restarts {
+                                break 'report Some(a);
+                            }
+                            a.status = AllocStatus::Running;
+                            a.restarts = restarts;
+                            a.started_at = Some(now);
+                            update_alloc!(tx, &a);
+                            if let Some(job_id) = &a.job_id {
+                                if let Some(mut job) = fetch_job!(tx, job_id.as_str())
+                                    && job.status == JobStatus::Scheduled
+                                    && job.attempt == a.attempt
+                                {
+                                    job.status = JobStatus::Running;
+                                    job.updated_at = now;
+                                    update_job!(tx, &job, "job.running");
+                                }
+                            } else {
+                                append_event!(
+                                    tx,
+                                    now,
+                                    Some(a.project_id.as_str()),
+                                    "allocation.running",
+                                    &a.key,
+                                    to_json(&a)
+                                );
+                            }
+                            Some(a)
+                        };
+                        out.push(ReportOutcome::Started(started));
+                    }
+                    AgentReport::Finished { key, node, exit_code, error, lost } => {
+                        let finished = 'report: {
+                            let Some(mut a) = fetch_alloc!(tx, key) else { break 'report None };
+                            if &a.node_id != node || !a.status.is_active() {
+                                break 'report None;
+                            }
+                            if lost {
+                                let reason = if error.is_empty() { "given up by the node" } else { error };
+                                let a = lose_allocation!(tx, a, reason, now);
+                                let job = match &a.job_id {
+                                    Some(id) => fetch_job!(tx, id.as_str()),
+                                    None => None,
+                                };
+                                break 'report Some(Finished { allocation: a, job });
+                            }
+                            // Why the control plane asked it to stop, if it did.
+                            let stopped_because = (a.status == AllocStatus::Stopping).then(|| a.error.clone());
+                            let ok = exit_code == 0 && error.is_empty();
+                            // The job still waiting for this attempt's result, if any.
+                            let waiting = match &a.job_id {
+                                Some(id) => fetch_job!(tx, id.as_str())
+                                    .filter(|j: &Job| j.attempt == a.attempt && !j.status.is_terminal()),
+                                None => None,
+                            };
+                            a.status = match (&stopped_because, ok) {
+                                // Stopped while nobody waits for it: a cancelled
+                                // job, a replica.
+                                (Some(_), _) if waiting.is_none() => AllocStatus::Stopped,
+                                (_, true) => AllocStatus::Succeeded,
+                                // Stopped by the control plane (a drain deadline,
+                                // a stopped node) before it had a result: lost,
+                                // and retried.
+                                (Some(_), false) => AllocStatus::Lost,
+                                (None, false) => AllocStatus::Failed,
+                            };
+                            a.exit_code = Some(exit_code);
+                            a.error = error.to_owned();
+                            a.finished_at = Some(now);
+                            update_alloc!(tx, &a);
+                            let mut job_after = None;
+                            if let Some(mut job) = waiting {
+                                let kind = if ok {
+                                    job.status = JobStatus::Succeeded;
+                                    job.exit_code = Some(exit_code);
+                                    job.error.clear();
+                                    job.updated_at = now;
+                                    "job.succeeded"
+                                } else if let Some(why) = stopped_because {
+                                    retry_or(&mut job, JobStatus::Lost, why, Some(exit_code), now)
+                                } else {
+                                    let why = if error.is_empty() {
+                                        format!("exited with code {exit_code}")
+                                    } else {
+                                        error.to_owned()
+                                    };
+                                    retry_or(&mut job, JobStatus::Failed, why, Some(exit_code), now)
+                                };
+                                update_job!(tx, &job, kind);
+                                job_after = Some(job);
+                            } else if a.job_id.is_none() {
+                                append_event!(
+                                    tx,
+                                    now,
+                                    Some(a.project_id.as_str()),
+                                    "allocation.finished",
+                                    &a.key,
+                                    to_json(&a)
+                                );
+                            }
+                            Some(Finished { allocation: a, job: job_after })
+                        };
+                        out.push(ReportOutcome::Finished(finished));
+                    }
+                }
+            }
+            Ok::<_, StoreError>(out)
+        })
+    }
+}
