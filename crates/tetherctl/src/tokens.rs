@@ -1,0 +1,119 @@
+//! `tetherctl tokens` and `tetherctl join-tokens`.
+
+use std::time::Duration;
+
+use clap::{Subcommand, ValueEnum};
+use tether_proto::pb;
+
+use crate::Clients;
+use crate::output::Out;
+use crate::spec::{duration_pb, parse_kv};
+use tether_types::parse_duration;
+
+#[derive(Subcommand)]
+pub(crate) enum TokensCmd {
+    /// Mint a token for this project.
+    Create {
+        #[arg(long, value_enum)]
+        role: RoleArg,
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<Duration>,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    List,
+    Revoke {
+        token_id: String,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum RoleArg {
+    Viewer,
+    Support,
+    Operator,
+    Admin,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum JoinTokensCmd {
+    Create {
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<Duration>,
+        /// 0 means unlimited.
+        #[arg(long, default_value_t = 0)]
+        max_uses: u32,
+        /// Labels forced on nodes that join with it, KEY=VALUE.
+        #[arg(long = "label", value_parser = parse_kv)]
+        labels: Vec<(String, String)>,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    List {
+        /// Include revoked and expired ones.
+        #[arg(long)]
+        all: bool,
+    },
+    Revoke {
+        join_token_id: String,
+    },
+}
+
+pub(crate) async fn tokens(c: &Clients, out: &Out, cmd: TokensCmd) -> anyhow::Result<i32> {
+    match cmd {
+        TokensCmd::Create { role, ttl, description } => {
+            let role = match role {
+                RoleArg::Viewer => pb::Role::Viewer,
+                RoleArg::Support => pb::Role::Support,
+                RoleArg::Operator => pb::Role::Operator,
+                RoleArg::Admin => pb::Role::Admin,
+            };
+            let r = c
+                .tenancy()
+                .create_token(pb::CreateTokenRequest { role: role as i32, ttl: ttl.map(duration_pb), description })
+                .await?
+                .into_inner();
+            out.created_token(&r);
+        }
+        TokensCmd::List => {
+            let r = c.tenancy().list_tokens(pb::ListTokensRequest {}).await?.into_inner();
+            out.tokens(&r);
+        }
+        TokensCmd::Revoke { token_id } => {
+            let r = c.tenancy().revoke_token(pb::RevokeTokenRequest { token_id }).await?.into_inner();
+            out.message(&r, &format!("revoked {}", r.token.as_ref().map(|t| t.token_id.as_str()).unwrap_or("")));
+        }
+    }
+    Ok(0)
+}
+
+pub(crate) async fn join_tokens(c: &Clients, out: &Out, cmd: JoinTokensCmd) -> anyhow::Result<i32> {
+    match cmd {
+        JoinTokensCmd::Create { ttl, max_uses, labels, description } => {
+            let r = c
+                .tenancy()
+                .create_join_token(pb::CreateJoinTokenRequest {
+                    ttl: ttl.map(duration_pb),
+                    max_uses,
+                    labels: labels.into_iter().collect(),
+                    description,
+                })
+                .await?
+                .into_inner();
+            out.created_join_token(&r);
+        }
+        JoinTokensCmd::List { all } => {
+            let r =
+                c.tenancy().list_join_tokens(pb::ListJoinTokensRequest { include_inactive: all }).await?.into_inner();
+            out.join_tokens(&r);
+        }
+        JoinTokensCmd::Revoke { join_token_id } => {
+            let r = c.tenancy().revoke_join_token(pb::RevokeJoinTokenRequest { join_token_id }).await?.into_inner();
+            out.message(
+                &r,
+                &format!("revoked {}", r.join_token.as_ref().map(|t| t.join_token_id.as_str()).unwrap_or("")),
+            );
+        }
+    }
+    Ok(0)
+}
