@@ -64,13 +64,12 @@ where
 
 /// A JSON error with the HTTP status of the shared error code.
 fn error(grpc_code: i32, message: &str) -> Response {
-    error_as(grpc_code, None, message)
+    error_as(grpc_code, ErrorCode::from_grpc(grpc_code), message)
 }
 
-/// [`error`], with the exact code when the service named it (two codes can
-/// share one gRPC code).
-fn error_as(grpc_code: i32, exact: Option<ErrorCode>, message: &str) -> Response {
-    let (status, name) = match exact.filter(|c| c.grpc_code() == grpc_code).or(ErrorCode::from_grpc(grpc_code)) {
+/// [`error`] for a status whose code [`grpc_status`] resolved.
+fn error_as(grpc_code: i32, code: Option<ErrorCode>, message: &str) -> Response {
+    let (status, name) = match code {
         Some(c) => (c.http_status(), c.as_str()),
         None => match grpc_code {
             1 => (499, "cancelled"),
@@ -189,9 +188,17 @@ where
     }
 }
 
+/// The gRPC status in `h`: its numeric code, our code for it (the exact one
+/// when the service named it, since two codes can share a gRPC code), and
+/// the message.
 fn grpc_status(h: &http::HeaderMap) -> Option<(i32, Option<ErrorCode>, String)> {
     let code = h.get("grpc-status")?.to_str().ok()?.parse().ok()?;
-    let exact = h.get(ErrorCode::METADATA_KEY).and_then(|v| v.to_str().ok()).and_then(ErrorCode::parse);
+    let exact = h
+        .get(ErrorCode::METADATA_KEY)
+        .and_then(|v| v.to_str().ok())
+        .and_then(ErrorCode::parse)
+        .filter(|c| c.grpc_code() == code)
+        .or(ErrorCode::from_grpc(code));
     let msg = h.get("grpc-message").and_then(|v| v.to_str().ok()).map(percent_decode).unwrap_or_default();
     Some((code, exact, msg))
 }
@@ -291,10 +298,10 @@ fn sse(body: GrpcBody, desc: MessageDescriptor) -> impl IntoResponse {
                                     }
                                 }
                             } else if let Some(t) = frame.trailers_ref() {
-                                if let Some((code, exact, msg)) = grpc_status(t)
+                                if let Some((code, ours, msg)) = grpc_status(t)
                                     && code != 0
                                 {
-                                    pending.push(error_event_as(code, exact, &msg));
+                                    pending.push(error_event_as(ours, &msg));
                                 }
                                 done = true;
                             }
@@ -308,15 +315,11 @@ fn sse(body: GrpcBody, desc: MessageDescriptor) -> impl IntoResponse {
 }
 
 fn error_event(code: i32, message: &str) -> Event {
-    error_event_as(code, None, message)
+    error_event_as(ErrorCode::from_grpc(code), message)
 }
 
-fn error_event_as(code: i32, exact: Option<ErrorCode>, message: &str) -> Event {
-    let name = exact
-        .filter(|c| c.grpc_code() == code)
-        .or(ErrorCode::from_grpc(code))
-        .map(ErrorCode::as_str)
-        .unwrap_or("unknown");
+fn error_event_as(code: Option<ErrorCode>, message: &str) -> Event {
+    let name = code.map(ErrorCode::as_str).unwrap_or("unknown");
     Event::default().event("error").data(json!({"code": name, "message": message}).to_string())
 }
 

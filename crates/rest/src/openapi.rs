@@ -66,9 +66,11 @@ fn id_prefix(field: &str) -> Option<&'static str> {
     })
 }
 
-/// An id: its prefix and 20 lowercase hex digits.
-fn id_pattern(prefix: &str) -> String {
-    format!("^{prefix}[0-9a-f]{{20}}$")
+/// The schema of an id: its prefix and 20 lowercase hex digits, or empty
+/// where the field is optional (a filter, a job not placed yet).
+fn id_schema(prefix: &str, optional: bool) -> Value {
+    let pattern = if optional { format!("^({prefix}[0-9a-f]{{20}})?$") } else { format!("^{prefix}[0-9a-f]{{20}}$") };
+    json!({"type": "string", "pattern": pattern, "description": format!("an id: {prefix} and 20 hex digits")})
 }
 
 fn field_schema(f: &FieldDescriptor, wanted: &mut Vec<MessageDescriptor>) -> Value {
@@ -76,9 +78,7 @@ fn field_schema(f: &FieldDescriptor, wanted: &mut Vec<MessageDescriptor>) -> Val
         && !f.is_list()
         && !f.is_map()
     {
-        // Empty where the field is optional (a filter, a job not placed yet).
-        let pattern = format!("^({prefix}[0-9a-f]{{20}})?$");
-        return json!({"type": "string", "pattern": pattern, "description": format!("an id: {prefix} and 20 hex digits")});
+        return id_schema(prefix, true);
     }
     if f.is_map() {
         let Kind::Message(entry) = f.kind() else { return json!({"type": "object"}) };
@@ -138,13 +138,10 @@ fn required_shape(f: &FieldDescriptor, schema: &mut Value) {
         return;
     }
     match f.kind() {
-        Kind::String if schema.get("pattern").is_none() => schema["minLength"] = json!(1),
-        Kind::String => {
-            // An optional-id pattern `^(...)?$` becomes the strict one.
-            if let Some(p) = schema["pattern"].as_str().and_then(|p| p.strip_prefix("^(")?.strip_suffix(")?$")) {
-                schema["pattern"] = json!(format!("^{p}$"));
-            }
-        }
+        Kind::String => match id_prefix(f.name()) {
+            Some(prefix) => *schema = id_schema(prefix, false),
+            None => schema["minLength"] = json!(1),
+        },
         Kind::Enum(e) => {
             schema["enum"] =
                 json!(e.values().filter(|v| v.number() != 0).map(|v| v.name().to_owned()).collect::<Vec<_>>());
@@ -171,7 +168,7 @@ fn operation(route: &Route, wanted: &mut Vec<MessageDescriptor>) -> Value {
     let mut params = Vec::new();
     for name in &path_fields {
         let schema = match id_prefix(name) {
-            Some(prefix) => json!({"type": "string", "pattern": id_pattern(prefix)}),
+            Some(prefix) => id_schema(prefix, false),
             None => input
                 .get_field_by_name(name)
                 .map(|f| field_schema(&f, wanted))

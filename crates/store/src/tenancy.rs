@@ -152,32 +152,26 @@ impl Store {
     /// administration (`tether-control-plane admin-token` mints one offline).
     pub async fn token_revoke(&self, project: &ProjectId, id: &TokenId, now: UnixMillis) -> Result<TokenRecord> {
         in_tx!(self, |tx| {
-            let live_admin = "revoked_at IS NULL AND role = 'admin' AND (expires_at IS NULL OR expires_at > $2)";
-            let target_is_admin: Option<String> = sqlx::query_scalar(&format!(
-                "SELECT id FROM tokens WHERE id = $1 AND {live_admin} AND project_id = $3"
-            ))
+            // Live admin tokens of the project: is the target one, and how
+            // many others are there.
+            let (target, others): (i64, i64) = sqlx::query_as(
+                "SELECT COALESCE(SUM(CASE WHEN id = $1 THEN 1 ELSE 0 END), 0),
+                        COALESCE(SUM(CASE WHEN id <> $1 THEN 1 ELSE 0 END), 0)
+                 FROM tokens WHERE project_id = $3 AND revoked_at IS NULL AND role = 'admin'
+                   AND (expires_at IS NULL OR expires_at > $2)",
+            )
             .bind(id.as_str())
             .bind(now)
             .bind(project.as_str())
-            .fetch_optional(&mut *tx)
+            .fetch_one(&mut *tx)
             .await?;
-            if target_is_admin.is_some() {
-                let others: i64 = sqlx::query_scalar(&format!(
-                    "SELECT COUNT(*) FROM tokens WHERE id <> $1 AND {live_admin} AND project_id = $3"
+            if target > 0 && others == 0 {
+                return Err(Error::precondition(format!(
+                    "token {id} is the project's last admin token: revoking it would lock the project out; \
+                     mint another admin token first (or, on the control plane's host, \
+                     `tether-control-plane admin-token`)"
                 ))
-                .bind(id.as_str())
-                .bind(now)
-                .bind(project.as_str())
-                .fetch_one(&mut *tx)
-                .await?;
-                if others == 0 {
-                    return Err(Error::precondition(format!(
-                        "token {id} is the project's last admin token: revoking it would lock the project out; \
-                         mint another admin token first (or, on the control plane's host, \
-                         `tether-control-plane admin-token`)"
-                    ))
-                    .into());
-                }
+                .into());
             }
             let row = sqlx::query(&format!(
                 "UPDATE tokens SET revoked_at = COALESCE(revoked_at, $3) WHERE id = $1 AND project_id = $2

@@ -144,18 +144,27 @@ fn retry_or(
     }
 }
 
+/// The job still waiting for this allocation's result: its job, when the
+/// allocation is the job's current attempt and the job has not ended.
+macro_rules! waiting_job {
+    ($tx:expr, $a:expr) => {{
+        let a: &Allocation = $a;
+        match &a.job_id {
+            Some(id) => {
+                fetch_job!($tx, id.as_str()).filter(|j: &Job| j.attempt == a.attempt && !j.status.is_terminal())
+            }
+            None => None,
+        }
+    }};
+}
+
 /// Marks an active allocation lost inside a transaction; a job attempt is
 /// retried while attempts remain. Evaluates to the updated allocation.
 macro_rules! lose_allocation {
     ($tx:expr, $a:expr, $reason:expr, $now:expr) => {{
         let mut a: Allocation = $a;
         // The job still waiting for this attempt's result, if any.
-        let waiting = match &a.job_id {
-            Some(job_id) => {
-                fetch_job!($tx, job_id.as_str()).filter(|j: &Job| j.attempt == a.attempt && !j.status.is_terminal())
-            }
-            None => None,
-        };
+        let waiting = waiting_job!($tx, &a);
         // Asked to stop and nobody waits for it (a cancelled job, a
         // replica): it stopped. Otherwise its result is lost.
         let was_stopping = a.status == AllocStatus::Stopping;

@@ -147,11 +147,7 @@ impl Store {
                             let stopped_because = (a.status == AllocStatus::Stopping).then(|| a.error.clone());
                             let ok = exit_code == 0 && error.is_empty();
                             // The job still waiting for this attempt's result, if any.
-                            let waiting = match &a.job_id {
-                                Some(id) => fetch_job!(tx, id.as_str())
-                                    .filter(|j: &Job| j.attempt == a.attempt && !j.status.is_terminal()),
-                                None => None,
-                            };
+                            let waiting = waiting_job!(tx, &a);
                             a.status = match (&stopped_because, ok) {
                                 // Stopped while nobody waits for it: a cancelled
                                 // job, a replica.
