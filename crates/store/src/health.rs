@@ -17,11 +17,17 @@ use crate::{Backend, Result, Store, StoreError, in_tx};
 /// How long a probe waits for an answer.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Probes that must fail in a row before the database counts as
+/// unreachable: one slow answer on a loaded machine is not an outage, and
+/// calls would fail fast on it.
+pub const UNREACHABLE_AFTER: u32 = 3;
+
 /// The database as the store last saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DbHealth {
     Ok,
-    /// It does not answer (or not within [`PROBE_TIMEOUT`]).
+    /// It did not answer [`UNREACHABLE_AFTER`] probes in a row (each within
+    /// [`PROBE_TIMEOUT`]).
     Unreachable,
     /// Writes fail because it has no room.
     StorageFull,
@@ -48,11 +54,13 @@ const WRITES_IO: u8 = 2;
 #[derive(Default)]
 pub(crate) struct HealthState {
     unreachable: AtomicBool,
+    /// Probes failed in a row.
+    failures: std::sync::atomic::AtomicU32,
     writes: AtomicU8,
 }
 
 impl HealthState {
-    /// Fails fast while the last probe found the database unreachable.
+    /// Fails fast while the probes find the database unreachable.
     pub(crate) fn admit(&self) -> Result<()> {
         if self.unreachable.load(Ordering::Acquire) { Err(StoreError::Unavailable) } else { Ok(()) }
     }
@@ -107,9 +115,16 @@ impl Store {
             }
             Err(_) => false,
         };
-        let was = self.health.unreachable.swap(!reachable, Ordering::AcqRel);
-        if was == reachable {
-            if reachable {
+        let failures = if reachable {
+            self.health.failures.store(0, Ordering::Release);
+            0
+        } else {
+            self.health.failures.fetch_add(1, Ordering::AcqRel) + 1
+        };
+        let unreachable = failures >= UNREACHABLE_AFTER;
+        let was = self.health.unreachable.swap(unreachable, Ordering::AcqRel);
+        if was != unreachable {
+            if !unreachable {
                 tracing::info!("database reachable again");
             } else {
                 tracing::error!("database unavailable: operations fail fast until it answers again");
