@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 
 const FILES: &[&str] = &[
+    "tether/v1/rules.proto",
     "tether/v1/node.proto",
     "tether/v1/tenancy.proto",
     "tether/v1/job.proto",
@@ -29,6 +30,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .codec_path("crate::codec::LeanCodec")
-        .compile_fds(compiler.file_descriptor_set())?;
+        // prost::Name on every message: the codec finds a request's
+        // descriptor (and its field rules) by name.
+        .compile_fds_with_config(compiler.file_descriptor_set(), {
+            let mut config = tonic_prost_build::Config::new();
+            config.enable_type_names();
+            config
+        })?;
     Ok(())
 }

@@ -190,7 +190,7 @@ async fn last_admin_token_cannot_be_revoked_and_recovery_works(backend: Backend)
     let me = tenancy.who_am_i(pb::WhoAmIRequest {}).await.unwrap().into_inner();
     // Revoking itself, the only admin token: refused, nothing changed.
     let (status, _, body) = rest(&cp, "POST", &format!("/v1/tokens/{}:revoke", me.token_id), None).await;
-    assert_eq!(status, 400, "{body}");
+    assert_eq!(status, 409, "{body}");
     assert_eq!(body["code"], "failed_precondition", "{body}");
     assert!(body["message"].as_str().unwrap().contains("admin-token"), "names the recovery path: {body}");
     tenancy.who_am_i(pb::WhoAmIRequest {}).await.expect("still valid");

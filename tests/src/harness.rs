@@ -46,7 +46,7 @@ macro_rules! both_backends {
 }
 pub(crate) use both_backends;
 
-fn workspace_root() -> PathBuf {
+pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is in the workspace").to_path_buf()
 }
 

@@ -127,8 +127,8 @@ impl pb::job_service_server::JobService for JobApi {
             JobSpec::try_from(req.spec.ok_or_else(|| status(Error::invalid("spec is required")))?).map_err(status)?;
         let labels: Labels = req.labels.into_iter().collect();
         validate_job_labels(&labels).map_err(status)?;
-        if req.idempotency_key.len() > 255 {
-            return Err(status(Error::invalid("idempotency_key is at most 255 bytes")));
+        if tether_types::chars(&req.idempotency_key) > 255 {
+            return Err(status(Error::invalid("idempotency_key is at most 255 characters")));
         }
         let placement =
             Placement::new(who.project().clone(), spec.resources, spec.constraints.clone(), Objective::Balanced);

@@ -211,7 +211,7 @@ impl pb::node_service_server::NodeService for NodeApi {
         let id = NodeId::parse(&req.node_id).map_err(status)?;
         let state = DesiredNodeState::from_pb(req.state).map_err(status)?;
         tether_types::validate_text("reason", &req.reason).map_err(status)?;
-        if state == DesiredNodeState::Quarantined && req.reason.trim().is_empty() {
+        if state == DesiredNodeState::Quarantined && req.reason.is_empty() {
             return Err(status(Error::invalid("quarantine requires a reason")));
         }
         let now = now_ms();

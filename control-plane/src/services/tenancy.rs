@@ -38,8 +38,8 @@ fn token_info(t: &TokenRecord) -> pb::TokenInfo {
 }
 
 fn description(s: String) -> Result<String, Status> {
-    if s.len() > MAX_TEXT_LEN {
-        return Err(status(Error::invalid(format!("description is longer than {MAX_TEXT_LEN} bytes"))));
+    if tether_types::chars(&s) > MAX_TEXT_LEN {
+        return Err(status(Error::invalid(format!("description is longer than {MAX_TEXT_LEN} characters"))));
     }
     Ok(s)
 }

@@ -11,6 +11,7 @@
 
 use std::marker::PhantomData;
 
+use bytes::Buf;
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
 use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
 
@@ -37,7 +38,7 @@ impl<T, U> Default for LeanCodec<T, U> {
 impl<T, U> Codec for LeanCodec<T, U>
 where
     T: prost::Message + Send + 'static,
-    U: prost::Message + Default + Send + 'static,
+    U: prost::Message + prost::Name + Default + Send + 'static,
 {
     type Encode = T;
     type Decode = U;
@@ -49,31 +50,49 @@ where
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        LeanDecoder(ProstCodec::<T, U>::raw_decoder(settings()))
+        LeanDecoder {
+            inner: ProstCodec::<T, U>::raw_decoder(settings()),
+            rules: crate::rules::checked_request(&U::full_name()),
+        }
     }
 }
 
 /// prost's decoder, with a message that does not decode (garbage, a
 /// truncated varint, a string that is not UTF-8) answered as the caller's
-/// fault, INVALID_ARGUMENT, instead of INTERNAL.
+/// fault, INVALID_ARGUMENT, instead of INTERNAL; and a request that breaks
+/// its field rules ([`crate::rules`]) refused with INVALID_ARGUMENT before
+/// any handler sees it.
 #[derive(Debug)]
-pub struct LeanDecoder<U>(ProstDecoder<U>);
+pub struct LeanDecoder<U> {
+    inner: ProstDecoder<U>,
+    /// The descriptor to check against, for a request that has rules.
+    rules: Option<&'static prost_reflect::MessageDescriptor>,
+}
+
+fn undecodable(s: tonic::Status) -> tonic::Status {
+    if s.code() == tonic::Code::Internal {
+        tonic::Status::invalid_argument(format!("the message does not decode: {}", s.message()))
+    } else {
+        s
+    }
+}
 
 impl<U: prost::Message + Default> Decoder for LeanDecoder<U> {
     type Item = U;
     type Error = tonic::Status;
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<U>, tonic::Status> {
-        self.0.decode(src).map_err(|s| {
-            if s.code() == tonic::Code::Internal {
-                tonic::Status::invalid_argument(format!("the message does not decode: {}", s.message()))
-            } else {
-                s
-            }
-        })
+        let Some(desc) = self.rules else { return self.inner.decode(src).map_err(undecodable) };
+        let bytes = src.copy_to_bytes(src.remaining());
+        let dynamic = prost_reflect::DynamicMessage::decode(desc.clone(), bytes.clone())
+            .map_err(|e| tonic::Status::invalid_argument(format!("the message does not decode: {e}")))?;
+        crate::rules::check(&dynamic).map_err(|v| tonic::Status::invalid_argument(v.to_string()))?;
+        U::decode(bytes)
+            .map(Some)
+            .map_err(|e| tonic::Status::invalid_argument(format!("the message does not decode: {e}")))
     }
 
     fn buffer_settings(&self) -> BufferSettings {
-        self.0.buffer_settings()
+        self.inner.buffer_settings()
     }
 }

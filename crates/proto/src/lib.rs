@@ -24,6 +24,7 @@ pub mod google {
 }
 
 pub mod codec;
+pub mod rules;
 
 /// The agent protocol (`tether.agent.v1`).
 pub use tether::agent::v1 as agent_pb;

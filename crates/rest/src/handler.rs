@@ -374,9 +374,6 @@ fn build_input(
     let opts = DeserializeOptions::new().deny_unknown_fields(true);
     let msg = DynamicMessage::deserialize_with_options(desc.clone(), Value::Object(obj), &opts)
         .map_err(|e| invalid(format!("invalid {}: {e}", desc.name())))?;
-    if let Some(field) = crate::routes::missing_required(&msg) {
-        return Err(invalid(format!("{field} is required")));
-    }
     Ok(msg)
 }
 

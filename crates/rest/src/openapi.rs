@@ -15,8 +15,16 @@ fn reference(name: &str) -> Value {
     json!({"$ref": format!("#/components/schemas/{name}")})
 }
 
+/// Where a value is written: a JSON body takes proto3 JSON in full; a URL
+/// query parameter takes the string form only (enums by name).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Place {
+    Body,
+    Query,
+}
+
 /// The proto3 JSON schema of one field's (single) value.
-fn kind_schema(kind: &Kind, wanted: &mut Vec<MessageDescriptor>) -> Value {
+fn kind_schema(kind: &Kind, wanted: &mut Vec<MessageDescriptor>, place: Place) -> Value {
     match kind {
         Kind::Double | Kind::Float => json!({"type": "number"}),
         Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => json!({"type": "integer", "format": "int32"}),
@@ -26,18 +34,29 @@ fn kind_schema(kind: &Kind, wanted: &mut Vec<MessageDescriptor>) -> Value {
         // 64-bit integers are written as strings in proto3 JSON, and read
         // from strings or numbers.
         Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => {
-            json!({"type": ["string", "integer"], "format": "int64", "pattern": "^-?[0-9]+$"})
+            json!({"type": ["string", "integer"], "format": "int64", "pattern": "^[+-]?[0-9]+$"})
         }
         Kind::Uint64 | Kind::Fixed64 => {
-            json!({"type": ["string", "integer"], "format": "uint64", "pattern": "^[0-9]+$", "minimum": 0})
+            json!({"type": ["string", "integer"], "format": "uint64", "pattern": "^[+]?[0-9]+$", "minimum": 0})
         }
         Kind::Bool => json!({"type": "boolean"}),
-        Kind::String => json!({"type": "string"}),
+        // No request string may hold NUL (tether_proto::rules).
+        Kind::String => json!({"type": "string", "pattern": "^[^\\x00]*$"}),
         Kind::Bytes => json!({"type": "string", "contentEncoding": "base64"}),
-        Kind::Enum(e) => json!({"type": "string", "enum": e.values().map(|v| v.name().to_owned()).collect::<Vec<_>>()}),
+        // proto3 JSON reads an enum from its name or its number.
+        Kind::Enum(e) => {
+            let mut values: Vec<Value> = e.values().map(|v| json!(v.name())).collect();
+            if place == Place::Body {
+                values.extend(e.values().map(|v| json!(v.number())));
+                json!({"type": ["string", "integer"], "enum": values})
+            } else {
+                json!({"type": "string", "enum": values})
+            }
+        }
         Kind::Message(m) => match m.full_name() {
             "google.protobuf.Timestamp" => json!({"type": "string", "format": "date-time"}),
-            "google.protobuf.Duration" => json!({"type": "string", "pattern": "^-?[0-9]+(\\.[0-9]{1,9})?s$"}),
+            // What prost-types reads: a fraction of any length, cut at nanoseconds.
+            "google.protobuf.Duration" => json!({"type": "string", "pattern": "^-?[0-9]+([.][0-9]+)?s$"}),
             "google.protobuf.Empty" => json!({"type": "object", "additionalProperties": false}),
             _ => {
                 if !wanted.iter().any(|w| w.full_name() == m.full_name()) {
@@ -73,31 +92,196 @@ fn id_schema(prefix: &str, optional: bool) -> Value {
     json!({"type": "string", "pattern": pattern, "description": format!("an id: {prefix} and 20 hex digits")})
 }
 
-fn field_schema(f: &FieldDescriptor, wanted: &mut Vec<MessageDescriptor>) -> Value {
+fn field_schema(f: &FieldDescriptor, wanted: &mut Vec<MessageDescriptor>, place: Place) -> Value {
     if let (Kind::String, Some(prefix)) = (f.kind(), id_prefix(f.name()))
         && !f.is_list()
         && !f.is_map()
     {
         return id_schema(prefix, true);
     }
+    let rules = tether_proto::rules::field_rules(f);
     if f.is_map() {
         let Kind::Message(entry) = f.kind() else { return json!({"type": "object"}) };
-        let value = entry.map_entry_value_field();
-        return json!({"type": "object", "additionalProperties": kind_schema(&value.kind(), wanted)});
+        let value_field = entry.map_entry_value_field();
+        let mut value = kind_schema(&value_field.kind(), wanted, place);
+        let mut schema = json!({"type": "object"});
+        if let Some(r) = &rules {
+            if let Some(each) = r.items.as_deref() {
+                apply_rules(each, &value_field.kind(), &mut value);
+            }
+            if let Some(keys) = r.keys.as_deref() {
+                let mut names = json!({"type": "string"});
+                apply_rules(keys, &Kind::String, &mut names);
+                schema["propertyNames"] = names;
+            }
+            if let Some(max) = r.max_items {
+                schema["maxProperties"] = json!(max);
+            }
+        }
+        schema["additionalProperties"] = value;
+        return schema;
     }
-    let one = kind_schema(&f.kind(), wanted);
-    if f.is_list() { json!({"type": "array", "items": one}) } else { one }
+    let mut one = kind_schema(&f.kind(), wanted, place);
+    if f.is_list() {
+        let mut schema = json!({"type": "array"});
+        if let Some(r) = &rules {
+            if let Some(each) = r.items.as_deref() {
+                apply_rules(each, &f.kind(), &mut one);
+            }
+            if let Some(max) = r.max_items {
+                schema["maxItems"] = json!(max);
+            }
+        }
+        schema["items"] = one;
+        return schema;
+    }
+    if let Some(r) = &rules {
+        apply_rules(r, &f.kind(), &mut one);
+    }
+    one
+}
+
+/// States a field's `(tether.v1.rules)` in its value's schema.
+fn apply_rules(r: &tether_proto::pb::FieldRules, kind: &Kind, schema: &mut Value) {
+    match kind {
+        Kind::String => {
+            if let Some(max) = r.max_len {
+                schema["maxLength"] = json!(max);
+            }
+            if !r.pattern.is_empty() {
+                schema["pattern"] = json!(r.pattern);
+            }
+            if !r.pattern_hint.is_empty() {
+                schema["description"] = json!(r.pattern_hint);
+            }
+        }
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 | Kind::Uint64 | Kind::Fixed64 => {
+            // Written as a number or a string: bound both.
+            let lo = r.min.unwrap_or(0);
+            assert!(lo >= 0, "rules: a negative minimum on a 64-bit field is not written into OpenAPI yet");
+            let hi = r.max.map(|m| m as u64).unwrap_or(if matches!(kind, Kind::Uint64 | Kind::Fixed64) {
+                u64::MAX
+            } else {
+                i64::MAX as u64
+            });
+            schema["minimum"] = json!(lo);
+            schema["maximum"] = json!(hi);
+            schema["pattern"] = json!(format!("^[+]?0*({})$", uint_range(lo as u64, hi)));
+        }
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 | Kind::Uint32 | Kind::Fixed32 => {
+            if let Some(min) = r.min {
+                schema["minimum"] = json!(min);
+            }
+            if let Some(max) = r.max {
+                schema["maximum"] = json!(max);
+            }
+        }
+        Kind::Message(m) if m.full_name() == "google.protobuf.Duration" => {
+            if let Some(max) = r.max_seconds
+                && r.positive
+            {
+                schema["pattern"] = json!(positive_duration_pattern(max as u64));
+                schema["description"] = json!(format!("more than 0s, at most {max}s"));
+            }
+        }
+        Kind::Message(_) if !r.unset.is_empty() => {
+            let props: Map<String, Value> =
+                r.unset.iter().map(|name| (json_name(name), json!({"type": "null"}))).collect();
+            *schema = json!({
+                "allOf": [schema.clone(), {"properties": props}],
+                "description": format!("without {} here", r.unset.join(", ")),
+            });
+        }
+        _ => {}
+    }
+}
+
+/// proto3 JSON's name for a field: lowerCamelCase.
+fn json_name(proto: &str) -> String {
+    let mut out = String::new();
+    let mut up = false;
+    for c in proto.chars() {
+        if c == '_' {
+            up = true;
+        } else if up {
+            out.push(c.to_ascii_uppercase());
+            up = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A regular expression (no anchors, no leading zeros) for the decimal
+/// integers in `lo..=hi`.
+fn uint_range(lo: u64, hi: u64) -> String {
+    fn upto(hi: &str) -> Vec<String> {
+        // Every number in 0..=hi with as many digits as hi, or fewer.
+        let d = hi.len();
+        let mut alts = Vec::new();
+        if d > 1 {
+            alts.push("0".to_owned());
+            alts.push(if d == 2 { "[1-9]".to_owned() } else { format!("[1-9][0-9]{{0,{}}}", d - 2) });
+        }
+        let digits: Vec<u8> = hi.bytes().map(|b| b - b'0').collect();
+        for i in 0..d {
+            let first = if i == 0 && d > 1 { 1 } else { 0 };
+            if digits[i] > first {
+                let top = digits[i] - 1;
+                let class = if top == first { format!("{first}") } else { format!("[{first}-{top}]") };
+                let rest = d - i - 1;
+                let tail = match rest {
+                    0 => String::new(),
+                    1 => "[0-9]".to_owned(),
+                    n => format!("[0-9]{{{n}}}"),
+                };
+                alts.push(format!("{}{class}{tail}", &hi[..i]));
+            }
+        }
+        alts.push(hi.to_owned());
+        alts
+    }
+    assert!(lo <= 1, "uint_range: only 0.. or 1.. ranges");
+    let mut alts = upto(&hi.to_string());
+    if lo == 1 {
+        alts.retain(|a| a != "0");
+        if hi < 10 {
+            return if hi == 1 { "1".into() } else { format!("[1-{hi}]") };
+        }
+    }
+    alts.join("|")
+}
+
+/// A proto3 JSON duration of more than zero and at most `max` seconds, as
+/// prost-types reads it (a fraction of any length, cut at nanoseconds).
+fn positive_duration_pattern(max: u64) -> String {
+    let below = uint_range(1, max - 1);
+    format!("^(0*({below})([.][0-9]+)?|0*{max}([.](0{{1,9}}|0{{9}}[0-9]+))?|0+[.]0{{0,8}}[1-9][0-9]*)s$")
 }
 
 fn message_schema(m: &MessageDescriptor, wanted: &mut Vec<MessageDescriptor>) -> Value {
     let mut props = Map::new();
     let mut required = Vec::new();
+    let mut conditions = Vec::new();
     for f in m.fields() {
-        let mut schema = field_schema(&f, wanted);
-        if crate::routes::is_required(&f) {
+        let mut schema = field_schema(&f, wanted, Place::Body);
+        if tether_proto::rules::is_required(&f) {
             required.push(f.json_name().to_owned());
             required_shape(&f, &mut schema);
         } else {
+            if let Some(when) = tether_proto::rules::field_rules(&f).and_then(|r| r.required_when)
+                && let Some(sibling) = m.get_field_by_name(&when.field)
+                && let Kind::Enum(e) = sibling.kind()
+                && let Some(v) = e.get_value_by_name(&when.equals)
+            {
+                let mut then = schema.clone();
+                required_shape(&f, &mut then);
+                conditions.push(json!({
+                    "if": {"properties": {sibling.json_name(): {"enum": [v.name(), v.number()]}}, "required": [sibling.json_name()]},
+                    "then": {"properties": {f.json_name(): then}, "required": [f.json_name()]},
+                }));
+            }
             nullable(&mut schema);
         }
         props.insert(f.json_name().to_owned(), schema);
@@ -106,13 +290,16 @@ fn message_schema(m: &MessageDescriptor, wanted: &mut Vec<MessageDescriptor>) ->
     if !required.is_empty() {
         out["required"] = json!(required);
     }
+    if !conditions.is_empty() {
+        out["allOf"] = json!(conditions);
+    }
     out
 }
 
 /// proto3 JSON takes `null` for any field as "not set": say so, except for
 /// required fields (where not set is refused).
 fn nullable(schema: &mut Value) {
-    if schema.get("$ref").is_some() {
+    if schema.get("$ref").is_some() || schema.get("allOf").is_some() {
         *schema = json!({"anyOf": [schema.clone(), {"type": "null"}]});
         return;
     }
@@ -143,8 +330,10 @@ fn required_shape(f: &FieldDescriptor, schema: &mut Value) {
             None => schema["minLength"] = json!(1),
         },
         Kind::Enum(e) => {
-            schema["enum"] =
-                json!(e.values().filter(|v| v.number() != 0).map(|v| v.name().to_owned()).collect::<Vec<_>>());
+            let zero = e.values().find(|v| v.number() == 0).map(|v| v.name().to_owned());
+            if let Some(list) = schema.get_mut("enum").and_then(Value::as_array_mut) {
+                list.retain(|v| v != &json!(0) && zero.as_deref().is_none_or(|z| v != &json!(z)));
+            }
         }
         _ => {}
     }
@@ -171,7 +360,7 @@ fn operation(route: &Route, wanted: &mut Vec<MessageDescriptor>) -> Value {
             Some(prefix) => id_schema(prefix, false),
             None => input
                 .get_field_by_name(name)
-                .map(|f| field_schema(&f, wanted))
+                .map(|f| field_schema(&f, wanted, Place::Query))
                 .unwrap_or_else(|| json!({"type": "string"})),
         };
         params.push(json!({"name": name, "in": "path", "required": true, "schema": schema}));
@@ -184,7 +373,7 @@ fn operation(route: &Route, wanted: &mut Vec<MessageDescriptor>) -> Value {
             if matches!(f.kind(), Kind::Message(ref m) if !m.full_name().starts_with("google.protobuf.")) {
                 continue;
             }
-            let schema = field_schema(&f, wanted);
+            let schema = field_schema(&f, wanted, Place::Query);
             params.push(json!({"name": f.json_name(), "in": "query", "required": false, "schema": schema}));
         }
     }
@@ -218,7 +407,10 @@ fn operation(route: &Route, wanted: &mut Vec<MessageDescriptor>) -> Value {
             );
         }
         BodyRule::Field(f) => {
-            let schema = input.get_field_by_name(f).map(|fd| field_schema(&fd, wanted)).unwrap_or_else(|| json!({}));
+            let schema = input
+                .get_field_by_name(f)
+                .map(|fd| field_schema(&fd, wanted, Place::Body))
+                .unwrap_or_else(|| json!({}));
             op.insert(
                 "requestBody".into(),
                 json!({"required": true, "content": {"application/json": {"schema": schema}}}),
@@ -323,7 +515,7 @@ mod tests {
             json!(["string", "integer", "null"]),
             "uint64: a string in proto3 JSON, read from a number too"
         );
-        assert_eq!(node["desiredStateVersion"]["pattern"], "^[0-9]+$");
+        assert_eq!(node["desiredStateVersion"]["pattern"], "^[+]?[0-9]+$");
         // Not required: proto3 JSON's null ("not set") is allowed.
         assert!(node["status"]["enum"].as_array().unwrap().contains(&Value::Null));
         assert_eq!(node["registeredAt"]["format"], "date-time");
@@ -353,5 +545,57 @@ mod tests {
         assert_eq!(join["required"], false, "nothing in it is required: {join}");
         let id = tether_types::NodeId::from_random([0xab; 10]);
         assert!(id.as_str().starts_with("nd-") && id.as_str().len() == 23);
+    }
+
+    #[test]
+    fn integer_ranges_match_exactly_their_numbers() {
+        for hi in [0u64, 1, 5, 9, 10, 11, 64, 99, 100, 101, 999, 1000, 10000, 12345, 20000] {
+            for lo in [0u64, 1] {
+                if lo > hi {
+                    continue;
+                }
+                let re = regex::Regex::new(&format!("^({})$", uint_range(lo, hi))).unwrap();
+                for n in 0..=hi * 2 + 20 {
+                    assert_eq!(re.is_match(&n.to_string()), (lo..=hi).contains(&n), "{n} in {lo}..={hi}");
+                }
+                assert!(!re.is_match("01") && !re.is_match(""), "no leading zeros, not empty");
+            }
+        }
+        let re = regex::Regex::new(&format!("^({})$", uint_range(0, 67108864))).unwrap();
+        for n in [0u64, 7, 67108863, 67108864, 59999999, 60000000, 9999999] {
+            assert!(re.is_match(&n.to_string()), "{n}");
+        }
+        for n in [67108865u64, 67108870, 67109000, 70000000, 99999999, 100000000] {
+            assert!(!re.is_match(&n.to_string()), "{n}");
+        }
+    }
+
+    #[test]
+    fn positive_duration_pattern_is_what_the_server_takes() {
+        let re = regex::Regex::new(&positive_duration_pattern(31536000)).unwrap();
+        for ok in [
+            "1s",
+            "0.5s",
+            "0.000000001s",
+            "00.1s",
+            "31535999.999s",
+            "31536000s",
+            "31536000.000000000s",
+            "31536000.0000000009s",
+            "1.0000000000001s",
+            "007s",
+        ] {
+            assert!(re.is_match(ok), "{ok}");
+            let d: prost_types::Duration = ok.parse().unwrap();
+            assert!(
+                (d.seconds > 0 || d.nanos > 0) && (d.seconds < 31536000 || (d.seconds == 31536000 && d.nanos == 0)),
+                "{ok}"
+            );
+        }
+        for bad in
+            ["0s", "0.0s", "0.0000000001s", "-1s", "31536000.1s", "31536001s", "1.s", ".5s", "1", "1 s", "0.000000000s"]
+        {
+            assert!(!re.is_match(bad), "{bad}");
+        }
     }
 }

@@ -251,57 +251,6 @@ impl Bridge {
     }
 }
 
-/// Whether the field is annotated `(google.api.field_behavior) = REQUIRED`:
-/// the one source of "required" for the bridge's checks and the OpenAPI
-/// document.
-pub fn is_required(f: &prost_reflect::FieldDescriptor) -> bool {
-    let pool = f.parent_pool();
-    let Some(ext) = pool.get_extension_by_name("google.api.field_behavior") else { return false };
-    let opts = f.options();
-    if !opts.has_extension(&ext) {
-        return false;
-    }
-    match opts.get_extension(&ext).as_ref() {
-        prost_reflect::Value::List(values) => values.iter().any(|v| v.as_enum_number() == Some(REQUIRED)),
-        v => v.as_enum_number() == Some(REQUIRED),
-    }
-}
-
-/// `google.api.FieldBehavior.REQUIRED`.
-const REQUIRED: i32 = 2;
-
-/// The first REQUIRED field left empty in `m` or in a message field it
-/// sets, as a dotted path of JSON names.
-pub fn missing_required(m: &prost_reflect::DynamicMessage) -> Option<String> {
-    use prost_reflect::{Kind, ReflectMessage, Value};
-    for f in m.descriptor().fields() {
-        let set = m.has_field(&f);
-        if is_required(&f) {
-            let empty = match (&*m.get_field(&f), f.kind()) {
-                _ if !set => true,
-                (Value::String(s), _) => s.is_empty(),
-                (Value::EnumNumber(0), _) => true,
-                (Value::List(l), _) => l.is_empty(),
-                (Value::Map(map), _) => map.is_empty(),
-                (_, Kind::Message(_)) => false,
-                _ => false,
-            };
-            if empty {
-                return Some(f.json_name().to_owned());
-            }
-        }
-        if set
-            && !f.is_list()
-            && !f.is_map()
-            && let Value::Message(inner) = &*m.get_field(&f)
-            && let Some(path) = missing_required(inner)
-        {
-            return Some(format!("{}.{path}", f.json_name()));
-        }
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -337,23 +286,5 @@ mod tests {
         assert!(parse_template("m", "v1/x").is_err());
         assert!(parse_template("m", "/v1/{a=foo/*}").is_err());
         assert!(parse_template("m", "/v1//x").is_err());
-    }
-
-    #[test]
-    fn required_fields_are_found_at_any_depth() {
-        use prost_reflect::DynamicMessage;
-        let b = Bridge::from_descriptors(tether_proto::FILE_DESCRIPTOR_SET).unwrap();
-        let (r, _) = b.find(&http::Method::POST, "/v1/jobs").unwrap();
-        let parse = |v: serde_json::Value| DynamicMessage::deserialize(r.method.input(), v).unwrap();
-        assert_eq!(missing_required(&parse(serde_json::json!({}))), Some("spec".into()));
-        assert_eq!(missing_required(&parse(serde_json::json!({"spec": {}}))), Some("spec.exec".into()));
-        assert_eq!(
-            missing_required(&parse(serde_json::json!({"spec": {"exec": {"command": ""}}}))),
-            Some("spec.exec.command".into())
-        );
-        assert_eq!(missing_required(&parse(serde_json::json!({"spec": {"exec": {"command": "/bin/true"}}}))), None);
-        let (r, _) = b.find(&http::Method::POST, "/v1/tokens").unwrap();
-        let m = DynamicMessage::deserialize(r.method.input(), serde_json::json!({"role": "ROLE_UNSPECIFIED"})).unwrap();
-        assert_eq!(missing_required(&m), Some("role".into()));
     }
 }

@@ -52,7 +52,11 @@ fn classify_sqlx(e: &sqlx::Error) -> Failure {
     match e {
         sqlx::Error::Database(db) => {
             let code = db.code().unwrap_or_default();
-            if let Ok(n) = code.parse::<i64>() {
+            // By the backend, not by the code's look: most SQLSTATEs are
+            // digits too (22021, 23505, 40001) and would read as SQLite
+            // result codes.
+            if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                let n = code.parse::<i64>().unwrap_or_default();
                 // SQLite: numeric (extended) result codes.
                 return match n & 0xff {
                     SQLITE_BUSY | SQLITE_LOCKED => Failure::Busy,

@@ -90,6 +90,7 @@ suite!(
     job_cancel_and_lost_on_down_node,
     job_logs_append_and_read,
     workloads_and_desired_state,
+    database_errors_are_classified_by_backend,
 );
 
 fn id<T>(f: fn([u8; 10]) -> T, n: u8) -> T {
@@ -602,4 +603,26 @@ async fn workloads_and_desired_state(store: Store) {
     assert_eq!((n.acked_desired_state_version, n.desired_state_nack.as_str()), (0, "cannot"));
     let (n, _) = store.node_desired_ack(&node, 2, true, "", 3_300).await.unwrap().unwrap();
     assert_eq!((n.acked_desired_state_version, n.desired_state_nack.as_str()), (2, ""));
+}
+
+/// A refusal by the database that no retry can fix (a duplicate key; on
+/// PostgreSQL a NUL in text) is an internal error, not "busy; retry": the
+/// codes are read by the backend they came from (PostgreSQL's SQLSTATEs are
+/// mostly digits, and were once read as SQLite result codes).
+async fn database_errors_are_classified_by_backend(store: Store) {
+    let p = project(&store).await;
+    let t = join_token(&store, &p, 7, 0, 10_000).await;
+    let dup = store.join_token_create(&t, b"hash").await.unwrap_err();
+    assert_eq!(dup.failure(), Some(Failure::Other), "{dup}");
+    assert!(!dup.is_transient(), "{dup}");
+    assert_eq!(Error::from(dup).code, ErrorCode::Internal);
+    let nul = JoinToken { id: id(JoinTokenId::from_random, 8), description: "a\0b".into(), ..t };
+    match store.join_token_create(&nul, b"hash").await {
+        Ok(()) => assert_eq!(store.backend_name(), "sqlite", "PostgreSQL text cannot hold NUL"),
+        Err(e) => {
+            assert_eq!(store.backend_name(), "postgres", "{e}");
+            assert_eq!(e.failure(), Some(Failure::Other), "{e}");
+            assert!(!e.is_transient(), "{e}");
+        }
+    }
 }

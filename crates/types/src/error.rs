@@ -42,7 +42,11 @@ impl ErrorCode {
     pub const fn http_status(self) -> u16 {
         match self {
             ErrorCode::InvalidArgument => 400,
-            ErrorCode::FailedPrecondition => 400,
+            // Not Google's 400: the request is well formed and conflicts with
+            // the current state (a finished job, the last admin token, no
+            // node that could ever fit), which is what 409 says; 400 stays
+            // for input that is wrong whatever the state.
+            ErrorCode::FailedPrecondition => 409,
             ErrorCode::Unauthenticated => 401,
             ErrorCode::PermissionDenied => 403,
             ErrorCode::NotFound => 404,

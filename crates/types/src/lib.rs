@@ -21,7 +21,7 @@ pub use tenancy::{JoinToken, Role};
 pub use time::{UnixMillis, millis_to_timestamp, parse_duration, timestamp_to_millis};
 pub use work::{
     AllocKind, AllocStatus, Allocation, Constraints, ExecSpec, Job, JobSpec, JobStatus, MAX_ATTEMPTS, Resources,
-    RestartPolicy, Workload, WorkloadSpec, alloc_key, validate_job_labels, validate_name, validate_text,
+    RestartPolicy, Workload, WorkloadSpec, alloc_key, chars, validate_job_labels, validate_name, validate_text,
 };
 
 /// Upper bound on the size of any free-text field we store (descriptions, reasons).

@@ -86,8 +86,8 @@ impl TryFrom<Option<pb::Constraints>> for Constraints {
     fn try_from(c: Option<pb::Constraints>) -> Result<Self, Error> {
         let c = c.unwrap_or_default();
         LabelSelector::parse(&c.label_selector)?;
-        if c.pool.len() > 255 || c.gpu_model.len() > 255 {
-            return Err(Error::invalid("constraints.pool and constraints.gpu_model are at most 255 bytes"));
+        if chars(&c.pool) > 255 || chars(&c.gpu_model) > 255 {
+            return Err(Error::invalid("constraints.pool and constraints.gpu_model are at most 255 characters"));
         }
         Ok(Constraints { pool: c.pool, label_selector: c.label_selector, gpu_model: c.gpu_model })
     }
@@ -105,14 +105,14 @@ pub struct ExecSpec {
 impl ExecSpec {
     fn from_pb(e: Option<pb::ExecSpec>) -> Result<Self, Error> {
         let e = e.ok_or_else(|| Error::invalid("exec is required for the exec driver"))?;
-        if e.command.trim().is_empty() {
+        if e.command.is_empty() {
             return Err(Error::invalid("exec.command is required"));
         }
-        if e.command.len() > 4096 || e.working_dir.len() > 4096 {
-            return Err(Error::invalid("exec.command and exec.working_dir are at most 4096 bytes"));
+        if chars(&e.command) > 4096 || chars(&e.working_dir) > 4096 {
+            return Err(Error::invalid("exec.command and exec.working_dir are at most 4096 characters"));
         }
-        if e.args.len() > 1024 || e.args.iter().any(|a| a.len() > 64 * 1024) {
-            return Err(Error::invalid("exec.args: at most 1024 arguments of 64 KiB"));
+        if e.args.len() > 1024 || e.args.iter().any(|a| chars(a) > 64 * 1024) {
+            return Err(Error::invalid("exec.args: at most 1024 arguments of 65536 characters"));
         }
         if e.env.len() > 256 {
             return Err(Error::invalid("exec.env: at most 256 variables"));
@@ -130,7 +130,7 @@ impl ExecSpec {
             return Err(Error::invalid(format!("exec.args[{i}] must not contain NUL")));
         }
         for (k, v) in &e.env {
-            if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') || v.len() > 64 * 1024 {
+            if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') || chars(v) > 64 * 1024 {
                 return Err(Error::invalid(format!("exec.env: invalid variable {k:?}")));
             }
         }
@@ -138,6 +138,9 @@ impl ExecSpec {
             None => None,
             Some(d) if d.seconds < 0 || d.nanos < 0 || (d.seconds == 0 && d.nanos == 0) => {
                 return Err(Error::invalid("exec.timeout must be positive"));
+            }
+            Some(d) if d.seconds > MAX_TIMEOUT_SECS || (d.seconds == MAX_TIMEOUT_SECS && d.nanos > 0) => {
+                return Err(Error::invalid("exec.timeout is at most 365 days"));
             }
             Some(d) => Some(Duration::new(d.seconds as u64, d.nanos as u32).as_millis() as u64),
         };
@@ -298,9 +301,18 @@ fn has_control(s: &str) -> bool {
     s.chars().any(char::is_control)
 }
 
+/// Length in characters (Unicode scalar values), as the protos' field rules
+/// and JSON Schema count.
+pub fn chars(s: &str) -> usize {
+    s.chars().count()
+}
+
+/// The longest timeout a job may set: 365 days.
+const MAX_TIMEOUT_SECS: i64 = 365 * 86400;
+
 pub fn validate_text(field: &str, s: &str) -> Result<(), Error> {
-    if s.len() > MAX_TEXT_LEN {
-        return Err(Error::invalid(format!("{field} is longer than {MAX_TEXT_LEN} bytes")));
+    if chars(s) > MAX_TEXT_LEN {
+        return Err(Error::invalid(format!("{field} is longer than {MAX_TEXT_LEN} characters")));
     }
     Ok(())
 }
