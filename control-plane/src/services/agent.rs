@@ -320,7 +320,7 @@ async fn heartbeat_session(
                         } else {
                             tracing::warn!(version = ack.version, reason = ack.reason, "desired state rejected by agent");
                         }
-                        let reason: String = ack.reason.chars().take(tether_types::MAX_TEXT_LEN).collect();
+                        let reason = tether_types::agent_text(&ack.reason);
                         match Box::pin(app.store.node_desired_ack(&session.node, ack.version, ack.accepted, &reason, now_ms())).await {
                             Ok(Some((_, seq))) => app.notify.committed(seq),
                             Ok(None) => {}

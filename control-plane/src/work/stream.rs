@@ -103,7 +103,7 @@ async fn report(app: &App, item: ReportItem) -> Result<tether_store::ReportOutco
 }
 
 async fn finished(app: &App, node: &NodeId, key: &str, code: i32, error: &str, lost: bool) -> Result<(), StoreError> {
-    let error: String = error.chars().take(tether_types::MAX_TEXT_LEN).collect();
+    let error = tether_types::agent_text(error);
     let item = ReportItem::Finished { key: key.to_owned(), node: node.clone(), exit_code: code, error, lost };
     let tether_store::ReportOutcome::Finished(f) = report(app, item).await? else {
         unreachable!("a finished report gets a finished answer")

@@ -26,3 +26,11 @@ pub use work::{
 
 /// Upper bound on the size of any free-text field we store (descriptions, reasons).
 pub const MAX_TEXT_LEN: usize = 1024;
+
+/// Text an agent reports (an error, a refusal's reason), made storable: at
+/// most [`MAX_TEXT_LEN`] characters, NUL (which PostgreSQL text cannot hold)
+/// replaced by U+FFFD. Agents' stream messages are not refused for their
+/// text; operators' requests are (`tether_proto::rules`).
+pub fn agent_text(s: &str) -> String {
+    s.chars().take(MAX_TEXT_LEN).map(|c| if c == '\0' { '\u{fffd}' } else { c }).collect()
+}
