@@ -94,18 +94,3 @@ impl Authenticator {
         }
     }
 }
-
-/// Keeps the revocation list in step with the database.
-pub async fn revocation_loop(app: std::sync::Arc<crate::App>, shutdown: tokio_util::sync::CancellationToken) {
-    loop {
-        match app.store.tokens_revoked().await {
-            Ok(ids) => app.auth.set_revoked(ids),
-            Err(e) => tracing::warn!(error = %e, "loading revoked tokens failed; keeping the last list"),
-        }
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
-        }
-    }
-}

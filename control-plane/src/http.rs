@@ -39,6 +39,15 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     describe_histogram!("tether_lease_flush_seconds", "Time to write one lease flush");
     describe_histogram!("tether_work_pass_seconds", "Time of one work pass (scheduler and reconcilers)");
     describe_histogram!("tether_group_commit_batch_size", "Items written in one group-commit transaction");
+    describe_counter!(
+        "tether_background_task_activations_total",
+        "Background task activations by task and outcome (ok, partial, failed)"
+    );
+    describe_counter!(
+        "tether_background_task_items_skipped_total",
+        "Items a background task skipped because they do not decode, by task"
+    );
+    describe_histogram!("tether_background_task_seconds", "Time of one background task activation, by task");
     // Documented series exist from the start, at zero.
     metrics::gauge!("tether_agents_connected").set(0.0);
     for c in [

@@ -5,12 +5,12 @@
 //! from [`run`].
 
 mod auth;
+mod background;
 mod batch;
 mod bootstrap;
 mod config;
 mod db;
 mod edge;
-mod health;
 mod http;
 mod hub;
 mod notify;
@@ -25,6 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use tether_proto::agent_pb::agent_service_server::AgentServiceServer;
+use tether_proto::pb::admin_service_server::AdminServiceServer;
 use tether_proto::pb::job_service_server::JobServiceServer;
 use tether_proto::pb::node_service_server::NodeServiceServer;
 use tether_proto::pb::placement_service_server::PlacementServiceServer;
@@ -73,8 +74,8 @@ pub(crate) struct App {
     pub admission: tokio::sync::Semaphore,
     pub ready: AtomicBool,
     pub hub: hub::JobsHub,
-    /// Wakes the work loop (scheduler and reconcilers).
-    pub work_wake: tokio::sync::Notify,
+    /// Wakes the work pass (scheduler and reconcilers).
+    pub work_wake: Arc<tokio::sync::Notify>,
     /// Job submissions, written by group commit.
     pub submits: services::jobs::Submits,
     /// Agents' started/finished reports, written by group commit.
@@ -85,6 +86,72 @@ pub(crate) struct App {
     pub placement_cursor: std::sync::atomic::AtomicUsize,
     /// Wakes log followers when output arrives or a job ends.
     pub logs: tokio::sync::Notify,
+}
+
+/// Every background task, with how it is run.
+fn register_tasks(driver: &background::Driver, app: &Arc<App>, registry: &Arc<registry::Registry>) {
+    use background::{Spec, *};
+    let config = &app.config;
+    driver.register(
+        Spec {
+            name: "database_probe",
+            description: "probes the database for /readyz and the database gauges",
+            period: background::PROBE_PERIOD,
+            wake: None,
+            leader_only: false,
+        },
+        Probe(app.store.clone()),
+    );
+    driver.register(
+        Spec {
+            name: "liveness",
+            description: "marks nodes unreachable, then down, when their heartbeats stop",
+            period: (config.heartbeat_interval / 4).max(Duration::from_millis(20)),
+            wake: None,
+            leader_only: false,
+        },
+        Liveness(registry.clone()),
+    );
+    driver.register(
+        Spec {
+            name: "lease_flush",
+            description: "writes the last-seen times of the nodes whose streams this replica holds",
+            period: config.lease_flush_interval,
+            wake: None,
+            leader_only: false,
+        },
+        LeaseFlush(registry.clone()),
+    );
+    driver.register(
+        Spec {
+            name: "placement",
+            description: "the work pass: lost work, evictions and drains, the workload reconciler, job placement",
+            period: work::PASS_PERIOD,
+            wake: Some(app.work_wake.clone()),
+            leader_only: true,
+        },
+        Placement { app: app.clone(), state: Default::default() },
+    );
+    driver.register(
+        Spec {
+            name: "node_snapshot_refresh",
+            description: "reads every node row again, for changes made elsewhere",
+            period: work::NODES_MAX_AGE,
+            wake: None,
+            leader_only: false,
+        },
+        NodeSnapshotRefresh(app.clone()),
+    );
+    driver.register(
+        Spec {
+            name: "revocation_refresh",
+            description: "reloads the revoked token ids the authenticator refuses",
+            period: Duration::from_secs(5),
+            wake: None,
+            leader_only: false,
+        },
+        RevocationRefresh(app.clone()),
+    );
 }
 
 /// Runs the control plane until `shutdown` is cancelled, then stops gracefully:
@@ -126,7 +193,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         tasks: tasks.clone(),
         ready: AtomicBool::new(true),
         hub: hub::JobsHub::default(),
-        work_wake: tokio::sync::Notify::new(),
+        work_wake: Arc::new(tokio::sync::Notify::new()),
         placement_cursor: Default::default(),
         nodes: Default::default(),
         reports: work::report_batcher(store.clone()),
@@ -134,14 +201,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         logs: tokio::sync::Notify::new(),
     });
 
-    // Background loops.
-    tasks.spawn(health::probe_loop(store.clone(), shutdown.clone()));
-    tasks.spawn(registry::liveness_loop(registry.clone(), shutdown.clone(), config.heartbeat_interval / 4));
-    tasks.spawn(registry::lease_loop(registry.clone(), shutdown.clone(), config.lease_flush_interval));
-    tasks.spawn(work::work_loop(app.clone(), shutdown.clone()));
-    tasks.spawn(work::node_cache_loop(app.clone(), shutdown.clone()));
+    // Background tasks, under one driver (see background/).
     app.auth.set_revoked(store.tokens_revoked().await?);
-    tasks.spawn(auth::revocation_loop(app.clone(), shutdown.clone()));
+    let driver = background::Driver::new(tasks.clone(), shutdown.clone(), background::Leadership);
+    register_tasks(&driver, &app, &registry);
+    let task_statuses = driver.status_handle();
 
     // gRPC.
     let grpc_listener =
@@ -161,6 +225,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         "tether.v1.JobService",
         "tether.v1.WorkloadService",
         "tether.v1.PlacementService",
+        "tether.v1.AdminService",
         "",
     ] {
         health_reporter.set_service_status(name, tonic_health::ServingStatus::Serving).await;
@@ -193,6 +258,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let placement = PlacementServiceServer::new(services::placement::PlacementApi::new(app.clone()))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
+    let admin = AdminServiceServer::new(services::admin::AdminApi::new(app.clone(), task_statuses));
 
     // One set of routes serves gRPC and, in-process, the REST bridge, so both
     // pass the same edge layer, the same auth and the same limits.
@@ -204,7 +270,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .add_service(tenancy)
         .add_service(jobs)
         .add_service(workloads)
-        .add_service(placement);
+        .add_service(placement)
+        .add_service(admin);
     let bridge = Arc::new(tether_rest::Bridge::from_descriptors(tether_proto::FILE_DESCRIPTOR_SET)?);
     let openapi = Arc::new(tether_rest::openapi(&bridge, env!("CARGO_PKG_VERSION")));
     let rest = tether_rest::router(

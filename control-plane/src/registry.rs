@@ -506,27 +506,3 @@ impl Registry {
         metrics::counter!("tether_lease_flush_rows_total").increment(batch.len() as u64);
     }
 }
-
-pub async fn liveness_loop(registry: Arc<Registry>, shutdown: CancellationToken, period: Duration) {
-    let mut tick = tokio::time::interval(period.max(Duration::from_millis(20)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break,
-            _ = tick.tick() => registry.check_liveness().await,
-        }
-    }
-}
-
-pub async fn lease_loop(registry: Arc<Registry>, shutdown: CancellationToken, period: Duration) {
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break,
-            _ = tick.tick() => registry.flush_leases().await,
-        }
-    }
-}

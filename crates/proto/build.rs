@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 const FILES: &[&str] = &[
     "tether/v1/rules.proto",
+    "tether/v1/admin.proto",
     "tether/v1/node.proto",
     "tether/v1/tenancy.proto",
     "tether/v1/job.proto",

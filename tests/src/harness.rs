@@ -7,6 +7,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use tether_proto::agent_pb::agent_service_client::AgentServiceClient;
+use tether_proto::pb::admin_service_client::AdminServiceClient;
 use tether_proto::pb::job_service_client::JobServiceClient;
 use tether_proto::pb::node_service_client::NodeServiceClient;
 use tether_proto::pb::placement_service_client::PlacementServiceClient;
@@ -351,6 +352,30 @@ impl ControlPlane {
 
     pub async fn workloads(&self) -> WorkloadServiceClient<Authed> {
         WorkloadServiceClient::with_interceptor(self.channel().await, bearer(Some(&self.admin_token)))
+    }
+
+    pub async fn admin_as(&self, token: Option<&str>) -> AdminServiceClient<Authed> {
+        AdminServiceClient::with_interceptor(self.channel().await, bearer(token))
+    }
+
+    /// Runs one SQL statement on the control plane's own database, with
+    /// `bind` as `$1`: for tests that damage what the control plane stored.
+    pub async fn sql(&self, statement: &str, bind: &str) -> u64 {
+        match &self.database_url {
+            Some(url) => {
+                let pool = sqlx::PgPool::connect(url).await.expect("connect to the test database");
+                let n = sqlx::query(statement).bind(bind).execute(&pool).await.expect(statement).rows_affected();
+                pool.close().await;
+                n
+            }
+            None => {
+                let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(self.data_dir().join("tether.db"));
+                let pool = sqlx::SqlitePool::connect_with(opts).await.expect("open the test database");
+                let n = sqlx::query(statement).bind(bind).execute(&pool).await.expect(statement).rows_affected();
+                pool.close().await;
+                n
+            }
+        }
     }
 
     pub async fn placement(&self) -> PlacementServiceClient<Authed> {

@@ -19,26 +19,27 @@ use tether_store::StoreError;
 use tether_types::{
     AllocId, AllocKind, AllocStatus, Allocation, DesiredNodeState, ExecSpec, NodeId, RestartPolicy, alloc_key,
 };
-use tokio_util::sync::CancellationToken;
 
 use messages::assign_msg;
 pub use messages::cancel_msg;
 use nodes::apply_usage;
-pub use nodes::{NodeCache, NodeSnapshot, node_cache_loop, node_views};
+pub use nodes::{NODES_MAX_AGE, NodeCache, NodeSnapshot, node_views};
 use reconcile::reconcile;
 pub use stream::{Reports, on_agent_message, report_batcher, resync, retry_transient};
 
 use crate::{App, now_ms};
 
 /// A pass runs at least this often, to catch deadlines and other replicas' work.
-const PASS_PERIOD: Duration = Duration::from_millis(500);
+pub const PASS_PERIOD: Duration = Duration::from_millis(500);
 const PENDING_BATCH: u32 = 2000;
 /// Output cap per job attempt.
 pub const MAX_LOG_BYTES: u64 = 1024 * 1024;
 
-/// What the work loop keeps between passes.
+/// What the work pass keeps between activations.
 #[derive(Default)]
-struct PassState {
+pub struct PassState {
+    /// Rows already logged as undecodable (logged once, skipped every pass).
+    reported_bad: HashSet<String>,
     /// Drains already reported complete.
     draining_done: HashSet<NodeId>,
     /// Scheduler views of `views_of`'s nodes, kept between passes so that a
@@ -47,34 +48,22 @@ struct PassState {
     views_of: Option<Arc<NodeSnapshot>>,
 }
 
-pub async fn work_loop(app: Arc<App>, shutdown: CancellationToken) {
-    let mut state = PassState::default();
-    let mut backoff = Duration::ZERO;
-    loop {
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break,
-            _ = app.work_wake.notified() => {}
-            _ = tokio::time::sleep(PASS_PERIOD) => {}
+/// What one pass did, for the background task's record.
+#[derive(Debug, Default)]
+pub struct PassSummary {
+    pub placed: usize,
+    pub lost: usize,
+    /// Rows that did not decode (a corrupt job or workload), left alone.
+    pub skipped: u64,
+}
+
+impl std::fmt::Display for PassSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "placed {}, lost {}", self.placed, self.lost)?;
+        if self.skipped > 0 {
+            write!(f, ", skipped {} rows that do not decode", self.skipped)?;
         }
-        let started = std::time::Instant::now();
-        match pass(&app, &mut state).await {
-            Ok(()) => backoff = Duration::ZERO,
-            Err(e) => {
-                // 200 ms doubling to 5 s while the database is away; logged
-                // once per outage.
-                if backoff.is_zero() {
-                    tracing::warn!(error = &e as &dyn std::error::Error, "work pass failed; retrying");
-                }
-                backoff = (backoff * 2).clamp(Duration::from_millis(200), Duration::from_secs(5));
-                tokio::select! {
-                    biased;
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-            }
-        }
-        metrics::histogram!("tether_work_pass_seconds").record(started.elapsed().as_secs_f64());
+        Ok(())
     }
 }
 
@@ -105,13 +94,29 @@ fn place(app: &App, views: &mut [NodeView], reqs: &[Request]) -> Vec<Option<usiz
     placed
 }
 
+/// Logs each row that does not decode once, by id; counts them every pass.
+fn skip_bad(state: &mut PassState, what: &str, bad: &[tether_store::BadRow], summary: &mut PassSummary) {
+    for b in bad {
+        if state.reported_bad.insert(format!("{what}/{}", b.id)) {
+            tracing::error!(
+                id = %b.id,
+                error = &b.error as &dyn std::error::Error,
+                "{what} row does not decode; skipped until repaired"
+            );
+        }
+    }
+    summary.skipped += bad.len() as u64;
+}
+
 /// One pass over everything.
-async fn pass(app: &App, state: &mut PassState) -> Result<(), StoreError> {
+pub async fn pass(app: &App, state: &mut PassState) -> Result<PassSummary, StoreError> {
     let now = now_ms();
     let store = &app.store;
+    let mut summary = PassSummary::default();
 
     // Work on nodes that are down is lost (and retried while attempts remain).
     let lost = store.allocations_lose_on_down_nodes(now).await?;
+    summary.lost = lost.len();
     if !lost.is_empty() {
         tracing::info!(allocations = lost.len(), "allocations lost on down nodes");
         metrics::counter!("tether_allocations_lost_total").increment(lost.len() as u64);
@@ -154,7 +159,9 @@ async fn pass(app: &App, state: &mut PassState) -> Result<(), StoreError> {
     let mut stop = Vec::new();
 
     // Workloads.
-    let workloads = store.workload_list(None).await?;
+    let workloads = store.workloads_all().await?;
+    skip_bad(state, "workload", &workloads.bad, &mut summary);
+    let workloads = workloads.items;
     // Built only when something is to be placed: at ten thousand nodes
     // building them is most of an idle pass.
     let mut views_ready = false;
@@ -213,6 +220,8 @@ async fn pass(app: &App, state: &mut PassState) -> Result<(), StoreError> {
 
     // Pending jobs, highest priority first.
     let pending = store.jobs_pending(PENDING_BATCH).await?;
+    skip_bad(state, "job", &pending.bad, &mut summary);
+    let pending = pending.items;
     let reqs: Vec<Request> = pending
         .iter()
         .map(|j| Request::new(j.project_id.clone(), j.spec.resources, j.spec.constraints.clone(), Objective::Balanced))
@@ -255,6 +264,7 @@ async fn pass(app: &App, state: &mut PassState) -> Result<(), StoreError> {
         // Durable before sent.
         let stored: HashSet<String> = store.allocations_place(&allocs, now).await?.into_iter().map(|a| a.key).collect();
         metrics::counter!("tether_allocations_placed_total").increment(stored.len() as u64);
+        summary.placed = stored.len();
         for (a, exec, restart) in &new_allocs {
             if stored.contains(&a.key) {
                 app.hub.send(&a.node_id, assign_msg(a, exec, *restart));
@@ -273,7 +283,7 @@ async fn pass(app: &App, state: &mut PassState) -> Result<(), StoreError> {
         }
     }
     state.draining_done.retain(|id| snap.node(id).is_some_and(|n| n.desired_state == DesiredNodeState::Draining));
-    Ok(())
+    Ok(summary)
 }
 
 /// Asks the allocations to stop and tells their nodes. A job attempt among

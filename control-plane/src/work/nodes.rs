@@ -8,9 +8,6 @@ use std::time::Duration;
 use tether_scheduler::NodeView;
 use tether_store::StoreError;
 use tether_types::{AllocStatus, Allocation, Node, NodeId, NodeStatus};
-use tokio_util::sync::CancellationToken;
-
-use crate::App;
 
 /// Reliability grows to 1 over this much time ready.
 const RELIABILITY_RAMP_MS: i64 = 10 * 60 * 1000;
@@ -20,7 +17,7 @@ const RELIABILITY_RAMP_MS: i64 = 10 * 60 * 1000;
 /// the same database (none today: one control plane per database). Reading
 /// ten thousand rows costs ~100 ms of a core, which showed as the submit-to-
 /// agent p99 (26-36 ms with a 5 s refresh, 11-14 ms with 60 s).
-const NODES_MAX_AGE: Duration = Duration::from_secs(60);
+pub const NODES_MAX_AGE: Duration = Duration::from_secs(60);
 
 /// A copy of every node row, shared by the work loop and job submission,
 /// read again when this process changed a node, and refreshed in the
@@ -74,7 +71,7 @@ impl NodeCache {
 
     /// Reads the rows without holding up readers, and swaps them in unless
     /// this process wrote a node meanwhile (then `get` reads anyway).
-    async fn refresh(&self, store: &tether_store::Store) -> Result<(), StoreError> {
+    pub async fn refresh(&self, store: &tether_store::Store) -> Result<(), StoreError> {
         let version = store.node_version();
         let snapshot = Arc::new(NodeSnapshot::read(store).await?);
         let mut c = self.0.lock().await;
@@ -102,19 +99,6 @@ fn same_but_leases(old: &[Node], new: &[Node]) -> bool {
             b.session_generation = a.session_generation;
             *a == b
         })
-}
-
-/// Refreshes the node cache every [`NODES_MAX_AGE`].
-pub async fn node_cache_loop(app: Arc<App>, shutdown: CancellationToken) {
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(NODES_MAX_AGE) => {}
-        }
-        if let Err(e) = app.nodes.refresh(&app.store).await {
-            tracing::warn!(error = &e as &dyn std::error::Error, "refreshing the node list failed");
-        }
-    }
 }
 
 /// A node as the scheduler sees it, with nothing allocated.

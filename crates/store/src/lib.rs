@@ -27,6 +27,7 @@ pub use error::{Failure, StoreError};
 pub use events::Event;
 pub use health::{DbHealth, PROBE_TIMEOUT};
 pub use nodes::{NodeEnroll, NodeFilter, NodePage, OpenedSession, SessionOpen, StatusChange};
+pub use row::{BadRow, Decoded};
 pub use tenancy::{Bootstrap, TokenRecord};
 pub use work::{AgentReport, Finished, JobPage, LogChunk, ReportOutcome};
 

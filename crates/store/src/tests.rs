@@ -453,7 +453,7 @@ async fn job_lifecycle_retries_and_idempotency(store: Store) {
     let (again, created) = store.job_submit(&job(&p, 2, 1), Some("key-1")).await.unwrap();
     assert!(!created);
     assert_eq!(again.id, first.id, "a retried submit returns the first job");
-    assert_eq!(store.jobs_pending(10).await.unwrap().len(), 1);
+    assert_eq!(store.jobs_pending(10).await.unwrap().items.len(), 1);
 
     let placed = store.allocations_place(&[attempt(&j, &node, 1)], 2_000).await.unwrap();
     assert_eq!(placed.len(), 1);

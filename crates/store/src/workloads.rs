@@ -3,7 +3,7 @@
 use tether_types::{Allocation, Error, ErrorCode, ProjectId, UnixMillis, Workload, WorkloadId, WorkloadSpec};
 
 use crate::events::append_event;
-use crate::row::{Get, to_json};
+use crate::row::{Decoded, Get, decode_each, to_json};
 use crate::work::{ALLOC_COLS, alloc_from_row};
 use crate::{Result, Store, StoreError, in_tx, on_read};
 
@@ -105,6 +105,17 @@ impl Store {
             .iter()
             .map(workload_from_row)
             .collect()
+        })
+    }
+
+    /// Every workload, for the reconciler; a row that does not decode is
+    /// reported in `bad`, not an error for all.
+    pub async fn workloads_all(&self) -> Result<Decoded<Workload>> {
+        on_read!(self, |pool| {
+            let rows = sqlx::query(&format!("SELECT {WL_COLS} FROM workloads ORDER BY created_at, id"))
+                .fetch_all(pool)
+                .await?;
+            Ok(decode_each(&rows, "id", workload_from_row))
         })
     }
 

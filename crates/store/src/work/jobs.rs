@@ -4,7 +4,7 @@ use tether_types::{AllocStatus, Allocation, Error, Job, JobId, JobStatus, NodeId
 
 use super::{ALLOC_COLS, JOB_COLS, alloc_from_row, job_from_row};
 use crate::events::append_event;
-use crate::row::to_json;
+use crate::row::{Decoded, decode_each, to_json};
 use crate::{Result, Store, StoreError, in_tx, on_read};
 
 /// A page of jobs, newest first.
@@ -134,17 +134,17 @@ impl Store {
     }
 
     /// Pending jobs of every project, highest priority first, then oldest.
-    pub async fn jobs_pending(&self, limit: u32) -> Result<Vec<Job>> {
+    /// Pending jobs, highest priority first; a row that does not decode is
+    /// reported in `bad`, not an error for all.
+    pub async fn jobs_pending(&self, limit: u32) -> Result<Decoded<Job>> {
         on_read!(self, |pool| {
-            sqlx::query(&format!(
+            let rows = sqlx::query(&format!(
                 "SELECT {JOB_COLS} FROM jobs WHERE status = 'pending' ORDER BY priority DESC, created_at, id LIMIT $1"
             ))
             .bind(i64::from(limit))
             .fetch_all(pool)
-            .await?
-            .iter()
-            .map(job_from_row)
-            .collect()
+            .await?;
+            Ok(decode_each(&rows, "id", job_from_row))
         })
     }
 
