@@ -323,10 +323,10 @@ impl Agent {
                 msg = next_message(&mut inbound) => match msg {
                     Some(Ok(agent_pb::HeartbeatResponse { msg: Some(m) })) => match m {
                         heartbeat_response::Msg::Config(c) => {
-                            interval = c.interval.map(to_duration).unwrap_or(self.interval).max(Duration::from_millis(50));
+                            interval = c.interval.as_ref().map(tether_types::duration_from_pb).unwrap_or(self.interval).max(Duration::from_millis(50));
                             self.interval = interval;
-                            jitter = c.jitter.map(to_duration).unwrap_or(Duration::ZERO);
-                            self.fence.set_after(c.fence_after.map(to_duration));
+                            jitter = c.jitter.as_ref().map(tether_types::duration_from_pb).unwrap_or(Duration::ZERO);
+                            self.fence.set_after(c.fence_after.as_ref().map(tether_types::duration_from_pb));
                             next_beat = next_beat.min(tokio::time::Instant::now() + interval);
                             tracing::debug!(?interval, ?jitter, "heartbeat configuration");
                         }
@@ -402,10 +402,6 @@ async fn next_message<T>(s: &mut Option<tonic::Streaming<T>>) -> Option<Result<T
         Some(s) => s.message().await.transpose(),
         None => std::future::pending().await,
     }
-}
-
-fn to_duration(d: prost_types::Duration) -> Duration {
-    Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32)
 }
 
 type AuthedClient = AgentServiceClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;

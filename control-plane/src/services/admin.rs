@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use tether_proto::pb;
-use tether_types::{Role, millis_to_timestamp};
+use tether_types::{Role, duration_to_pb, millis_to_timestamp};
 use tonic::{Request, Response, Status};
 
 use crate::App;
@@ -20,22 +20,18 @@ impl AdminApi {
     }
 }
 
-fn duration(d: std::time::Duration) -> prost_types::Duration {
-    prost_types::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
-}
-
 fn task_pb(t: TaskStatus) -> pb::BackgroundTask {
     pb::BackgroundTask {
         name: t.name.into(),
         description: t.description.into(),
-        period: Some(duration(t.period)),
+        period: Some(duration_to_pb(t.period)),
         leader_only: t.leader_only,
         running: t.running,
         activations: t.activations,
         consecutive_failures: t.consecutive_failures,
         items_skipped: t.items_skipped,
         last_started_at: (t.last_started_at > 0).then(|| millis_to_timestamp(t.last_started_at)),
-        last_duration: (t.activations > 0).then(|| duration(t.last_duration)),
+        last_duration: (t.activations > 0).then(|| duration_to_pb(t.last_duration)),
         last_outcome: t.last_outcome.into(),
         last_message: t.last_message,
     }

@@ -182,9 +182,9 @@ impl agent_pb::agent_service_server::AgentService for AgentApi {
         let jitter = self.app.config.jitter();
         let config = agent_pb::HeartbeatResponse {
             msg: Some(heartbeat_response::Msg::Config(agent_pb::HeartbeatConfig {
-                interval: Some(duration_pb(self.app.config.heartbeat_interval)),
-                jitter: Some(duration_pb(jitter)),
-                fence_after: Some(duration_pb(self.app.config.fence_after())),
+                interval: Some(tether_types::duration_to_pb(self.app.config.heartbeat_interval)),
+                jitter: Some(tether_types::duration_to_pb(jitter)),
+                fence_after: Some(tether_types::duration_to_pb(self.app.config.fence_after())),
             })),
         };
         let _ = tx.try_send(Ok(config));
@@ -265,10 +265,6 @@ fn jobs_closed_status(app: &App) -> Status {
     } else {
         Status::unavailable("session closed, jobs stream replaced or too far behind; reconnect")
     }
-}
-
-fn duration_pb(d: Duration) -> prost_types::Duration {
-    prost_types::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
 }
 
 // The two per-agent session tasks live as long as the agent is connected, and

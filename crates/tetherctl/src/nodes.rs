@@ -7,7 +7,7 @@ use tether_proto::pb;
 
 use crate::Clients;
 use crate::output::Out;
-use crate::spec::duration_pb;
+use tether_types::duration_to_pb;
 use tether_types::parse_duration;
 
 #[derive(Subcommand)]
@@ -86,7 +86,7 @@ pub(crate) async fn set_state(
             node_id,
             state: state as i32,
             reason,
-            drain_deadline: deadline.map(duration_pb),
+            drain_deadline: deadline.map(duration_to_pb),
         })
         .await?
         .into_inner();

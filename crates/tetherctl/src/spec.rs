@@ -56,8 +56,7 @@ impl Exec {
             args: self.command[1..].to_vec(),
             env: self.env.iter().cloned().collect(),
             working_dir: self.workdir.clone(),
-            timeout: timeout
-                .map(|d| prost_types::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }),
+            timeout: timeout.map(tether_types::duration_to_pb),
         }
     }
 }
@@ -65,8 +64,4 @@ impl Exec {
 pub(crate) fn parse_kv(s: &str) -> Result<(String, String), String> {
     let (k, v) = s.split_once('=').ok_or_else(|| format!("{s:?} must be KEY=VALUE"))?;
     Ok((k.to_owned(), v.to_owned()))
-}
-
-pub(crate) fn duration_pb(d: Duration) -> prost_types::Duration {
-    prost_types::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
 }

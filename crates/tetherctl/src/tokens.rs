@@ -7,7 +7,8 @@ use tether_proto::pb;
 
 use crate::Clients;
 use crate::output::Out;
-use crate::spec::{duration_pb, parse_kv};
+use crate::spec::parse_kv;
+use tether_types::duration_to_pb;
 use tether_types::parse_duration;
 
 #[derive(Subcommand)]
@@ -70,7 +71,7 @@ pub(crate) async fn tokens(c: &Clients, out: &Out, cmd: TokensCmd) -> anyhow::Re
             };
             let r = c
                 .tenancy()
-                .create_token(pb::CreateTokenRequest { role: role as i32, ttl: ttl.map(duration_pb), description })
+                .create_token(pb::CreateTokenRequest { role: role as i32, ttl: ttl.map(duration_to_pb), description })
                 .await?
                 .into_inner();
             out.created_token(&r);
@@ -93,7 +94,7 @@ pub(crate) async fn join_tokens(c: &Clients, out: &Out, cmd: JoinTokensCmd) -> a
             let r = c
                 .tenancy()
                 .create_join_token(pb::CreateJoinTokenRequest {
-                    ttl: ttl.map(duration_pb),
+                    ttl: ttl.map(duration_to_pb),
                     max_uses,
                     labels: labels.into_iter().collect(),
                     description,

@@ -159,10 +159,7 @@ impl ExecSpec {
             args: self.args.clone(),
             env: self.env.clone().into_iter().collect(),
             working_dir: self.working_dir.clone(),
-            timeout: self.timeout_ms.map(|ms| prost_types::Duration {
-                seconds: (ms / 1000) as i64,
-                nanos: ((ms % 1000) * 1_000_000) as i32,
-            }),
+            timeout: self.timeout_ms.map(|ms| crate::duration_to_pb(Duration::from_millis(ms))),
         }
     }
 }
