@@ -549,10 +549,7 @@ async fn a_job_flooding_output_finishes_promptly(backend: Backend) {
     cp.wait_nodes(1, pb::NodeStatus::Ready, Duration::from_secs(20)).await;
     let mut client = cp.jobs().await;
     let stamp = cp.dir.path().join("exited-at");
-    let script = format!(
-        "head -c 50000000 /dev/zero | tr '\\0' x; date +%s%N > {}; exit 0",
-        stamp.display()
-    );
+    let script = format!("head -c 50000000 /dev/zero | tr '\\0' x; date +%s%N > {}; exit 0", stamp.display());
     let j = client.submit_job(job(&script, 1)).await.unwrap().into_inner().job.unwrap();
     let done = eventually(Duration::from_secs(60), "the flooding job to succeed", || async {
         let j = get_job(&client, &j.job_id).await;

@@ -88,30 +88,59 @@ macro_rules! on_read {
 /// doubt (see [`StoreError::poisons_connection`]), the connection is closed
 /// instead of going back to the pool; the SQLite writer is then reopened on
 /// the next write. Every outcome is recorded for [`Store::health`].
+///
+/// A transaction that lost to another (a serialization failure, a deadlock,
+/// a busy database) is run again from the start, up to [`TX_RETRIES`] times
+/// with a short jittered pause; `$body` must therefore only touch the
+/// database (it does: store bodies compute their result from what they read).
 macro_rules! in_tx {
     ($store:expr, |$tx:ident| $body:expr) => {{
         let store: &$crate::Store = &$store;
-        let out: $crate::Result<_> = async {
-            store.health.admit()?;
-            match &store.backend {
-                $crate::Backend::Sqlite { write, .. } => $crate::tx_on!(write, true, |$tx| {}, $body),
-                $crate::Backend::Postgres(pool) => $crate::tx_on!(
-                    pool,
-                    false,
-                    |$tx| {
-                        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                            .bind($crate::PG_EVENT_ORDER_LOCK)
-                            .execute(&mut *$tx)
-                            .await?;
-                    },
-                    $body
-                ),
+        let mut retries = 0u32;
+        let out: $crate::Result<_> = loop {
+            let out: $crate::Result<_> = async {
+                store.health.admit()?;
+                match &store.backend {
+                    $crate::Backend::Sqlite { write, .. } => $crate::tx_on!(write, true, |$tx| {}, $body),
+                    $crate::Backend::Postgres(pool) => $crate::tx_on!(
+                        pool,
+                        false,
+                        |$tx| {
+                            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                                .bind($crate::PG_EVENT_ORDER_LOCK)
+                                .execute(&mut *$tx)
+                                .await?;
+                        },
+                        $body
+                    ),
+                }
             }
-        }
-        .await;
+            .await;
+            match &out {
+                Err(e) if retries < $crate::TX_RETRIES && e.failure() == Some($crate::Failure::Busy) => {
+                    retries += 1;
+                    tokio::time::sleep($crate::retry_pause(retries)).await;
+                }
+                _ => break out,
+            }
+        };
         store.health.observe_write(&out);
         out
     }};
+}
+
+/// Times a transaction that lost to another is tried again (see [`in_tx!`]).
+pub(crate) const TX_RETRIES: u32 = 3;
+
+/// 5, 10, 20 ms, each with up to as much again at random: transactions that
+/// collided do not collide again in step.
+pub(crate) fn retry_pause(retry: u32) -> std::time::Duration {
+    let base = 5u64 << retry.saturating_sub(1).min(4);
+    let jitter = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::from(d.subsec_nanos()) % (base * 1000))
+        .unwrap_or(0);
+    std::time::Duration::from_micros(base * 1000 + jitter)
 }
 
 /// One transaction on a connection of `$pool` (see [`in_tx!`]): `$prelude`

@@ -149,7 +149,7 @@ impl Store {
                 node.id.as_str(),
                 to_json(&node)
             );
-            Ok((node, seq))
+            Ok((node.clone(), seq))
         });
         self.node_changed();
         out

@@ -87,7 +87,7 @@ impl Store {
                 let payload =
                     serde_json::json!({"project_id": project_id, "org_id": org_id, "name": DEFAULT}).to_string();
                 append_event!(tx, now, Some(project_id.as_str()), "project.created", project_id.as_str(), payload);
-                return Ok(Bootstrap { org_id, project_id, created: true });
+                return Ok(Bootstrap { org_id: org_id.clone(), project_id: project_id.clone(), created: true });
             }
             let (org, project): (String, String) = sqlx::query_as(
                 "SELECT o.id, p.id FROM organizations o JOIN projects p ON p.org_id = o.id
