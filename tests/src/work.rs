@@ -561,7 +561,7 @@ async fn a_job_flooding_output_finishes_promptly(backend: Backend) {
     .await;
     assert_eq!(done.status, JobStatus::Succeeded as i32, "{done:?}");
     let exited_ns: i128 = std::fs::read_to_string(&stamp).unwrap().trim().parse().unwrap();
-    let finished = done.attempts.last().and_then(|a| a.finished_at.clone()).expect("finish time");
+    let finished = done.attempts.last().and_then(|a| a.finished_at).expect("finish time");
     let finished_ns = i128::from(finished.seconds) * 1_000_000_000 + i128::from(finished.nanos);
     let lag = Duration::from_nanos((finished_ns - exited_ns).max(0) as u64);
     assert!(lag < Duration::from_secs(10), "recorded {lag:?} after the job exited");
