@@ -228,7 +228,7 @@ impl Runner {
             return;
         };
         if let Err(e) = st.journal.record(&Entry::Start { job: key.0.clone(), attempt: key.1 }) {
-            tracing::error!(error = %e, "journal write failed; refusing the assignment");
+            tracing::error!(error = &e as &dyn std::error::Error, "journal write failed; refusing the assignment");
             return;
         }
         let cancel = CancellationToken::new();
@@ -319,7 +319,7 @@ impl Runner {
             let entry =
                 Entry::End { job: key.0.clone(), attempt: key.1, code: o.code, error: o.error.clone(), lost: o.lost };
             if let Err(e) = st.journal.record(&entry) {
-                tracing::error!(error = %e, "journal write failed");
+                tracing::error!(error = &e as &dyn std::error::Error, "journal write failed");
             }
             st.slots.insert(key.clone(), Slot::Finished(o.clone()));
         }

@@ -9,22 +9,36 @@
 use std::future::Future;
 
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub struct Batcher<I, O> {
-    tx: mpsc::UnboundedSender<(I, oneshot::Sender<O>)>,
+    tx: mpsc::Sender<(I, oneshot::Sender<O>)>,
 }
 
 impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
-    /// Starts the task. `handle` gets up to `max` items and must answer each,
-    /// in order. The task ends when the batcher is dropped.
-    pub fn spawn<F, Fut>(max: usize, mut handle: F) -> Self
+    /// Starts the task on `tasks`. `handle` gets up to `max` items and must
+    /// answer each, in order. At most `4 * max` items wait; more callers wait
+    /// to queue. When `shutdown` fires the task finishes the batch in hand
+    /// and stops: items still queued are answered with nothing (their
+    /// callers see the control plane shutting down; nothing of theirs was
+    /// written).
+    pub fn spawn<F, Fut>(max: usize, tasks: &TaskTracker, shutdown: CancellationToken, mut handle: F) -> Self
     where
         F: FnMut(Vec<I>) -> Fut + Send + 'static,
         Fut: Future<Output = Vec<O>> + Send,
     {
-        let (tx, mut rx) = mpsc::unbounded_channel::<(I, oneshot::Sender<O>)>();
-        tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
+        let (tx, mut rx) = mpsc::channel::<(I, oneshot::Sender<O>)>(4 * max.max(1));
+        tasks.spawn(async move {
+            loop {
+                let first = tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => break,
+                    first = rx.recv() => match first {
+                        Some(first) => first,
+                        None => break,
+                    },
+                };
                 let mut items = vec![first];
                 while items.len() < max {
                     match rx.try_recv() {
@@ -48,7 +62,7 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
     /// is gone or did not answer this item.
     pub async fn call(&self, item: I) -> Option<O> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send((item, tx)).ok()?;
+        self.tx.send((item, tx)).await.ok()?;
         rx.await.ok()
     }
 }
@@ -81,7 +95,9 @@ mod tests {
     async fn answers_each_caller_and_batches_what_queued_up() {
         let calls = Arc::new(AtomicUsize::new(0));
         let counted = calls.clone();
-        let b = Arc::new(Batcher::spawn(64, move |items: Vec<u32>| {
+        let tasks = TaskTracker::new();
+        let shutdown = CancellationToken::new();
+        let b = Arc::new(Batcher::spawn(64, &tasks, shutdown.clone(), move |items: Vec<u32>| {
             counted.fetch_add(1, Ordering::Relaxed);
             async move {
                 tokio::task::yield_now().await;
@@ -100,5 +116,11 @@ mod tests {
         let n = calls.load(Ordering::Relaxed);
         assert!(n >= 500 / 64, "at most 64 per batch: {n} calls");
         assert!(n < 500, "500 callers at once were batched: {n} calls");
+
+        // Shutdown: the task stops (it is tracked), later calls get nothing.
+        shutdown.cancel();
+        tasks.close();
+        tasks.wait().await;
+        assert_eq!(b.call(1).await, None);
     }
 }

@@ -172,16 +172,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let boot = bootstrap::run(&store, &config.data_dir).await?;
     let notify = notify::Notifier::new(store.events_head().await?);
     let replica = config.replica();
+    let tasks = TaskTracker::new();
     let registry = Arc::new(registry::Registry::new(
         store.clone(),
         notify.clone(),
         registry::Liveness { grace: config.heartbeat_grace, down_after: config.down_after },
         replica.clone(),
         shutdown.child_token(),
+        &tasks,
     ));
     registry.load().await?;
 
-    let tasks = TaskTracker::new();
     let app = Arc::new(App {
         store: store.clone(),
         auth: auth::Authenticator::new(boot.root_key.clone()),
@@ -196,8 +197,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         work_wake: Arc::new(tokio::sync::Notify::new()),
         placement_cursor: Default::default(),
         nodes: Default::default(),
-        reports: work::report_batcher(store.clone()),
-        submits: services::jobs::submit_batcher(store.clone()),
+        reports: work::report_batcher(store.clone(), &tasks, shutdown.clone()),
+        submits: services::jobs::submit_batcher(store.clone(), &tasks, shutdown.clone()),
         logs: tokio::sync::Notify::new(),
     });
 

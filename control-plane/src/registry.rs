@@ -148,17 +148,19 @@ async fn open_sessions(store: &Store, replica: &str, items: Vec<OpenItem>) -> Ve
 }
 
 impl Registry {
-    /// `sessions_root` is cancelled at shutdown; every session token is its child.
+    /// `sessions_root` is cancelled at shutdown; every session token is its
+    /// child. The session-open batcher runs on `tasks`.
     pub fn new(
         store: Store,
         notify: Notifier,
         liveness: Liveness,
         replica: String,
         sessions_root: CancellationToken,
+        tasks: &tokio_util::task::TaskTracker,
     ) -> Self {
         let opens = {
             let (store, replica) = (store.clone(), replica.clone());
-            crate::batch::Batcher::spawn(OPEN_BATCH, move |items: Vec<OpenItem>| {
+            crate::batch::Batcher::spawn(OPEN_BATCH, tasks, sessions_root.clone(), move |items: Vec<OpenItem>| {
                 let (store, replica) = (store.clone(), replica.clone());
                 async move { open_sessions(&store, &replica, items).await }
             })
@@ -439,7 +441,11 @@ impl Registry {
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, changes = changes.len(), "recording status changes failed; will retry")
+                tracing::warn!(
+                    error = &e as &dyn std::error::Error,
+                    changes = changes.len(),
+                    "recording status changes failed; will retry"
+                )
             }
         }
     }
@@ -497,7 +503,11 @@ impl Registry {
         }
         let started = Instant::now();
         if let Err(e) = self.store.node_leases_flush(&batch, &self.replica).await {
-            tracing::warn!(error = %e, leases = batch.len(), "lease flush failed; will retry");
+            tracing::warn!(
+                error = &e as &dyn std::error::Error,
+                leases = batch.len(),
+                "lease flush failed; will retry"
+            );
             let mut map = self.lock();
             for (id, _) in &batch {
                 if let Some(e) = map.get_mut(id) {
@@ -597,6 +607,7 @@ mod tests {
             Liveness { grace: GRACE, down_after: DOWN_AFTER },
             "r1".into(),
             CancellationToken::new(),
+            &tokio_util::task::TaskTracker::new(),
         );
         registry.load().await.unwrap();
         tokio::time::pause();

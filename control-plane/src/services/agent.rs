@@ -169,7 +169,7 @@ impl agent_pb::agent_service_server::AgentService for AgentApi {
             .await
             .map_err(|e: Error| {
                 if e.code != ErrorCode::Aborted {
-                    tracing::warn!(node_id = %node, error = %e, "session refused");
+                    tracing::warn!(node_id = %node, error = &e as &dyn std::error::Error, "session refused");
                 }
                 if matches!(e.code, ErrorCode::Unavailable | ErrorCode::InsufficientStorage) {
                     self.app.registry.refused_alive(&node);
@@ -320,7 +320,7 @@ async fn heartbeat_session(
                         match Box::pin(app.store.node_desired_ack(&session.node, ack.version, ack.accepted, &reason, now_ms())).await {
                             Ok(Some((_, seq))) => app.notify.committed(seq),
                             Ok(None) => {}
-                            Err(e) => tracing::warn!(error = %e, "recording the desired-state answer failed"),
+                            Err(e) => tracing::warn!(error = &e as &dyn std::error::Error, "recording the desired-state answer failed"),
                         }
                     }
                     heartbeat_request::Msg::Goodbye(g) => {

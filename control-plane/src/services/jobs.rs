@@ -80,8 +80,12 @@ const SUBMIT_BATCH: usize = 256;
 
 /// The group-commit writer of submissions: those that arrive together are
 /// stored in one transaction, each answered on its own.
-pub fn submit_batcher(store: tether_store::Store) -> Submits {
-    crate::batch::Batcher::spawn(SUBMIT_BATCH, move |items: Vec<(Job, Option<String>)>| {
+pub fn submit_batcher(
+    store: tether_store::Store,
+    tasks: &tokio_util::task::TaskTracker,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Submits {
+    crate::batch::Batcher::spawn(SUBMIT_BATCH, tasks, shutdown, move |items: Vec<(Job, Option<String>)>| {
         let store = store.clone();
         async move {
             let jobs: Vec<(&Job, Option<&str>)> = items.iter().map(|(j, k)| (j, k.as_deref())).collect();

@@ -52,7 +52,7 @@ fn event_to_pb(ev: &Event) -> Option<pb::WatchNodesResponse> {
     let node: Node = match serde_json::from_value(ev.payload.clone()) {
         Ok(n) => n,
         Err(e) => {
-            tracing::error!(seq = ev.seq, error = %e, "node event payload does not decode");
+            tracing::error!(seq = ev.seq, error = &e as &dyn std::error::Error, "node event payload does not decode");
             return None;
         }
     };

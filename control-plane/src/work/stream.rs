@@ -71,8 +71,12 @@ const REPORT_BATCH: usize = 512;
 
 /// The group-commit writer of agents' started and finished reports: what
 /// arrives together (from any agents) is written in one transaction.
-pub fn report_batcher(store: tether_store::Store) -> Reports {
-    crate::batch::Batcher::spawn(REPORT_BATCH, move |items: Vec<ReportItem>| {
+pub fn report_batcher(
+    store: tether_store::Store,
+    tasks: &tokio_util::task::TaskTracker,
+    shutdown: CancellationToken,
+) -> Reports {
+    crate::batch::Batcher::spawn(REPORT_BATCH, tasks, shutdown, move |items: Vec<ReportItem>| {
         let store = store.clone();
         async move {
             let reports: Vec<tether_store::AgentReport<'_>> = items
