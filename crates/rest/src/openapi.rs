@@ -27,17 +27,21 @@ enum Place {
 fn kind_schema(kind: &Kind, wanted: &mut Vec<MessageDescriptor>, place: Place) -> Value {
     match kind {
         Kind::Double | Kind::Float => json!({"type": "number"}),
-        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => json!({"type": "integer", "format": "int32"}),
-        Kind::Uint32 | Kind::Fixed32 => {
-            json!({"type": "integer", "format": "int64", "minimum": 0, "maximum": 4294967295u64})
-        }
-        // 64-bit integers are written as strings in proto3 JSON, and read
-        // from strings or numbers.
-        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => {
-            json!({"type": ["string", "integer"], "format": "int64", "pattern": "^[+-]?[0-9]+$"})
-        }
-        Kind::Uint64 | Kind::Fixed64 => {
-            json!({"type": ["string", "integer"], "format": "uint64", "pattern": "^[+]?[0-9]+$", "minimum": 0})
+        // proto3 JSON writes 32-bit integers as numbers and 64-bit ones as
+        // strings, and reads either form for both: the schema takes both,
+        // bounded by the type's range (and by a field's rules).
+        k @ (Kind::Int32
+        | Kind::Sint32
+        | Kind::Sfixed32
+        | Kind::Uint32
+        | Kind::Fixed32
+        | Kind::Int64
+        | Kind::Sint64
+        | Kind::Sfixed64
+        | Kind::Uint64
+        | Kind::Fixed64) => {
+            let (lo, hi, format) = int_range(k);
+            int_schema(lo, hi, format)
         }
         Kind::Bool => json!({"type": "boolean"}),
         // No request string may hold NUL (tether_proto::rules).
@@ -155,26 +159,20 @@ fn apply_rules(r: &tether_proto::pb::FieldRules, kind: &Kind, schema: &mut Value
                 schema["description"] = json!(r.pattern_hint);
             }
         }
-        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 | Kind::Uint64 | Kind::Fixed64 => {
-            // Written as a number or a string: bound both.
-            let lo = r.min.unwrap_or(0);
-            assert!(lo >= 0, "rules: a negative minimum on a 64-bit field is not written into OpenAPI yet");
-            let hi = r.max.map(|m| m as u64).unwrap_or(if matches!(kind, Kind::Uint64 | Kind::Fixed64) {
-                u64::MAX
-            } else {
-                i64::MAX as u64
-            });
-            schema["minimum"] = json!(lo);
-            schema["maximum"] = json!(hi);
-            schema["pattern"] = json!(format!("^[+]?0*({})$", uint_range(lo as u64, hi)));
-        }
-        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 | Kind::Uint32 | Kind::Fixed32 => {
-            if let Some(min) = r.min {
-                schema["minimum"] = json!(min);
-            }
-            if let Some(max) = r.max {
-                schema["maximum"] = json!(max);
-            }
+        Kind::Int32
+        | Kind::Sint32
+        | Kind::Sfixed32
+        | Kind::Uint32
+        | Kind::Fixed32
+        | Kind::Int64
+        | Kind::Sint64
+        | Kind::Sfixed64
+        | Kind::Uint64
+        | Kind::Fixed64 => {
+            let (lo, hi, format) = int_range(kind);
+            let lo = r.min.map_or(lo, |m| i128::from(m).max(lo));
+            let hi = r.max.map_or(hi, |m| i128::from(m).min(hi));
+            *schema = int_schema(lo, hi, format);
         }
         Kind::Message(m) if m.full_name() == "google.protobuf.Duration" => {
             if let Some(max) = r.max_seconds
@@ -211,6 +209,33 @@ fn json_name(proto: &str) -> String {
         }
     }
     out
+}
+
+/// An integer type's range and OpenAPI format.
+fn int_range(kind: &Kind) -> (i128, i128, &'static str) {
+    match kind {
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => (i32::MIN.into(), i32::MAX.into(), "int32"),
+        Kind::Uint32 | Kind::Fixed32 => (0, u32::MAX.into(), "uint32"),
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => (i64::MIN.into(), i64::MAX.into(), "int64"),
+        _ => (0, u64::MAX.into(), "uint64"),
+    }
+}
+
+/// An integer in `lo..=hi` written as a number or as a decimal string (what
+/// Rust's parsers take: an optional sign, leading zeros).
+fn int_schema(lo: i128, hi: i128, format: &str) -> Value {
+    assert!(lo <= 1 && hi >= 0, "integer ranges start at or below 1 and reach 0 or more");
+    let mut forms = vec![format!("[+]?0*({})", uint_range(lo.max(0) as u64, hi as u64))];
+    if lo < 0 {
+        forms.push(format!("-0*({})", uint_range(0, lo.unsigned_abs() as u64)));
+    }
+    json!({
+        "type": ["integer", "string"],
+        "format": format,
+        "minimum": lo,
+        "maximum": hi,
+        "pattern": format!("^({})$", forms.join("|")),
+    })
 }
 
 /// A regular expression (no anchors, no leading zeros) for the decimal
@@ -512,10 +537,22 @@ mod tests {
         let node = &doc["components"]["schemas"]["tether.v1.Node"]["properties"];
         assert_eq!(
             node["desiredStateVersion"]["type"],
-            json!(["string", "integer", "null"]),
+            json!(["integer", "string", "null"]),
             "uint64: a string in proto3 JSON, read from a number too"
         );
-        assert_eq!(node["desiredStateVersion"]["pattern"], "^[+]?[0-9]+$");
+        let re = regex::Regex::new(node["desiredStateVersion"]["pattern"].as_str().unwrap()).unwrap();
+        for (s, ok) in [("18446744073709551615", true), ("18446744073709551616", false), ("+007", true), ("-1", false)]
+        {
+            assert_eq!(re.is_match(s), ok, "{s}");
+        }
+        let spec = &doc["components"]["schemas"]["tether.v1.JobSpec"]["properties"];
+        let re = regex::Regex::new(spec["priority"]["pattern"].as_str().unwrap()).unwrap();
+        for (s, ok) in
+            [("-1000", true), ("-1001", false), ("1000", true), ("+1000", true), ("1001", false), ("-0", true)]
+        {
+            assert_eq!(re.is_match(s), ok, "priority {s}");
+            assert_eq!(s.parse::<i32>().is_ok_and(|n| (-1000..=1000).contains(&n)), ok, "Rust agrees on {s}");
+        }
         // Not required: proto3 JSON's null ("not set") is allowed.
         assert!(node["status"]["enum"].as_array().unwrap().contains(&Value::Null));
         assert_eq!(node["registeredAt"]["format"], "date-time");
