@@ -8,6 +8,7 @@
 mod error;
 mod ids;
 mod labels;
+mod lifecycle;
 mod node;
 mod tenancy;
 mod time;
@@ -16,6 +17,7 @@ mod work;
 pub use error::{Error, ErrorCode, Result};
 pub use ids::{AllocId, JobId, JoinTokenId, NodeId, OrgId, ProjectId, TokenId, WorkloadId};
 pub use labels::{LabelSelector, Labels, validate_labels};
+pub use lifecycle::{JobEvent, Shortfall};
 pub use node::{DesiredNodeState, Gpu, Node, NodeCapabilities, NodeStatus, NodeUsage};
 pub use tenancy::{JoinToken, Role};
 pub use time::{

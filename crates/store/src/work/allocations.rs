@@ -1,8 +1,8 @@
 //! Allocations: reads, placement, stops and losses.
 
-use tether_types::{AllocKind, AllocStatus, Allocation, Job, JobStatus, NodeId, UnixMillis};
+use tether_types::{AllocKind, Allocation, Job, NodeId, UnixMillis};
 
-use super::{ACTIVE, ALLOC_COLS, JOB_COLS, ON_LOST_NODES, alloc_from_row, job_from_row, retry_or};
+use super::{ACTIVE, ALLOC_COLS, JOB_COLS, ON_LOST_NODES, alloc_from_row, job_from_row};
 use crate::events::append_event;
 use crate::row::to_json;
 use crate::{Result, Store, StoreError, in_tx, on_read};
@@ -64,14 +64,9 @@ impl Store {
             for a in allocs {
                 if let Some(job_id) = &a.job_id {
                     let Some(mut job) = fetch_job!(tx, job_id.as_str()) else { continue };
-                    if job.status != JobStatus::Pending || job.attempt + 1 != a.attempt {
-                        continue;
-                    }
-                    job.status = JobStatus::Scheduled;
-                    job.attempt = a.attempt;
-                    job.node_id = Some(a.node_id.clone());
-                    job.updated_at = now;
-                    update_job!(tx, &job, "job.scheduled");
+                    // Cancelled or placed meanwhile: left alone.
+                    let Some(ev) = job.schedule(a.attempt, &a.node_id, now) else { continue };
+                    update_job!(tx, &job, ev.kind());
                 } else if let Some(w) = &a.workload_id {
                     let exists: Option<i64> = sqlx::query_scalar("SELECT spec_version FROM workloads WHERE id = $1")
                         .bind(w.as_str())
@@ -122,10 +117,9 @@ impl Store {
             let mut out = Vec::new();
             for k in keys {
                 let Some(mut a) = fetch_alloc!(tx, k) else { continue };
-                if !matches!(a.status, AllocStatus::Scheduled | AllocStatus::Running) {
+                if !a.stop() {
                     continue;
                 }
-                a.status = AllocStatus::Stopping;
                 a.error = reason.to_owned();
                 update_alloc!(tx, &a);
                 append_event!(tx, now, Some(a.project_id.as_str()), "allocation.stopping", &a.key, to_json(&a));

@@ -1,6 +1,6 @@
 //! Jobs: submission (with idempotency keys), reads, pending work, cancel.
 
-use tether_types::{AllocStatus, Allocation, Error, Job, JobId, JobStatus, NodeId, ProjectId, UnixMillis};
+use tether_types::{Allocation, Error, Job, JobId, JobStatus, NodeId, ProjectId, UnixMillis};
 
 use super::{ALLOC_COLS, JOB_COLS, alloc_from_row, job_from_row};
 use crate::events::append_event;
@@ -162,24 +162,20 @@ impl Store {
                 Some(j) if &j.project_id == project => j,
                 _ => return Err(Error::not_found(format!("job {id} not found")).into()),
             };
-            if job.status.is_terminal() {
-                return Err(Error::precondition(format!("job {id} already {}", job.status.as_str())).into());
-            }
-            job.status = JobStatus::Cancelled;
-            job.error = "cancelled by an operator".into();
-            job.updated_at = now;
+            let ev = job.cancel(now)?;
             let mut stopping = None;
             if job.attempt > 0 {
                 let key = tether_types::alloc_key(job.id.as_str(), job.attempt);
                 if let Some(mut a) = fetch_alloc!(tx, &key)
                     && a.status.is_active()
                 {
-                    a.status = AllocStatus::Stopping;
+                    // Already stopping (a drain): told again all the same.
+                    a.stop();
                     update_alloc!(tx, &a);
                     stopping = Some(a);
                 }
             }
-            update_job!(tx, &job, "job.cancelled");
+            update_job!(tx, &job, ev.kind());
             Ok((job, stopping))
         })
     }

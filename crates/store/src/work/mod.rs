@@ -2,9 +2,7 @@
 //! the row decoders and the statement macros they share, here; the methods in
 //! one file per concern.
 
-use tether_types::{
-    AllocKind, AllocStatus, Allocation, Job, JobId, JobStatus, NodeId, ProjectId, UnixMillis, WorkloadId,
-};
+use tether_types::{AllocKind, AllocStatus, Allocation, Job, JobId, JobStatus, NodeId, ProjectId, WorkloadId};
 
 pub use jobs::JobPage;
 pub use logs::LogChunk;
@@ -45,7 +43,16 @@ pub(crate) fn alloc_from_row(r: &impl Get) -> Result<Allocation> {
     Ok(Allocation {
         key: r.text("key")?,
         project_id: ProjectId::from_trusted(r.text("project_id")?),
-        kind: if r.text("kind")? == "job" { AllocKind::Job } else { AllocKind::Service },
+        kind: match r.text("kind")?.as_str() {
+            "job" => AllocKind::Job,
+            "service" => AllocKind::Service,
+            other => {
+                return Err(crate::StoreError::corrupt(
+                    "allocation kind",
+                    tether_types::Error::invalid(format!("unknown allocation kind {other:?}")),
+                ));
+            }
+        },
         job_id: r.opt_text("job_id")?.map(JobId::from_trusted),
         attempt: r.int("attempt")? as u32,
         workload_id: r.opt_text("workload_id")?.map(WorkloadId::from_trusted),
@@ -122,37 +129,13 @@ macro_rules! fetch_alloc {
     }};
 }
 
-/// The job's fate once its current attempt ended without success: another
-/// attempt while attempts remain, else `terminal`.
-fn retry_or(
-    job: &mut Job,
-    terminal: JobStatus,
-    error: String,
-    exit_code: Option<i32>,
-    now: UnixMillis,
-) -> &'static str {
-    job.error = error;
-    job.exit_code = exit_code;
-    job.updated_at = now;
-    if job.attempt < job.spec.max_attempts {
-        job.status = JobStatus::Pending;
-        job.node_id = None;
-        "job.retrying"
-    } else {
-        job.status = terminal;
-        if terminal == JobStatus::Lost { "job.lost" } else { "job.failed" }
-    }
-}
-
 /// The job still waiting for this allocation's result: its job, when the
 /// allocation is the job's current attempt and the job has not ended.
 macro_rules! waiting_job {
     ($tx:expr, $a:expr) => {{
         let a: &Allocation = $a;
         match &a.job_id {
-            Some(id) => {
-                fetch_job!($tx, id.as_str()).filter(|j: &Job| j.attempt == a.attempt && !j.status.is_terminal())
-            }
+            Some(id) => fetch_job!($tx, id.as_str()).filter(|j: &Job| j.waits_for(a)),
             None => None,
         }
     }};
@@ -165,17 +148,12 @@ macro_rules! lose_allocation {
         let mut a: Allocation = $a;
         // The job still waiting for this attempt's result, if any.
         let waiting = waiting_job!($tx, &a);
-        // Asked to stop and nobody waits for it (a cancelled job, a
-        // replica): it stopped. Otherwise its result is lost.
-        let was_stopping = a.status == AllocStatus::Stopping;
-        a.status = if was_stopping && waiting.is_none() { AllocStatus::Stopped } else { AllocStatus::Lost };
-        a.error = $reason.to_owned();
-        a.finished_at = Some($now);
+        a.lose($reason, waiting.is_some(), $now);
         update_alloc!($tx, &a);
         if a.job_id.is_some() {
             if let Some(mut job) = waiting {
-                let kind = retry_or(&mut job, JobStatus::Lost, $reason.to_owned(), None, $now);
-                update_job!($tx, &job, kind);
+                let ev = job.attempt_ended(tether_types::Shortfall::Lost, $reason.to_owned(), None, $now);
+                update_job!($tx, &job, ev.kind());
             }
         } else {
             append_event!($tx, $now, Some(a.project_id.as_str()), "allocation.lost", &a.key, to_json(&a));

@@ -1,8 +1,8 @@
 //! Agents' started and finished reports, applied in batches.
 
-use tether_types::{AllocStatus, Allocation, Job, JobStatus, NodeId, UnixMillis};
+use tether_types::{AllocStatus, Allocation, Job, NodeId, Shortfall, UnixMillis};
 
-use super::{ALLOC_COLS, JOB_COLS, alloc_from_row, job_from_row, retry_or};
+use super::{ALLOC_COLS, JOB_COLS, alloc_from_row, job_from_row};
 use crate::events::append_event;
 use crate::row::to_json;
 use crate::{Result, Store, StoreError, in_tx};
@@ -98,21 +98,16 @@ impl Store {
                             {
                                 break 'report None;
                             }
-                            if a.status == AllocStatus::Running && a.restarts == restarts {
+                            if !a.start(restarts, now) {
+                                // The same report again: nothing changes.
                                 break 'report Some(a);
                             }
-                            a.status = AllocStatus::Running;
-                            a.restarts = restarts;
-                            a.started_at = Some(now);
                             update_alloc!(tx, &a);
                             if let Some(job_id) = &a.job_id {
                                 if let Some(mut job) = fetch_job!(tx, job_id.as_str())
-                                    && job.status == JobStatus::Scheduled
-                                    && job.attempt == a.attempt
+                                    && let Some(ev) = job.start(a.attempt, now)
                                 {
-                                    job.status = JobStatus::Running;
-                                    job.updated_at = now;
-                                    update_job!(tx, &job, "job.running");
+                                    update_job!(tx, &job, ev.kind());
                                 }
                             } else {
                                 append_event!(
@@ -148,40 +143,23 @@ impl Store {
                             let ok = exit_code == 0 && error.is_empty();
                             // The job still waiting for this attempt's result, if any.
                             let waiting = waiting_job!(tx, &a);
-                            a.status = match (&stopped_because, ok) {
-                                // Stopped while nobody waits for it: a cancelled
-                                // job, a replica.
-                                (Some(_), _) if waiting.is_none() => AllocStatus::Stopped,
-                                (_, true) => AllocStatus::Succeeded,
-                                // Stopped by the control plane (a drain deadline,
-                                // a stopped node) before it had a result: lost,
-                                // and retried.
-                                (Some(_), false) => AllocStatus::Lost,
-                                (None, false) => AllocStatus::Failed,
-                            };
-                            a.exit_code = Some(exit_code);
-                            a.error = error.to_owned();
-                            a.finished_at = Some(now);
+                            a.finish(exit_code, error, waiting.is_some(), now);
                             update_alloc!(tx, &a);
                             let mut job_after = None;
                             if let Some(mut job) = waiting {
-                                let kind = if ok {
-                                    job.status = JobStatus::Succeeded;
-                                    job.exit_code = Some(exit_code);
-                                    job.error.clear();
-                                    job.updated_at = now;
-                                    "job.succeeded"
+                                let ev = if ok {
+                                    job.succeed(exit_code, now)
                                 } else if let Some(why) = stopped_because {
-                                    retry_or(&mut job, JobStatus::Lost, why, Some(exit_code), now)
+                                    job.attempt_ended(Shortfall::Lost, why, Some(exit_code), now)
                                 } else {
                                     let why = if error.is_empty() {
                                         format!("exited with code {exit_code}")
                                     } else {
                                         error.to_owned()
                                     };
-                                    retry_or(&mut job, JobStatus::Failed, why, Some(exit_code), now)
+                                    job.attempt_ended(Shortfall::Failed, why, Some(exit_code), now)
                                 };
-                                update_job!(tx, &job, kind);
+                                update_job!(tx, &job, ev.kind());
                                 job_after = Some(job);
                             } else if a.job_id.is_none() {
                                 append_event!(
