@@ -5,8 +5,8 @@ use tether_auth::{Claims, CredentialKind, Macaroon, RootKey};
 use tether_types::{Error, NodeId, OrgId, ProjectId, Role, TokenId};
 use tonic::Request;
 
-use crate::now_ms;
-use crate::services::status;
+use crate::clock::now_ms;
+use crate::status::status;
 
 /// The authenticated caller of an operator RPC.
 #[derive(Debug, Clone)]

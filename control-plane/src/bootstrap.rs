@@ -11,7 +11,7 @@ use tether_auth::{Caveat, CredentialKind, JoinSecret, Macaroon, RootKey, random_
 use tether_store::{Store, TokenRecord};
 use tether_types::{JoinToken, JoinTokenId, Labels, OrgId, ProjectId, Role, TokenId};
 
-use crate::now_ms;
+use crate::clock::now_ms;
 
 const ROOT_KEY: &str = "macaroon_root_key";
 /// The bootstrap join token is for getting started; create scoped ones for fleets.

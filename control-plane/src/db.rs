@@ -7,7 +7,7 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use tether_store::Store;
 
-use crate::Config;
+use crate::config::Config;
 
 pub async fn open(config: &Config) -> anyhow::Result<Store> {
     let store = match config.database_url.as_deref() {

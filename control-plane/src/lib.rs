@@ -4,24 +4,26 @@
 //! `main.rs` only parses configuration and signals; everything else starts
 //! from [`run`].
 
+mod app;
 mod auth;
 mod background;
 mod batch;
 mod bootstrap;
+mod clock;
 mod config;
 mod db;
-mod edge;
-mod http;
-mod hub;
+mod dispatch;
+mod fleet;
 mod notify;
-mod registry;
+mod server;
 mod services;
+mod status;
 mod stream;
-mod work;
+mod writers;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context;
 use tether_proto::agent_pb::agent_service_server::AgentServiceServer;
@@ -36,6 +38,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use app::{App, now_ms};
 pub use config::{Command, Config, parse_duration};
 
 /// `tether-control-plane admin-token`: mints an admin token offline from the
@@ -57,39 +60,8 @@ pub async fn admin_token(config: &Config, ttl: Option<Duration>, description: &s
     Ok(token)
 }
 
-/// Wall-clock now in Unix milliseconds.
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
-
-/// Everything the services share.
-pub(crate) struct App {
-    pub store: tether_store::Store,
-    pub auth: auth::Authenticator,
-    pub registry: Arc<registry::Registry>,
-    pub notify: notify::Notifier,
-    pub config: Config,
-    pub shutdown: CancellationToken,
-    pub tasks: TaskTracker,
-    pub admission: tokio::sync::Semaphore,
-    pub ready: AtomicBool,
-    pub hub: hub::JobsHub,
-    /// Wakes the work pass (scheduler and reconcilers).
-    pub work_wake: Arc<tokio::sync::Notify>,
-    /// Job submissions, written by group commit.
-    pub submits: services::jobs::Submits,
-    /// Agents' started/finished reports, written by group commit.
-    pub reports: work::Reports,
-    /// Every node row, read again only when it may have changed.
-    pub nodes: work::NodeCache,
-    /// Where the scheduler's candidate scan resumes in the next pass.
-    pub placement_cursor: std::sync::atomic::AtomicUsize,
-    /// Wakes log followers when output arrives or a job ends.
-    pub logs: tokio::sync::Notify,
-}
-
 /// Every background task, with how it is run.
-fn register_tasks(driver: &background::Driver, app: &Arc<App>, registry: &Arc<registry::Registry>) {
+fn register_tasks(driver: &background::Driver, app: &Arc<App>, registry: &Arc<fleet::registry::Registry>) {
     use background::{Spec, *};
     let config = &app.config;
     driver.register(
@@ -126,7 +98,7 @@ fn register_tasks(driver: &background::Driver, app: &Arc<App>, registry: &Arc<re
         Spec {
             name: "placement",
             description: "the work pass: lost work, evictions and drains, the workload reconciler, job placement",
-            period: work::PASS_PERIOD,
+            period: dispatch::PASS_PERIOD,
             wake: Some(app.work_wake.clone()),
             leader_only: true,
         },
@@ -136,7 +108,7 @@ fn register_tasks(driver: &background::Driver, app: &Arc<App>, registry: &Arc<re
         Spec {
             name: "node_snapshot_refresh",
             description: "reads every node row again, for changes made elsewhere",
-            period: work::NODES_MAX_AGE,
+            period: fleet::snapshot::NODES_MAX_AGE,
             wake: None,
             leader_only: false,
         },
@@ -165,7 +137,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         // It holds the database, the admin token and the join token.
         std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700))?;
     }
-    let prometheus = http::install_metrics()?;
+    let prometheus = server::http::install_metrics()?;
     let store = db::open(&config).await?;
     tracing::info!(backend = store.backend_name(), "database ready");
 
@@ -173,10 +145,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let notify = notify::Notifier::new(store.events_head().await?);
     let replica = config.replica();
     let tasks = TaskTracker::new();
-    let registry = Arc::new(registry::Registry::new(
+    let registry = Arc::new(fleet::registry::Registry::new(
         store.clone(),
         notify.clone(),
-        registry::Liveness { grace: config.heartbeat_grace, down_after: config.down_after },
+        fleet::registry::Liveness { grace: config.heartbeat_grace, down_after: config.down_after },
         replica.clone(),
         shutdown.child_token(),
         &tasks,
@@ -193,12 +165,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         shutdown: shutdown.clone(),
         tasks: tasks.clone(),
         ready: AtomicBool::new(true),
-        hub: hub::JobsHub::default(),
+        hub: fleet::hub::JobsHub::default(),
         work_wake: Arc::new(tokio::sync::Notify::new()),
         placement_cursor: Default::default(),
         nodes: Default::default(),
-        reports: work::report_batcher(store.clone(), &tasks, shutdown.clone()),
-        submits: services::jobs::submit_batcher(store.clone(), &tasks, shutdown.clone()),
+        reports: writers::report_batcher(store.clone(), &tasks, shutdown.clone()),
+        submits: writers::submit_batcher(store.clone(), &tasks, shutdown.clone()),
         logs: tokio::sync::Notify::new(),
     });
 
@@ -277,7 +249,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let openapi = Arc::new(tether_rest::openapi(&bridge, env!("CARGO_PKG_VERSION")));
     let rest = tether_rest::router(
         bridge,
-        tower::Layer::layer(&edge::EdgeLayer::new(), routes.clone()),
+        tower::Layer::layer(&server::edge::EdgeLayer::new(), routes.clone()),
         config.http_body_timeout,
     );
 
@@ -286,13 +258,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .layer(edge::EdgeLayer::new())
+        .layer(server::edge::EdgeLayer::new())
         .add_routes(routes)
         .serve_with_incoming_shutdown(
             TcpListenerStream::new(grpc_listener),
             async move { grpc_shutdown.cancelled().await },
         );
-    let http = http::serve(http_listener, app.clone(), prometheus, rest, openapi, shutdown.clone());
+    let http = server::http::serve(http_listener, app.clone(), prometheus, rest, openapi, shutdown.clone());
 
     tracing::info!(%grpc_addr, %http_addr, replica, "tether control plane is serving");
     if boot.created {

@@ -175,7 +175,7 @@ impl Runner {
                 let started = Instant::now();
                 self.update(|s| {
                     s.running = true;
-                    s.last_started_at = crate::now_ms();
+                    s.last_started_at = crate::clock::now_ms();
                 });
                 let activation = tokio::select! {
                     biased;

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use tether_store::{DbHealth, Store};
 
 use super::{Activation, ActivationFuture, BackgroundTask};
-use crate::App;
-use crate::registry::Registry;
+use crate::app::App;
+use crate::fleet::registry::Registry;
 
 fn failed(e: tether_store::StoreError) -> Activation {
     Activation::Failed(Box::new(e))
@@ -57,17 +57,17 @@ impl BackgroundTask for LeaseFlush {
 }
 
 /// The work pass: lost work, evictions and drains, the workload reconciler
-/// and placement (`crate::work`).
+/// and placement (`crate::dispatch`).
 pub struct Placement {
     pub app: Arc<App>,
-    pub state: crate::work::PassState,
+    pub state: crate::dispatch::PassState,
 }
 
 impl BackgroundTask for Placement {
     fn activate(&mut self) -> ActivationFuture<'_> {
         Box::pin(async move {
             let started = std::time::Instant::now();
-            let out = crate::work::pass(&self.app, &mut self.state).await;
+            let out = crate::dispatch::pass(&self.app, &mut self.state).await;
             metrics::histogram!("tether_work_pass_seconds").record(started.elapsed().as_secs_f64());
             match out {
                 Ok(summary) if summary.skipped > 0 => {

@@ -6,7 +6,7 @@ use tether_proto::pb;
 use tether_types::{Role, duration_to_pb, millis_to_timestamp};
 use tonic::{Request, Response, Status};
 
-use crate::App;
+use crate::app::App;
 use crate::background::{Statuses, TaskStatus};
 
 pub struct AdminApi {

@@ -11,8 +11,8 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use super::{status, store_status};
-use crate::registry::{CloseReason, Session};
-use crate::{App, now_ms};
+use crate::app::{App, now_ms};
+use crate::fleet::registry::{CloseReason, Session};
 
 /// How long a new stream may take to send its first message.
 const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -224,7 +224,7 @@ impl agent_pb::agent_service_server::AgentService for AgentApi {
         let Some(attached) = self.app.registry.jobs_attach(&node) else {
             return Err(Status::unavailable("this node has no heartbeat session here; open Heartbeat first"));
         };
-        let (tx, rx) = crate::stream::channel(crate::hub::STREAM_BUFFER);
+        let (tx, rx) = crate::stream::channel(crate::fleet::hub::STREAM_BUFFER);
         let cancel = attached.cancel.clone();
         // Register before reading what the node should hold, so that nothing
         // placed in between is missed (a duplicate send is harmless).
@@ -233,8 +233,8 @@ impl agent_pb::agent_service_server::AgentService for AgentApi {
         let span = tracing::info_span!("jobs", node_id = %node);
         self.app.tasks.spawn(
             async move {
-                let synced = crate::work::retry_transient(&cancel, "resync after connect", || {
-                    Box::pin(crate::work::resync(&app, &node, &report))
+                let synced = crate::dispatch::retry_transient(&cancel, "resync after connect", || {
+                    Box::pin(crate::dispatch::resync(&app, &node, &report))
                 })
                 .await;
                 match synced {
@@ -274,7 +274,7 @@ async fn heartbeat_session(
     app: Arc<App>,
     session: Session,
     mut inbound: Streaming<agent_pb::HeartbeatRequest>,
-    tx: crate::registry::HeartbeatTx,
+    tx: crate::fleet::registry::HeartbeatTx,
 ) {
     loop {
         tokio::select! {
@@ -295,19 +295,19 @@ async fn heartbeat_session(
                             running_allocations: b.running_allocations,
                         };
                         match Box::pin(app.registry.beat(&session, usage)).await {
-                            crate::registry::Beat::Counted => {
+                            crate::fleet::registry::Beat::Counted => {
                                 // Best effort: a full queue means the agent is not
                                 // reading; a later ack covers this beat too.
                                 let _ = tx.try_send(Ok(agent_pb::HeartbeatResponse {
                                     msg: Some(heartbeat_response::Msg::BeatAck(agent_pb::BeatAck { seq: b.seq })),
                                 }));
                             }
-                            crate::registry::Beat::Stale => {
+                            crate::fleet::registry::Beat::Stale => {
                                 let _ = tx.send(Err(Status::aborted("superseded by a newer session of this node"))).await;
                                 break;
                             }
                             // The session was closed: the cancel branch answers.
-                            crate::registry::Beat::Resync => {}
+                            crate::fleet::registry::Beat::Resync => {}
                         }
                     }
                     heartbeat_request::Msg::Ack(ack) => {
@@ -360,7 +360,7 @@ async fn jobs_session(
     node: &NodeId,
     cancel: tokio_util::sync::CancellationToken,
     mut inbound: Streaming<agent_pb::JobsRequest>,
-    tx: &crate::hub::JobsTx,
+    tx: &crate::fleet::hub::JobsTx,
 ) {
     loop {
         tokio::select! {
@@ -375,8 +375,8 @@ async fn jobs_session(
                     // retried here, holding the stream, until it succeeds: an
                     // agent's report is never dropped and never acknowledged
                     // (released) before it is durable.
-                    let handled = crate::work::retry_transient(&cancel, "handling a job update", || {
-                        Box::pin(crate::work::on_agent_message(app, node, &m))
+                    let handled = crate::dispatch::retry_transient(&cancel, "handling a job update", || {
+                        Box::pin(crate::dispatch::on_agent_message(app, node, &m))
                     })
                     .await;
                     match handled {

@@ -12,7 +12,7 @@ use tether_types::{
 use tonic::{Request, Response, Status};
 
 use super::{status, store_status};
-use crate::{App, now_ms};
+use crate::app::{App, now_ms};
 
 use crate::stream::BoxStream;
 
@@ -70,28 +70,6 @@ pub fn job_to_pb(job: &Job, attempts: &[tether_types::Allocation]) -> pb::Job {
             })
             .collect(),
     }
-}
-
-/// Submissions, written by group commit.
-pub type Submits = crate::batch::Batcher<(Job, Option<String>), Result<(Job, bool), Error>>;
-
-/// Most submissions written in one transaction.
-const SUBMIT_BATCH: usize = 256;
-
-/// The group-commit writer of submissions: those that arrive together are
-/// stored in one transaction, each answered on its own.
-pub fn submit_batcher(
-    store: tether_store::Store,
-    tasks: &tokio_util::task::TaskTracker,
-    shutdown: tokio_util::sync::CancellationToken,
-) -> Submits {
-    crate::batch::Batcher::spawn(SUBMIT_BATCH, tasks, shutdown, move |items: Vec<(Job, Option<String>)>| {
-        let store = store.clone();
-        async move {
-            let jobs: Vec<(&Job, Option<&str>)> = items.iter().map(|(j, k)| (j, k.as_deref())).collect();
-            crate::batch::answers(items.len(), "storing submitted jobs", store.jobs_submit(&jobs).await)
-        }
-    })
 }
 
 /// Refuses a spec no registered node of the project could ever satisfy, with
@@ -228,7 +206,7 @@ impl pb::job_service_server::JobService for JobApi {
         let id = JobId::parse(&req.get_ref().job_id).map_err(status)?;
         let (job, stopping) = self.app.store.job_cancel(who.project(), &id, now_ms()).await.map_err(store_status)?;
         if let Some(a) = &stopping {
-            self.app.hub.send(&a.node_id, crate::work::cancel_msg(a, "cancelled by an operator"));
+            self.app.hub.send(&a.node_id, crate::dispatch::cancel_msg(a, "cancelled by an operator"));
         }
         self.app.work_wake.notify_one();
         tracing::info!(job_id = %id, "job cancelled");

@@ -14,19 +14,7 @@ use std::time::Duration;
 
 use tether_types::{Error, ErrorCode};
 
-/// The one conversion from a domain error to a gRPC status.
-pub fn status(e: Error) -> tonic::Status {
-    let mut st = tonic::Status::new(tonic::Code::from_i32(e.code.grpc_code()), e.message);
-    st.metadata_mut().insert(ErrorCode::METADATA_KEY, tonic::metadata::MetadataValue::from_static(e.code.as_str()));
-    st
-}
-
-pub fn store_status(e: tether_store::StoreError) -> tonic::Status {
-    if !matches!(e, tether_store::StoreError::Domain(_)) {
-        tracing::error!(error = &e as &dyn std::error::Error, "store operation failed");
-    }
-    status(e.into())
-}
+pub use crate::status::{status, store_status};
 
 /// Validates an optional TTL: defaults to `default`, at most a year, positive.
 pub fn ttl(d: Option<prost_types::Duration>, default: Duration) -> Result<Duration, tonic::Status> {

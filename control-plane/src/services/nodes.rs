@@ -9,7 +9,7 @@ use tether_types::{DesiredNodeState, Error, LabelSelector, Node, NodeId, NodeSta
 use tonic::{Request, Response, Status};
 
 use super::{status, store_status};
-use crate::{App, now_ms};
+use crate::app::{App, now_ms};
 
 use crate::stream::BoxStream;
 
@@ -226,7 +226,7 @@ impl pb::node_service_server::NodeService for NodeApi {
             .map_err(store_status)?;
         self.app.notify.committed(seq);
         if state == DesiredNodeState::Stopped {
-            crate::work::stop_node_work(&self.app, &id).await.map_err(store_status)?;
+            crate::dispatch::stop_node_work(&self.app, &id).await.map_err(store_status)?;
         }
         self.app.registry.push(
             &id,

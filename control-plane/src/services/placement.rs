@@ -8,7 +8,7 @@ use tether_types::{Constraints, Error, ProjectId, Resources, Role};
 use tonic::{Request, Response, Status};
 
 use super::{status, store_status};
-use crate::{App, now_ms};
+use crate::app::{App, now_ms};
 
 pub struct PlacementApi {
     app: Arc<App>,
@@ -25,7 +25,7 @@ pub async fn views(app: &App, project: &ProjectId) -> Result<Vec<NodeView>, Stat
     let snap = app.nodes.get(&app.store).await.map_err(store_status)?;
     let nodes: Vec<_> = snap.nodes.iter().filter(|n| &n.project_id == project).cloned().collect();
     let active = app.store.allocations_active().await.map_err(store_status)?;
-    Ok(crate::work::node_views(&nodes, &active, now_ms()))
+    Ok(crate::fleet::snapshot::node_views(&nodes, &active, now_ms()))
 }
 
 fn objective(v: i32) -> Result<Objective, Status> {

@@ -12,7 +12,7 @@ use tether_types::{
 use tonic::{Request, Response, Status};
 
 use super::{status, store_status, ttl};
-use crate::{App, now_ms};
+use crate::app::{App, now_ms};
 
 const DEFAULT_TTL: Duration = Duration::from_secs(86400);
 

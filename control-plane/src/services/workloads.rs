@@ -10,7 +10,7 @@ use tether_types::{
 use tonic::{Request, Response, Status};
 
 use super::{status, store_status};
-use crate::{App, now_ms};
+use crate::app::{App, now_ms};
 
 /// Replicas per workload, at most.
 const MAX_REPLICAS: u32 = 10_000;
@@ -161,7 +161,7 @@ impl pb::workload_service_server::WorkloadService for WorkloadApi {
         let id = workload_id(&req.get_ref().workload_id)?;
         let (w, stopping) = self.app.store.workload_delete(who.project(), &id, now_ms()).await.map_err(store_status)?;
         for a in &stopping {
-            self.app.hub.send(&a.node_id, crate::work::cancel_msg(a, "workload deleted"));
+            self.app.hub.send(&a.node_id, crate::dispatch::cancel_msg(a, "workload deleted"));
         }
         let mut out = self.to_pb(&w).await?;
         out.replicas = 0;

@@ -6,7 +6,6 @@
 //! It is woken by changes (submits, finishes, node changes) and by a timer.
 
 mod messages;
-mod nodes;
 mod reconcile;
 mod stream;
 
@@ -20,14 +19,13 @@ use tether_types::{
     AllocId, AllocKind, AllocStatus, Allocation, DesiredNodeState, ExecSpec, NodeId, RestartPolicy, alloc_key,
 };
 
+use crate::fleet::snapshot::{NodeSnapshot, apply_usage};
 use messages::assign_msg;
 pub use messages::cancel_msg;
-use nodes::apply_usage;
-pub use nodes::{NODES_MAX_AGE, NodeCache, NodeSnapshot, node_views};
 use reconcile::reconcile;
-pub use stream::{Reports, on_agent_message, report_batcher, resync, retry_transient};
+pub use stream::{on_agent_message, resync, retry_transient};
 
-use crate::{App, now_ms};
+use crate::app::{App, now_ms};
 
 /// A pass runs at least this often, to catch deadlines and other replicas' work.
 pub const PASS_PERIOD: Duration = Duration::from_millis(500);
@@ -73,7 +71,13 @@ impl PassState {
     ///
     /// A node takes new work only while its Jobs stream is open here: work
     /// placed on a node that cannot hear of it would wait for a reconnect.
-    fn prepare_views(&mut self, snap: &Arc<NodeSnapshot>, active: &[Allocation], now: i64, hub: &crate::hub::JobsHub) {
+    fn prepare_views(
+        &mut self,
+        snap: &Arc<NodeSnapshot>,
+        active: &[Allocation],
+        now: i64,
+        hub: &crate::fleet::hub::JobsHub,
+    ) {
         if !self.views_of.as_ref().is_some_and(|s| Arc::ptr_eq(s, snap)) {
             self.views = snap.base_views.clone();
             self.views_of = Some(snap.clone());

@@ -102,7 +102,7 @@ fn same_but_leases(old: &[Node], new: &[Node]) -> bool {
 }
 
 /// A node as the scheduler sees it, with nothing allocated.
-pub(super) fn base_view(n: &Node) -> NodeView {
+pub(crate) fn base_view(n: &Node) -> NodeView {
     let ready = n.status == NodeStatus::Ready;
     NodeView {
         id: n.id.clone(),
@@ -126,7 +126,7 @@ pub(super) fn base_view(n: &Node) -> NodeView {
 
 /// Sets what is allocated on each node (and per group) from the active
 /// allocations, and the reliability as of `now`. `views[i]` is `nodes[i]`.
-pub(super) fn apply_usage(
+pub(crate) fn apply_usage(
     views: &mut [NodeView],
     nodes: &[Node],
     index: &HashMap<NodeId, usize>,
@@ -159,11 +159,32 @@ pub fn node_views(nodes: &[Node], active: &[Allocation], now: i64) -> Vec<NodeVi
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-    use tether_types::DesiredNodeState;
+    use tether_types::{DesiredNodeState, JoinTokenId, ProjectId};
 
-    use crate::work::reconcile::tests::node;
+    /// A ready node for tests, `i` making its id.
+    pub(crate) fn node(i: u8, desired: DesiredNodeState) -> Node {
+        Node {
+            id: NodeId::from_random([i; 10]),
+            project_id: ProjectId::from_random([1; 10]),
+            status: NodeStatus::Ready,
+            desired_state: desired,
+            desired_state_version: 1,
+            capabilities: Default::default(),
+            labels: Default::default(),
+            pool: String::new(),
+            registered_at: 0,
+            status_changed_at: 0,
+            last_seen_at: 0,
+            session_generation: 0,
+            join_token_id: Some(JoinTokenId::from_random([0; 10])),
+            desired_state_reason: String::new(),
+            acked_desired_state_version: 0,
+            desired_state_nack: String::new(),
+            drain_deadline: None,
+        }
+    }
 
     #[test]
     fn leases_alone_do_not_change_the_snapshot() {

@@ -11,7 +11,8 @@ use tether_types::{AllocStatus, Allocation, NodeId, alloc_key};
 use tokio_util::sync::CancellationToken;
 
 use super::messages::{assignment, cancel_msg, placeholder, release_msg};
-use crate::{App, now_ms};
+use crate::app::{App, now_ms};
+use crate::writers::ReportItem;
 
 /// Brings a node and the control plane in line after the node (re)connects:
 /// results it holds are recorded and released, work it runs that is no
@@ -56,47 +57,6 @@ pub async fn resync(app: &App, node: &NodeId, report: &agent_pb::AllocationRepor
     }
     app.work_wake.notify_one();
     Ok(())
-}
-
-/// An agent's started or finished report, queued for group commit.
-pub enum ReportItem {
-    Started { key: String, node: NodeId, restarts: u32 },
-    Finished { key: String, node: NodeId, exit_code: i32, error: String, lost: bool },
-}
-
-pub type Reports = crate::batch::Batcher<ReportItem, Result<tether_store::ReportOutcome, tether_types::Error>>;
-
-/// Most agent reports written in one transaction.
-const REPORT_BATCH: usize = 512;
-
-/// The group-commit writer of agents' started and finished reports: what
-/// arrives together (from any agents) is written in one transaction.
-pub fn report_batcher(
-    store: tether_store::Store,
-    tasks: &tokio_util::task::TaskTracker,
-    shutdown: CancellationToken,
-) -> Reports {
-    crate::batch::Batcher::spawn(REPORT_BATCH, tasks, shutdown, move |items: Vec<ReportItem>| {
-        let store = store.clone();
-        async move {
-            let reports: Vec<tether_store::AgentReport<'_>> = items
-                .iter()
-                .map(|i| match i {
-                    ReportItem::Started { key, node, restarts } => {
-                        tether_store::AgentReport::Started { key, node, restarts: *restarts }
-                    }
-                    ReportItem::Finished { key, node, exit_code, error, lost } => {
-                        tether_store::AgentReport::Finished { key, node, exit_code: *exit_code, error, lost: *lost }
-                    }
-                })
-                .collect();
-            crate::batch::answers(
-                items.len(),
-                "writing agent reports",
-                store.allocation_reports(&reports, now_ms()).await,
-            )
-        }
-    })
 }
 
 async fn report(app: &App, item: ReportItem) -> Result<tether_store::ReportOutcome, StoreError> {

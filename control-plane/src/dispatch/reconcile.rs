@@ -67,34 +67,13 @@ pub(super) fn reconcile<'n>(w: &Workload, allocs: &[&Allocation], node: impl Fn(
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+mod tests {
     use std::collections::HashMap;
 
     use super::*;
+    use crate::fleet::snapshot::tests::node;
     use tether_types::{AllocKind, ExecSpec, RestartPolicy};
-    use tether_types::{Constraints, JoinTokenId, ProjectId, Resources, WorkloadId, WorkloadSpec};
-
-    pub(crate) fn node(i: u8, desired: DesiredNodeState) -> Node {
-        Node {
-            id: NodeId::from_random([i; 10]),
-            project_id: ProjectId::from_random([1; 10]),
-            status: NodeStatus::Ready,
-            desired_state: desired,
-            desired_state_version: 1,
-            capabilities: Default::default(),
-            labels: Default::default(),
-            pool: String::new(),
-            registered_at: 0,
-            status_changed_at: 0,
-            last_seen_at: 0,
-            session_generation: 0,
-            join_token_id: Some(JoinTokenId::from_random([0; 10])),
-            desired_state_reason: String::new(),
-            acked_desired_state_version: 0,
-            desired_state_nack: String::new(),
-            drain_deadline: None,
-        }
-    }
+    use tether_types::{Constraints, ProjectId, Resources, WorkloadId, WorkloadSpec};
 
     fn workload(replicas: u32, version: u64) -> Workload {
         Workload {

@@ -12,7 +12,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::App;
+use crate::app::App;
 
 /// Installs the process-wide Prometheus recorder.
 pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {

@@ -4,7 +4,7 @@ use tether_proto::agent_pb::{self, jobs_response};
 use tether_types::{AllocKind, AllocStatus, Allocation, ExecSpec, NodeId, RestartPolicy};
 
 use super::MAX_LOG_BYTES;
-use crate::App;
+use crate::app::App;
 use tether_store::StoreError;
 
 pub(super) fn assign_msg(a: &Allocation, exec: &ExecSpec, restart: Option<RestartPolicy>) -> agent_pb::JobsResponse {

@@ -1,0 +1,7 @@
+//! The fleet as this replica holds it: the live registry of nodes and their
+//! sessions, the agents' Jobs streams, and the shared snapshot of every node
+//! row with the scheduler's views of it.
+
+pub mod hub;
+pub mod registry;
+pub mod snapshot;

@@ -1,0 +1,5 @@
+//! The ports: the tower layer every gRPC request passes first, and the HTTP
+//! endpoints (with the REST bridge).
+
+pub mod edge;
+pub mod http;
