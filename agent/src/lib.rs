@@ -46,11 +46,11 @@ pub struct Config {
     pub hostname: Option<String>,
 
     /// First reconnect delay ceiling; it doubles per failure up to --backoff-max.
-    #[arg(long, env = "TETHER_BACKOFF_BASE", default_value = "200ms", value_parser = parse_duration)]
+    #[arg(long, env = "TETHER_BACKOFF_BASE", default_value = "200ms", value_parser = humantime::parse_duration)]
     pub backoff_base: Duration,
 
     /// Largest reconnect delay.
-    #[arg(long, env = "TETHER_BACKOFF_MAX", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "TETHER_BACKOFF_MAX", default_value = "30s", value_parser = humantime::parse_duration)]
     pub backoff_max: Duration,
 }
 
@@ -58,8 +58,6 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
     let (k, v) = s.split_once('=').ok_or_else(|| format!("label {s:?} must be key=value"))?;
     Ok((k.trim().to_owned(), v.trim().to_owned()))
 }
-
-use tether_types::parse_duration;
 
 /// Runs the agent until `shutdown` (then signs off) or a fatal error.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AgentError> {

@@ -36,24 +36,24 @@ pub struct Config {
     pub database_url: Option<String>,
 
     /// How often agents beat; the control plane tells them.
-    #[arg(long, env = "TETHER_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "TETHER_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub heartbeat_interval: Duration,
 
     /// Random extra delay agents add to each interval, spreading beats out.
     /// Defaults to a fifth of the interval.
-    #[arg(long, env = "TETHER_HEARTBEAT_JITTER", value_parser = parse_duration)]
+    #[arg(long, env = "TETHER_HEARTBEAT_JITTER", value_parser = humantime::parse_duration)]
     pub heartbeat_jitter: Option<Duration>,
 
     /// Silence after which a node becomes `unreachable`.
-    #[arg(long, env = "TETHER_HEARTBEAT_GRACE", default_value = "15s", value_parser = parse_duration)]
+    #[arg(long, env = "TETHER_HEARTBEAT_GRACE", default_value = "15s", value_parser = humantime::parse_duration)]
     pub heartbeat_grace: Duration,
 
     /// Silence after which a node becomes `down` (its work is lost).
-    #[arg(long, env = "TETHER_DOWN_AFTER", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = "TETHER_DOWN_AFTER", default_value = "60s", value_parser = humantime::parse_duration)]
     pub down_after: Duration,
 
     /// How often coarse leases (last seen) are written to the database.
-    #[arg(long, env = "TETHER_LEASE_FLUSH_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "TETHER_LEASE_FLUSH_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub lease_flush_interval: Duration,
 
     /// Largest gRPC message accepted, in bytes.
@@ -62,11 +62,11 @@ pub struct Config {
 
     /// HTTP port: a request's headers must arrive within this long, and an
     /// idle keep-alive connection is closed after it.
-    #[arg(long, env = "TETHER_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "TETHER_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub http_header_timeout: Duration,
 
     /// HTTP port: a request body must arrive within this long (408 if not).
-    #[arg(long, env = "TETHER_HTTP_BODY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "TETHER_HTTP_BODY_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub http_body_timeout: Duration,
 
     /// HTTP port: open connections at most; more wait in the kernel's backlog.
@@ -95,7 +95,7 @@ pub enum Command {
     /// running control plane; a running one accepts the token at once.
     AdminToken {
         /// How long the token is valid; without it, it does not expire.
-        #[arg(long, value_parser = parse_duration)]
+        #[arg(long, value_parser = humantime::parse_duration)]
         ttl: Option<Duration>,
         /// Shown in ListTokens.
         #[arg(long, default_value = "recovery admin token (minted offline)")]
@@ -140,7 +140,7 @@ impl Config {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let f: FileConfig = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         let unset = |id: &str| matches!(m.value_source(id), None | Some(ValueSource::DefaultValue));
-        let dur = |s: &str| parse_duration(s).map_err(anyhow::Error::msg);
+        let dur = |s: &str| humantime::parse_duration(s).map_err(anyhow::Error::from);
         macro_rules! take {
             ($field:ident) => {
                 if let (true, Some(v)) = (unset(stringify!($field)), f.$field) {
@@ -214,8 +214,6 @@ impl Config {
         cfg
     }
 }
-
-pub use tether_types::parse_duration;
 
 #[cfg(test)]
 mod tests {

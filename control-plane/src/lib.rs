@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use app::{App, now_ms};
-pub use config::{Command, Config, parse_duration};
+pub use config::{Command, Config};
 
 /// `tether-control-plane admin-token`: mints an admin token offline from the
 /// root key in the configured database (see [`Command::AdminToken`]).

@@ -9,7 +9,6 @@ use tether_proto::pb;
 use crate::Clients;
 use crate::output::Out;
 use crate::spec::{Exec, Placement, parse_kv};
-use tether_types::parse_duration;
 
 #[derive(Subcommand)]
 pub(crate) enum JobsCmd {
@@ -22,7 +21,7 @@ pub(crate) enum JobsCmd {
         attempts: u32,
         #[arg(long, default_value_t = 0)]
         priority: i32,
-        #[arg(long, value_parser = parse_duration)]
+        #[arg(long, value_parser = humantime::parse_duration)]
         timeout: Option<Duration>,
         /// Job labels, KEY=VALUE.
         #[arg(long = "label", value_parser = parse_kv)]

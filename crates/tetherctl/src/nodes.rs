@@ -8,7 +8,6 @@ use tether_proto::pb;
 use crate::Clients;
 use crate::output::Out;
 use tether_types::duration_to_pb;
-use tether_types::parse_duration;
 
 #[derive(Subcommand)]
 pub(crate) enum NodesCmd {
@@ -44,7 +43,7 @@ pub(crate) enum NodesCmd {
         #[arg(long, default_value = "")]
         reason: String,
         /// e.g. 10m, 1h.
-        #[arg(long, value_parser = parse_duration)]
+        #[arg(long, value_parser = humantime::parse_duration)]
         deadline: Option<Duration>,
     },
     /// Stop all work on the node now.

@@ -9,7 +9,6 @@ use crate::Clients;
 use crate::output::Out;
 use crate::spec::parse_kv;
 use tether_types::duration_to_pb;
-use tether_types::parse_duration;
 
 #[derive(Subcommand)]
 pub(crate) enum TokensCmd {
@@ -17,7 +16,7 @@ pub(crate) enum TokensCmd {
     Create {
         #[arg(long, value_enum)]
         role: RoleArg,
-        #[arg(long, value_parser = parse_duration)]
+        #[arg(long, value_parser = humantime::parse_duration)]
         ttl: Option<Duration>,
         #[arg(long, default_value = "")]
         description: String,
@@ -39,7 +38,7 @@ pub(crate) enum RoleArg {
 #[derive(Subcommand)]
 pub(crate) enum JoinTokensCmd {
     Create {
-        #[arg(long, value_parser = parse_duration)]
+        #[arg(long, value_parser = humantime::parse_duration)]
         ttl: Option<Duration>,
         /// 0 means unlimited.
         #[arg(long, default_value_t = 0)]

@@ -20,9 +20,7 @@ pub use labels::{LabelSelector, Labels, validate_labels};
 pub use lifecycle::{JobEvent, Shortfall};
 pub use node::{DesiredNodeState, Gpu, Node, NodeCapabilities, NodeStatus, NodeUsage};
 pub use tenancy::{JoinToken, Role};
-pub use time::{
-    UnixMillis, duration_from_pb, duration_to_pb, millis_to_timestamp, parse_duration, timestamp_to_millis,
-};
+pub use time::{UnixMillis, duration_from_pb, duration_to_pb, millis_to_timestamp, timestamp_to_millis};
 pub use work::{
     AllocKind, AllocStatus, Allocation, Constraints, ExecSpec, Job, JobSpec, JobStatus, MAX_ATTEMPTS, Resources,
     RestartPolicy, Workload, WorkloadSpec, alloc_key, chars, validate_job_labels, validate_name, validate_text,
