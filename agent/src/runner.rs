@@ -4,13 +4,14 @@
 
 #![allow(unsafe_code)] // prctl, killpg: no safe std equivalents.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tether_proto::agent_pb::{self, jobs_request};
+use tether_types::{AllocKind, Assignment, ExecSpec, RestartPolicy, WireKey};
 use tokio::io::AsyncReadExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -181,8 +182,8 @@ impl Runner {
 
     /// Handles an assignment. Runs it unless this (job, attempt) was seen
     /// before, in which case its known state is re-sent.
-    pub fn assign(&self, a: agent_pb::AssignJob) {
-        let key = (a.job_id.clone(), a.attempt);
+    pub fn assign(&self, a: Assignment) {
+        let key = a.key.clone();
         let mut st = self.lock();
         match st.slots.get(&key) {
             Some(Slot::Running { restarts, .. }) => {
@@ -221,24 +222,25 @@ impl Runner {
             }
             None => {}
         }
-        let Some(exec) = a.exec.clone() else {
-            let e = "assignment without an exec spec".to_string();
-            drop(st);
-            self.finish(&key, Outcome { code: -1, error: e, lost: false });
-            return;
-        };
         if let Err(e) = st.journal.record(&Entry::Start { job: key.0.clone(), attempt: key.1 }) {
             tracing::error!(error = &e as &dyn std::error::Error, "journal write failed; refusing the assignment");
             return;
         }
         let cancel = CancellationToken::new();
         let stop = Arc::new(Mutex::new(None));
-        let job = a.kind != agent_pb::AllocationKind::Service as i32;
+        let job = a.kind == AllocKind::Job;
         st.slots.insert(key.clone(), Slot::Running { cancel: cancel.clone(), stop: stop.clone(), restarts: 0, job });
         drop(st);
-        tracing::info!(job_id = key.0, attempt = key.1, command = exec.command, "starting");
+        tracing::info!(job_id = key.0, attempt = key.1, command = a.exec.command, "starting");
         let runner = self.clone();
-        tokio::spawn(async move { runner.run(key, a, exec, cancel, stop).await });
+        tokio::spawn(async move { runner.run(key, a, cancel, stop).await });
+    }
+
+    /// An assignment that could not be taken (its spec does not validate):
+    /// reported failed at once, so that it does not hang.
+    pub fn refuse(&self, key: WireKey, why: String) {
+        tracing::error!(job_id = key.0, attempt = key.1, error = why, "refusing an assignment");
+        self.finish(&key, Outcome { code: -1, error: why, lost: false });
     }
 
     /// Kills the allocation's process group; it is reported as finished.
@@ -327,35 +329,28 @@ impl Runner {
         self.send(finished(key, &o));
     }
 
-    async fn run(
-        &self,
-        key: Key,
-        a: agent_pb::AssignJob,
-        exec: tether_proto::pb::ExecSpec,
-        cancel: CancellationToken,
-        stop: Arc<Mutex<Option<Stop>>>,
-    ) {
-        let service = a.kind == agent_pb::AllocationKind::Service as i32;
+    async fn run(&self, key: Key, a: Assignment, cancel: CancellationToken, stop: Arc<Mutex<Option<Stop>>>) {
+        let exec = &a.exec;
         let stopped = |code: i32| {
             let s = stop.lock().unwrap_or_else(|p| p.into_inner()).clone();
             let s = s.unwrap_or(Stop { why: String::new(), lost: false, kill: false });
             Outcome { code, error: format!("cancelled: {}", s.why), lost: s.lost }
         };
-        let restart = agent_pb::ServiceRestart::try_from(a.restart).unwrap_or(agent_pb::ServiceRestart::Always);
+
         let max_log = if a.max_log_bytes == 0 { DEFAULT_MAX_LOG } else { a.max_log_bytes };
         let mut restarts = 0u32;
         loop {
-            let (code, error) = self.run_once(&key, &exec, &cancel, &stop, restarts, max_log).await;
+            let (code, error) = self.run_once(&key, exec, &cancel, &stop, restarts, max_log).await;
             if cancel.is_cancelled() {
                 self.finish(&key, stopped(code));
                 return;
             }
-            let again = service
-                && match restart {
-                    agent_pb::ServiceRestart::Never => false,
-                    agent_pb::ServiceRestart::OnFailure => code != 0 || !error.is_empty(),
-                    _ => true,
-                };
+            // Jobs run once; a replica by its restart policy.
+            let again = match a.restart {
+                None | Some(RestartPolicy::Never) => false,
+                Some(RestartPolicy::OnFailure) => code != 0 || !error.is_empty(),
+                Some(RestartPolicy::Always) => true,
+            };
             if !again {
                 self.finish(&key, Outcome { code, error, lost: false });
                 return;
@@ -380,7 +375,7 @@ impl Runner {
     async fn run_once(
         &self,
         key: &Key,
-        exec: &tether_proto::pb::ExecSpec,
+        exec: &ExecSpec,
         cancel: &CancellationToken,
         stop: &Mutex<Option<Stop>>,
         restarts: u32,
@@ -397,7 +392,7 @@ impl Runner {
         };
         let mut cmd = tokio::process::Command::new(&exec.command);
         cmd.args(&exec.args)
-            .envs(exec.env.iter().collect::<BTreeMap<_, _>>())
+            .envs(&exec.env)
             .env("TETHER_JOB_ID", &key.0)
             .env("TETHER_JOB_ATTEMPT", key.1.to_string())
             .current_dir(&dir)
@@ -434,7 +429,7 @@ impl Runner {
         if let Some(s) = child.stderr.take() {
             pumps.push(tokio::spawn(self.pump(key.clone(), s, agent_pb::LogStream::Stderr, log.clone())));
         }
-        let timeout = exec.timeout.map(|d| Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32));
+        let timeout = exec.timeout_ms.map(Duration::from_millis);
         let deadline = async {
             match timeout {
                 Some(t) => tokio::time::sleep(t).await,

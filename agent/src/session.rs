@@ -4,8 +4,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tether_proto::agent_pb::agent_service_client::AgentServiceClient;
-use tether_proto::agent_pb::{self, heartbeat_request, heartbeat_response, jobs_response};
+use tether_proto::agent_pb::{self, heartbeat_request, heartbeat_response};
 use tether_proto::{Bearer, pb};
+use tether_types::Command;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
@@ -346,17 +347,17 @@ impl Agent {
                     Some(Err(s)) => return classify(&s).map_or_else(|| Ok(End::Retry(format!("heartbeat: {s}"))), Err),
                 },
                 msg = next_message(&mut jobs_in) => match msg {
-                    Some(Ok(agent_pb::JobsResponse { msg: Some(jobs_response::Msg::Cancel(c)) })) => {
-                        tracing::info!(job_id = c.job_id, attempt = c.attempt, reason = c.reason, "cancel");
-                        self.runner.cancel(&c.job_id, c.attempt, &c.reason);
-                    }
-                    Some(Ok(agent_pb::JobsResponse { msg: Some(jobs_response::Msg::Assign(a)) })) => {
-                        self.runner.assign(a);
-                    }
-                    Some(Ok(agent_pb::JobsResponse { msg: Some(jobs_response::Msg::Release(r)) })) => {
-                        self.runner.release(&r.job_id, r.attempt);
-                    }
-                    Some(Ok(_)) => {}
+                    Some(Ok(m)) => match Command::from_pb(m) {
+                        Some(Ok(Command::Cancel { key, reason })) => {
+                            tracing::info!(job_id = key.0, attempt = key.1, reason, "cancel");
+                            self.runner.cancel(&key.0, key.1, &reason);
+                        }
+                        Some(Ok(Command::Assign(a))) => self.runner.assign(a),
+                        Some(Ok(Command::Release(key))) => self.runner.release(&key.0, key.1),
+                        Some(Err((key, e))) => self.runner.refuse(key, e.message),
+                        // From a newer control plane: not for this agent.
+                        None => {}
+                    },
                     // Either stream ending ends the session: both reconnect.
                     Some(Err(s)) => {
                         return classify(&s).map_or_else(|| Ok(End::Retry(format!("jobs stream: {s}"))), Err);

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::stream::TrySendError;
 use tether_proto::agent_pb;
-use tether_types::NodeId;
+use tether_types::{Command, NodeId};
 use tokio_util::sync::CancellationToken;
 
 pub type JobsTx = crate::stream::StreamTx<agent_pb::JobsResponse>;
@@ -55,10 +55,10 @@ impl JobsHub {
 
     /// Sends to the node's stream if it has one here. False when it has none
     /// or the stream is too far behind (then it is closed).
-    pub fn send(&self, node: &NodeId, msg: agent_pb::JobsResponse) -> bool {
+    pub fn send(&self, node: &NodeId, cmd: Command) -> bool {
         let map = self.lock();
         let Some(e) = map.get(node) else { return false };
-        match e.tx.try_send(Ok(msg)) {
+        match e.tx.try_send(Ok(cmd.to_pb())) {
             Ok(()) => true,
             Err(TrySendError::Full) => {
                 tracing::warn!(node_id = %node, "jobs stream is too far behind; closing it to resync");

@@ -5,6 +5,7 @@
 //! enum that both gRPC and REST answer with. It does no IO: no clock, no
 //! randomness, no network; callers pass those in.
 
+mod agent;
 mod error;
 mod ids;
 mod labels;
@@ -14,6 +15,7 @@ mod tenancy;
 mod time;
 mod work;
 
+pub use agent::{Assignment, Command, WireKey};
 pub use error::{Error, ErrorCode, Result};
 pub use ids::{AllocId, JobId, JoinTokenId, NodeId, OrgId, ProjectId, TokenId, WorkloadId};
 pub use labels::{LabelSelector, Labels, validate_labels};

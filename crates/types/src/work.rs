@@ -103,7 +103,8 @@ pub struct ExecSpec {
 }
 
 impl ExecSpec {
-    fn from_pb(e: Option<pb::ExecSpec>) -> Result<Self, Error> {
+    /// Validates an exec spec from the wire.
+    pub fn from_pb(e: Option<pb::ExecSpec>) -> Result<Self, Error> {
         let e = e.ok_or_else(|| Error::invalid("exec is required for the exec driver"))?;
         if e.command.is_empty() {
             return Err(Error::invalid("exec.command is required"));

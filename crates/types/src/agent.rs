@@ -1,0 +1,147 @@
+//! The agent protocol's commands in domain terms: what the control plane
+//! tells an agent over its Jobs stream. Both ends convert the `pb` messages
+//! here, once; the control plane's dispatch and the agent's runner work on
+//! these types.
+
+use tether_proto::agent_pb::{self, jobs_response};
+
+use crate::{AllocKind, Error, ExecSpec, RestartPolicy};
+
+/// An allocation as both ends of the Jobs stream name it: (job id, attempt)
+/// for a job attempt, (allocation id, 1) for a workload replica.
+pub type WireKey = (String, u32);
+
+/// Run this.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assignment {
+    pub key: WireKey,
+    pub exec: ExecSpec,
+    pub kind: AllocKind,
+    /// For a replica: when it is restarted after it exits. `None` for a job
+    /// attempt, which runs once.
+    pub restart: Option<RestartPolicy>,
+    /// Output kept per run; more is cut and marked.
+    pub max_log_bytes: u64,
+}
+
+/// One message from the control plane on a node's Jobs stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Assign(Assignment),
+    /// Stop it (its process group is killed); it is reported as finished.
+    Cancel {
+        key: WireKey,
+        reason: String,
+    },
+    /// Its result is stored: forget it.
+    Release(WireKey),
+}
+
+impl Command {
+    pub fn to_pb(&self) -> agent_pb::JobsResponse {
+        let msg = match self {
+            Command::Assign(a) => jobs_response::Msg::Assign(agent_pb::AssignJob {
+                job_id: a.key.0.clone(),
+                attempt: a.key.1,
+                exec: Some(a.exec.to_pb()),
+                kind: match a.kind {
+                    AllocKind::Job => agent_pb::AllocationKind::Job,
+                    AllocKind::Service => agent_pb::AllocationKind::Service,
+                } as i32,
+                restart: match a.restart {
+                    None => agent_pb::ServiceRestart::Unspecified,
+                    Some(RestartPolicy::Always) => agent_pb::ServiceRestart::Always,
+                    Some(RestartPolicy::OnFailure) => agent_pb::ServiceRestart::OnFailure,
+                    Some(RestartPolicy::Never) => agent_pb::ServiceRestart::Never,
+                } as i32,
+                max_log_bytes: a.max_log_bytes,
+            }),
+            Command::Cancel { key, reason } => jobs_response::Msg::Cancel(agent_pb::CancelJob {
+                job_id: key.0.clone(),
+                attempt: key.1,
+                reason: reason.clone(),
+            }),
+            Command::Release(key) => {
+                jobs_response::Msg::Release(agent_pb::ReleaseJob { job_id: key.0.clone(), attempt: key.1 })
+            }
+        };
+        agent_pb::JobsResponse { msg: Some(msg) }
+    }
+
+    /// `None` for a message this agent does not know (from a newer control
+    /// plane); an assignment whose spec does not validate is an error naming
+    /// its key, so that the agent can report it failed instead of leaving it
+    /// hanging.
+    pub fn from_pb(m: agent_pb::JobsResponse) -> Option<Result<Command, (WireKey, Error)>> {
+        Some(match m.msg? {
+            jobs_response::Msg::Assign(a) => {
+                let key = (a.job_id, a.attempt);
+                let kind = match agent_pb::AllocationKind::try_from(a.kind) {
+                    Ok(agent_pb::AllocationKind::Service) => AllocKind::Service,
+                    _ => AllocKind::Job,
+                };
+                let restart = match (kind, agent_pb::ServiceRestart::try_from(a.restart)) {
+                    (AllocKind::Job, _) => None,
+                    (_, Ok(agent_pb::ServiceRestart::Never)) => Some(RestartPolicy::Never),
+                    (_, Ok(agent_pb::ServiceRestart::OnFailure)) => Some(RestartPolicy::OnFailure),
+                    _ => Some(RestartPolicy::Always),
+                };
+                match ExecSpec::from_pb(a.exec) {
+                    Ok(exec) => {
+                        Ok(Command::Assign(Assignment { key, exec, kind, restart, max_log_bytes: a.max_log_bytes }))
+                    }
+                    Err(e) => Err((key, e)),
+                }
+            }
+            jobs_response::Msg::Cancel(c) => Ok(Command::Cancel { key: (c.job_id, c.attempt), reason: c.reason }),
+            jobs_response::Msg::Release(r) => Ok(Command::Release((r.job_id, r.attempt))),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_round_trip() {
+        let exec = ExecSpec {
+            command: "/bin/sh".into(),
+            args: vec!["-c".into(), "exit 3".into()],
+            env: [("A".to_string(), "1".to_string())].into(),
+            working_dir: "/tmp".into(),
+            timeout_ms: Some(1500),
+        };
+        for c in [
+            Command::Assign(Assignment {
+                key: ("job-1".into(), 2),
+                exec: exec.clone(),
+                kind: AllocKind::Job,
+                restart: None,
+                max_log_bytes: 1 << 20,
+            }),
+            Command::Assign(Assignment {
+                key: ("al-1".into(), 1),
+                exec: ExecSpec { timeout_ms: None, ..exec },
+                kind: AllocKind::Service,
+                restart: Some(RestartPolicy::OnFailure),
+                max_log_bytes: 0,
+            }),
+            Command::Cancel { key: ("job-1".into(), 2), reason: "cancelled by an operator".into() },
+            Command::Release(("job-1".into(), 2)),
+        ] {
+            assert_eq!(Command::from_pb(c.to_pb()), Some(Ok(c.clone())));
+        }
+        assert_eq!(Command::from_pb(agent_pb::JobsResponse { msg: None }), None);
+        let bad = agent_pb::JobsResponse {
+            msg: Some(jobs_response::Msg::Assign(agent_pb::AssignJob {
+                job_id: "job-9".into(),
+                attempt: 1,
+                ..Default::default()
+            })),
+        };
+        let Some(Err((key, e))) = Command::from_pb(bad) else { panic!("an assignment without exec is refused") };
+        assert_eq!(key, ("job-9".to_string(), 1));
+        assert!(e.message.contains("exec"), "{e:?}");
+    }
+}
