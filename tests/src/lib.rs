@@ -17,6 +17,8 @@ mod harness;
 #[cfg(test)]
 mod loadgen;
 #[cfg(test)]
+mod output;
+#[cfg(test)]
 mod readme;
 #[cfg(test)]
 mod registry;
