@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tether_scheduler::NodeView;
 use tether_store::StoreError;
-use tether_types::{AllocStatus, Allocation, Node, NodeId, NodeStatus};
+use tether_types::{AllocStatus, Allocation, Error, ErrorCode, Node, NodeId, NodeStatus, ProjectId};
 
 /// Reliability grows to 1 over this much time ready.
 const RELIABILITY_RAMP_MS: i64 = 10 * 60 * 1000;
@@ -49,10 +49,13 @@ impl NodeSnapshot {
 
 impl NodeSnapshot {
     async fn read(store: &tether_store::Store) -> Result<Self, StoreError> {
-        let nodes = store.node_list_all().await?;
+        Ok(Self::of(store.node_list_all().await?))
+    }
+
+    fn of(nodes: Vec<Node>) -> Self {
         let base_views = nodes.iter().map(base_view).collect();
         let index = nodes.iter().enumerate().map(|(i, n)| (n.id.clone(), i)).collect();
-        Ok(NodeSnapshot { nodes, base_views, index })
+        NodeSnapshot { nodes, base_views, index }
     }
 }
 
@@ -99,6 +102,37 @@ fn same_but_leases(old: &[Node], new: &[Node]) -> bool {
             b.session_generation = a.session_generation;
             *a == b
         })
+}
+
+impl NodeSnapshot {
+    /// Refuses a request no registered node of the project could ever
+    /// satisfy (static properties only: pool, labels, GPU model, total
+    /// capacity), with each node's reason. A project without nodes accepts
+    /// work, which waits.
+    pub fn satisfiable(&self, project: &ProjectId, req: &tether_scheduler::Request) -> Result<(), Error> {
+        let mut live = self
+            .nodes
+            .iter()
+            .zip(&self.base_views)
+            .filter(|(n, _)| &n.project_id == project && n.status != NodeStatus::Left)
+            .peekable();
+        if live.peek().is_none() {
+            return Ok(());
+        }
+        let mut reasons = Vec::new();
+        for (n, view) in live {
+            // What is allocated does not matter here.
+            match tether_scheduler::static_mismatch(view, req) {
+                None => return Ok(()),
+                Some(r) if reasons.len() < 10 => reasons.push(format!("{}: {r}", n.id)),
+                Some(_) => {}
+            }
+        }
+        Err(Error::new(
+            ErrorCode::FailedPrecondition,
+            format!("no node can ever satisfy these constraints ({})", reasons.join("; ")),
+        ))
+    }
 }
 
 /// A node as the scheduler sees it, with nothing allocated.
@@ -199,5 +233,37 @@ pub(crate) mod tests {
         moved[0].status = NodeStatus::Unreachable;
         assert!(!same_but_leases(&old, &moved));
         assert!(!same_but_leases(&old, &old[..1]), "a node gone");
+    }
+
+    #[test]
+    fn satisfiable_asks_only_what_never_changes() {
+        use tether_scheduler::{Objective, Request};
+        let project = ProjectId::from_random([1; 10]);
+        let mut gpu_node = node(1, DesiredNodeState::Active);
+        gpu_node.capabilities.cpu_count = 2;
+        gpu_node.capabilities.gpus = vec![tether_types::Gpu { model: "a100".into(), memory_mb: 0 }];
+        let mut left = node(2, DesiredNodeState::Active);
+        left.capabilities.cpu_count = 64;
+        left.status = NodeStatus::Left;
+        let snap = NodeSnapshot::of(vec![gpu_node, left]);
+        let req = |cpu: u64, gpus: u64| {
+            Request::new(
+                project.clone(),
+                tether_types::Resources { cpu_millis: cpu, memory_mb: 0, gpus },
+                Default::default(),
+                Objective::Balanced,
+            )
+        };
+        assert_eq!(snap.satisfiable(&project, &req(2000, 1)), Ok(()), "fits the node's total");
+        let err = snap.satisfiable(&project, &req(4000, 0)).unwrap_err();
+        assert_eq!(err.code, ErrorCode::FailedPrecondition);
+        assert!(err.message.contains(NodeId::from_random([1; 10]).as_str()), "names each node: {}", err.message);
+        assert!(
+            !err.message.contains(NodeId::from_random([2; 10]).as_str()),
+            "a node that left does not count: {}",
+            err.message
+        );
+        let other = ProjectId::from_random([9; 10]);
+        assert_eq!(snap.satisfiable(&other, &req(1_000_000, 64)), Ok(()), "a project without nodes: work waits");
     }
 }

@@ -6,8 +6,8 @@ use std::time::Duration;
 use tether_proto::pb;
 use tether_scheduler::{Objective, Request as Placement};
 use tether_types::{
-    Error, ErrorCode, Job, JobId, JobSpec, JobStatus, LabelSelector, Labels, NodeId, NodeStatus, Role,
-    millis_to_timestamp, validate_job_labels,
+    Error, Job, JobId, JobSpec, JobStatus, LabelSelector, Labels, NodeId, Role, millis_to_timestamp,
+    validate_job_labels,
 };
 use tonic::{Request, Response, Status};
 
@@ -72,34 +72,6 @@ pub fn job_to_pb(job: &Job, attempts: &[tether_types::Allocation]) -> pb::Job {
     }
 }
 
-/// Refuses a spec no registered node of the project could ever satisfy, with
-/// each node's reason. A project without nodes accepts work that waits.
-pub async fn check_satisfiable(app: &App, project: &tether_types::ProjectId, req: &Placement) -> Result<(), Status> {
-    let snap = app.nodes.get(&app.store).await.map_err(store_status)?;
-    let mut live = snap
-        .nodes
-        .iter()
-        .zip(&snap.base_views)
-        .filter(|(n, _)| &n.project_id == project && n.status != NodeStatus::Left)
-        .peekable();
-    if live.peek().is_none() {
-        return Ok(());
-    }
-    let mut reasons = Vec::new();
-    for (n, view) in live {
-        // Static properties only: what is allocated does not matter here.
-        match tether_scheduler::static_mismatch(view, req) {
-            None => return Ok(()),
-            Some(r) if reasons.len() < 10 => reasons.push(format!("{}: {r}", n.id)),
-            Some(_) => {}
-        }
-    }
-    Err(status(Error::new(
-        ErrorCode::FailedPrecondition,
-        format!("no node can ever satisfy these constraints ({})", reasons.join("; ")),
-    )))
-}
-
 #[tonic::async_trait]
 impl pb::job_service_server::JobService for JobApi {
     async fn submit_job(&self, req: Request<pb::SubmitJobRequest>) -> Result<Response<pb::SubmitJobResponse>, Status> {
@@ -114,7 +86,8 @@ impl pb::job_service_server::JobService for JobApi {
         }
         let placement =
             Placement::new(who.project().clone(), spec.resources, spec.constraints.clone(), Objective::Balanced);
-        check_satisfiable(&self.app, who.project(), &placement).await?;
+        let snap = self.app.nodes.get(&self.app.store).await.map_err(store_status)?;
+        snap.satisfiable(who.project(), &placement).map_err(status)?;
         let now = now_ms();
         let job = Job {
             id: JobId::from_random(tether_auth::random_bytes()),

@@ -53,7 +53,8 @@ impl WorkloadApi {
         let spec =
             WorkloadSpec::try_from(spec.ok_or_else(|| status(Error::invalid("spec is required")))?).map_err(status)?;
         let placement = Placement::new(project.clone(), spec.resources, spec.constraints.clone(), Objective::Balanced);
-        super::jobs::check_satisfiable(&self.app, project, &placement).await?;
+        let snap = self.app.nodes.get(&self.app.store).await.map_err(store_status)?;
+        snap.satisfiable(project, &placement).map_err(status)?;
         Ok(spec)
     }
 }
