@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use tether_proto::agent_pb::agent_service_client::AgentServiceClient;
 use tether_proto::agent_pb::{self, heartbeat_request, heartbeat_response};
-use tether_proto::{Bearer, pb};
+use tether_proto::Bearer;
 use tether_types::Command;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
@@ -333,7 +333,7 @@ impl Agent {
                         }
                         heartbeat_response::Msg::BeatAck(a) => self.fence.acked(a.seq),
                         heartbeat_response::Msg::DesiredState(d) => {
-                            let ack = self.desired_state(&d);
+                            let ack = self.desired_state(tether_types::DesiredState::from_pb(&d));
                             if ack.accepted {
                                 *applied_version = d.version;
                             }
@@ -383,17 +383,19 @@ impl Agent {
     /// Applies a desired state. Placement-related states (paused, draining,
     /// quarantined) are enforced by the control plane; `stopped` stops all
     /// work here too. Unknown states are NACKed, and not resent.
-    fn desired_state(&self, d: &agent_pb::DesiredState) -> agent_pb::DesiredStateAck {
-        let state = pb::DesiredNodeState::try_from(d.state).unwrap_or(pb::DesiredNodeState::Unspecified);
-        let accepted = state != pb::DesiredNodeState::Unspecified;
-        if state == pb::DesiredNodeState::Stopped {
-            self.runner.stop_all("node is stopped");
-        }
-        tracing::info!(state = ?state, version = d.version, accepted, "desired state");
-        agent_pb::DesiredStateAck {
-            version: d.version,
-            accepted,
-            reason: if accepted { String::new() } else { format!("unknown desired state {}", d.state) },
+    fn desired_state(&self, d: Result<tether_types::DesiredState, (u64, tether_types::Error)>) -> agent_pb::DesiredStateAck {
+        match d {
+            Ok(d) => {
+                if d.state == tether_types::DesiredNodeState::Stopped {
+                    self.runner.stop_all("node is stopped");
+                }
+                tracing::info!(state = d.state.as_str(), version = d.version, "desired state");
+                agent_pb::DesiredStateAck { version: d.version, accepted: true, reason: String::new() }
+            }
+            Err((version, e)) => {
+                tracing::warn!(version, error = %e.message, "desired state refused");
+                agent_pb::DesiredStateAck { version, accepted: false, reason: e.message }
+            }
         }
     }
 }

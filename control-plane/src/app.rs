@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use crate::clock::now_ms;
+use crate::effects::{Effects, Parts, Signals};
 use crate::{auth, config::Config, fleet, notify, writers};
 
 /// Everything the services share.
@@ -23,8 +24,9 @@ pub struct App {
     pub admission: tokio::sync::Semaphore,
     pub ready: AtomicBool,
     pub hub: fleet::hub::JobsHub,
-    /// Wakes the work pass (scheduler and reconcilers).
-    pub work_wake: Arc<tokio::sync::Notify>,
+    /// What writes wake (the work pass, log followers): raised through
+    /// [`Effects`], never directly.
+    pub signals: Signals,
     /// Job submissions, written by group commit.
     pub submits: writers::Submits,
     /// Agents' started/finished reports, written by group commit.
@@ -33,6 +35,12 @@ pub struct App {
     pub nodes: fleet::snapshot::NodeCache,
     /// Where the scheduler's candidate scan resumes in the next pass.
     pub placement_cursor: std::sync::atomic::AtomicUsize,
-    /// Wakes log followers when output arrives or a job ends.
-    pub logs: tokio::sync::Notify,
+}
+
+impl App {
+    /// Collects the consequences of the writes that follow; they are
+    /// performed when it is dropped (see [`crate::effects`]).
+    pub fn effects(&self) -> Effects<'_> {
+        Effects::new(Parts { notify: &self.notify, hub: &self.hub, registry: &self.registry, signals: &self.signals })
+    }
 }

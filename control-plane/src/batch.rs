@@ -84,6 +84,23 @@ pub fn answers<T>(
     }
 }
 
+/// [`answers`] for a batch whose transaction appended events: each caller
+/// is answered with the batch's highest sequence number, which covers its
+/// own events.
+pub fn committed_answers<T>(
+    n: usize,
+    what: &str,
+    result: Result<tether_store::Committed<Vec<T>>, tether_store::StoreError>,
+) -> Vec<Result<tether_store::Committed<T>, tether_types::Error>> {
+    match result {
+        Ok(c) => {
+            let seq = c.seq;
+            answers(n, what, Ok(c.value.into_iter().map(|value| tether_store::Committed { value, seq }).collect()))
+        }
+        Err(e) => answers(n, what, Err(e)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;

@@ -1,5 +1,8 @@
 //! First start: the macaroon root key, the default organisation and project,
 //! an admin token and a join token.
+//!
+//! Runs before any watcher exists (or offline, for `admin-token`): its
+//! writes have no consequences to perform, so their events are not told.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -57,7 +60,7 @@ pub async fn run(store: &Store, data_dir: &Path) -> anyhow::Result<Boot> {
 
     let jt_id = JoinTokenId::from_random(random_bytes());
     let secret = JoinSecret::generate(&jt_id);
-    store
+    let _committed = store
         .join_token_create(
             &JoinToken {
                 id: jt_id,
@@ -100,7 +103,7 @@ pub async fn mint_admin(
         caveats.push(Caveat::ExpiresAt(at));
     }
     let admin = Macaroon::mint(&boot.root_key, token_id.clone(), &caveats);
-    store
+    let _committed = store
         .token_record(&TokenRecord {
             id: token_id,
             project_id: boot.project_id.clone(),

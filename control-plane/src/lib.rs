@@ -13,8 +13,10 @@ mod clock;
 mod config;
 mod db;
 mod dispatch;
+mod effects;
 mod fleet;
 mod notify;
+mod ops;
 mod server;
 mod services;
 mod status;
@@ -99,7 +101,7 @@ fn register_tasks(driver: &background::Driver, app: &Arc<App>, registry: &Arc<fl
             name: "placement",
             description: "the work pass: lost work, evictions and drains, the workload reconciler, job placement",
             period: dispatch::PASS_PERIOD,
-            wake: Some(app.work_wake.clone()),
+            wake: Some(app.signals.placement()),
             leader_only: true,
         },
         Placement { app: app.clone(), state: Default::default() },
@@ -166,12 +168,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         tasks: tasks.clone(),
         ready: AtomicBool::new(true),
         hub: fleet::hub::JobsHub::default(),
-        work_wake: Arc::new(tokio::sync::Notify::new()),
+        signals: Default::default(),
         placement_cursor: Default::default(),
         nodes: Default::default(),
         reports: writers::report_batcher(store.clone(), &tasks, shutdown.clone()),
         submits: writers::submit_batcher(store.clone(), &tasks, shutdown.clone()),
-        logs: tokio::sync::Notify::new(),
     });
 
     // Background tasks, under one driver (see background/).

@@ -2,6 +2,7 @@
 //! arrives together (from any callers) is written in one transaction, each
 //! caller answered on its own (see [`crate::batch`]).
 
+use tether_store::Committed;
 use tether_types::{Error, Job, NodeId};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -9,7 +10,7 @@ use tokio_util::task::TaskTracker;
 use crate::clock::now_ms;
 
 /// Submissions, written by group commit.
-pub type Submits = crate::batch::Batcher<(Job, Option<String>), Result<(Job, bool), Error>>;
+pub type Submits = crate::batch::Batcher<(Job, Option<String>), Result<Committed<(Job, bool)>, Error>>;
 
 /// Most submissions written in one transaction.
 const SUBMIT_BATCH: usize = 256;
@@ -21,7 +22,7 @@ pub fn submit_batcher(store: tether_store::Store, tasks: &TaskTracker, shutdown:
         let store = store.clone();
         async move {
             let jobs: Vec<(&Job, Option<&str>)> = items.iter().map(|(j, k)| (j, k.as_deref())).collect();
-            crate::batch::answers(items.len(), "storing submitted jobs", store.jobs_submit(&jobs).await)
+            crate::batch::committed_answers(items.len(), "storing submitted jobs", store.jobs_submit(&jobs).await)
         }
     })
 }
@@ -32,7 +33,7 @@ pub enum ReportItem {
     Finished { key: String, node: NodeId, exit_code: i32, error: String, lost: bool },
 }
 
-pub type Reports = crate::batch::Batcher<ReportItem, Result<tether_store::ReportOutcome, tether_types::Error>>;
+pub type Reports = crate::batch::Batcher<ReportItem, Result<Committed<tether_store::ReportOutcome>, Error>>;
 
 /// Most agent reports written in one transaction.
 const REPORT_BATCH: usize = 512;
@@ -54,7 +55,7 @@ pub fn report_batcher(store: tether_store::Store, tasks: &TaskTracker, shutdown:
                     }
                 })
                 .collect();
-            crate::batch::answers(
+            crate::batch::committed_answers(
                 items.len(),
                 "writing agent reports",
                 store.allocation_reports(&reports, now_ms()).await,

@@ -20,10 +20,6 @@ pub(super) fn assign_msg(a: &Allocation, exec: &ExecSpec, restart: Option<Restar
     })
 }
 
-pub fn cancel_msg(a: &Allocation, reason: &str) -> Command {
-    Command::Cancel { key: a.wire_id(), reason: reason.to_owned() }
-}
-
 pub(super) fn release_msg(job_id: String, attempt: u32) -> Command {
     Command::Release((job_id, attempt))
 }

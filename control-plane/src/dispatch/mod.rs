@@ -21,11 +21,11 @@ use tether_types::{
 
 use crate::fleet::snapshot::{NodeSnapshot, apply_usage};
 use messages::assign_msg;
-pub use messages::cancel_msg;
 use reconcile::reconcile;
 pub use stream::{on_agent_message, resync, retry_transient};
 
 use crate::app::{App, now_ms};
+use crate::effects::{Effects, Signal};
 
 /// A pass runs at least this often, to catch deadlines and other replicas' work.
 pub const PASS_PERIOD: Duration = Duration::from_millis(500);
@@ -117,9 +117,12 @@ pub async fn pass(app: &App, state: &mut PassState) -> Result<PassSummary, Store
     let now = now_ms();
     let store = &app.store;
     let mut summary = PassSummary::default();
+    // Agents hear of this pass's decisions once the pass ends (or fails
+    // after some of them were written).
+    let mut fx = app.effects();
 
     // Work on nodes that are down is lost (and retried while attempts remain).
-    let lost = store.allocations_lose_on_down_nodes(now).await?;
+    let lost = fx.commit(store.allocations_lose_on_down_nodes(now).await?);
     summary.lost = lost.len();
     if !lost.is_empty() {
         tracing::info!(allocations = lost.len(), "allocations lost on down nodes");
@@ -129,11 +132,11 @@ pub async fn pass(app: &App, state: &mut PassState) -> Result<PassSummary, Store
         // and its session is closed so that it reconnects and resyncs.
         let mut nodes_hit = HashSet::new();
         for a in &lost {
-            app.hub.send(&a.node_id, cancel_msg(a, "the node was declared down; this attempt is lost"));
+            fx.cancel(a, "the node was declared down; this attempt is lost");
             nodes_hit.insert(a.node_id.clone());
         }
         for n in &nodes_hit {
-            app.registry.resync(n);
+            fx.resync(n);
         }
     }
 
@@ -159,7 +162,7 @@ pub async fn pass(app: &App, state: &mut PassState) -> Result<PassSummary, Store
                 .map(|a| a.key.clone()),
         );
     }
-    stop_and_cancel(app, &evict, "node stopped or drain deadline passed", now).await?;
+    stop_and_cancel(app, &mut fx, &evict, "node stopped or drain deadline passed", now).await?;
     let mut stop = Vec::new();
 
     // Workloads.
@@ -216,11 +219,7 @@ pub async fn pass(app: &App, state: &mut PassState) -> Result<PassSummary, Store
             new_allocs.push((a, w.spec.exec.clone(), Some(w.spec.restart)));
         }
     }
-    if !stop.is_empty() {
-        for a in store.allocations_stop(&stop, "stopped by the reconciler", now).await? {
-            app.hub.send(&a.node_id, cancel_msg(&a, "stopped by the reconciler"));
-        }
-    }
+    stop_and_cancel(app, &mut fx, &stop, "stopped by the reconciler", now).await?;
 
     // Pending jobs, highest priority first.
     let pending = store.jobs_pending(PENDING_BATCH).await?;
@@ -266,12 +265,13 @@ pub async fn pass(app: &App, state: &mut PassState) -> Result<PassSummary, Store
     if !new_allocs.is_empty() {
         let allocs: Vec<Allocation> = new_allocs.iter().map(|(a, _, _)| a.clone()).collect();
         // Durable before sent.
-        let stored: HashSet<String> = store.allocations_place(&allocs, now).await?.into_iter().map(|a| a.key).collect();
+        let stored: HashSet<String> =
+            fx.commit(store.allocations_place(&allocs, now).await?).into_iter().map(|a| a.key).collect();
         metrics::counter!("tether_allocations_placed_total").increment(stored.len() as u64);
         summary.placed = stored.len();
         for (a, exec, restart) in &new_allocs {
             if stored.contains(&a.key) {
-                app.hub.send(&a.node_id, assign_msg(a, exec, *restart));
+                fx.send(&a.node_id, assign_msg(a, exec, *restart));
             }
         }
         active.extend(allocs.into_iter().filter(|a| stored.contains(&a.key)));
@@ -281,8 +281,7 @@ pub async fn pass(app: &App, state: &mut PassState) -> Result<PassSummary, Store
     for n in nodes.iter().filter(|n| n.desired_state == DesiredNodeState::Draining) {
         let busy = active.iter().any(|a| a.node_id == n.id);
         if !busy && state.draining_done.insert(n.id.clone()) {
-            let seq = store.node_event(n, "node.drain_completed", now).await?;
-            app.notify.committed(seq);
+            fx.commit(store.node_event(n, "node.drain_completed", now).await?);
             tracing::info!(node_id = %n.id, "drain completed");
         }
     }
@@ -292,9 +291,18 @@ pub async fn pass(app: &App, state: &mut PassState) -> Result<PassSummary, Store
 
 /// Asks the allocations to stop and tells their nodes. A job attempt among
 /// them is retried elsewhere once its node reports it stopped (or is down).
-async fn stop_and_cancel(app: &App, keys: &[String], reason: &str, now: i64) -> Result<(), StoreError> {
-    for a in app.store.allocations_stop(keys, reason, now).await? {
-        app.hub.send(&a.node_id, cancel_msg(&a, reason));
+async fn stop_and_cancel(
+    app: &App,
+    fx: &mut Effects<'_>,
+    keys: &[String],
+    reason: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    for a in fx.commit(app.store.allocations_stop(keys, reason, now).await?) {
+        fx.cancel(&a, reason);
     }
     Ok(())
 }
@@ -303,7 +311,7 @@ async fn stop_and_cancel(app: &App, keys: &[String], reason: &str, now: i64) -> 
 /// hears of it: the control plane decides what the stops mean (job attempts
 /// are retried elsewhere once stopped; replicas are replaced), not the order
 /// in which the agent's reports arrive.
-pub async fn stop_node_work(app: &App, node: &NodeId) -> Result<(), StoreError> {
+pub async fn stop_node_work(app: &App, fx: &mut Effects<'_>, node: &NodeId) -> Result<(), StoreError> {
     let now = now_ms();
     let keys: Vec<String> = app
         .store
@@ -313,7 +321,7 @@ pub async fn stop_node_work(app: &App, node: &NodeId) -> Result<(), StoreError> 
         .filter(|a| a.status != AllocStatus::Stopping)
         .map(|a| a.key)
         .collect();
-    stop_and_cancel(app, &keys, "node stopped", now).await?;
-    app.work_wake.notify_one();
+    stop_and_cancel(app, fx, &keys, "node stopped", now).await?;
+    fx.wake(Signal::Placement);
     Ok(())
 }

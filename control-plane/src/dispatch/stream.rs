@@ -10,8 +10,9 @@ use tether_store::StoreError;
 use tether_types::{AllocStatus, Allocation, NodeId, alloc_key};
 use tokio_util::sync::CancellationToken;
 
-use super::messages::{assignment, cancel_msg, placeholder, release_msg};
+use super::messages::{assignment, placeholder, release_msg};
 use crate::app::{App, now_ms};
+use crate::effects::{Effects, Signal};
 use crate::writers::ReportItem;
 
 /// Brings a node and the control plane in line after the node (re)connects:
@@ -19,6 +20,7 @@ use crate::writers::ReportItem;
 /// longer wanted is cancelled, and work it lacks is (re)sent.
 pub async fn resync(app: &App, node: &NodeId, report: &agent_pb::AllocationReport) -> Result<(), StoreError> {
     let now = now_ms();
+    let mut fx = app.effects();
     let mut held = HashSet::new();
     for h in &report.allocations {
         let key = alloc_key(&h.job_id, h.attempt);
@@ -27,21 +29,21 @@ pub async fn resync(app: &App, node: &NodeId, report: &agent_pb::AllocationRepor
         let mine = current.as_ref().filter(|a| &a.node_id == node && a.status.is_active());
         if h.finished {
             if mine.is_some() {
-                finished(app, node, &key, h.exit_code, &h.error, h.lost).await?;
+                finished(app, &mut fx, node, &key, h.exit_code, &h.error, h.lost).await?;
             }
-            app.hub.send(node, release_msg(h.job_id.clone(), h.attempt));
+            fx.send(node, release_msg(h.job_id.clone(), h.attempt));
         } else if let Some(a) = mine {
             if a.status == AllocStatus::Stopping {
-                app.hub.send(node, cancel_msg(a, "stopped by the control plane"));
+                fx.cancel(a, "stopped by the control plane");
             } else if a.status == AllocStatus::Scheduled {
-                app.store.allocation_started(&key, node, 0, now).await?;
+                fx.commit(app.store.allocation_started(&key, node, 0, now).await?);
             }
         } else {
             let stale = Allocation {
                 key: key.clone(),
                 ..current.clone().unwrap_or_else(|| placeholder(node, &h.job_id, h.attempt))
             };
-            app.hub.send(node, cancel_msg(&stale, "the control plane holds no such allocation on this node"));
+            fx.cancel(&stale, "the control plane holds no such allocation on this node");
         }
     }
     for a in app.store.allocations_on_node(node).await? {
@@ -50,26 +52,34 @@ pub async fn resync(app: &App, node: &NodeId, report: &agent_pb::AllocationRepor
         }
         if a.status == AllocStatus::Stopping {
             // Asked to stop, and the node does not have it: it is stopped.
-            finished(app, node, &a.key, -1, "stopped before the node started it", false).await?;
+            finished(app, &mut fx, node, &a.key, -1, "stopped before the node started it", false).await?;
         } else if let Some(msg) = assignment(app, &a).await? {
-            app.hub.send(node, msg);
+            fx.send(node, msg);
         }
     }
-    app.work_wake.notify_one();
+    fx.wake(Signal::Placement);
     Ok(())
 }
 
-async fn report(app: &App, item: ReportItem) -> Result<tether_store::ReportOutcome, StoreError> {
+async fn report(app: &App, fx: &mut Effects<'_>, item: ReportItem) -> Result<tether_store::ReportOutcome, StoreError> {
     match app.reports.call(item).await {
-        Some(r) => r.map_err(StoreError::from),
+        Some(r) => Ok(fx.commit(r?)),
         None => Err(tether_types::Error::unavailable("control plane is shutting down").into()),
     }
 }
 
-async fn finished(app: &App, node: &NodeId, key: &str, code: i32, error: &str, lost: bool) -> Result<(), StoreError> {
+async fn finished(
+    app: &App,
+    fx: &mut Effects<'_>,
+    node: &NodeId,
+    key: &str,
+    code: i32,
+    error: &str,
+    lost: bool,
+) -> Result<(), StoreError> {
     let error = tether_types::agent_text(error);
     let item = ReportItem::Finished { key: key.to_owned(), node: node.clone(), exit_code: code, error, lost };
-    let tether_store::ReportOutcome::Finished(f) = report(app, item).await? else {
+    let tether_store::ReportOutcome::Finished(f) = report(app, fx, item).await? else {
         unreachable!("a finished report gets a finished answer")
     };
     if let Some(f) = f {
@@ -77,8 +87,9 @@ async fn finished(app: &App, node: &NodeId, key: &str, code: i32, error: &str, l
         if let Some(j) = &f.job {
             tracing::info!(job_id = %j.id, attempt = f.allocation.attempt, status = j.status.as_str(), code, "job attempt finished");
         }
-        app.work_wake.notify_one();
+        fx.wake(Signal::Placement);
     }
+    fx.wake(Signal::JobOutput);
     Ok(())
 }
 
@@ -124,18 +135,19 @@ where
 
 /// Handles one message of a node's Jobs stream.
 pub async fn on_agent_message(app: &App, node: &NodeId, m: &jobs_request::Msg) -> Result<(), StoreError> {
+    let mut fx = app.effects();
     match m {
         jobs_request::Msg::Report(_) => {}
         jobs_request::Msg::Accepted(_) | jobs_request::Msg::Progress(_) => {}
         jobs_request::Msg::Started(s) => {
             let key = alloc_key(&s.job_id, s.attempt);
             let item = ReportItem::Started { key: key.clone(), node: node.clone(), restarts: s.restarts };
-            let tether_store::ReportOutcome::Started(started) = report(app, item).await? else {
+            let tether_store::ReportOutcome::Started(started) = report(app, &mut fx, item).await? else {
                 unreachable!("a started report gets a started answer")
             };
             match started {
                 Some(a) if a.status == AllocStatus::Stopping => {
-                    app.hub.send(node, cancel_msg(&a, "stopped by the control plane"));
+                    fx.cancel(&a, "stopped by the control plane");
                 }
                 Some(_) => {}
                 None => {
@@ -143,7 +155,7 @@ pub async fn on_agent_message(app: &App, node: &NodeId, m: &jobs_request::Msg) -
                     let a = app.store.allocation_get(&key).await?;
                     let stale = a.unwrap_or_else(|| placeholder(node, &s.job_id, s.attempt));
                     if stale.status != AllocStatus::Running || &stale.node_id != node {
-                        app.hub.send(node, cancel_msg(&Allocation { key, ..stale }, "no longer wanted"));
+                        fx.cancel(&Allocation { key, ..stale }, "no longer wanted");
                     }
                 }
             }
@@ -155,16 +167,15 @@ pub async fn on_agent_message(app: &App, node: &NodeId, m: &jobs_request::Msg) -
                 if app.store.allocation_get(&key).await?.is_some_and(|a| &a.node_id == node) {
                     let job = tether_types::JobId::from_trusted(l.job_id.clone());
                     if app.store.job_log_append(&job, l.attempt, l.offset, &l.data, l.truncated).await? {
-                        app.logs.notify_waiters();
+                        fx.wake(Signal::JobOutput);
                     }
                 }
             }
         }
         jobs_request::Msg::Finished(f) => {
             let key = alloc_key(&f.job_id, f.attempt);
-            finished(app, node, &key, f.exit_code, &f.error, f.lost).await?;
-            app.hub.send(node, release_msg(f.job_id.clone(), f.attempt));
-            app.logs.notify_waiters();
+            finished(app, &mut fx, node, &key, f.exit_code, &f.error, f.lost).await?;
+            fx.send(node, release_msg(f.job_id.clone(), f.attempt));
         }
     }
     Ok(())

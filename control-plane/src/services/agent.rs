@@ -94,10 +94,9 @@ impl agent_pb::agent_service_server::AgentService for AgentApi {
         labels.extend(token.labels.clone());
         let pool = labels.get("pool").cloned().unwrap_or_default();
         let node_id = NodeId::from_random(random_bytes());
-        let (node, seq) = self
-            .app
-            .store
-            .node_enroll(&NodeEnroll {
+        let node = crate::ops::nodes::enroll(
+            &self.app,
+            &NodeEnroll {
                 id: node_id.clone(),
                 project_id: token.project_id.clone(),
                 capabilities,
@@ -106,11 +105,10 @@ impl agent_pb::agent_service_server::AgentService for AgentApi {
                 join_token_id: token.id.clone(),
                 public_key: req.public_key,
                 now,
-            })
-            .await
-            .map_err(store_status)?;
-        self.app.registry.enrolled(&node);
-        self.app.notify.committed(seq);
+            },
+        )
+        .await
+        .map_err(store_status)?;
         let credential = Macaroon::mint(
             self.app.auth.root(),
             TokenId::from_random(random_bytes()),
@@ -177,7 +175,8 @@ impl agent_pb::agent_service_server::AgentService for AgentApi {
                 status(e)
             })?;
         drop(permit);
-        self.app.work_wake.notify_one();
+        // A node that can take work again.
+        self.app.effects().wake(crate::effects::Signal::Placement);
 
         let jitter = self.app.config.jitter();
         let config = agent_pb::HeartbeatResponse {
@@ -189,13 +188,12 @@ impl agent_pb::agent_service_server::AgentService for AgentApi {
         };
         let _ = tx.try_send(Ok(config));
         if hello.desired_state_version < record.desired_state_version {
-            let _ = tx.try_send(Ok(agent_pb::HeartbeatResponse {
-                msg: Some(heartbeat_response::Msg::DesiredState(agent_pb::DesiredState {
-                    state: record.desired_state.to_pb() as i32,
-                    version: record.desired_state_version,
-                    reason: String::new(),
-                })),
-            }));
+            let desired = tether_types::DesiredState {
+                state: record.desired_state,
+                version: record.desired_state_version,
+                reason: record.desired_state_reason.clone(),
+            };
+            let _ = tx.try_send(Ok(desired.to_pb()));
         }
         tracing::info!(node_id = %node, generation = session.generation, "heartbeat session opened");
         let app = self.app.clone();
@@ -317,10 +315,8 @@ async fn heartbeat_session(
                             tracing::warn!(version = ack.version, reason = ack.reason, "desired state rejected by agent");
                         }
                         let reason = tether_types::agent_text(&ack.reason);
-                        match Box::pin(app.store.node_desired_ack(&session.node, ack.version, ack.accepted, &reason, now_ms())).await {
-                            Ok(Some((_, seq))) => app.notify.committed(seq),
-                            Ok(None) => {}
-                            Err(e) => tracing::warn!(error = &e as &dyn std::error::Error, "recording the desired-state answer failed"),
+                        if let Err(e) = Box::pin(crate::ops::nodes::desired_answered(&app, &session.node, ack.version, ack.accepted, &reason)).await {
+                            tracing::warn!(error = &e as &dyn std::error::Error, "recording the desired-state answer failed");
                         }
                     }
                     heartbeat_request::Msg::Goodbye(g) => {

@@ -4,7 +4,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tether_proto::pb;
-use tether_scheduler::{Objective, Request as Placement};
 use tether_types::{
     Error, Job, JobId, JobSpec, JobStatus, LabelSelector, Labels, NodeId, Role, millis_to_timestamp,
     validate_job_labels,
@@ -12,7 +11,7 @@ use tether_types::{
 use tonic::{Request, Response, Status};
 
 use super::{status, store_status};
-use crate::app::{App, now_ms};
+use crate::app::App;
 
 use crate::stream::BoxStream;
 
@@ -84,35 +83,10 @@ impl pb::job_service_server::JobService for JobApi {
         if tether_types::chars(&req.idempotency_key) > 255 {
             return Err(status(Error::invalid("idempotency_key is at most 255 characters")));
         }
-        let placement =
-            Placement::new(who.project().clone(), spec.resources, spec.constraints.clone(), Objective::Balanced);
-        let snap = self.app.nodes.get(&self.app.store).await.map_err(store_status)?;
-        snap.satisfiable(who.project(), &placement).map_err(status)?;
-        let now = now_ms();
-        let job = Job {
-            id: JobId::from_random(tether_auth::random_bytes()),
-            project_id: who.project().clone(),
-            spec,
-            labels,
-            status: JobStatus::Pending,
-            attempt: 0,
-            node_id: None,
-            exit_code: None,
-            error: String::new(),
-            created_at: now,
-            updated_at: now,
-        };
         let key = (!req.idempotency_key.is_empty()).then_some(req.idempotency_key);
-        let (job, created) = self
-            .app
-            .submits
-            .call((job, key))
-            .await
-            .unwrap_or_else(|| Err(Error::unavailable("control plane is shutting down")))
-            .map_err(status)?;
+        let (job, created) =
+            crate::ops::jobs::submit(&self.app, who.project(), spec, labels, key).await.map_err(store_status)?;
         if created {
-            metrics::counter!("tether_jobs_submitted_total").increment(1);
-            self.app.work_wake.notify_one();
             // A new job has no attempts yet: nothing more to read.
             return Ok(Response::new(pb::SubmitJobResponse { job: Some(job_to_pb(&job, &[])) }));
         }
@@ -177,12 +151,7 @@ impl pb::job_service_server::JobService for JobApi {
     async fn cancel_job(&self, req: Request<pb::CancelJobRequest>) -> Result<Response<pb::CancelJobResponse>, Status> {
         let who = self.app.auth.operator(&req, Role::Operator)?;
         let id = JobId::parse(&req.get_ref().job_id).map_err(status)?;
-        let (job, stopping) = self.app.store.job_cancel(who.project(), &id, now_ms()).await.map_err(store_status)?;
-        if let Some(a) = &stopping {
-            self.app.hub.send(&a.node_id, crate::dispatch::cancel_msg(a, "cancelled by an operator"));
-        }
-        self.app.work_wake.notify_one();
-        tracing::info!(job_id = %id, "job cancelled");
+        let job = crate::ops::jobs::cancel(&self.app, who.project(), &id).await.map_err(store_status)?;
         Ok(Response::new(pb::CancelJobResponse { job: Some(self.job_pb(&job).await?) }))
     }
 
@@ -251,7 +220,7 @@ impl pb::job_service_server::JobService for JobApi {
             let mut trailing_checked = false;
             loop {
                 // Register for a wake-up before reading, so nothing is missed.
-                let notified = app.logs.notified();
+                let notified = app.signals.job_output();
                 let current = match app.store.job_get(&job.id).await {
                     Ok(Some(j)) => j,
                     Ok(None) => return,

@@ -218,30 +218,9 @@ impl pb::node_service_server::NodeService for NodeApi {
         let deadline = (state == DesiredNodeState::Draining)
             .then(|| super::ttl(req.drain_deadline, DEFAULT_DRAIN_DEADLINE).map(|d| now + d.as_millis() as i64))
             .transpose()?;
-        let (node, seq) = self
-            .app
-            .store
-            .node_set_desired(who.project(), &id, state, &req.reason, deadline, now)
+        let node = crate::ops::nodes::set_desired(&self.app, who.project(), &id, state, &req.reason, deadline)
             .await
             .map_err(store_status)?;
-        self.app.notify.committed(seq);
-        if state == DesiredNodeState::Stopped {
-            crate::dispatch::stop_node_work(&self.app, &id).await.map_err(store_status)?;
-        }
-        self.app.registry.push(
-            &id,
-            tether_proto::agent_pb::HeartbeatResponse {
-                msg: Some(tether_proto::agent_pb::heartbeat_response::Msg::DesiredState(
-                    tether_proto::agent_pb::DesiredState {
-                        state: state.to_pb() as i32,
-                        version: node.desired_state_version,
-                        reason: req.reason.clone(),
-                    },
-                )),
-            },
-        );
-        self.app.work_wake.notify_one();
-        tracing::info!(node_id = %id, state = state.as_str(), version = node.desired_state_version, "desired state set");
         Ok(Response::new(pb::SetDesiredStateResponse { node: Some(self.to_pb(&node)) }))
     }
 
@@ -251,10 +230,7 @@ impl pb::node_service_server::NodeService for NodeApi {
     ) -> Result<Response<pb::DeregisterNodeResponse>, Status> {
         let who = self.app.auth.operator(&req, Role::Operator)?;
         let id = NodeId::parse(&req.get_ref().node_id).map_err(status)?;
-        let (node, seq) = self.app.store.node_deregister(who.project(), &id, now_ms()).await.map_err(store_status)?;
-        self.app.registry.remove(&id);
-        self.app.notify.committed(seq);
-        tracing::info!(node_id = %id, "node deregistered");
+        let node = crate::ops::nodes::deregister(&self.app, who.project(), &id).await.map_err(store_status)?;
         Ok(Response::new(pb::DeregisterNodeResponse { node: Some(node.to_pb(None)) }))
     }
 }

@@ -69,7 +69,7 @@ impl pb::tenancy_service_server::TenancyService for TenancyApi {
             expires_at: now + ttl.as_millis() as i64,
             revoked_at: None,
         };
-        self.app.store.join_token_create(&token, &secret.secret_hash).await.map_err(store_status)?;
+        crate::ops::tenancy::join_token_create(&self.app, &token, &secret.secret_hash).await.map_err(store_status)?;
         Ok(Response::new(pb::CreateJoinTokenResponse { join_token: Some(token.to_pb()), token: secret.token }))
     }
 
@@ -93,7 +93,7 @@ impl pb::tenancy_service_server::TenancyService for TenancyApi {
     ) -> Result<Response<pb::RevokeJoinTokenResponse>, Status> {
         let who = self.app.auth.operator(&req, Role::Operator)?;
         let id = JoinTokenId::parse(&req.get_ref().join_token_id).map_err(status)?;
-        let t = self.app.store.join_token_revoke(who.project(), &id, now_ms()).await.map_err(store_status)?;
+        let t = crate::ops::tenancy::join_token_revoke(&self.app, who.project(), &id).await.map_err(store_status)?;
         Ok(Response::new(pb::RevokeJoinTokenResponse { join_token: Some(t.to_pb()) }))
     }
 
@@ -121,19 +121,16 @@ impl pb::tenancy_service_server::TenancyService for TenancyApi {
         }
         caveats.extend([Caveat::Project(who.project().clone()), Caveat::Role(role), Caveat::ExpiresAt(expires_at)]);
         let m = Macaroon::mint(self.app.auth.root(), id.clone(), &caveats);
-        self.app
-            .store
-            .token_record(&TokenRecord {
-                id: id.clone(),
-                project_id: who.project().clone(),
-                role,
-                description: description(req.description)?,
-                created_at: now,
-                expires_at: Some(expires_at),
-                revoked_at: None,
-            })
-            .await
-            .map_err(store_status)?;
+        let record = TokenRecord {
+            id: id.clone(),
+            project_id: who.project().clone(),
+            role,
+            description: description(req.description)?,
+            created_at: now,
+            expires_at: Some(expires_at),
+            revoked_at: None,
+        };
+        crate::ops::tenancy::token_record(&self.app, &record).await.map_err(store_status)?;
         Ok(Response::new(pb::CreateTokenResponse {
             token: m.encode(),
             token_id: id.to_string(),
@@ -156,8 +153,7 @@ impl pb::tenancy_service_server::TenancyService for TenancyApi {
     ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
         let who = self.app.auth.operator(&req, Role::Admin)?;
         let id = TokenId::parse(&req.get_ref().token_id).map_err(status)?;
-        let t = self.app.store.token_revoke(who.project(), &id, now_ms()).await.map_err(store_status)?;
-        self.app.auth.revoke(id);
+        let t = crate::ops::tenancy::token_revoke(&self.app, who.project(), &id).await.map_err(store_status)?;
         Ok(Response::new(pb::RevokeTokenResponse { token: Some(token_info(&t)) }))
     }
 

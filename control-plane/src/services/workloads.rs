@@ -3,14 +3,13 @@
 use std::sync::Arc;
 
 use tether_proto::pb;
-use tether_scheduler::{Objective, Request as Placement};
 use tether_types::{
-    AllocStatus, Error, ProjectId, Role, Workload, WorkloadId, WorkloadSpec, millis_to_timestamp, validate_name,
+    AllocStatus, Error, Role, Workload, WorkloadId, WorkloadSpec, millis_to_timestamp, validate_name,
 };
 use tonic::{Request, Response, Status};
 
 use super::{status, store_status};
-use crate::app::{App, now_ms};
+use crate::app::App;
 
 /// Replicas per workload, at most.
 const MAX_REPLICAS: u32 = 10_000;
@@ -48,15 +47,10 @@ impl WorkloadApi {
             updated_at: Some(millis_to_timestamp(w.updated_at)),
         })
     }
+}
 
-    async fn spec(&self, project: &ProjectId, spec: Option<pb::WorkloadSpec>) -> Result<WorkloadSpec, Status> {
-        let spec =
-            WorkloadSpec::try_from(spec.ok_or_else(|| status(Error::invalid("spec is required")))?).map_err(status)?;
-        let placement = Placement::new(project.clone(), spec.resources, spec.constraints.clone(), Objective::Balanced);
-        let snap = self.app.nodes.get(&self.app.store).await.map_err(store_status)?;
-        snap.satisfiable(project, &placement).map_err(status)?;
-        Ok(spec)
-    }
+fn spec(spec: Option<pb::WorkloadSpec>) -> Result<WorkloadSpec, Status> {
+    WorkloadSpec::try_from(spec.ok_or_else(|| status(Error::invalid("spec is required")))?).map_err(status)
 }
 
 fn replicas(n: u32) -> Result<u32, Status> {
@@ -79,20 +73,9 @@ impl pb::workload_service_server::WorkloadService for WorkloadApi {
         let who = self.app.auth.operator(&req, Role::Operator)?;
         let req = req.into_inner();
         validate_name(&req.name).map_err(status)?;
-        let spec = self.spec(who.project(), req.spec).await?;
-        let now = now_ms();
-        let w = Workload {
-            id: WorkloadId::from_random(tether_auth::random_bytes()),
-            project_id: who.project().clone(),
-            name: req.name,
-            spec,
-            spec_version: 1,
-            replicas: replicas(req.replicas)?,
-            created_at: now,
-            updated_at: now,
-        };
-        let w = self.app.store.workload_create(&w).await.map_err(store_status)?;
-        self.app.work_wake.notify_one();
+        let w = crate::ops::workloads::create(&self.app, who.project(), req.name, spec(req.spec)?, replicas(req.replicas)?)
+            .await
+            .map_err(store_status)?;
         Ok(Response::new(pb::CreateWorkloadResponse { workload: Some(self.to_pb(&w).await?) }))
     }
 
@@ -131,9 +114,9 @@ impl pb::workload_service_server::WorkloadService for WorkloadApi {
         let who = self.app.auth.operator(&req, Role::Operator)?;
         let req = req.into_inner();
         let id = workload_id(&req.workload_id)?;
-        let spec = self.spec(who.project(), req.spec).await?;
-        let w = self.app.store.workload_update_spec(who.project(), &id, &spec, now_ms()).await.map_err(store_status)?;
-        self.app.work_wake.notify_one();
+        let w = crate::ops::workloads::update_spec(&self.app, who.project(), &id, spec(req.spec)?)
+            .await
+            .map_err(store_status)?;
         Ok(Response::new(pb::UpdateWorkloadResponse { workload: Some(self.to_pb(&w).await?) }))
     }
 
@@ -144,13 +127,9 @@ impl pb::workload_service_server::WorkloadService for WorkloadApi {
         let who = self.app.auth.operator(&req, Role::Operator)?;
         let req = req.into_inner();
         let id = workload_id(&req.workload_id)?;
-        let w = self
-            .app
-            .store
-            .workload_scale(who.project(), &id, replicas(req.replicas)?, now_ms())
+        let w = crate::ops::workloads::scale(&self.app, who.project(), &id, replicas(req.replicas)?)
             .await
             .map_err(store_status)?;
-        self.app.work_wake.notify_one();
         Ok(Response::new(pb::ScaleWorkloadResponse { workload: Some(self.to_pb(&w).await?) }))
     }
 
@@ -160,10 +139,7 @@ impl pb::workload_service_server::WorkloadService for WorkloadApi {
     ) -> Result<Response<pb::DeleteWorkloadResponse>, Status> {
         let who = self.app.auth.operator(&req, Role::Operator)?;
         let id = workload_id(&req.get_ref().workload_id)?;
-        let (w, stopping) = self.app.store.workload_delete(who.project(), &id, now_ms()).await.map_err(store_status)?;
-        for a in &stopping {
-            self.app.hub.send(&a.node_id, crate::dispatch::cancel_msg(a, "workload deleted"));
-        }
+        let w = crate::ops::workloads::delete(&self.app, who.project(), &id).await.map_err(store_status)?;
         let mut out = self.to_pb(&w).await?;
         out.replicas = 0;
         Ok(Response::new(pb::DeleteWorkloadResponse { workload: Some(out) }))

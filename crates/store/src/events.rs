@@ -33,6 +33,7 @@ macro_rules! append_event {
         .bind($payload)
         .fetch_one(&mut *$tx)
         .await?;
+        $tx.seq = Some($tx.seq.map_or(seq, |s: i64| s.max(seq)));
         seq
     }};
 }

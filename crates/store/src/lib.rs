@@ -95,6 +95,15 @@ macro_rules! on_read {
 /// database (it does: store bodies compute their result from what they read).
 macro_rules! in_tx {
     ($store:expr, |$tx:ident| $body:expr) => {{
+        $crate::in_tx_committed!($store, |$tx| $body).map(|c| c.value)
+    }};
+}
+
+/// [`in_tx!`], answering what was committed with the highest event sequence
+/// number the transaction appended ([`Committed`]), so the caller can tell
+/// event tailers exactly how far the log has grown.
+macro_rules! in_tx_committed {
+    ($store:expr, |$tx:ident| $body:expr) => {{
         let store: &$crate::Store = &$store;
         let mut retries = 0u32;
         let out: $crate::Result<_> = loop {
@@ -150,16 +159,17 @@ macro_rules! tx_on {
     ($pool:expr, $sqlite:expr, |$tx:ident| $prelude:block, $body:expr) => {{
         let mut conn = $pool.acquire().await?;
         let out: $crate::Result<_> = async {
-            let mut $tx = sqlx::Connection::begin(&mut *conn).await?;
+            let mut $tx = $crate::Tx { inner: sqlx::Connection::begin(&mut *conn).await?, seq: None };
             $prelude
             let out: $crate::Result<_> = async { $body }.await;
             match out {
-                Ok(v) => {
-                    $tx.commit().await?;
-                    Ok(v)
+                Ok(value) => {
+                    let seq = $tx.seq;
+                    $tx.inner.commit().await?;
+                    Ok($crate::Committed { value, seq })
                 }
                 Err(e) => {
-                    let _ = $tx.rollback().await;
+                    let _ = $tx.inner.rollback().await;
                     Err(e)
                 }
             }
@@ -175,7 +185,50 @@ macro_rules! tx_on {
     }};
 }
 
-pub(crate) use {in_tx, on_read, tx_on};
+pub(crate) use {in_tx, in_tx_committed, on_read, tx_on};
+
+/// A write transaction that remembers the highest event sequence number
+/// appended in it (by `append_event!`). Derefs to the connection, so bodies
+/// run statements on `&mut *tx` as on a plain transaction.
+pub(crate) struct Tx<'c, DB: sqlx::Database> {
+    pub(crate) inner: sqlx::Transaction<'c, DB>,
+    pub(crate) seq: Option<i64>,
+}
+
+impl<DB: sqlx::Database> std::ops::Deref for Tx<'_, DB> {
+    type Target = DB::Connection;
+    fn deref(&self) -> &DB::Connection {
+        &self.inner
+    }
+}
+
+impl<DB: sqlx::Database> std::ops::DerefMut for Tx<'_, DB> {
+    fn deref_mut(&mut self) -> &mut DB::Connection {
+        &mut self.inner
+    }
+}
+
+/// What a write committed, with the highest event sequence number its
+/// transaction appended (`None` when it appended no event). The control
+/// plane performs a write's consequences from this: it tells event tailers
+/// how far the log has grown without a read of its own.
+#[derive(Debug, Clone, PartialEq)]
+#[must_use = "a committed write has consequences to perform"]
+pub struct Committed<T> {
+    pub value: T,
+    pub seq: Option<i64>,
+}
+
+impl<T> Committed<T> {
+    /// A write that found nothing to do and appended no event.
+    pub fn nothing(value: T) -> Self {
+        Committed { value, seq: None }
+    }
+
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Committed<U> {
+        Committed { value: f(self.value), seq: self.seq }
+    }
+}
 
 impl Store {
     /// A store over SQLite. `write` must have exactly one connection.

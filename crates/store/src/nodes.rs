@@ -5,7 +5,7 @@ use tether_types::{
 
 use crate::events::append_event;
 use crate::row::{Get, to_json};
-use crate::{Result, Store, StoreError, in_tx, on_read};
+use crate::{Committed, in_tx_committed, Result, Store, StoreError, in_tx, on_read};
 
 const NODE_COLS: &str = "id, project_id, status, desired_state, desired_state_version, capabilities, labels, pool,
      registered_at, status_changed_at, last_seen_at, session_generation, join_token_id, desired_state_reason,
@@ -84,7 +84,7 @@ pub struct StatusChange {
 
 impl Store {
     /// Registers a node, spending one use of its join token, in one transaction.
-    pub async fn node_enroll(&self, e: &NodeEnroll) -> Result<(Node, i64)> {
+    pub async fn node_enroll(&self, e: &NodeEnroll) -> Result<Committed<Node>> {
         let node = Node {
             id: e.id.clone(),
             project_id: e.project_id.clone(),
@@ -104,7 +104,7 @@ impl Store {
             desired_state_nack: String::new(),
             drain_deadline: None,
         };
-        let out = in_tx!(self, |tx| {
+        let out = in_tx_committed!(self, |tx| {
             let spent = sqlx::query(
                 "UPDATE join_tokens SET uses = uses + 1
                  WHERE id = $1 AND project_id = $2 AND revoked_at IS NULL AND expires_at > $3
@@ -141,7 +141,7 @@ impl Store {
             .bind(&e.public_key)
             .execute(&mut *tx)
             .await?;
-            let seq = append_event!(
+            append_event!(
                 tx,
                 e.now,
                 Some(node.project_id.as_str()),
@@ -149,7 +149,7 @@ impl Store {
                 node.id.as_str(),
                 to_json(&node)
             );
-            Ok((node.clone(), seq))
+            Ok(node.clone())
         });
         self.node_changed();
         out
@@ -427,8 +427,8 @@ impl Store {
         reason: &str,
         drain_deadline: Option<UnixMillis>,
         now: UnixMillis,
-    ) -> Result<(Node, i64)> {
-        let out = in_tx!(self, |tx| {
+    ) -> Result<Committed<Node>> {
+        let out = in_tx_committed!(self, |tx| {
             let row = sqlx::query(&format!(
                 "UPDATE nodes SET desired_state = $3, desired_state_version = desired_state_version + 1,
                         desired_state_reason = $4, drain_deadline = $5, desired_state_nack = ''
@@ -443,7 +443,7 @@ impl Store {
             .await?
             .ok_or_else(|| Error::not_found(format!("node {id} not found")))?;
             let node = node_from_row(&row)?;
-            let seq = append_event!(
+            append_event!(
                 tx,
                 now,
                 Some(project.as_str()),
@@ -451,7 +451,7 @@ impl Store {
                 id.as_str(),
                 to_json(&node)
             );
-            Ok((node, seq))
+            Ok(node)
         });
         self.node_changed();
         out
@@ -466,8 +466,8 @@ impl Store {
         accepted: bool,
         reason: &str,
         now: UnixMillis,
-    ) -> Result<Option<(Node, i64)>> {
-        let out = in_tx!(self, |tx| {
+    ) -> Result<Committed<Option<Node>>> {
+        let out = in_tx_committed!(self, |tx| {
             let row = sqlx::query(&format!(
                 "UPDATE nodes SET acked_desired_state_version = CASE WHEN $3 = 1 THEN $2 ELSE acked_desired_state_version END,
                         desired_state_nack = CASE WHEN $3 = 1 THEN '' ELSE $4 END
@@ -482,24 +482,24 @@ impl Store {
             let Some(row) = row else { return Ok(None) };
             let node = node_from_row(&row)?;
             let kind = if accepted { "node.desired_state_acked" } else { "node.desired_state_rejected" };
-            let seq = append_event!(tx, now, Some(node.project_id.as_str()), kind, id.as_str(), to_json(&node));
-            Ok(Some((node, seq)))
+            append_event!(tx, now, Some(node.project_id.as_str()), kind, id.as_str(), to_json(&node));
+            Ok(Some(node))
         });
         self.node_changed();
         out
     }
 
     /// Appends an event about a node without changing it (e.g. `node.drain_completed`).
-    pub async fn node_event(&self, node: &Node, kind: &str, now: UnixMillis) -> Result<i64> {
-        in_tx!(self, |tx| {
-            let seq = append_event!(tx, now, Some(node.project_id.as_str()), kind, node.id.as_str(), to_json(node));
-            Ok(seq)
+    pub async fn node_event(&self, node: &Node, kind: &str, now: UnixMillis) -> Result<Committed<()>> {
+        in_tx_committed!(self, |tx| {
+            append_event!(tx, now, Some(node.project_id.as_str()), kind, node.id.as_str(), to_json(node));
+            Ok(())
         })
     }
 
     /// Removes a node of `project`; its event carries the last record.
-    pub async fn node_deregister(&self, project: &ProjectId, id: &NodeId, now: UnixMillis) -> Result<(Node, i64)> {
-        let out = in_tx!(self, |tx| {
+    pub async fn node_deregister(&self, project: &ProjectId, id: &NodeId, now: UnixMillis) -> Result<Committed<Node>> {
+        let out = in_tx_committed!(self, |tx| {
             let row =
                 sqlx::query(&format!("DELETE FROM nodes WHERE id = $1 AND project_id = $2 RETURNING {NODE_COLS}"))
                     .bind(id.as_str())
@@ -508,8 +508,8 @@ impl Store {
                     .await?
                     .ok_or_else(|| Error::not_found(format!("node {id} not found")))?;
             let node = node_from_row(&row)?;
-            let seq = append_event!(tx, now, Some(project.as_str()), "node.deregistered", id.as_str(), to_json(&node));
-            Ok((node, seq))
+            append_event!(tx, now, Some(project.as_str()), "node.deregistered", id.as_str(), to_json(&node));
+            Ok(node)
         });
         self.node_changed();
         out

@@ -3,7 +3,7 @@ use tether_types::{Error, JoinToken, JoinTokenId, Labels, OrgId, ProjectId, Role
 
 use crate::events::append_event;
 use crate::row::{Get, to_json};
-use crate::{Result, Store, in_tx, on_read};
+use crate::{Committed, in_tx_committed, Result, Store, in_tx, on_read};
 
 /// The default organisation and project, found or made at first start.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,8 +115,8 @@ impl Store {
         })
     }
 
-    pub async fn token_record(&self, t: &TokenRecord) -> Result<()> {
-        in_tx!(self, |tx| {
+    pub async fn token_record(&self, t: &TokenRecord) -> Result<Committed<()>> {
+        in_tx_committed!(self, |tx| {
             sqlx::query(
                 "INSERT INTO tokens (id, project_id, role, description, created_at, expires_at)
                  VALUES ($1, $2, $3, $4, $5, $6)",
@@ -150,8 +150,8 @@ impl Store {
     /// it is a live admin token and no other live admin token of the
     /// project would remain: a project is never locked out of its own
     /// administration (`tether-control-plane admin-token` mints one offline).
-    pub async fn token_revoke(&self, project: &ProjectId, id: &TokenId, now: UnixMillis) -> Result<TokenRecord> {
-        in_tx!(self, |tx| {
+    pub async fn token_revoke(&self, project: &ProjectId, id: &TokenId, now: UnixMillis) -> Result<Committed<TokenRecord>> {
+        in_tx_committed!(self, |tx| {
             // Live admin tokens of the project: is the target one, and how
             // many others are there.
             let (target, others): (i64, i64) = sqlx::query_as(
@@ -198,8 +198,8 @@ impl Store {
         })
     }
 
-    pub async fn join_token_create(&self, t: &JoinToken, secret_hash: &[u8]) -> Result<()> {
-        in_tx!(self, |tx| {
+    pub async fn join_token_create(&self, t: &JoinToken, secret_hash: &[u8]) -> Result<Committed<()>> {
+        in_tx_committed!(self, |tx| {
             sqlx::query(
                 "INSERT INTO join_tokens (id, project_id, secret_hash, description, labels, max_uses, uses,
                                           created_at, expires_at, revoked_at)
@@ -258,8 +258,8 @@ impl Store {
         Ok(all.into_iter().filter(|t| include_inactive || t.unusable_reason(now).is_none()).collect())
     }
 
-    pub async fn join_token_revoke(&self, project: &ProjectId, id: &JoinTokenId, now: UnixMillis) -> Result<JoinToken> {
-        in_tx!(self, |tx| {
+    pub async fn join_token_revoke(&self, project: &ProjectId, id: &JoinTokenId, now: UnixMillis) -> Result<Committed<JoinToken>> {
+        in_tx_committed!(self, |tx| {
             let row = sqlx::query(&format!(
                 "UPDATE join_tokens SET revoked_at = COALESCE(revoked_at, $3)
                  WHERE id = $1 AND project_id = $2 RETURNING {JOIN_COLS}"

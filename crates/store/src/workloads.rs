@@ -5,7 +5,7 @@ use tether_types::{Allocation, Error, ErrorCode, ProjectId, UnixMillis, Workload
 use crate::events::append_event;
 use crate::row::{Decoded, Get, decode_each, to_json};
 use crate::work::{ALLOC_COLS, alloc_from_row};
-use crate::{Result, Store, StoreError, in_tx, on_read};
+use crate::{Committed, in_tx_committed, Result, Store, StoreError, on_read};
 
 const WL_COLS: &str = "id, project_id, name, spec, spec_version, replicas, created_at, updated_at";
 
@@ -52,8 +52,8 @@ macro_rules! save_workload {
 }
 
 impl Store {
-    pub async fn workload_create(&self, w: &Workload) -> Result<Workload> {
-        in_tx!(self, |tx| {
+    pub async fn workload_create(&self, w: &Workload) -> Result<Committed<Workload>> {
+        in_tx_committed!(self, |tx| {
             let taken: Option<String> =
                 sqlx::query_scalar("SELECT id FROM workloads WHERE project_id = $1 AND name = $2")
                     .bind(w.project_id.as_str())
@@ -125,8 +125,8 @@ impl Store {
         id: &WorkloadId,
         spec: &WorkloadSpec,
         now: UnixMillis,
-    ) -> Result<Workload> {
-        in_tx!(self, |tx| {
+    ) -> Result<Committed<Workload>> {
+        in_tx_committed!(self, |tx| {
             let mut w = fetch_workload!(tx, project, id);
             if &w.spec != spec {
                 w.spec = spec.clone();
@@ -144,8 +144,8 @@ impl Store {
         id: &WorkloadId,
         replicas: u32,
         now: UnixMillis,
-    ) -> Result<Workload> {
-        in_tx!(self, |tx| {
+    ) -> Result<Committed<Workload>> {
+        in_tx_committed!(self, |tx| {
             let mut w = fetch_workload!(tx, project, id);
             if w.replicas != replicas {
                 w.replicas = replicas;
@@ -162,8 +162,8 @@ impl Store {
         project: &ProjectId,
         id: &WorkloadId,
         now: UnixMillis,
-    ) -> Result<(Workload, Vec<Allocation>)> {
-        in_tx!(self, |tx| {
+    ) -> Result<Committed<(Workload, Vec<Allocation>)>> {
+        in_tx_committed!(self, |tx| {
             let w = fetch_workload!(tx, project, id);
             sqlx::query("DELETE FROM workloads WHERE id = $1").bind(id.as_str()).execute(&mut *tx).await?;
             let rows = sqlx::query(&format!(

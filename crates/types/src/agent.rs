@@ -3,9 +3,40 @@
 //! here, once; the control plane's dispatch and the agent's runner work on
 //! these types.
 
-use tether_proto::agent_pb::{self, jobs_response};
+use tether_proto::agent_pb::{self, heartbeat_response, jobs_response};
 
-use crate::{AllocKind, Error, ExecSpec, RestartPolicy};
+use crate::{AllocKind, DesiredNodeState, Error, ExecSpec, RestartPolicy};
+
+/// What the control plane wants of a node, pushed on its heartbeat stream.
+/// The agent answers each version once, ACK or NACK; a rejected version is
+/// not sent again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredState {
+    pub state: DesiredNodeState,
+    pub version: u64,
+    pub reason: String,
+}
+
+impl DesiredState {
+    pub fn to_pb(&self) -> agent_pb::HeartbeatResponse {
+        agent_pb::HeartbeatResponse {
+            msg: Some(heartbeat_response::Msg::DesiredState(agent_pb::DesiredState {
+                state: self.state.to_pb() as i32,
+                version: self.version,
+                reason: self.reason.clone(),
+            })),
+        }
+    }
+
+    /// A state this agent does not know (from a newer control plane, or
+    /// unset) is an error naming the version, for the agent to NACK.
+    pub fn from_pb(d: &agent_pb::DesiredState) -> Result<DesiredState, (u64, Error)> {
+        match DesiredNodeState::from_pb(d.state) {
+            Ok(state) => Ok(DesiredState { state, version: d.version, reason: d.reason.clone() }),
+            Err(_) => Err((d.version, Error::invalid(format!("unknown desired state {}", d.state)))),
+        }
+    }
+}
 
 /// An allocation as both ends of the Jobs stream name it: (job id, attempt)
 /// for a job attempt, (allocation id, 1) for a workload replica.
@@ -38,6 +69,11 @@ pub enum Command {
 }
 
 impl Command {
+    /// Stop this allocation (the key is its wire id).
+    pub fn cancel(a: &crate::Allocation, reason: &str) -> Command {
+        Command::Cancel { key: a.wire_id(), reason: reason.to_owned() }
+    }
+
     pub fn to_pb(&self) -> agent_pb::JobsResponse {
         let msg = match self {
             Command::Assign(a) => jobs_response::Msg::Assign(agent_pb::AssignJob {
@@ -143,5 +179,26 @@ mod tests {
         let Some(Err((key, e))) = Command::from_pb(bad) else { panic!("an assignment without exec is refused") };
         assert_eq!(key, ("job-9".to_string(), 1));
         assert!(e.message.contains("exec"), "{e:?}");
+    }
+
+    #[test]
+    fn desired_state_round_trips_and_unknown_states_are_refused() {
+        for state in [
+            DesiredNodeState::Active,
+            DesiredNodeState::Paused,
+            DesiredNodeState::Draining,
+            DesiredNodeState::Stopped,
+            DesiredNodeState::Quarantined,
+        ] {
+            let d = DesiredState { state, version: 7, reason: "maintenance".into() };
+            let Some(heartbeat_response::Msg::DesiredState(m)) = d.to_pb().msg else { panic!("a desired state") };
+            assert_eq!(DesiredState::from_pb(&m), Ok(d));
+        }
+        let unknown = agent_pb::DesiredState { state: 99, version: 3, reason: String::new() };
+        let Err((version, e)) = DesiredState::from_pb(&unknown) else { panic!("state 99 is refused") };
+        assert_eq!(version, 3);
+        assert!(e.message.contains("99"), "{e:?}");
+        let unset = agent_pb::DesiredState { state: 0, version: 4, reason: String::new() };
+        assert!(DesiredState::from_pb(&unset).is_err());
     }
 }

@@ -59,8 +59,8 @@ async fn fixture() -> Fixture {
         expires_at: i64::MAX,
         revoked_at: None,
     };
-    store.join_token_create(&jt, b"hash").await.unwrap();
-    let (node, _) = store
+    store.join_token_create(&jt, b"hash").await.unwrap().value;
+    let node = store
         .node_enroll(&tether_store::NodeEnroll {
             id: NodeId::from_random([4; 10]),
             project_id: project.clone(),
@@ -72,7 +72,8 @@ async fn fixture() -> Fixture {
             now: 2_000,
         })
         .await
-        .unwrap();
+        .unwrap()
+        .value;
     let registry = Registry::new(
         store.clone(),
         Notifier::new(0),

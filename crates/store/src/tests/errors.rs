@@ -17,7 +17,7 @@ pub(super) async fn database_errors_are_classified_by_backend(store: Store) {
     assert_eq!(Error::from(dup).code, ErrorCode::Internal);
     let nul = JoinToken { id: id(JoinTokenId::from_random, 8), description: "a\0b".into(), ..t };
     match store.join_token_create(&nul, b"hash").await {
-        Ok(()) => assert_eq!(store.backend_name(), "sqlite", "PostgreSQL text cannot hold NUL"),
+        Ok(_) => assert_eq!(store.backend_name(), "sqlite", "PostgreSQL text cannot hold NUL"),
         Err(e) => {
             assert_eq!(store.backend_name(), "postgres", "{e}");
             assert_eq!(e.failure(), Some(Failure::Other), "{e}");

@@ -26,8 +26,8 @@ pub(super) async fn settings_first_writer_wins(store: Store) {
 pub(super) async fn enroll_spends_join_token_uses(store: Store) {
     let p = project(&store).await;
     let jt = join_token(&store, &p, 1, 2, 10_000).await;
-    store.node_enroll(&enroll(&p, &jt, 1, 2_000)).await.unwrap();
-    store.node_enroll(&enroll(&p, &jt, 2, 2_000)).await.unwrap();
+    store.node_enroll(&enroll(&p, &jt, 1, 2_000)).await.unwrap().value;
+    store.node_enroll(&enroll(&p, &jt, 2, 2_000)).await.unwrap().value;
     let err = store.node_enroll(&enroll(&p, &jt, 3, 2_000)).await.unwrap_err();
     assert_eq!(Error::from(err).code, ErrorCode::Unauthenticated);
     assert_eq!(store.node_get(&id(NodeId::from_random, 3)).await.unwrap(), None, "nothing stored");
@@ -48,7 +48,7 @@ pub(super) async fn enroll_spends_join_token_uses(store: Store) {
 pub(super) async fn session_open_fences_older_generations(store: Store) {
     let p = project(&store).await;
     let jt = join_token(&store, &p, 1, 0, 10_000).await;
-    let (node, _) = store.node_enroll(&enroll(&p, &jt, 1, 2_000)).await.unwrap();
+    let node = store.node_enroll(&enroll(&p, &jt, 1, 2_000)).await.unwrap().value;
     let (n, ev) = store.node_session_open(&node.id, 5, None, "r1", 3_000).await.unwrap();
     assert_eq!(n.status, NodeStatus::Ready);
     assert_eq!(n.session_generation, 5);
@@ -74,9 +74,9 @@ pub(super) async fn session_open_fences_older_generations(store: Store) {
 pub(super) async fn sessions_open_in_one_batch_answer_each(store: Store) {
     let p = project(&store).await;
     let jt = join_token(&store, &p, 1, 0, 10_000).await;
-    let (a, _) = store.node_enroll(&enroll(&p, &jt, 1, 2_000)).await.unwrap();
-    let (b, _) = store.node_enroll(&enroll(&p, &jt, 2, 2_000)).await.unwrap();
-    let (c, _) = store.node_enroll(&enroll(&p, &jt, 3, 2_000)).await.unwrap();
+    let a = store.node_enroll(&enroll(&p, &jt, 1, 2_000)).await.unwrap().value;
+    let b = store.node_enroll(&enroll(&p, &jt, 2, 2_000)).await.unwrap().value;
+    let c = store.node_enroll(&enroll(&p, &jt, 3, 2_000)).await.unwrap().value;
     store.node_session_open(&b.id, 7, None, "r1", 2_500).await.unwrap();
     let head = store.events_head().await.unwrap();
     let caps = NodeCapabilities { hostname: "c-renamed".into(), ..Default::default() };
@@ -107,8 +107,8 @@ pub(super) async fn sessions_open_in_one_batch_answer_each(store: Store) {
 pub(super) async fn status_changes_append_events_in_order(store: Store) {
     let p = project(&store).await;
     let jt = join_token(&store, &p, 1, 0, 10_000).await;
-    let (a, _) = store.node_enroll(&enroll(&p, &jt, 1, 2_000)).await.unwrap();
-    let (b, _) = store.node_enroll(&enroll(&p, &jt, 2, 2_000)).await.unwrap();
+    let a = store.node_enroll(&enroll(&p, &jt, 1, 2_000)).await.unwrap().value;
+    let b = store.node_enroll(&enroll(&p, &jt, 2, 2_000)).await.unwrap().value;
     let head = store.events_head().await.unwrap();
     let changes = vec![
         StatusChange { id: a.id.clone(), status: NodeStatus::Unreachable, at: 3_000, last_seen_at: 2_500 },
@@ -133,7 +133,7 @@ pub(super) async fn list_filters_and_pages(store: Store) {
     let p = project(&store).await;
     let jt = join_token(&store, &p, 1, 0, 10_000).await;
     for n in 1..=7u8 {
-        store.node_enroll(&enroll(&p, &jt, n, 2_000 + i64::from(n % 3))).await.unwrap();
+        store.node_enroll(&enroll(&p, &jt, n, 2_000 + i64::from(n % 3))).await.unwrap().value;
     }
     store.node_session_open(&id(NodeId::from_random, 3), 1, None, "r", 3_000).await.unwrap();
     let all = NodeFilter { project_id: p.clone(), status: None, pool: None };
@@ -166,15 +166,17 @@ pub(super) async fn list_filters_and_pages(store: Store) {
 pub(super) async fn deregister_removes_and_logs(store: Store) {
     let p = project(&store).await;
     let jt = join_token(&store, &p, 1, 0, 10_000).await;
-    let (a, _) = store.node_enroll(&enroll(&p, &jt, 1, 2_000)).await.unwrap();
+    let a = store.node_enroll(&enroll(&p, &jt, 1, 2_000)).await.unwrap().value;
     let other = id(ProjectId::from_random, 8);
     let err = store.node_deregister(&other, &a.id, 3_000).await.unwrap_err();
     assert_eq!(Error::from(err).code, ErrorCode::NotFound, "another project cannot see it");
-    let (gone, seq) = store.node_deregister(&p, &a.id, 3_000).await.unwrap();
+    let committed = store.node_deregister(&p, &a.id, 3_000).await.unwrap();
+    let (gone, seq) = (committed.value, committed.seq.expect("deregistering appends an event"));
     assert_eq!(gone.id, a.id);
     assert_eq!(store.node_get(&a.id).await.unwrap(), None);
     let ev = store.events_since(&p, "node.deregistered", seq - 1, 10).await.unwrap();
     assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0].seq, seq, "the write answers its event's sequence number");
     assert_eq!(ev[0].subject, a.id.to_string());
 }
 
@@ -185,9 +187,9 @@ pub(super) async fn join_token_revoke_and_list(store: Store) {
     let _expired = join_token(&store, &p, 3, 0, 1_500).await;
     assert_eq!(store.join_token_list(&p, false, 2_000).await.unwrap().len(), 2);
     assert_eq!(store.join_token_list(&p, true, 2_000).await.unwrap().len(), 3);
-    let revoked = store.join_token_revoke(&p, &a.id, 2_500).await.unwrap();
+    let revoked = store.join_token_revoke(&p, &a.id, 2_500).await.unwrap().value;
     assert_eq!(revoked.revoked_at, Some(2_500));
-    let again = store.join_token_revoke(&p, &a.id, 2_600).await.unwrap();
+    let again = store.join_token_revoke(&p, &a.id, 2_600).await.unwrap().value;
     assert_eq!(again.revoked_at, Some(2_500), "first revocation time is kept");
     let active: Vec<_> = store.join_token_list(&p, false, 2_700).await.unwrap().into_iter().map(|t| t.id).collect();
     assert_eq!(active, [b.id]);
@@ -216,7 +218,7 @@ pub(super) async fn last_admin_token_is_never_revoked(store: Store) {
     let viewer = token(&p, 2, Role::Viewer, None);
     let expired_admin = token(&p, 3, Role::Admin, Some(1_500));
     for t in [&admin, &viewer, &expired_admin] {
-        store.token_record(t).await.unwrap();
+        store.token_record(t).await.unwrap().value;
     }
     let err = store.token_revoke(&p, &admin.id, 2_000).await.unwrap_err();
     let err = Error::from(err);
@@ -224,11 +226,11 @@ pub(super) async fn last_admin_token_is_never_revoked(store: Store) {
     assert!(err.message.contains("last admin token"), "{err}");
     assert_eq!(store.tokens_revoked().await.unwrap(), vec![], "nothing changed");
     // Others may go; with a second admin, so may the first.
-    store.token_revoke(&p, &viewer.id, 2_000).await.unwrap();
-    store.token_revoke(&p, &expired_admin.id, 2_000).await.unwrap();
+    store.token_revoke(&p, &viewer.id, 2_000).await.unwrap().value;
+    store.token_revoke(&p, &expired_admin.id, 2_000).await.unwrap().value;
     let second = token(&p, 4, Role::Admin, Some(10_000));
-    store.token_record(&second).await.unwrap();
-    store.token_revoke(&p, &admin.id, 2_100).await.unwrap();
+    store.token_record(&second).await.unwrap().value;
+    store.token_revoke(&p, &admin.id, 2_100).await.unwrap().value;
     let err = store.token_revoke(&p, &second.id, 2_200).await.unwrap_err();
     assert_eq!(Error::from(err).code, ErrorCode::FailedPrecondition, "now the second is the last");
 }
@@ -236,7 +238,7 @@ pub(super) async fn last_admin_token_is_never_revoked(store: Store) {
 pub(super) async fn leases_flush_only_moves_forward(store: Store) {
     let p = project(&store).await;
     let jt = join_token(&store, &p, 1, 0, 10_000).await;
-    let (a, _) = store.node_enroll(&enroll(&p, &jt, 1, 2_000)).await.unwrap();
+    let a = store.node_enroll(&enroll(&p, &jt, 1, 2_000)).await.unwrap().value;
     let head = store.events_head().await.unwrap();
     store.node_leases_flush(&[(a.id.clone(), 5_000)], "r1").await.unwrap();
     store.node_leases_flush(&[(a.id.clone(), 4_000)], "r1").await.unwrap();
@@ -253,7 +255,7 @@ pub(super) async fn leases_flush_only_moves_forward(store: Store) {
         b[..4].copy_from_slice(&i.to_be_bytes());
         e.id = NodeId::from_random(b);
         e.capabilities.hostname = format!("n{i}");
-        nodes.push(store.node_enroll(&e).await.unwrap().0);
+        nodes.push(store.node_enroll(&e).await.unwrap().value);
     }
     let leases: Vec<(NodeId, i64)> = nodes
         .iter()

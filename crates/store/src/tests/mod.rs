@@ -99,6 +99,7 @@ suite!(
     job_logs_append_and_read,
     workloads_and_desired_state,
     database_errors_are_classified_by_backend,
+    writes_answer_their_last_event_sequence,
 );
 
 fn id<T>(f: fn([u8; 10]) -> T, n: u8) -> T {
@@ -121,7 +122,7 @@ async fn join_token(store: &Store, p: &ProjectId, n: u8, max_uses: u32, expires_
         expires_at,
         revoked_at: None,
     };
-    store.join_token_create(&t, b"hash").await.unwrap();
+    store.join_token_create(&t, b"hash").await.unwrap().value;
     t
 }
 

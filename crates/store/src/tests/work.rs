@@ -49,38 +49,38 @@ pub(super) fn attempt(j: &Job, node: &NodeId, attempt: u32) -> Allocation {
 
 pub(super) async fn node_for(store: &Store, p: &ProjectId, n: u8) -> NodeId {
     let jt = join_token(store, p, 100 + n, 0, i64::MAX / 2).await;
-    store.node_enroll(&enroll(p, &jt, n, 2_000)).await.unwrap().0.id
+    store.node_enroll(&enroll(p, &jt, n, 2_000)).await.unwrap().value.id
 }
 
 pub(super) async fn job_lifecycle_retries_and_idempotency(store: Store) {
     let p = project(&store).await;
     let node = node_for(&store, &p, 1).await;
     let j = job(&p, 1, 2);
-    let (first, created) = store.job_submit(&j, Some("key-1")).await.unwrap();
+    let (first, created) = store.job_submit(&j, Some("key-1")).await.unwrap().value;
     assert!(created);
-    let (again, created) = store.job_submit(&job(&p, 2, 1), Some("key-1")).await.unwrap();
+    let (again, created) = store.job_submit(&job(&p, 2, 1), Some("key-1")).await.unwrap().value;
     assert!(!created);
     assert_eq!(again.id, first.id, "a retried submit returns the first job");
     assert_eq!(store.jobs_pending(10).await.unwrap().items.len(), 1);
 
-    let placed = store.allocations_place(&[attempt(&j, &node, 1)], 2_000).await.unwrap();
+    let placed = store.allocations_place(&[attempt(&j, &node, 1)], 2_000).await.unwrap().value;
     assert_eq!(placed.len(), 1);
     // Placing the same attempt again is refused (the job is no longer pending).
-    assert!(store.allocations_place(&[attempt(&j, &node, 1)], 2_000).await.unwrap().is_empty());
+    assert!(store.allocations_place(&[attempt(&j, &node, 1)], 2_000).await.unwrap().value.is_empty());
     assert_eq!(store.job_get(&j.id).await.unwrap().unwrap().status, JobStatus::Scheduled);
     let key = format!("{}/1", j.id);
     // Only the holding node may report.
-    assert!(store.allocation_started(&key, &id(NodeId::from_random, 9), 0, 2_100).await.unwrap().is_none());
-    store.allocation_started(&key, &node, 0, 2_100).await.unwrap().unwrap();
+    assert!(store.allocation_started(&key, &id(NodeId::from_random, 9), 0, 2_100).await.unwrap().value.is_none());
+    store.allocation_started(&key, &node, 0, 2_100).await.unwrap().value.unwrap();
     assert_eq!(store.job_get(&j.id).await.unwrap().unwrap().status, JobStatus::Running);
     // A failure with attempts left: back to pending for attempt 2.
-    let f = store.allocation_finished(&key, &node, 3, "", 2_200).await.unwrap().unwrap();
+    let f = store.allocation_finished(&key, &node, 3, "", 2_200).await.unwrap().value.unwrap();
     assert_eq!(f.allocation.status, AllocStatus::Failed);
     assert_eq!(f.job.as_ref().unwrap().status, JobStatus::Pending);
-    assert!(store.allocation_finished(&key, &node, 3, "", 2_300).await.unwrap().is_none(), "idempotent");
-    store.allocations_place(&[attempt(&j, &node, 2)], 2_400).await.unwrap();
+    assert!(store.allocation_finished(&key, &node, 3, "", 2_300).await.unwrap().value.is_none(), "idempotent");
+    store.allocations_place(&[attempt(&j, &node, 2)], 2_400).await.unwrap().value;
     let key2 = format!("{}/2", j.id);
-    let f = store.allocation_finished(&key2, &node, 0, "", 2_500).await.unwrap().unwrap();
+    let f = store.allocation_finished(&key2, &node, 0, "", 2_500).await.unwrap().value.unwrap();
     assert_eq!(f.job.unwrap().status, JobStatus::Succeeded);
     let attempts = store.job_allocations(&j.id).await.unwrap();
     assert_eq!(attempts.iter().map(|a| a.status).collect::<Vec<_>>(), [AllocStatus::Failed, AllocStatus::Succeeded]);
@@ -100,10 +100,10 @@ pub(super) async fn job_cancel_and_lost_on_down_node(store: Store) {
     let node = node_for(&store, &p, 1).await;
     let a = job(&p, 1, 1);
     let b = job(&p, 2, 2);
-    store.job_submit(&a, None).await.unwrap();
-    store.job_submit(&b, None).await.unwrap();
-    store.allocations_place(&[attempt(&a, &node, 1), attempt(&b, &node, 1)], 2_000).await.unwrap();
-    let (cancelled, stopping) = store.job_cancel(&p, &a.id, 2_100).await.unwrap();
+    store.job_submit(&a, None).await.unwrap().value;
+    store.job_submit(&b, None).await.unwrap().value;
+    store.allocations_place(&[attempt(&a, &node, 1), attempt(&b, &node, 1)], 2_000).await.unwrap().value;
+    let (cancelled, stopping) = store.job_cancel(&p, &a.id, 2_100).await.unwrap().value;
     assert_eq!(cancelled.status, JobStatus::Cancelled);
     assert_eq!(stopping.unwrap().status, AllocStatus::Stopping);
     let err = store.job_cancel(&p, &a.id, 2_200).await.unwrap_err();
@@ -121,9 +121,9 @@ pub(super) async fn job_cancel_and_lost_on_down_node(store: Store) {
         }])
         .await
         .unwrap();
-    let lost = store.allocations_lose_on_down_nodes(3_000).await.unwrap();
+    let lost = store.allocations_lose_on_down_nodes(3_000).await.unwrap().value;
     assert_eq!(lost.len(), 2);
-    assert!(store.allocations_lose_on_down_nodes(3_100).await.unwrap().is_empty(), "idempotent");
+    assert!(store.allocations_lose_on_down_nodes(3_100).await.unwrap().value.is_empty(), "idempotent");
     let b_after = store.job_get(&b.id).await.unwrap().unwrap();
     assert_eq!((b_after.status, b_after.attempt), (JobStatus::Pending, 1));
     assert_eq!(store.job_get(&a.id).await.unwrap().unwrap().status, JobStatus::Cancelled);
@@ -134,7 +134,7 @@ pub(super) async fn job_cancel_and_lost_on_down_node(store: Store) {
 pub(super) async fn job_logs_append_and_read(store: Store) {
     let p = project(&store).await;
     let j = job(&p, 1, 1);
-    store.job_submit(&j, None).await.unwrap();
+    store.job_submit(&j, None).await.unwrap().value;
     assert!(store.job_log_append(&j.id, 1, 0, b"hello ", false).await.unwrap());
     assert!(store.job_log_append(&j.id, 1, 6, b"world", true).await.unwrap());
     assert!(!store.job_log_append(&j.id, 1, 6, b"world", true).await.unwrap(), "a resend is a no-op");
@@ -168,16 +168,16 @@ pub(super) async fn workloads_and_desired_state(store: Store) {
         created_at: 1_000,
         updated_at: 1_000,
     };
-    store.workload_create(&w).await.unwrap();
+    store.workload_create(&w).await.unwrap().value;
     let dup = Workload { id: id(WorkloadId::from_random, 2), ..w.clone() };
     assert_eq!(Error::from(store.workload_create(&dup).await.unwrap_err()).code, ErrorCode::AlreadyExists);
-    let scaled = store.workload_scale(&p, &w.id, 3, 2_000).await.unwrap();
+    let scaled = store.workload_scale(&p, &w.id, 3, 2_000).await.unwrap().value;
     assert_eq!(scaled.replicas, 3);
     let mut spec2 = spec.clone();
     spec2.exec.args = vec!["200".into()];
-    assert_eq!(store.workload_update_spec(&p, &w.id, &spec2, 2_100).await.unwrap().spec_version, 2);
+    assert_eq!(store.workload_update_spec(&p, &w.id, &spec2, 2_100).await.unwrap().value.spec_version, 2);
     assert_eq!(
-        store.workload_update_spec(&p, &w.id, &spec2, 2_200).await.unwrap().spec_version,
+        store.workload_update_spec(&p, &w.id, &spec2, 2_200).await.unwrap().value.spec_version,
         2,
         "no change, no bump"
     );
@@ -190,25 +190,73 @@ pub(super) async fn workloads_and_desired_state(store: Store) {
         spec_version: 2,
         ..attempt(&job(&p, 1, 1), &node, 1)
     };
-    assert_eq!(store.allocations_place(std::slice::from_ref(&replica), 2_300).await.unwrap().len(), 1);
+    assert_eq!(store.allocations_place(std::slice::from_ref(&replica), 2_300).await.unwrap().value.len(), 1);
     assert_eq!(store.workload_allocations(&w.id).await.unwrap().len(), 1);
-    let (_, stopping) = store.workload_delete(&p, &w.id, 2_400).await.unwrap();
+    let (_, stopping) = store.workload_delete(&p, &w.id, 2_400).await.unwrap().value;
     assert_eq!(stopping.len(), 1);
     assert_eq!(stopping[0].status, AllocStatus::Stopping);
     assert!(store.workload_get(&p, &w.id).await.unwrap().is_none());
-    let f = store.allocation_finished(&replica.key, &node, -9, "stopped", 2_500).await.unwrap().unwrap();
+    let f = store.allocation_finished(&replica.key, &node, -9, "stopped", 2_500).await.unwrap().value.unwrap();
     assert_eq!(f.allocation.status, AllocStatus::Stopped);
 
     // Desired state: version bumps, stale acks ignored, NACK kept.
-    let (n, _) =
-        store.node_set_desired(&p, &node, DesiredNodeState::Draining, "maintenance", Some(9_000), 3_000).await.unwrap();
+    let n =
+        store.node_set_desired(&p, &node, DesiredNodeState::Draining, "maintenance", Some(9_000), 3_000).await.unwrap().value;
     assert_eq!(
         (n.desired_state, n.desired_state_version, n.drain_deadline),
         (DesiredNodeState::Draining, 2, Some(9_000))
     );
-    assert!(store.node_desired_ack(&node, 1, true, "", 3_100).await.unwrap().is_none(), "stale ack");
-    let (n, _) = store.node_desired_ack(&node, 2, false, "cannot", 3_200).await.unwrap().unwrap();
+    assert!(store.node_desired_ack(&node, 1, true, "", 3_100).await.unwrap().value.is_none(), "stale ack");
+    let n = store.node_desired_ack(&node, 2, false, "cannot", 3_200).await.unwrap().value.unwrap();
     assert_eq!((n.acked_desired_state_version, n.desired_state_nack.as_str()), (0, "cannot"));
-    let (n, _) = store.node_desired_ack(&node, 2, true, "", 3_300).await.unwrap().unwrap();
+    let n = store.node_desired_ack(&node, 2, true, "", 3_300).await.unwrap().value.unwrap();
     assert_eq!((n.acked_desired_state_version, n.desired_state_nack.as_str()), (2, ""));
+}
+
+/// A write answers the highest event sequence number its transaction
+/// appended (what the control plane tells watchers), and none when it
+/// appended no event.
+pub(super) async fn writes_answer_their_last_event_sequence(store: Store) {
+    let p = project(&store).await;
+    let node = node_for(&store, &p, 1).await;
+    let (a, b) = (job(&p, 1, 1), job(&p, 2, 1));
+    let submitted = store.jobs_submit(&[(&a, None), (&b, None)]).await.unwrap();
+    let head = store.events_head().await.unwrap();
+    assert_eq!(submitted.seq, Some(head), "two submissions, two events: the later one's sequence");
+    let subjects: Vec<String> =
+        store.events_since(&p, "job.", head - 2, 10).await.unwrap().into_iter().map(|e| e.subject).collect();
+    assert_eq!(subjects, [a.id.to_string(), b.id.to_string()]);
+
+    let placed = store.allocations_place(&[attempt(&a, &node, 1)], 2_000).await.unwrap();
+    assert_eq!(placed.seq, Some(store.events_head().await.unwrap()));
+    assert!(placed.seq > submitted.seq);
+
+    // Nothing to write, no event, no sequence.
+    let again = store.allocations_place(&[attempt(&a, &node, 1)], 2_000).await.unwrap();
+    assert!(again.value.is_empty());
+    assert_eq!(again.seq, None);
+    let none = store.allocations_stop(&[], "nothing", 2_100).await.unwrap();
+    assert_eq!(none.seq, None);
+
+    let w = Workload {
+        id: id(WorkloadId::from_random, 3),
+        project_id: p.clone(),
+        name: "web".into(),
+        spec: WorkloadSpec {
+            exec: ExecSpec { command: "/bin/sleep".into(), ..Default::default() },
+            resources: Resources { cpu_millis: 100, memory_mb: 10, gpus: 0 },
+            constraints: Constraints::default(),
+            restart: RestartPolicy::Always,
+            max_parallel: 1,
+        },
+        spec_version: 1,
+        replicas: 2,
+        created_at: 3_000,
+        updated_at: 3_000,
+    };
+    assert!(store.workload_create(&w).await.unwrap().seq.is_some());
+    let unchanged = store.workload_scale(&p, &w.id, 2, 3_100).await.unwrap();
+    assert_eq!(unchanged.seq, None, "scaling to the same count changes nothing");
+    let scaled = store.workload_scale(&p, &w.id, 3, 3_200).await.unwrap();
+    assert_eq!(scaled.seq, Some(store.events_head().await.unwrap()));
 }

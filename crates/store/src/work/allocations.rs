@@ -5,7 +5,7 @@ use tether_types::{AllocKind, Allocation, Job, NodeId, UnixMillis};
 use super::{ACTIVE, ALLOC_COLS, JOB_COLS, ON_LOST_NODES, alloc_from_row, job_from_row};
 use crate::events::append_event;
 use crate::row::to_json;
-use crate::{Result, Store, StoreError, in_tx, on_read};
+use crate::{Committed, in_tx_committed, Result, Store, StoreError, on_read};
 
 impl Store {
     /// Every allocation that holds resources (scheduled, running, stopping).
@@ -55,11 +55,11 @@ impl Store {
     /// Records placements in one transaction: each allocation is inserted and
     /// its job (if any) becomes `scheduled` with the new attempt. A job that is
     /// no longer pending (cancelled meanwhile) is skipped. Returns what was stored.
-    pub async fn allocations_place(&self, allocs: &[Allocation], now: UnixMillis) -> Result<Vec<Allocation>> {
+    pub async fn allocations_place(&self, allocs: &[Allocation], now: UnixMillis) -> Result<Committed<Vec<Allocation>>> {
         if allocs.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Committed::nothing(Vec::new()));
         }
-        in_tx!(self, |tx| {
+        in_tx_committed!(self, |tx| {
             let mut stored = Vec::with_capacity(allocs.len());
             for a in allocs {
                 if let Some(job_id) = &a.job_id {
@@ -109,11 +109,11 @@ impl Store {
     /// wants a result (not cancelled) is retried once it has stopped (its node
     /// reports it ended, or goes down), never before: no attempt runs on
     /// after the control plane gave up on it.
-    pub async fn allocations_stop(&self, keys: &[String], reason: &str, now: UnixMillis) -> Result<Vec<Allocation>> {
+    pub async fn allocations_stop(&self, keys: &[String], reason: &str, now: UnixMillis) -> Result<Committed<Vec<Allocation>>> {
         if keys.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Committed::nothing(Vec::new()));
         }
-        in_tx!(self, |tx| {
+        in_tx_committed!(self, |tx| {
             let mut out = Vec::new();
             for k in keys {
                 let Some(mut a) = fetch_alloc!(tx, k) else { continue };
@@ -132,7 +132,7 @@ impl Store {
     /// Active allocations on nodes that are `down` (or deregistered) become lost (job attempts
     /// are retried elsewhere while attempts remain). Idempotent; returns the
     /// allocations that changed.
-    pub async fn allocations_lose_on_down_nodes(&self, now: UnixMillis) -> Result<Vec<Allocation>> {
+    pub async fn allocations_lose_on_down_nodes(&self, now: UnixMillis) -> Result<Committed<Vec<Allocation>>> {
         // Usually there is nothing to do: look first, without a write transaction.
         let any: Option<String> = on_read!(self, |pool| {
             sqlx::query_scalar(&format!("SELECT key FROM allocations WHERE {ON_LOST_NODES} LIMIT 1"))
@@ -140,9 +140,9 @@ impl Store {
                 .await?
         });
         if any.is_none() {
-            return Ok(Vec::new());
+            return Ok(Committed::nothing(Vec::new()));
         }
-        in_tx!(self, |tx| {
+        in_tx_committed!(self, |tx| {
             let rows = sqlx::query(&format!("SELECT {ALLOC_COLS} FROM allocations WHERE {ON_LOST_NODES}"))
                 .fetch_all(&mut *tx)
                 .await?;

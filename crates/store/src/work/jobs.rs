@@ -5,7 +5,7 @@ use tether_types::{Allocation, Error, Job, JobId, JobStatus, NodeId, ProjectId, 
 use super::{ALLOC_COLS, JOB_COLS, alloc_from_row, job_from_row};
 use crate::events::append_event;
 use crate::row::{Decoded, decode_each, to_json};
-use crate::{Result, Store, StoreError, in_tx, on_read};
+use crate::{Committed, in_tx_committed, Result, Store, StoreError, on_read};
 
 /// A page of jobs, newest first.
 #[derive(Debug, Clone)]
@@ -17,15 +17,15 @@ pub struct JobPage {
 impl Store {
     /// Stores a new pending job. With an idempotency key that was used before
     /// in the project, returns the first job instead (and `false`).
-    pub async fn job_submit(&self, job: &Job, idempotency_key: Option<&str>) -> Result<(Job, bool)> {
-        Ok(self.jobs_submit(&[(job, idempotency_key)]).await?.pop().expect("one answer per job"))
+    pub async fn job_submit(&self, job: &Job, idempotency_key: Option<&str>) -> Result<Committed<(Job, bool)>> {
+        Ok(self.jobs_submit(&[(job, idempotency_key)]).await?.map(|mut v| v.pop().expect("one answer per job")))
     }
 
     /// [`Store::job_submit`] for many jobs, in order, in one transaction
     /// (group commit of submissions that arrive together). A key used twice
     /// in one batch gives the first job to both.
-    pub async fn jobs_submit(&self, jobs: &[(&Job, Option<&str>)]) -> Result<Vec<(Job, bool)>> {
-        in_tx!(self, |tx| {
+    pub async fn jobs_submit(&self, jobs: &[(&Job, Option<&str>)]) -> Result<Committed<Vec<(Job, bool)>>> {
+        in_tx_committed!(self, |tx| {
             let mut out = Vec::with_capacity(jobs.len());
             for &(job, idempotency_key) in jobs {
                 if let Some(key) = idempotency_key {
@@ -156,8 +156,8 @@ impl Store {
         project: &ProjectId,
         id: &JobId,
         now: UnixMillis,
-    ) -> Result<(Job, Option<Allocation>)> {
-        in_tx!(self, |tx| {
+    ) -> Result<Committed<(Job, Option<Allocation>)>> {
+        in_tx_committed!(self, |tx| {
             let mut job = match fetch_job!(tx, id.as_str()) {
                 Some(j) if &j.project_id == project => j,
                 _ => return Err(Error::not_found(format!("job {id} not found")).into()),

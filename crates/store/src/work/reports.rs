@@ -5,7 +5,7 @@ use tether_types::{AllocStatus, Allocation, Job, NodeId, Shortfall, UnixMillis};
 use super::{ALLOC_COLS, JOB_COLS, alloc_from_row, job_from_row};
 use crate::events::append_event;
 use crate::row::to_json;
-use crate::{Result, Store, StoreError, in_tx};
+use crate::{Committed, in_tx_committed, Result, Store, StoreError};
 
 /// An agent's report about one allocation (see [`Store::allocation_reports`]).
 #[derive(Debug, Clone, Copy)]
@@ -54,11 +54,13 @@ impl Store {
         node: &NodeId,
         restarts: u32,
         now: UnixMillis,
-    ) -> Result<Option<Allocation>> {
-        match self.allocation_reports(&[AgentReport::Started { key, node, restarts }], now).await?.pop() {
-            Some(ReportOutcome::Started(a)) => Ok(a),
-            _ => unreachable!("one started answer per started report"),
-        }
+    ) -> Result<Committed<Option<Allocation>>> {
+        Ok(self.allocation_reports(&[AgentReport::Started { key, node, restarts }], now).await?.map(|mut v| {
+            match v.pop() {
+                Some(ReportOutcome::Started(a)) => a,
+                _ => unreachable!("one started answer per started report"),
+            }
+        }))
     }
 
     /// The node reports the allocation's process ended. Idempotent: a report
@@ -70,15 +72,13 @@ impl Store {
         exit_code: i32,
         error: &str,
         now: UnixMillis,
-    ) -> Result<Option<Finished>> {
-        match self
-            .allocation_reports(&[AgentReport::Finished { key, node, exit_code, error, lost: false }], now)
-            .await?
-            .pop()
-        {
-            Some(ReportOutcome::Finished(f)) => Ok(f),
-            _ => unreachable!("one finished answer per finished report"),
-        }
+    ) -> Result<Committed<Option<Finished>>> {
+        Ok(self.allocation_reports(&[AgentReport::Finished { key, node, exit_code, error, lost: false }], now).await?.map(
+            |mut v| match v.pop() {
+                Some(ReportOutcome::Finished(f)) => f,
+                _ => unreachable!("one finished answer per finished report"),
+            },
+        ))
     }
 
     /// Applies agents' started and finished reports in order, all in one
@@ -86,8 +86,8 @@ impl Store {
     /// together). Each report gets the answer
     /// [`Store::allocation_started`] or [`Store::allocation_finished`] would
     /// give; a database error fails them all.
-    pub async fn allocation_reports(&self, reports: &[AgentReport<'_>], now: UnixMillis) -> Result<Vec<ReportOutcome>> {
-        in_tx!(self, |tx| {
+    pub async fn allocation_reports(&self, reports: &[AgentReport<'_>], now: UnixMillis) -> Result<Committed<Vec<ReportOutcome>>> {
+        in_tx_committed!(self, |tx| {
             let mut out = Vec::with_capacity(reports.len());
             for r in reports {
                 match *r {
