@@ -3,9 +3,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tether_proto::Bearer;
 use tether_proto::agent_pb::agent_service_client::AgentServiceClient;
 use tether_proto::agent_pb::{self, heartbeat_request, heartbeat_response};
-use tether_proto::Bearer;
 use tether_types::Command;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
@@ -383,7 +383,10 @@ impl Agent {
     /// Applies a desired state. Placement-related states (paused, draining,
     /// quarantined) are enforced by the control plane; `stopped` stops all
     /// work here too. Unknown states are NACKed, and not resent.
-    fn desired_state(&self, d: Result<tether_types::DesiredState, (u64, tether_types::Error)>) -> agent_pb::DesiredStateAck {
+    fn desired_state(
+        &self,
+        d: Result<tether_types::DesiredState, (u64, tether_types::Error)>,
+    ) -> agent_pb::DesiredStateAck {
         match d {
             Ok(d) => {
                 if d.state == tether_types::DesiredNodeState::Stopped {

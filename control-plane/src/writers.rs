@@ -3,7 +3,7 @@
 //! caller answered on its own (see [`crate::batch`]).
 
 use tether_store::Committed;
-use tether_types::{Error, Job, NodeId};
+use tether_types::{AllocKey, Error, Job, NodeId};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -29,8 +29,8 @@ pub fn submit_batcher(store: tether_store::Store, tasks: &TaskTracker, shutdown:
 
 /// An agent's started or finished report, queued for group commit.
 pub enum ReportItem {
-    Started { key: String, node: NodeId, restarts: u32 },
-    Finished { key: String, node: NodeId, exit_code: i32, error: String, lost: bool },
+    Started { key: AllocKey, node: NodeId, restarts: u32 },
+    Finished { key: AllocKey, node: NodeId, exit_code: i32, error: String, lost: bool },
 }
 
 pub type Reports = crate::batch::Batcher<ReportItem, Result<Committed<tether_store::ReportOutcome>, Error>>;

@@ -1,7 +1,7 @@
 //! The control plane's commands on a node's Jobs stream (domain
 //! [`Command`]s; the hub turns them into `pb` as it sends).
 
-use tether_types::{AllocKind, AllocStatus, Allocation, Assignment, Command, ExecSpec, NodeId, RestartPolicy};
+use tether_types::{AllocKind, Allocation, Assignment, Command, ExecSpec, RestartPolicy};
 
 use super::MAX_LOG_BYTES;
 use crate::app::App;
@@ -32,28 +32,5 @@ pub(super) async fn assignment(app: &App, a: &Allocation) -> Result<Option<Comma
         Ok(app.store.workload_get(&a.project_id, w).await?.map(|w| assign_msg(a, &w.spec.exec, Some(w.spec.restart))))
     } else {
         Ok(None)
-    }
-}
-
-pub(super) fn placeholder(node: &NodeId, wire_id: &str, attempt: u32) -> Allocation {
-    Allocation {
-        key: String::new(),
-        project_id: tether_types::ProjectId::from_trusted(String::new()),
-        kind: if wire_id.starts_with(tether_types::JobId::PREFIX) { AllocKind::Job } else { AllocKind::Service },
-        job_id: wire_id
-            .starts_with(tether_types::JobId::PREFIX)
-            .then(|| tether_types::JobId::from_trusted(wire_id.to_owned())),
-        attempt,
-        workload_id: None,
-        spec_version: 0,
-        node_id: node.clone(),
-        status: AllocStatus::Lost,
-        resources: Default::default(),
-        exit_code: None,
-        error: String::new(),
-        restarts: 0,
-        scheduled_at: 0,
-        started_at: None,
-        finished_at: None,
     }
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 use tether_scheduler::{NodeView, Objective, Request, place_batch_from};
 use tether_store::StoreError;
 use tether_types::{
-    AllocId, AllocKind, AllocStatus, Allocation, DesiredNodeState, ExecSpec, NodeId, RestartPolicy, alloc_key,
+    AllocId, AllocKey, AllocKind, AllocStatus, Allocation, DesiredNodeState, ExecSpec, NodeId, RestartPolicy,
 };
 
 use crate::fleet::snapshot::{NodeSnapshot, apply_usage};
@@ -199,7 +199,7 @@ pub async fn pass(app: &App, state: &mut PassState) -> Result<PassSummary, Store
         let views = &mut state.views;
         for i in place(app, views, &reqs).into_iter().flatten() {
             let a = Allocation {
-                key: AllocId::from_random(tether_auth::random_bytes()).to_string(),
+                key: AllocKey::Replica(AllocId::from_random(tether_auth::random_bytes())),
                 project_id: w.project_id.clone(),
                 kind: AllocKind::Service,
                 job_id: None,
@@ -242,7 +242,7 @@ pub async fn pass(app: &App, state: &mut PassState) -> Result<PassSummary, Store
         let Some(i) = i else { continue };
         let attempt = j.attempt + 1;
         let a = Allocation {
-            key: alloc_key(j.id.as_str(), attempt),
+            key: AllocKey::Attempt(j.id.clone(), attempt),
             project_id: j.project_id.clone(),
             kind: AllocKind::Job,
             job_id: Some(j.id.clone()),
@@ -265,7 +265,7 @@ pub async fn pass(app: &App, state: &mut PassState) -> Result<PassSummary, Store
     if !new_allocs.is_empty() {
         let allocs: Vec<Allocation> = new_allocs.iter().map(|(a, _, _)| a.clone()).collect();
         // Durable before sent.
-        let stored: HashSet<String> =
+        let stored: HashSet<AllocKey> =
             fx.commit(store.allocations_place(&allocs, now).await?).into_iter().map(|a| a.key).collect();
         metrics::counter!("tether_allocations_placed_total").increment(stored.len() as u64);
         summary.placed = stored.len();
@@ -294,7 +294,7 @@ pub async fn pass(app: &App, state: &mut PassState) -> Result<PassSummary, Store
 async fn stop_and_cancel(
     app: &App,
     fx: &mut Effects<'_>,
-    keys: &[String],
+    keys: &[AllocKey],
     reason: &str,
     now: i64,
 ) -> Result<(), StoreError> {
@@ -313,7 +313,7 @@ async fn stop_and_cancel(
 /// in which the agent's reports arrive.
 pub async fn stop_node_work(app: &App, fx: &mut Effects<'_>, node: &NodeId) -> Result<(), StoreError> {
     let now = now_ms();
-    let keys: Vec<String> = app
+    let keys: Vec<AllocKey> = app
         .store
         .allocations_on_node(node)
         .await?

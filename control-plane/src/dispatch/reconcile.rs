@@ -1,12 +1,12 @@
 //! The reconciler: what one workload needs in one pass.
 
-use tether_types::{AllocStatus, Allocation, DesiredNodeState, Node, NodeId, NodeStatus, Workload};
+use tether_types::{AllocKey, AllocStatus, Allocation, DesiredNodeState, Node, NodeId, NodeStatus, Workload};
 
 /// What the reconciler does for one workload in one pass.
 #[derive(Debug, Default, PartialEq)]
 pub(super) struct Plan {
     pub(super) create: usize,
-    pub(super) stop: Vec<String>,
+    pub(super) stop: Vec<AllocKey>,
 }
 
 /// Keeps `replicas` running: replaces replicas that are gone, migrates those
@@ -94,9 +94,16 @@ mod tests {
         }
     }
 
+    /// A replica key named by a short word, for readable tests.
+    fn k(name: &str) -> AllocKey {
+        let mut b = [0u8; 10];
+        b[..name.len()].copy_from_slice(name.as_bytes());
+        AllocKey::Replica(tether_types::AllocId::from_random(b))
+    }
+
     fn alloc(key: &str, node: &Node, status: AllocStatus, version: u64) -> Allocation {
         Allocation {
-            key: key.into(),
+            key: k(key),
             project_id: node.project_id.clone(),
             kind: AllocKind::Service,
             job_id: None,
@@ -136,7 +143,7 @@ mod tests {
         let plan = run(&w, &nodes, &three);
         assert_eq!(plan.create, 0);
         assert_eq!(plan.stop.len(), 2);
-        assert!(plan.stop.contains(&"c".to_string()), "a replica not yet started goes first");
+        assert!(plan.stop.contains(&k("c")), "a replica not yet started goes first");
     }
 
     #[test]
@@ -150,7 +157,7 @@ mod tests {
         assert_eq!(run(&w, &nodes, &starting), Plan { create: 0, stop: vec![] });
         // Replacement running: now the old one stops.
         let up = [before[0].clone(), before[1].clone(), alloc("new", &nodes[1], AllocStatus::Running, 1)];
-        assert_eq!(run(&w, &nodes, &up), Plan { create: 0, stop: vec!["old".into()] });
+        assert_eq!(run(&w, &nodes, &up), Plan { create: 0, stop: vec![k("old")] });
     }
 
     #[test]

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use tether_proto::agent_pb::{self, jobs_request};
 use tether_store::StoreError;
-use tether_types::{AllocStatus, Allocation, NodeId, alloc_key};
+use tether_types::{AllocKey, AllocStatus, Command, NodeId, WireKey};
 use tokio_util::sync::CancellationToken;
 
-use super::messages::{assignment, placeholder, release_msg};
+use super::messages::{assignment, release_msg};
 use crate::app::{App, now_ms};
 use crate::effects::{Effects, Signal};
 use crate::writers::ReportItem;
@@ -23,7 +23,12 @@ pub async fn resync(app: &App, node: &NodeId, report: &agent_pb::AllocationRepor
     let mut fx = app.effects();
     let mut held = HashSet::new();
     for h in &report.allocations {
-        let key = alloc_key(&h.job_id, h.attempt);
+        let Ok(key) = AllocKey::from_wire(&h.job_id, h.attempt) else {
+            // Nothing the control plane could have assigned: forget it.
+            let wire = (h.job_id.clone(), h.attempt);
+            fx.send(node, if h.finished { Command::Release(wire) } else { stale_cancel(wire) });
+            continue;
+        };
         held.insert(key.clone());
         let current = app.store.allocation_get(&key).await?;
         let mine = current.as_ref().filter(|a| &a.node_id == node && a.status.is_active());
@@ -39,11 +44,8 @@ pub async fn resync(app: &App, node: &NodeId, report: &agent_pb::AllocationRepor
                 fx.commit(app.store.allocation_started(&key, node, 0, now).await?);
             }
         } else {
-            let stale = Allocation {
-                key: key.clone(),
-                ..current.clone().unwrap_or_else(|| placeholder(node, &h.job_id, h.attempt))
-            };
-            fx.cancel(&stale, "the control plane holds no such allocation on this node");
+            // To the node that reported it, whichever node the record names.
+            fx.send(node, stale_cancel(key.wire()));
         }
     }
     for a in app.store.allocations_on_node(node).await? {
@@ -61,6 +63,12 @@ pub async fn resync(app: &App, node: &NodeId, report: &agent_pb::AllocationRepor
     Ok(())
 }
 
+/// Cancels what a node holds that the control plane does not (named as the
+/// node named it).
+fn stale_cancel(key: WireKey) -> Command {
+    Command::Cancel { key, reason: "the control plane holds no such allocation on this node".into() }
+}
+
 async fn report(app: &App, fx: &mut Effects<'_>, item: ReportItem) -> Result<tether_store::ReportOutcome, StoreError> {
     match app.reports.call(item).await {
         Some(r) => Ok(fx.commit(r?)),
@@ -72,13 +80,13 @@ async fn finished(
     app: &App,
     fx: &mut Effects<'_>,
     node: &NodeId,
-    key: &str,
+    key: &AllocKey,
     code: i32,
     error: &str,
     lost: bool,
 ) -> Result<(), StoreError> {
     let error = tether_types::agent_text(error);
-    let item = ReportItem::Finished { key: key.to_owned(), node: node.clone(), exit_code: code, error, lost };
+    let item = ReportItem::Finished { key: key.clone(), node: node.clone(), exit_code: code, error, lost };
     let tether_store::ReportOutcome::Finished(f) = report(app, fx, item).await? else {
         unreachable!("a finished report gets a finished answer")
     };
@@ -140,7 +148,10 @@ pub async fn on_agent_message(app: &App, node: &NodeId, m: &jobs_request::Msg) -
         jobs_request::Msg::Report(_) => {}
         jobs_request::Msg::Accepted(_) | jobs_request::Msg::Progress(_) => {}
         jobs_request::Msg::Started(s) => {
-            let key = alloc_key(&s.job_id, s.attempt);
+            let Ok(key) = AllocKey::from_wire(&s.job_id, s.attempt) else {
+                fx.send(node, stale_cancel((s.job_id.clone(), s.attempt)));
+                return Ok(());
+            };
             let item = ReportItem::Started { key: key.clone(), node: node.clone(), restarts: s.restarts };
             let tether_store::ReportOutcome::Started(started) = report(app, &mut fx, item).await? else {
                 unreachable!("a started report gets a started answer")
@@ -153,28 +164,27 @@ pub async fn on_agent_message(app: &App, node: &NodeId, m: &jobs_request::Msg) -
                 None => {
                     // Started something the control plane no longer wants here.
                     let a = app.store.allocation_get(&key).await?;
-                    let stale = a.unwrap_or_else(|| placeholder(node, &s.job_id, s.attempt));
-                    if stale.status != AllocStatus::Running || &stale.node_id != node {
-                        fx.cancel(&Allocation { key, ..stale }, "no longer wanted");
+                    if !a.is_some_and(|a| a.status == AllocStatus::Running && &a.node_id == node) {
+                        fx.send(node, Command::Cancel { key: key.wire(), reason: "no longer wanted".into() });
                     }
                 }
             }
         }
         jobs_request::Msg::Log(l) => {
-            if l.job_id.starts_with(tether_types::JobId::PREFIX) {
-                let key = alloc_key(&l.job_id, l.attempt);
-                // Only output from the node that holds the attempt is kept.
+            // Output is kept for job attempts, from the node that holds them.
+            if let Ok(key @ AllocKey::Attempt(..)) = AllocKey::from_wire(&l.job_id, l.attempt) {
                 if app.store.allocation_get(&key).await?.is_some_and(|a| &a.node_id == node) {
-                    let job = tether_types::JobId::from_trusted(l.job_id.clone());
-                    if app.store.job_log_append(&job, l.attempt, l.offset, &l.data, l.truncated).await? {
+                    let AllocKey::Attempt(job, attempt) = &key else { unreachable!("matched above") };
+                    if app.store.job_log_append(job, *attempt, l.offset, &l.data, l.truncated).await? {
                         fx.wake(Signal::JobOutput);
                     }
                 }
             }
         }
         jobs_request::Msg::Finished(f) => {
-            let key = alloc_key(&f.job_id, f.attempt);
-            finished(app, &mut fx, node, &key, f.exit_code, &f.error, f.lost).await?;
+            if let Ok(key) = AllocKey::from_wire(&f.job_id, f.attempt) {
+                finished(app, &mut fx, node, &key, f.exit_code, &f.error, f.lost).await?;
+            }
             fx.send(node, release_msg(f.job_id.clone(), f.attempt));
         }
     }

@@ -3,9 +3,7 @@
 use std::sync::Arc;
 
 use tether_proto::pb;
-use tether_types::{
-    AllocStatus, Error, Role, Workload, WorkloadId, WorkloadSpec, millis_to_timestamp, validate_name,
-};
+use tether_types::{AllocStatus, Error, Role, Workload, WorkloadId, WorkloadSpec, millis_to_timestamp, validate_name};
 use tonic::{Request, Response, Status};
 
 use super::{status, store_status};
@@ -36,7 +34,7 @@ impl WorkloadApi {
             allocations: allocs
                 .iter()
                 .map(|a| pb::Replica {
-                    allocation_id: a.key.clone(),
+                    allocation_id: a.key.to_string(),
                     node_id: a.node_id.to_string(),
                     status: a.status.as_str().into(),
                     spec_version: a.spec_version,
@@ -73,9 +71,10 @@ impl pb::workload_service_server::WorkloadService for WorkloadApi {
         let who = self.app.auth.operator(&req, Role::Operator)?;
         let req = req.into_inner();
         validate_name(&req.name).map_err(status)?;
-        let w = crate::ops::workloads::create(&self.app, who.project(), req.name, spec(req.spec)?, replicas(req.replicas)?)
-            .await
-            .map_err(store_status)?;
+        let w =
+            crate::ops::workloads::create(&self.app, who.project(), req.name, spec(req.spec)?, replicas(req.replicas)?)
+                .await
+                .map_err(store_status)?;
         Ok(Response::new(pb::CreateWorkloadResponse { workload: Some(self.to_pb(&w).await?) }))
     }
 

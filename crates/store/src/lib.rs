@@ -94,9 +94,7 @@ macro_rules! on_read {
 /// with a short jittered pause; `$body` must therefore only touch the
 /// database (it does: store bodies compute their result from what they read).
 macro_rules! in_tx {
-    ($store:expr, |$tx:ident| $body:expr) => {{
-        $crate::in_tx_committed!($store, |$tx| $body).map(|c| c.value)
-    }};
+    ($store:expr, |$tx:ident| $body:expr) => {{ $crate::in_tx_committed!($store, |$tx| $body).map(|c| c.value) }};
 }
 
 /// [`in_tx!`], answering what was committed with the highest event sequence

@@ -5,7 +5,7 @@ use tether_types::{
 
 use crate::events::append_event;
 use crate::row::{Get, to_json};
-use crate::{Committed, in_tx_committed, Result, Store, StoreError, in_tx, on_read};
+use crate::{Committed, Result, Store, StoreError, in_tx, in_tx_committed, on_read};
 
 const NODE_COLS: &str = "id, project_id, status, desired_state, desired_state_version, capabilities, labels, pool,
      registered_at, status_changed_at, last_seen_at, session_generation, join_token_id, desired_state_reason,
@@ -443,14 +443,7 @@ impl Store {
             .await?
             .ok_or_else(|| Error::not_found(format!("node {id} not found")))?;
             let node = node_from_row(&row)?;
-            append_event!(
-                tx,
-                now,
-                Some(project.as_str()),
-                "node.desired_state_changed",
-                id.as_str(),
-                to_json(&node)
-            );
+            append_event!(tx, now, Some(project.as_str()), "node.desired_state_changed", id.as_str(), to_json(&node));
             Ok(node)
         });
         self.node_changed();

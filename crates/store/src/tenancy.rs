@@ -3,7 +3,7 @@ use tether_types::{Error, JoinToken, JoinTokenId, Labels, OrgId, ProjectId, Role
 
 use crate::events::append_event;
 use crate::row::{Get, to_json};
-use crate::{Committed, in_tx_committed, Result, Store, in_tx, on_read};
+use crate::{Committed, Result, Store, in_tx, in_tx_committed, on_read};
 
 /// The default organisation and project, found or made at first start.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,7 +150,12 @@ impl Store {
     /// it is a live admin token and no other live admin token of the
     /// project would remain: a project is never locked out of its own
     /// administration (`tether-control-plane admin-token` mints one offline).
-    pub async fn token_revoke(&self, project: &ProjectId, id: &TokenId, now: UnixMillis) -> Result<Committed<TokenRecord>> {
+    pub async fn token_revoke(
+        &self,
+        project: &ProjectId,
+        id: &TokenId,
+        now: UnixMillis,
+    ) -> Result<Committed<TokenRecord>> {
         in_tx_committed!(self, |tx| {
             // Live admin tokens of the project: is the target one, and how
             // many others are there.
@@ -258,7 +263,12 @@ impl Store {
         Ok(all.into_iter().filter(|t| include_inactive || t.unusable_reason(now).is_none()).collect())
     }
 
-    pub async fn join_token_revoke(&self, project: &ProjectId, id: &JoinTokenId, now: UnixMillis) -> Result<Committed<JoinToken>> {
+    pub async fn join_token_revoke(
+        &self,
+        project: &ProjectId,
+        id: &JoinTokenId,
+        now: UnixMillis,
+    ) -> Result<Committed<JoinToken>> {
         in_tx_committed!(self, |tx| {
             let row = sqlx::query(&format!(
                 "UPDATE join_tokens SET revoked_at = COALESCE(revoked_at, $3)

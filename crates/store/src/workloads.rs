@@ -5,7 +5,7 @@ use tether_types::{Allocation, Error, ErrorCode, ProjectId, UnixMillis, Workload
 use crate::events::append_event;
 use crate::row::{Decoded, Get, decode_each, to_json};
 use crate::work::{ALLOC_COLS, alloc_from_row};
-use crate::{Committed, in_tx_committed, Result, Store, StoreError, on_read};
+use crate::{Committed, Result, Store, StoreError, in_tx_committed, on_read};
 
 const WL_COLS: &str = "id, project_id, name, spec, spec_version, replicas, created_at, updated_at";
 

@@ -24,8 +24,8 @@ pub use node::{DesiredNodeState, Gpu, Node, NodeCapabilities, NodeStatus, NodeUs
 pub use tenancy::{JoinToken, Role};
 pub use time::{UnixMillis, duration_from_pb, duration_to_pb, millis_to_timestamp, timestamp_to_millis};
 pub use work::{
-    AllocKind, AllocStatus, Allocation, Constraints, ExecSpec, Job, JobSpec, JobStatus, MAX_ATTEMPTS, Resources,
-    RestartPolicy, Workload, WorkloadSpec, alloc_key, chars, validate_job_labels, validate_name, validate_text,
+    AllocKey, AllocKind, AllocStatus, Allocation, Constraints, ExecSpec, Job, JobSpec, JobStatus, MAX_ATTEMPTS,
+    Resources, RestartPolicy, Workload, WorkloadSpec, chars, validate_job_labels, validate_name, validate_text,
 };
 
 /// Upper bound on the size of any free-text field we store (descriptions, reasons).

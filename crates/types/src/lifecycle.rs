@@ -270,7 +270,7 @@ mod tests {
     fn alloc(status: AllocStatus) -> Allocation {
         let j = job(JobStatus::Running, 1, 1);
         Allocation {
-            key: crate::alloc_key(j.id.as_str(), 1),
+            key: crate::AllocKey::Attempt(j.id.clone(), 1),
             project_id: j.project_id.clone(),
             kind: AllocKind::Job,
             job_id: Some(j.id.clone()),

@@ -28,7 +28,7 @@ pub(super) fn job(p: &ProjectId, n: u8, max_attempts: u32) -> Job {
 
 pub(super) fn attempt(j: &Job, node: &NodeId, attempt: u32) -> Allocation {
     Allocation {
-        key: tether_types::alloc_key(j.id.as_str(), attempt),
+        key: AllocKey::Attempt(j.id.clone(), attempt),
         project_id: j.project_id.clone(),
         kind: AllocKind::Job,
         job_id: Some(j.id.clone()),
@@ -68,7 +68,7 @@ pub(super) async fn job_lifecycle_retries_and_idempotency(store: Store) {
     // Placing the same attempt again is refused (the job is no longer pending).
     assert!(store.allocations_place(&[attempt(&j, &node, 1)], 2_000).await.unwrap().value.is_empty());
     assert_eq!(store.job_get(&j.id).await.unwrap().unwrap().status, JobStatus::Scheduled);
-    let key = format!("{}/1", j.id);
+    let key = AllocKey::Attempt(j.id.clone(), 1);
     // Only the holding node may report.
     assert!(store.allocation_started(&key, &id(NodeId::from_random, 9), 0, 2_100).await.unwrap().value.is_none());
     store.allocation_started(&key, &node, 0, 2_100).await.unwrap().value.unwrap();
@@ -79,7 +79,7 @@ pub(super) async fn job_lifecycle_retries_and_idempotency(store: Store) {
     assert_eq!(f.job.as_ref().unwrap().status, JobStatus::Pending);
     assert!(store.allocation_finished(&key, &node, 3, "", 2_300).await.unwrap().value.is_none(), "idempotent");
     store.allocations_place(&[attempt(&j, &node, 2)], 2_400).await.unwrap().value;
-    let key2 = format!("{}/2", j.id);
+    let key2 = AllocKey::Attempt(j.id.clone(), 2);
     let f = store.allocation_finished(&key2, &node, 0, "", 2_500).await.unwrap().value.unwrap();
     assert_eq!(f.job.unwrap().status, JobStatus::Succeeded);
     let attempts = store.job_allocations(&j.id).await.unwrap();
@@ -182,7 +182,7 @@ pub(super) async fn workloads_and_desired_state(store: Store) {
         "no change, no bump"
     );
     let replica = Allocation {
-        key: AllocId::from_random([7; 10]).to_string(),
+        key: AllocKey::Replica(AllocId::from_random([7; 10])),
         kind: AllocKind::Service,
         job_id: None,
         attempt: 1,
@@ -200,8 +200,11 @@ pub(super) async fn workloads_and_desired_state(store: Store) {
     assert_eq!(f.allocation.status, AllocStatus::Stopped);
 
     // Desired state: version bumps, stale acks ignored, NACK kept.
-    let n =
-        store.node_set_desired(&p, &node, DesiredNodeState::Draining, "maintenance", Some(9_000), 3_000).await.unwrap().value;
+    let n = store
+        .node_set_desired(&p, &node, DesiredNodeState::Draining, "maintenance", Some(9_000), 3_000)
+        .await
+        .unwrap()
+        .value;
     assert_eq!(
         (n.desired_state, n.desired_state_version, n.drain_deadline),
         (DesiredNodeState::Draining, 2, Some(9_000))

@@ -1,11 +1,11 @@
 //! Allocations: reads, placement, stops and losses.
 
-use tether_types::{AllocKind, Allocation, Job, NodeId, UnixMillis};
+use tether_types::{AllocKey, AllocKind, Allocation, Job, NodeId, UnixMillis};
 
 use super::{ACTIVE, ALLOC_COLS, JOB_COLS, ON_LOST_NODES, alloc_from_row, job_from_row};
 use crate::events::append_event;
 use crate::row::to_json;
-use crate::{Committed, in_tx_committed, Result, Store, StoreError, on_read};
+use crate::{Committed, Result, Store, StoreError, in_tx_committed, on_read};
 
 impl Store {
     /// Every allocation that holds resources (scheduled, running, stopping).
@@ -41,10 +41,10 @@ impl Store {
         })
     }
 
-    pub async fn allocation_get(&self, key: &str) -> Result<Option<Allocation>> {
+    pub async fn allocation_get(&self, key: &AllocKey) -> Result<Option<Allocation>> {
         on_read!(self, |pool| {
             sqlx::query(&format!("SELECT {ALLOC_COLS} FROM allocations WHERE key = $1"))
-                .bind(key)
+                .bind(key.to_string())
                 .fetch_optional(pool)
                 .await?
                 .map(|r| alloc_from_row(&r))
@@ -55,7 +55,11 @@ impl Store {
     /// Records placements in one transaction: each allocation is inserted and
     /// its job (if any) becomes `scheduled` with the new attempt. A job that is
     /// no longer pending (cancelled meanwhile) is skipped. Returns what was stored.
-    pub async fn allocations_place(&self, allocs: &[Allocation], now: UnixMillis) -> Result<Committed<Vec<Allocation>>> {
+    pub async fn allocations_place(
+        &self,
+        allocs: &[Allocation],
+        now: UnixMillis,
+    ) -> Result<Committed<Vec<Allocation>>> {
         if allocs.is_empty() {
             return Ok(Committed::nothing(Vec::new()));
         }
@@ -75,12 +79,19 @@ impl Store {
                     if exists.is_none() {
                         continue;
                     }
-                    append_event!(tx, now, Some(a.project_id.as_str()), "allocation.scheduled", &a.key, to_json(a));
+                    append_event!(
+                        tx,
+                        now,
+                        Some(a.project_id.as_str()),
+                        "allocation.scheduled",
+                        &a.key.to_string(),
+                        to_json(a)
+                    );
                 }
                 sqlx::query(&format!(
                     "INSERT INTO allocations ({ALLOC_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
                 ))
-                .bind(&a.key)
+                .bind(a.key.to_string())
                 .bind(a.project_id.as_str())
                 .bind(if a.kind == AllocKind::Job { "job" } else { "service" })
                 .bind(a.job_id.as_ref().map(|j| j.as_str()))
@@ -109,7 +120,12 @@ impl Store {
     /// wants a result (not cancelled) is retried once it has stopped (its node
     /// reports it ended, or goes down), never before: no attempt runs on
     /// after the control plane gave up on it.
-    pub async fn allocations_stop(&self, keys: &[String], reason: &str, now: UnixMillis) -> Result<Committed<Vec<Allocation>>> {
+    pub async fn allocations_stop(
+        &self,
+        keys: &[AllocKey],
+        reason: &str,
+        now: UnixMillis,
+    ) -> Result<Committed<Vec<Allocation>>> {
         if keys.is_empty() {
             return Ok(Committed::nothing(Vec::new()));
         }
@@ -122,7 +138,14 @@ impl Store {
                 }
                 a.error = reason.to_owned();
                 update_alloc!(tx, &a);
-                append_event!(tx, now, Some(a.project_id.as_str()), "allocation.stopping", &a.key, to_json(&a));
+                append_event!(
+                    tx,
+                    now,
+                    Some(a.project_id.as_str()),
+                    "allocation.stopping",
+                    &a.key.to_string(),
+                    to_json(&a)
+                );
                 out.push(a);
             }
             Ok::<_, StoreError>(out)

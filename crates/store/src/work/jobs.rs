@@ -5,7 +5,7 @@ use tether_types::{Allocation, Error, Job, JobId, JobStatus, NodeId, ProjectId, 
 use super::{ALLOC_COLS, JOB_COLS, alloc_from_row, job_from_row};
 use crate::events::append_event;
 use crate::row::{Decoded, decode_each, to_json};
-use crate::{Committed, in_tx_committed, Result, Store, StoreError, on_read};
+use crate::{Committed, Result, Store, StoreError, in_tx_committed, on_read};
 
 /// A page of jobs, newest first.
 #[derive(Debug, Clone)]
@@ -165,7 +165,7 @@ impl Store {
             let ev = job.cancel(now)?;
             let mut stopping = None;
             if job.attempt > 0 {
-                let key = tether_types::alloc_key(job.id.as_str(), job.attempt);
+                let key = tether_types::AllocKey::Attempt(job.id.clone(), job.attempt);
                 if let Some(mut a) = fetch_alloc!(tx, &key)
                     && a.status.is_active()
                 {

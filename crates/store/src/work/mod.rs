@@ -2,7 +2,9 @@
 //! the row decoders and the statement macros they share, here; the methods in
 //! one file per concern.
 
-use tether_types::{AllocKind, AllocStatus, Allocation, Job, JobId, JobStatus, NodeId, ProjectId, WorkloadId};
+use tether_types::{
+    AllocKey, AllocKind, AllocStatus, Allocation, Job, JobId, JobStatus, NodeId, ProjectId, WorkloadId,
+};
 
 pub use jobs::JobPage;
 pub use logs::LogChunk;
@@ -40,19 +42,27 @@ fn job_from_row(r: &impl Get) -> Result<Job> {
 }
 
 pub(crate) fn alloc_from_row(r: &impl Get) -> Result<Allocation> {
+    let key = AllocKey::parse(&r.text("key")?).map_err(|e| crate::StoreError::corrupt("allocation key", e))?;
+    let kind = match r.text("kind")?.as_str() {
+        "job" => AllocKind::Job,
+        "service" => AllocKind::Service,
+        other => {
+            return Err(crate::StoreError::corrupt(
+                "allocation kind",
+                tether_types::Error::invalid(format!("unknown allocation kind {other:?}")),
+            ));
+        }
+    };
+    if kind != key.kind() {
+        return Err(crate::StoreError::corrupt(
+            "allocation kind",
+            tether_types::Error::invalid(format!("allocation {key} is stored as kind {kind:?}")),
+        ));
+    }
     Ok(Allocation {
-        key: r.text("key")?,
+        key,
         project_id: ProjectId::from_trusted(r.text("project_id")?),
-        kind: match r.text("kind")?.as_str() {
-            "job" => AllocKind::Job,
-            "service" => AllocKind::Service,
-            other => {
-                return Err(crate::StoreError::corrupt(
-                    "allocation kind",
-                    tether_types::Error::invalid(format!("unknown allocation kind {other:?}")),
-                ));
-            }
-        },
+        kind,
         job_id: r.opt_text("job_id")?.map(JobId::from_trusted),
         attempt: r.int("attempt")? as u32,
         workload_id: r.opt_text("workload_id")?.map(WorkloadId::from_trusted),
@@ -97,7 +107,7 @@ macro_rules! update_alloc {
                     finished_at = $7
              WHERE key = $1",
         )
-        .bind(&a.key)
+        .bind(a.key.to_string())
         .bind(a.status.as_str())
         .bind(a.exit_code.map(i64::from))
         .bind(&a.error)
@@ -121,8 +131,9 @@ macro_rules! fetch_job {
 
 macro_rules! fetch_alloc {
     ($tx:expr, $key:expr) => {{
+        let key: &tether_types::AllocKey = $key;
         let row = sqlx::query(&format!("SELECT {ALLOC_COLS} FROM allocations WHERE key = $1"))
-            .bind($key)
+            .bind(key.to_string())
             .fetch_optional(&mut *$tx)
             .await?;
         row.map(|r| alloc_from_row(&r)).transpose()?
@@ -156,7 +167,7 @@ macro_rules! lose_allocation {
                 update_job!($tx, &job, ev.kind());
             }
         } else {
-            append_event!($tx, $now, Some(a.project_id.as_str()), "allocation.lost", &a.key, to_json(&a));
+            append_event!($tx, $now, Some(a.project_id.as_str()), "allocation.lost", &a.key.to_string(), to_json(&a));
         }
         a
     }};

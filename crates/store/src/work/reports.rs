@@ -1,24 +1,24 @@
 //! Agents' started and finished reports, applied in batches.
 
-use tether_types::{AllocStatus, Allocation, Job, NodeId, Shortfall, UnixMillis};
+use tether_types::{AllocKey, AllocStatus, Allocation, Job, NodeId, Shortfall, UnixMillis};
 
 use super::{ALLOC_COLS, JOB_COLS, alloc_from_row, job_from_row};
 use crate::events::append_event;
 use crate::row::to_json;
-use crate::{Committed, in_tx_committed, Result, Store, StoreError};
+use crate::{Committed, Result, Store, StoreError, in_tx_committed};
 
 /// An agent's report about one allocation (see [`Store::allocation_reports`]).
 #[derive(Debug, Clone, Copy)]
 pub enum AgentReport<'a> {
     Started {
-        key: &'a str,
+        key: &'a AllocKey,
         node: &'a NodeId,
         restarts: u32,
     },
     /// `lost`: the agent gave the attempt up without a result (it fenced
     /// itself after losing contact); counted as lost, not failed.
     Finished {
-        key: &'a str,
+        key: &'a AllocKey,
         node: &'a NodeId,
         exit_code: i32,
         error: &'a str,
@@ -50,7 +50,7 @@ impl Store {
     /// active changes nothing and returns None.
     pub async fn allocation_started(
         &self,
-        key: &str,
+        key: &AllocKey,
         node: &NodeId,
         restarts: u32,
         now: UnixMillis,
@@ -67,18 +67,19 @@ impl Store {
     /// for an allocation that already ended returns None.
     pub async fn allocation_finished(
         &self,
-        key: &str,
+        key: &AllocKey,
         node: &NodeId,
         exit_code: i32,
         error: &str,
         now: UnixMillis,
     ) -> Result<Committed<Option<Finished>>> {
-        Ok(self.allocation_reports(&[AgentReport::Finished { key, node, exit_code, error, lost: false }], now).await?.map(
-            |mut v| match v.pop() {
+        Ok(self
+            .allocation_reports(&[AgentReport::Finished { key, node, exit_code, error, lost: false }], now)
+            .await?
+            .map(|mut v| match v.pop() {
                 Some(ReportOutcome::Finished(f)) => f,
                 _ => unreachable!("one finished answer per finished report"),
-            },
-        ))
+            }))
     }
 
     /// Applies agents' started and finished reports in order, all in one
@@ -86,7 +87,11 @@ impl Store {
     /// together). Each report gets the answer
     /// [`Store::allocation_started`] or [`Store::allocation_finished`] would
     /// give; a database error fails them all.
-    pub async fn allocation_reports(&self, reports: &[AgentReport<'_>], now: UnixMillis) -> Result<Committed<Vec<ReportOutcome>>> {
+    pub async fn allocation_reports(
+        &self,
+        reports: &[AgentReport<'_>],
+        now: UnixMillis,
+    ) -> Result<Committed<Vec<ReportOutcome>>> {
         in_tx_committed!(self, |tx| {
             let mut out = Vec::with_capacity(reports.len());
             for r in reports {
@@ -115,7 +120,7 @@ impl Store {
                                     now,
                                     Some(a.project_id.as_str()),
                                     "allocation.running",
-                                    &a.key,
+                                    &a.key.to_string(),
                                     to_json(&a)
                                 );
                             }
@@ -167,7 +172,7 @@ impl Store {
                                     now,
                                     Some(a.project_id.as_str()),
                                     "allocation.finished",
-                                    &a.key,
+                                    &a.key.to_string(),
                                     to_json(&a)
                                 );
                             }
