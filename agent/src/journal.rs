@@ -49,6 +49,12 @@ pub struct Outcome {
     pub lost: bool,
 }
 
+impl Outcome {
+    pub fn to_domain(&self) -> tether_types::Outcome {
+        tether_types::Outcome { exit_code: self.code, error: self.error.clone(), lost: self.lost }
+    }
+}
+
 /// What the journal says about one allocation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Past {

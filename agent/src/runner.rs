@@ -10,8 +10,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tether_proto::agent_pb::{self, jobs_request};
-use tether_types::{AllocKind, Assignment, ExecSpec, RestartPolicy, WireKey};
+use tether_types::{AgentMessage, AllocKind, Assignment, ExecSpec, Held, OutputStream, RestartPolicy, WireKey};
 use tokio::io::AsyncReadExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -55,7 +54,7 @@ enum Slot {
 /// are never dropped: the queue is unbounded, and they are few (one or two
 /// per allocation). Log chunks carry a permit of a bounded budget, given
 /// back when the stream takes them.
-pub type Outbound = (agent_pb::JobsRequest, Option<OwnedSemaphorePermit>);
+pub type Outbound = (AgentMessage, Option<OwnedSemaphorePermit>);
 
 struct State {
     slots: HashMap<Key, Slot>,
@@ -69,10 +68,6 @@ pub struct Runner {
     state: Arc<Mutex<State>>,
     work_dir: PathBuf,
     log_budget: Arc<Semaphore>,
-}
-
-fn msg(m: jobs_request::Msg) -> agent_pb::JobsRequest {
-    agent_pb::JobsRequest { msg: Some(m) }
 }
 
 impl Runner {
@@ -112,32 +107,19 @@ impl Runner {
     }
 
     /// Everything held, for the first message of a Jobs stream.
-    pub fn report(&self) -> agent_pb::AllocationReport {
+    pub fn report(&self) -> Vec<Held> {
         let st = self.lock();
-        let mut allocations: Vec<_> = st
+        let mut held: Vec<Held> = st
             .slots
             .iter()
-            .filter_map(|((job, attempt), s)| match s {
-                Slot::Running { .. } => Some(agent_pb::HeldAllocation {
-                    job_id: job.clone(),
-                    attempt: *attempt,
-                    running: true,
-                    ..Default::default()
-                }),
-                Slot::Finished(o) => Some(agent_pb::HeldAllocation {
-                    job_id: job.clone(),
-                    attempt: *attempt,
-                    running: false,
-                    finished: true,
-                    exit_code: o.code,
-                    error: o.error.clone(),
-                    lost: o.lost,
-                }),
+            .filter_map(|(key, s)| match s {
+                Slot::Running { .. } => Some(Held { key: key.clone(), finished: None }),
+                Slot::Finished(o) => Some(Held { key: key.clone(), finished: Some(o.to_domain()) }),
                 Slot::Done(_) => None,
             })
             .collect();
-        allocations.sort_by(|a, b| (&a.job_id, a.attempt).cmp(&(&b.job_id, b.attempt)));
-        agent_pb::AllocationReport { allocations }
+        held.sort_by(|a, b| a.key.cmp(&b.key));
+        held
     }
 
     pub fn attach(&self, out: mpsc::UnboundedSender<Outbound>) {
@@ -159,16 +141,16 @@ impl Runner {
 
     /// Queued for the current Jobs stream; while disconnected, nothing is
     /// lost: the next stream starts with a report of everything held.
-    fn send(&self, m: jobs_request::Msg) {
+    fn send(&self, m: AgentMessage) {
         let out = self.lock().out.clone();
         if let Some(out) = out {
-            let _ = out.send((msg(m), None));
+            let _ = out.send((m, None));
         }
     }
 
     /// Log chunks wait for room in the budget for a while (backpressure),
     /// then are dropped.
-    async fn send_log(&self, m: jobs_request::Msg) {
+    async fn send_log(&self, m: AgentMessage) {
         let Ok(Ok(permit)) =
             tokio::time::timeout(Duration::from_secs(2), self.log_budget.clone().acquire_owned()).await
         else {
@@ -176,7 +158,7 @@ impl Runner {
         };
         let out = self.lock().out.clone();
         if let Some(out) = out {
-            let _ = out.send((msg(m), Some(permit)));
+            let _ = out.send((m, Some(permit)));
         }
     }
 
@@ -187,12 +169,7 @@ impl Runner {
         let mut st = self.lock();
         match st.slots.get(&key) {
             Some(Slot::Running { restarts, .. }) => {
-                let started = jobs_request::Msg::Started(agent_pb::JobStarted {
-                    job_id: key.0.clone(),
-                    attempt: key.1,
-                    pid: 0,
-                    restarts: *restarts,
-                });
+                let started = AgentMessage::Started { key: key.clone(), pid: 0, restarts: *restarts };
                 drop(st);
                 self.send(started);
                 return;
@@ -415,19 +392,14 @@ impl Runner {
             Err(e) => return (-1, format!("starting {:?} failed: {e}", exec.command)),
         };
         let pid = child.id().unwrap_or(0);
-        self.send(jobs_request::Msg::Started(agent_pb::JobStarted {
-            job_id: key.0.clone(),
-            attempt: key.1,
-            pid,
-            restarts,
-        }));
+        self.send(AgentMessage::Started { key: key.clone(), pid, restarts });
         let log = Arc::new(tokio::sync::Mutex::new(LogCursor { pos: 0, cap: max_log, cut: false }));
         let mut pumps = Vec::new();
         if let Some(s) = child.stdout.take() {
-            pumps.push(tokio::spawn(self.pump(key.clone(), s, agent_pb::LogStream::Stdout, log.clone())));
+            pumps.push(tokio::spawn(self.pump(key.clone(), s, OutputStream::Stdout, log.clone())));
         }
         if let Some(s) = child.stderr.take() {
-            pumps.push(tokio::spawn(self.pump(key.clone(), s, agent_pb::LogStream::Stderr, log.clone())));
+            pumps.push(tokio::spawn(self.pump(key.clone(), s, OutputStream::Stderr, log.clone())));
         }
         let timeout = exec.timeout_ms.map(Duration::from_millis);
         let deadline = async {
@@ -475,7 +447,7 @@ impl Runner {
         &self,
         key: Key,
         mut r: R,
-        stream: agent_pb::LogStream,
+        stream: OutputStream,
         log: Arc<tokio::sync::Mutex<LogCursor>>,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let runner = self.clone();
@@ -501,14 +473,7 @@ impl Runner {
                 };
                 let offset = cur.pos;
                 cur.pos += data.len() as u64;
-                let chunk = jobs_request::Msg::Log(agent_pb::LogChunk {
-                    job_id: key.0.clone(),
-                    attempt: key.1,
-                    stream: stream as i32,
-                    offset,
-                    data,
-                    truncated,
-                });
+                let chunk = AgentMessage::Output { key: key.clone(), stream, offset, data, truncated };
                 runner.send_log(chunk).await;
             }
         }
@@ -521,14 +486,8 @@ struct LogCursor {
     cut: bool,
 }
 
-fn finished(key: &Key, o: &Outcome) -> jobs_request::Msg {
-    jobs_request::Msg::Finished(agent_pb::JobFinished {
-        job_id: key.0.clone(),
-        attempt: key.1,
-        exit_code: o.code,
-        error: o.error.clone(),
-        lost: o.lost,
-    })
+fn finished(key: &Key, o: &Outcome) -> AgentMessage {
+    AgentMessage::Finished { key: key.clone(), outcome: o.to_domain() }
 }
 
 fn killpg(pgid: u32, sig: i32) {

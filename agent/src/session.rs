@@ -300,10 +300,9 @@ impl Agent {
                         tracing::info!("heartbeat session open");
                         // Jobs: first report everything held, then updates.
                         let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
-                        let report = agent_pb::JobsRequest { msg: Some(agent_pb::jobs_request::Msg::Report(self.runner.report())) };
-                        let _ = jobs_tx.send((report, None));
+                        let _ = jobs_tx.send((tether_types::AgentMessage::Holding(self.runner.report()), None));
                         self.runner.attach(jobs_tx);
-                        let outbound = UnboundedReceiverStream::new(jobs_rx).map(|(m, _permit): crate::runner::Outbound| m);
+                        let outbound = UnboundedReceiverStream::new(jobs_rx).map(|(m, _permit): crate::runner::Outbound| m.into_pb());
                         let mut c = client.clone();
                         jobs_open = Some(Box::pin(async move { c.jobs(outbound).await }));
                     }

@@ -20,10 +20,6 @@ pub(super) fn assign_msg(a: &Allocation, exec: &ExecSpec, restart: Option<Restar
     })
 }
 
-pub(super) fn release_msg(job_id: String, attempt: u32) -> Command {
-    Command::Release((job_id, attempt))
-}
-
 /// The assignment message for an allocation, loading its spec.
 pub(super) async fn assignment(app: &App, a: &Allocation) -> Result<Option<Command>, StoreError> {
     if let Some(job_id) = &a.job_id {

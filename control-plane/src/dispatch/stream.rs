@@ -5,12 +5,11 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use tether_proto::agent_pb::{self, jobs_request};
 use tether_store::StoreError;
-use tether_types::{AllocKey, AllocStatus, Command, NodeId, WireKey};
+use tether_types::{AgentMessage, AllocKey, AllocStatus, Command, Held, NodeId, WireKey};
 use tokio_util::sync::CancellationToken;
 
-use super::messages::{assignment, release_msg};
+use super::messages::assignment;
 use crate::app::{App, now_ms};
 use crate::effects::{Effects, Signal};
 use crate::writers::ReportItem;
@@ -18,25 +17,25 @@ use crate::writers::ReportItem;
 /// Brings a node and the control plane in line after the node (re)connects:
 /// results it holds are recorded and released, work it runs that is no
 /// longer wanted is cancelled, and work it lacks is (re)sent.
-pub async fn resync(app: &App, node: &NodeId, report: &agent_pb::AllocationReport) -> Result<(), StoreError> {
+pub async fn resync(app: &App, node: &NodeId, report: &[Held]) -> Result<(), StoreError> {
     let now = now_ms();
     let mut fx = app.effects();
     let mut held = HashSet::new();
-    for h in &report.allocations {
-        let Ok(key) = AllocKey::from_wire(&h.job_id, h.attempt) else {
+    for h in report {
+        let Ok(key) = AllocKey::from_wire(&h.key.0, h.key.1) else {
             // Nothing the control plane could have assigned: forget it.
-            let wire = (h.job_id.clone(), h.attempt);
-            fx.send(node, if h.finished { Command::Release(wire) } else { stale_cancel(wire) });
+            let wire = h.key.clone();
+            fx.send(node, if h.finished.is_some() { Command::Release(wire) } else { stale_cancel(wire) });
             continue;
         };
         held.insert(key.clone());
         let current = app.store.allocation_get(&key).await?;
         let mine = current.as_ref().filter(|a| &a.node_id == node && a.status.is_active());
-        if h.finished {
+        if let Some(o) = &h.finished {
             if mine.is_some() {
-                finished(app, &mut fx, node, &key, h.exit_code, &h.error, h.lost).await?;
+                finished(app, &mut fx, node, &key, o.exit_code, &o.error, o.lost).await?;
             }
-            fx.send(node, release_msg(h.job_id.clone(), h.attempt));
+            fx.send(node, Command::Release(h.key.clone()));
         } else if let Some(a) = mine {
             if a.status == AllocStatus::Stopping {
                 fx.cancel(a, "stopped by the control plane");
@@ -142,17 +141,17 @@ where
 }
 
 /// Handles one message of a node's Jobs stream.
-pub async fn on_agent_message(app: &App, node: &NodeId, m: &jobs_request::Msg) -> Result<(), StoreError> {
+pub async fn on_agent_message(app: &App, node: &NodeId, m: &AgentMessage) -> Result<(), StoreError> {
     let mut fx = app.effects();
     match m {
-        jobs_request::Msg::Report(_) => {}
-        jobs_request::Msg::Accepted(_) | jobs_request::Msg::Progress(_) => {}
-        jobs_request::Msg::Started(s) => {
-            let Ok(key) = AllocKey::from_wire(&s.job_id, s.attempt) else {
-                fx.send(node, stale_cancel((s.job_id.clone(), s.attempt)));
+        // Only the first message of a stream; later ones change nothing.
+        AgentMessage::Holding(_) | AgentMessage::Accepted(_) | AgentMessage::Progress { .. } => {}
+        AgentMessage::Started { key: wire, restarts, .. } => {
+            let Ok(key) = AllocKey::from_wire(&wire.0, wire.1) else {
+                fx.send(node, stale_cancel(wire.clone()));
                 return Ok(());
             };
-            let item = ReportItem::Started { key: key.clone(), node: node.clone(), restarts: s.restarts };
+            let item = ReportItem::Started { key: key.clone(), node: node.clone(), restarts: *restarts };
             let tether_store::ReportOutcome::Started(started) = report(app, &mut fx, item).await? else {
                 unreachable!("a started report gets a started answer")
             };
@@ -170,22 +169,22 @@ pub async fn on_agent_message(app: &App, node: &NodeId, m: &jobs_request::Msg) -
                 }
             }
         }
-        jobs_request::Msg::Log(l) => {
+        AgentMessage::Output { key, offset, data, truncated, .. } => {
             // Output is kept for job attempts, from the node that holds them.
-            if let Ok(key @ AllocKey::Attempt(..)) = AllocKey::from_wire(&l.job_id, l.attempt) {
-                if app.store.allocation_get(&key).await?.is_some_and(|a| &a.node_id == node) {
-                    let AllocKey::Attempt(job, attempt) = &key else { unreachable!("matched above") };
-                    if app.store.job_log_append(job, *attempt, l.offset, &l.data, l.truncated).await? {
-                        fx.wake(Signal::JobOutput);
-                    }
+            if let Ok(key @ AllocKey::Attempt(..)) = AllocKey::from_wire(&key.0, key.1)
+                && app.store.allocation_get(&key).await?.is_some_and(|a| &a.node_id == node)
+            {
+                let AllocKey::Attempt(job, attempt) = &key else { unreachable!("matched above") };
+                if app.store.job_log_append(job, *attempt, *offset, data, *truncated).await? {
+                    fx.wake(Signal::JobOutput);
                 }
             }
         }
-        jobs_request::Msg::Finished(f) => {
-            if let Ok(key) = AllocKey::from_wire(&f.job_id, f.attempt) {
-                finished(app, &mut fx, node, &key, f.exit_code, &f.error, f.lost).await?;
+        AgentMessage::Finished { key: wire, outcome: o } => {
+            if let Ok(key) = AllocKey::from_wire(&wire.0, wire.1) {
+                finished(app, &mut fx, node, &key, o.exit_code, &o.error, o.lost).await?;
             }
-            fx.send(node, release_msg(f.job_id.clone(), f.attempt));
+            fx.send(node, Command::Release(wire.clone()));
         }
     }
     Ok(())

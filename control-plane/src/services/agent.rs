@@ -4,9 +4,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tether_auth::{Caveat, CredentialKind, Macaroon, hash_join_secret, hashes_equal, parse_join_token, random_bytes};
-use tether_proto::agent_pb::{self, heartbeat_request, heartbeat_response, jobs_request};
+use tether_proto::agent_pb::{self, heartbeat_request, heartbeat_response};
 use tether_store::NodeEnroll;
-use tether_types::{Error, ErrorCode, Labels, NodeCapabilities, NodeId, NodeUsage, TokenId, validate_labels};
+use tether_types::{
+    AgentMessage, Error, ErrorCode, Labels, NodeCapabilities, NodeId, NodeUsage, TokenId, validate_labels,
+};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
@@ -214,8 +216,10 @@ impl agent_pb::agent_service_server::AgentService for AgentApi {
             Err(_) => return Err(Status::deadline_exceeded("no AllocationReport within 10s")),
             Ok(Err(e)) => return Err(read_error(e)),
             Ok(Ok(None)) => return Err(Status::cancelled("stream closed before AllocationReport")),
-            Ok(Ok(Some(agent_pb::JobsRequest { msg: Some(jobs_request::Msg::Report(r)) }))) => r,
-            Ok(Ok(Some(_))) => return Err(Status::invalid_argument("the first message must be AllocationReport")),
+            Ok(Ok(Some(m))) => match AgentMessage::from_pb(m) {
+                Some(AgentMessage::Holding(held)) => held,
+                _ => return Err(Status::invalid_argument("the first message must be AllocationReport")),
+            },
         };
         // The session proves the node is registered and current; the stream
         // lives and dies with it.
@@ -366,7 +370,8 @@ async fn jobs_session(
                 break;
             }
             msg = inbound.message() => match msg {
-                Ok(Some(agent_pb::JobsRequest { msg: Some(m) })) => {
+                Ok(Some(m)) => {
+                    let Some(m) = AgentMessage::from_pb(m) else { continue };
                     // A transient failure (the database down or busy) is
                     // retried here, holding the stream, until it succeeds: an
                     // agent's report is never dropped and never acknowledged
@@ -388,7 +393,6 @@ async fn jobs_session(
                         }
                     }
                 }
-                Ok(Some(_)) => {}
                 Ok(None) => break,
                 Err(e) => {
                     tracing::info!(code = ?e.code(), message = e.message(), "jobs stream ended");

@@ -3,7 +3,7 @@
 //! here, once; the control plane's dispatch and the agent's runner work on
 //! these types.
 
-use tether_proto::agent_pb::{self, heartbeat_response, jobs_response};
+use tether_proto::agent_pb::{self, heartbeat_response, jobs_request, jobs_response};
 
 use crate::{AllocKind, DesiredNodeState, Error, ExecSpec, RestartPolicy};
 
@@ -135,6 +135,158 @@ impl Command {
     }
 }
 
+/// How an allocation's process ended, as the agent reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Outcome {
+    pub exit_code: i32,
+    pub error: String,
+    /// The agent gave it up without a result (it fenced itself after losing
+    /// contact): lost, not failed.
+    pub lost: bool,
+}
+
+/// One allocation an agent holds when its Jobs stream opens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    pub key: WireKey,
+    /// Ended, with its result not yet released; `None` while it runs.
+    pub finished: Option<Outcome>,
+}
+
+/// Which of a process's outputs a chunk is from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputStream {
+    Stdout,
+    Stderr,
+}
+
+/// One message from an agent on its Jobs stream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AgentMessage {
+    /// The first message of every Jobs stream: everything the agent holds.
+    Holding(Vec<Held>),
+    Accepted(WireKey),
+    /// Its process started (again, for a replica: `restarts` counts).
+    Started {
+        key: WireKey,
+        pid: u32,
+        restarts: u32,
+    },
+    /// Output at `offset` of the attempt's log; `truncated` marks the cap.
+    Output {
+        key: WireKey,
+        stream: OutputStream,
+        offset: u64,
+        data: Vec<u8>,
+        truncated: bool,
+    },
+    Progress {
+        key: WireKey,
+        fraction: f64,
+        message: String,
+    },
+    Finished {
+        key: WireKey,
+        outcome: Outcome,
+    },
+}
+
+impl AgentMessage {
+    pub fn into_pb(self) -> agent_pb::JobsRequest {
+        let msg = match self {
+            AgentMessage::Holding(held) => jobs_request::Msg::Report(agent_pb::AllocationReport {
+                allocations: held
+                    .into_iter()
+                    .map(|h| {
+                        let finished = h.finished.is_some();
+                        let o = h.finished.unwrap_or_default();
+                        agent_pb::HeldAllocation {
+                            job_id: h.key.0,
+                            attempt: h.key.1,
+                            running: !finished,
+                            finished,
+                            exit_code: o.exit_code,
+                            error: o.error,
+                            lost: o.lost,
+                        }
+                    })
+                    .collect(),
+            }),
+            AgentMessage::Accepted(key) => {
+                jobs_request::Msg::Accepted(agent_pb::JobAccepted { job_id: key.0, attempt: key.1 })
+            }
+            AgentMessage::Started { key, pid, restarts } => {
+                jobs_request::Msg::Started(agent_pb::JobStarted { job_id: key.0, attempt: key.1, pid, restarts })
+            }
+            AgentMessage::Output { key, stream, offset, data, truncated } => {
+                jobs_request::Msg::Log(agent_pb::LogChunk {
+                    job_id: key.0,
+                    attempt: key.1,
+                    stream: match stream {
+                        OutputStream::Stdout => agent_pb::LogStream::Stdout,
+                        OutputStream::Stderr => agent_pb::LogStream::Stderr,
+                    } as i32,
+                    offset,
+                    data,
+                    truncated,
+                })
+            }
+            AgentMessage::Progress { key, fraction, message } => {
+                jobs_request::Msg::Progress(agent_pb::JobProgress { job_id: key.0, attempt: key.1, fraction, message })
+            }
+            AgentMessage::Finished { key, outcome } => jobs_request::Msg::Finished(agent_pb::JobFinished {
+                job_id: key.0,
+                attempt: key.1,
+                exit_code: outcome.exit_code,
+                error: outcome.error,
+                lost: outcome.lost,
+            }),
+        };
+        agent_pb::JobsRequest { msg: Some(msg) }
+    }
+
+    /// `None` for an empty message. The control plane decides what the
+    /// keys name (see `AllocKey::from_wire`); text is taken as sent.
+    pub fn from_pb(m: agent_pb::JobsRequest) -> Option<AgentMessage> {
+        Some(match m.msg? {
+            jobs_request::Msg::Report(r) => AgentMessage::Holding(
+                r.allocations
+                    .into_iter()
+                    .map(|h| Held {
+                        key: (h.job_id, h.attempt),
+                        finished: h.finished.then_some(Outcome {
+                            exit_code: h.exit_code,
+                            error: h.error,
+                            lost: h.lost,
+                        }),
+                    })
+                    .collect(),
+            ),
+            jobs_request::Msg::Accepted(a) => AgentMessage::Accepted((a.job_id, a.attempt)),
+            jobs_request::Msg::Started(s) => {
+                AgentMessage::Started { key: (s.job_id, s.attempt), pid: s.pid, restarts: s.restarts }
+            }
+            jobs_request::Msg::Log(l) => AgentMessage::Output {
+                key: (l.job_id, l.attempt),
+                stream: match agent_pb::LogStream::try_from(l.stream) {
+                    Ok(agent_pb::LogStream::Stderr) => OutputStream::Stderr,
+                    _ => OutputStream::Stdout,
+                },
+                offset: l.offset,
+                data: l.data,
+                truncated: l.truncated,
+            },
+            jobs_request::Msg::Progress(p) => {
+                AgentMessage::Progress { key: (p.job_id, p.attempt), fraction: p.fraction, message: p.message }
+            }
+            jobs_request::Msg::Finished(f) => AgentMessage::Finished {
+                key: (f.job_id, f.attempt),
+                outcome: Outcome { exit_code: f.exit_code, error: f.error, lost: f.lost },
+            },
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,6 +331,35 @@ mod tests {
         let Some(Err((key, e))) = Command::from_pb(bad) else { panic!("an assignment without exec is refused") };
         assert_eq!(key, ("job-9".to_string(), 1));
         assert!(e.message.contains("exec"), "{e:?}");
+    }
+
+    #[test]
+    fn agent_messages_round_trip() {
+        let key = ("job-1".to_string(), 2);
+        for m in [
+            AgentMessage::Holding(vec![
+                Held { key: key.clone(), finished: None },
+                Held {
+                    key: ("al-1".into(), 1),
+                    finished: Some(Outcome { exit_code: -1, error: "fenced".into(), lost: true }),
+                },
+            ]),
+            AgentMessage::Holding(vec![]),
+            AgentMessage::Accepted(key.clone()),
+            AgentMessage::Started { key: key.clone(), pid: 42, restarts: 3 },
+            AgentMessage::Output {
+                key: key.clone(),
+                stream: OutputStream::Stderr,
+                offset: 10,
+                data: b"oops".to_vec(),
+                truncated: true,
+            },
+            AgentMessage::Progress { key: key.clone(), fraction: 0.5, message: "half".into() },
+            AgentMessage::Finished { key, outcome: Outcome { exit_code: 3, error: String::new(), lost: false } },
+        ] {
+            assert_eq!(AgentMessage::from_pb(m.clone().into_pb()), Some(m));
+        }
+        assert_eq!(AgentMessage::from_pb(agent_pb::JobsRequest { msg: None }), None);
     }
 
     #[test]

@@ -15,7 +15,7 @@ mod tenancy;
 mod time;
 mod work;
 
-pub use agent::{Assignment, Command, DesiredState, WireKey};
+pub use agent::{AgentMessage, Assignment, Command, DesiredState, Held, Outcome, OutputStream, WireKey};
 pub use error::{Error, ErrorCode, Result};
 pub use ids::{AllocId, JobId, JoinTokenId, NodeId, OrgId, ProjectId, TokenId, WorkloadId};
 pub use labels::{LabelSelector, Labels, validate_labels};
