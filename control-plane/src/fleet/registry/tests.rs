@@ -59,7 +59,7 @@ async fn fixture() -> Fixture {
         expires_at: i64::MAX,
         revoked_at: None,
     };
-    store.join_token_create(&jt, b"hash").await.unwrap().value;
+    let _ = store.join_token_create(&jt, b"hash").await.unwrap();
     let node = store
         .node_enroll(&tether_store::NodeEnroll {
             id: NodeId::from_random([4; 10]),

@@ -26,8 +26,8 @@ pub(super) async fn settings_first_writer_wins(store: Store) {
 pub(super) async fn enroll_spends_join_token_uses(store: Store) {
     let p = project(&store).await;
     let jt = join_token(&store, &p, 1, 2, 10_000).await;
-    store.node_enroll(&enroll(&p, &jt, 1, 2_000)).await.unwrap().value;
-    store.node_enroll(&enroll(&p, &jt, 2, 2_000)).await.unwrap().value;
+    let _ = store.node_enroll(&enroll(&p, &jt, 1, 2_000)).await.unwrap();
+    let _ = store.node_enroll(&enroll(&p, &jt, 2, 2_000)).await.unwrap();
     let err = store.node_enroll(&enroll(&p, &jt, 3, 2_000)).await.unwrap_err();
     assert_eq!(Error::from(err).code, ErrorCode::Unauthenticated);
     assert_eq!(store.node_get(&id(NodeId::from_random, 3)).await.unwrap(), None, "nothing stored");
@@ -133,7 +133,7 @@ pub(super) async fn list_filters_and_pages(store: Store) {
     let p = project(&store).await;
     let jt = join_token(&store, &p, 1, 0, 10_000).await;
     for n in 1..=7u8 {
-        store.node_enroll(&enroll(&p, &jt, n, 2_000 + i64::from(n % 3))).await.unwrap().value;
+        let _ = store.node_enroll(&enroll(&p, &jt, n, 2_000 + i64::from(n % 3))).await.unwrap();
     }
     store.node_session_open(&id(NodeId::from_random, 3), 1, None, "r", 3_000).await.unwrap();
     let all = NodeFilter { project_id: p.clone(), status: None, pool: None };
@@ -218,7 +218,7 @@ pub(super) async fn last_admin_token_is_never_revoked(store: Store) {
     let viewer = token(&p, 2, Role::Viewer, None);
     let expired_admin = token(&p, 3, Role::Admin, Some(1_500));
     for t in [&admin, &viewer, &expired_admin] {
-        store.token_record(t).await.unwrap().value;
+        let _ = store.token_record(t).await.unwrap();
     }
     let err = store.token_revoke(&p, &admin.id, 2_000).await.unwrap_err();
     let err = Error::from(err);
@@ -226,11 +226,11 @@ pub(super) async fn last_admin_token_is_never_revoked(store: Store) {
     assert!(err.message.contains("last admin token"), "{err}");
     assert_eq!(store.tokens_revoked().await.unwrap(), vec![], "nothing changed");
     // Others may go; with a second admin, so may the first.
-    store.token_revoke(&p, &viewer.id, 2_000).await.unwrap().value;
-    store.token_revoke(&p, &expired_admin.id, 2_000).await.unwrap().value;
+    let _ = store.token_revoke(&p, &viewer.id, 2_000).await.unwrap();
+    let _ = store.token_revoke(&p, &expired_admin.id, 2_000).await.unwrap();
     let second = token(&p, 4, Role::Admin, Some(10_000));
-    store.token_record(&second).await.unwrap().value;
-    store.token_revoke(&p, &admin.id, 2_100).await.unwrap().value;
+    let _ = store.token_record(&second).await.unwrap();
+    let _ = store.token_revoke(&p, &admin.id, 2_100).await.unwrap();
     let err = store.token_revoke(&p, &second.id, 2_200).await.unwrap_err();
     assert_eq!(Error::from(err).code, ErrorCode::FailedPrecondition, "now the second is the last");
 }

@@ -78,7 +78,7 @@ pub(super) async fn job_lifecycle_retries_and_idempotency(store: Store) {
     assert_eq!(f.allocation.status, AllocStatus::Failed);
     assert_eq!(f.job.as_ref().unwrap().status, JobStatus::Pending);
     assert!(store.allocation_finished(&key, &node, 3, "", 2_300).await.unwrap().value.is_none(), "idempotent");
-    store.allocations_place(&[attempt(&j, &node, 2)], 2_400).await.unwrap().value;
+    let _ = store.allocations_place(&[attempt(&j, &node, 2)], 2_400).await.unwrap();
     let key2 = AllocKey::Attempt(j.id.clone(), 2);
     let f = store.allocation_finished(&key2, &node, 0, "", 2_500).await.unwrap().value.unwrap();
     assert_eq!(f.job.unwrap().status, JobStatus::Succeeded);
@@ -100,9 +100,9 @@ pub(super) async fn job_cancel_and_lost_on_down_node(store: Store) {
     let node = node_for(&store, &p, 1).await;
     let a = job(&p, 1, 1);
     let b = job(&p, 2, 2);
-    store.job_submit(&a, None).await.unwrap().value;
-    store.job_submit(&b, None).await.unwrap().value;
-    store.allocations_place(&[attempt(&a, &node, 1), attempt(&b, &node, 1)], 2_000).await.unwrap().value;
+    let _ = store.job_submit(&a, None).await.unwrap();
+    let _ = store.job_submit(&b, None).await.unwrap();
+    let _ = store.allocations_place(&[attempt(&a, &node, 1), attempt(&b, &node, 1)], 2_000).await.unwrap();
     let (cancelled, stopping) = store.job_cancel(&p, &a.id, 2_100).await.unwrap().value;
     assert_eq!(cancelled.status, JobStatus::Cancelled);
     assert_eq!(stopping.unwrap().status, AllocStatus::Stopping);
@@ -134,7 +134,7 @@ pub(super) async fn job_cancel_and_lost_on_down_node(store: Store) {
 pub(super) async fn job_logs_append_and_read(store: Store) {
     let p = project(&store).await;
     let j = job(&p, 1, 1);
-    store.job_submit(&j, None).await.unwrap().value;
+    let _ = store.job_submit(&j, None).await.unwrap();
     assert!(store.job_log_append(&j.id, 1, 0, b"hello ", false).await.unwrap());
     assert!(store.job_log_append(&j.id, 1, 6, b"world", true).await.unwrap());
     assert!(!store.job_log_append(&j.id, 1, 6, b"world", true).await.unwrap(), "a resend is a no-op");
@@ -168,7 +168,7 @@ pub(super) async fn workloads_and_desired_state(store: Store) {
         created_at: 1_000,
         updated_at: 1_000,
     };
-    store.workload_create(&w).await.unwrap().value;
+    let _ = store.workload_create(&w).await.unwrap();
     let dup = Workload { id: id(WorkloadId::from_random, 2), ..w.clone() };
     assert_eq!(Error::from(store.workload_create(&dup).await.unwrap_err()).code, ErrorCode::AlreadyExists);
     let scaled = store.workload_scale(&p, &w.id, 3, 2_000).await.unwrap().value;
