@@ -6,6 +6,7 @@
 //! randomness, no network; callers pass those in.
 
 mod agent;
+mod allocation;
 mod error;
 mod ids;
 mod labels;
@@ -16,6 +17,7 @@ mod time;
 mod work;
 
 pub use agent::{AgentMessage, Assignment, Command, DesiredState, Held, Outcome, OutputStream, WireKey};
+pub use allocation::{AllocKey, AllocKind, AllocStatus, Allocation};
 pub use error::{Error, ErrorCode, Result};
 pub use ids::{AllocId, JobId, JoinTokenId, NodeId, OrgId, ProjectId, TokenId, WorkloadId};
 pub use labels::{LabelSelector, Labels, validate_labels};
@@ -24,8 +26,8 @@ pub use node::{DesiredNodeState, Gpu, Node, NodeCapabilities, NodeStatus, NodeUs
 pub use tenancy::{JoinToken, Role};
 pub use time::{UnixMillis, duration_from_pb, duration_to_pb, millis_to_timestamp, timestamp_to_millis};
 pub use work::{
-    AllocKey, AllocKind, AllocStatus, Allocation, Constraints, ExecSpec, Job, JobSpec, JobStatus, MAX_ATTEMPTS,
-    Resources, RestartPolicy, Workload, WorkloadSpec, chars, validate_job_labels, validate_name, validate_text,
+    Constraints, ExecSpec, Job, JobSpec, JobStatus, MAX_ATTEMPTS, Resources, RestartPolicy, Workload, WorkloadSpec,
+    chars, validate_job_labels, validate_name, validate_text,
 };
 
 /// Upper bound on the size of any free-text field we store (descriptions, reasons).
