@@ -323,6 +323,13 @@ fn error_event_as(code: Option<ErrorCode>, message: &str) -> Event {
     Event::default().event("error").data(json!({"code": name, "message": message}).to_string())
 }
 
+/// A body of JSON whitespace alone (space, tab, LF, CR) counts as no body.
+/// Other ASCII blanks (form feed, for one) are not JSON whitespace, so such a
+/// body is refused as malformed JSON.
+fn is_blank_json(body: &[u8]) -> bool {
+    body.iter().all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+}
+
 /// Builds the request message from the path bindings, the query string and
 /// the body, per the route's body rule, and validates it as proto3 JSON.
 #[allow(clippy::result_large_err)]
@@ -334,14 +341,14 @@ fn build_input(
 ) -> Result<DynamicMessage, Response> {
     let desc = route.method.input();
     let parsed_body = || -> Result<Value, Response> {
-        if body.iter().all(u8::is_ascii_whitespace) {
+        if is_blank_json(body) {
             return Ok(Value::Object(Map::new()));
         }
         strict_json(body).map_err(|e| invalid(format!("request body is not JSON: {e}")))
     };
     let mut obj = match &route.body {
         BodyRule::None => {
-            if !body.iter().all(u8::is_ascii_whitespace) {
+            if !is_blank_json(body) {
                 return Err(invalid(format!("{} {} takes no request body", route.http_method, route.template)));
             }
             Map::new()
@@ -505,6 +512,19 @@ fn set_path(
 #[cfg(test)]
 mod strict_tests {
     use super::*;
+
+    #[test]
+    fn only_json_whitespace_is_an_empty_body() {
+        for blank in [&b""[..], b" ", b"\t\r\n "] {
+            assert!(is_blank_json(blank), "{blank:?}");
+        }
+        // Form feed and the other ASCII blanks Rust counts as whitespace are
+        // not JSON whitespace (schemathesis sent "\x0c" and got 200).
+        for not_blank in [&b"\x0c"[..], b" \x0c", b"\x0b", b"{}"] {
+            assert!(!is_blank_json(not_blank), "{not_blank:?}");
+            assert!(strict_json(not_blank).is_err() || not_blank == b"{}");
+        }
+    }
 
     #[test]
     fn duplicate_keys_are_refused_at_any_depth() {
