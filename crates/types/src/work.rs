@@ -143,7 +143,8 @@ impl ExecSpec {
             Some(d) if d.seconds > MAX_TIMEOUT_SECS || (d.seconds == MAX_TIMEOUT_SECS && d.nanos > 0) => {
                 return Err(Error::invalid("exec.timeout is at most 365 days"));
             }
-            Some(d) => Some(Duration::new(d.seconds as u64, d.nanos as u32).as_millis() as u64),
+            // Whole milliseconds, rounded up: a positive timeout stays positive.
+            Some(d) => Some(Duration::new(d.seconds as u64, d.nanos as u32).as_nanos().div_ceil(1_000_000) as u64),
         };
         Ok(ExecSpec {
             command: e.command,
@@ -390,6 +391,18 @@ mod tests {
             exec: Some(pb::ExecSpec { command: "/bin/true".into(), ..Default::default() }),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_sub_millisecond_timeout_rounds_up_to_one_millisecond() {
+        let exec = |nanos| pb::ExecSpec {
+            command: "/bin/true".into(),
+            timeout: Some(prost_types::Duration { seconds: 0, nanos }),
+            ..Default::default()
+        };
+        assert_eq!(ExecSpec::from_pb(Some(exec(1))).unwrap().timeout_ms, Some(1));
+        assert_eq!(ExecSpec::from_pb(Some(exec(1_500_000))).unwrap().timeout_ms, Some(2));
+        assert_eq!(ExecSpec::from_pb(Some(exec(2_000_000))).unwrap().timeout_ms, Some(2));
     }
 
     #[test]
