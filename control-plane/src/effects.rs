@@ -93,16 +93,9 @@ impl<'a> Effects<'a> {
     /// Takes a committed write's value and remembers the events it appended.
     pub fn commit<T>(&mut self, c: Committed<T>) -> T {
         if let Some(seq) = c.seq {
-            self.events(seq);
+            self.seq = Some(self.seq.map_or(seq, |s| s.max(seq)));
         }
         c.value
-    }
-
-    /// Events up to `seq` are committed (for writes that answer a sequence
-    /// number of their own).
-    pub fn events(&mut self, seq: i64) -> &mut Self {
-        self.seq = Some(self.seq.map_or(seq, |s| s.max(seq)));
-        self
     }
 
     /// A command for the node's Jobs stream (dropped if it has none here:
