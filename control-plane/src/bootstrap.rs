@@ -1,5 +1,6 @@
-//! First start: the macaroon root key, the default organisation and project,
-//! an admin token and a join token.
+//! First start: the macaroon root key, the default organisation and project
+//! (granted the organisation's `default` pool), the platform administrator's
+//! token and an organisation join token into the `default` pool.
 //!
 //! Runs before any watcher exists (or offline, for `admin-token`): its
 //! writes have no consequences to perform, so their events are not told.
@@ -10,9 +11,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use tether_auth::{Caveat, CredentialKind, JoinSecret, Macaroon, RootKey, random_bytes};
+use tether_auth::{JoinSecret, Macaroon, RootKey, random_bytes};
 use tether_store::{Store, TokenRecord};
-use tether_types::{JoinToken, JoinTokenId, Labels, OrgId, ProjectId, Role, TokenId};
+use tether_types::{DEFAULT_POOL, JoinToken, JoinTokenId, Labels, OrgId, ProjectId, Role, TokenId};
 
 use crate::clock::now_ms;
 
@@ -64,7 +65,9 @@ pub async fn run(store: &Store, data_dir: &Path) -> anyhow::Result<Boot> {
         .join_token_create(
             &JoinToken {
                 id: jt_id,
-                project_id: boot.project_id.clone(),
+                org_id: boot.org_id.clone(),
+                project_id: None,
+                pool: DEFAULT_POOL.into(),
                 description: "bootstrap join token".into(),
                 labels: Labels::new(),
                 max_uses: BOOTSTRAP_JOIN_USES,
@@ -84,36 +87,28 @@ pub async fn run(store: &Store, data_dir: &Path) -> anyhow::Result<Boot> {
     Ok(boot)
 }
 
-/// Mints an admin token of the bootstrap project and records it; returns the
-/// encoded token.
+/// Mints a platform administrator's token (every organisation; acting on
+/// the bootstrap project unless a call names another) and records it;
+/// returns the encoded token.
 pub async fn mint_admin(
     store: &Store,
     boot: &Boot,
     expires_at: Option<i64>,
     description: &str,
 ) -> anyhow::Result<String> {
-    let token_id = TokenId::from_random(random_bytes());
-    let mut caveats = vec![
-        Caveat::Kind(CredentialKind::Operator),
-        Caveat::Org(boot.org_id.clone()),
-        Caveat::Project(boot.project_id.clone()),
-        Caveat::Role(Role::Admin),
-    ];
-    if let Some(at) = expires_at {
-        caveats.push(Caveat::ExpiresAt(at));
-    }
-    let admin = Macaroon::mint(&boot.root_key, token_id.clone(), &caveats);
-    let _committed = store
-        .token_record(&TokenRecord {
-            id: token_id,
-            project_id: boot.project_id.clone(),
-            role: Role::Admin,
-            description: description.into(),
-            created_at: now_ms(),
-            expires_at,
-            revoked_at: None,
-        })
-        .await?;
+    let record = TokenRecord {
+        id: TokenId::from_random(random_bytes()),
+        org_id: None,
+        project_id: None,
+        role: Role::Admin,
+        org_role: Some(tether_types::OrgRole::Admin),
+        description: description.into(),
+        created_at: now_ms(),
+        expires_at,
+        revoked_at: None,
+    };
+    let admin = Macaroon::mint(&boot.root_key, record.id.clone(), &crate::auth::caveats_for(&record));
+    let _committed = store.token_record(&record).await?;
     Ok(admin.encode())
 }
 
@@ -122,8 +117,8 @@ pub fn announce(boot: &Boot, data_dir: &Path, grpc: std::net::SocketAddr) {
     let (Some(admin), Some(join)) = (&boot.admin_token, &boot.join_token) else { return };
     println!(
         "\nTether is bootstrapped (organisation {}, project {}).\n\n\
-         Admin token (also in {}):\n  {admin}\n\n\
-         Agent join token, {} uses, expires in 7 days (also in {}):\n  {join}\n\n\
+         Platform administrator token (also in {}):\n  {admin}\n\n\
+         Agent join token for the default pool, {} uses, expires in 7 days (also in {}):\n  {join}\n\n\
          Start an agent:\n  tether-agent --control-plane http://{grpc} --join-token {join}\n",
         boot.org_id,
         boot.project_id,

@@ -21,6 +21,7 @@ mod server;
 mod services;
 mod status;
 mod stream;
+mod tenants;
 mod writers;
 
 use std::sync::Arc;
@@ -32,7 +33,9 @@ use tether_proto::agent_pb::agent_service_server::AgentServiceServer;
 use tether_proto::pb::admin_service_server::AdminServiceServer;
 use tether_proto::pb::job_service_server::JobServiceServer;
 use tether_proto::pb::node_service_server::NodeServiceServer;
+use tether_proto::pb::organization_service_server::OrganizationServiceServer;
 use tether_proto::pb::placement_service_server::PlacementServiceServer;
+use tether_proto::pb::project_service_server::ProjectServiceServer;
 use tether_proto::pb::tenancy_service_server::TenancyServiceServer;
 use tether_proto::pb::workload_service_server::WorkloadServiceServer;
 use tokio::net::TcpListener;
@@ -119,7 +122,8 @@ fn register_tasks(driver: &background::Driver, app: &Arc<App>, registry: &Arc<fl
     driver.register(
         Spec {
             name: "revocation_refresh",
-            description: "reloads the revoked token ids the authenticator refuses",
+            description: "reloads the revoked token ids the authenticator refuses, and the organisations, \
+                          projects and pool grants calls are authorised against",
             period: Duration::from_secs(5),
             wake: None,
             leader_only: false,
@@ -157,9 +161,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     ));
     registry.load().await?;
 
+    let tenants = Arc::new(tenants::TenantCache::default());
+    tenants.reload(&store).await?;
     let app = Arc::new(App {
         store: store.clone(),
-        auth: auth::Authenticator::new(boot.root_key.clone()),
+        auth: auth::Authenticator::new(boot.root_key.clone(), tenants, boot.project_id.clone()),
         registry: registry.clone(),
         notify,
         admission: tokio::sync::Semaphore::new(config.admission_concurrency),
@@ -196,6 +202,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         "tether.agent.v1.AgentService",
         "tether.v1.NodeService",
         "tether.v1.TenancyService",
+        "tether.v1.OrganizationService",
+        "tether.v1.ProjectService",
         "tether.v1.JobService",
         "tether.v1.WorkloadService",
         "tether.v1.PlacementService",
@@ -232,6 +240,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let placement = PlacementServiceServer::new(services::placement::PlacementApi::new(app.clone()))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
+    let organizations = OrganizationServiceServer::new(services::organizations::OrganizationApi::new(app.clone()))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+    let projects = ProjectServiceServer::new(services::projects::ProjectApi::new(app.clone()))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
     let admin = AdminServiceServer::new(services::admin::AdminApi::new(app.clone(), task_statuses));
 
     // One set of routes serves gRPC and, in-process, the REST bridge, so both
@@ -245,6 +259,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .add_service(jobs)
         .add_service(workloads)
         .add_service(placement)
+        .add_service(organizations)
+        .add_service(projects)
         .add_service(admin);
     let bridge = Arc::new(tether_rest::Bridge::from_descriptors(tether_proto::FILE_DESCRIPTOR_SET)?);
     let openapi = Arc::new(tether_rest::openapi(&bridge, env!("CARGO_PKG_VERSION")));

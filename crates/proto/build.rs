@@ -11,6 +11,8 @@ const FILES: &[&str] = &[
     "tether/v1/admin.proto",
     "tether/v1/node.proto",
     "tether/v1/tenancy.proto",
+    "tether/v1/organization.proto",
+    "tether/v1/project.proto",
     "tether/v1/job.proto",
     "tether/v1/workload.proto",
     "tether/v1/placement.proto",

@@ -94,18 +94,21 @@ impl BackgroundTask for NodeSnapshotRefresh {
     }
 }
 
-/// Reloads the revoked token ids the authenticator refuses.
+/// Reloads the revoked token ids the authenticator refuses, and the tenancy
+/// records (for changes made on other replicas).
 pub struct RevocationRefresh(pub Arc<App>);
 
 impl BackgroundTask for RevocationRefresh {
     fn activate(&mut self) -> ActivationFuture<'_> {
         Box::pin(async move {
-            match self.0.store.tokens_revoked().await {
-                Ok(ids) => {
-                    let n = ids.len();
-                    self.0.auth.set_revoked(ids);
-                    Activation::Done(format!("{n} revoked"))
-                }
+            let ids = match self.0.store.tokens_revoked().await {
+                Ok(ids) => ids,
+                Err(e) => return failed(e),
+            };
+            let n = ids.len();
+            self.0.auth.set_revoked(ids);
+            match self.0.auth.tenants.reload(&self.0.store).await {
+                Ok(projects) => Activation::Done(format!("{n} revoked, {projects} projects")),
                 Err(e) => failed(e),
             }
         })

@@ -13,7 +13,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tether_scheduler::{NodeView, Objective, Request, place_batch_from};
+use tether_scheduler::{Ledger, NodeView, Objective, Request, place_batch_from};
 use tether_store::StoreError;
 use tether_types::{
     AllocId, AllocKey, AllocKind, AllocStatus, Allocation, DesiredNodeState, ExecSpec, NodeId, RestartPolicy,
@@ -91,11 +91,21 @@ impl PassState {
 
 /// Places a batch, resuming the scheduler's candidate scan where the last
 /// batch left it (see `tether_scheduler::place_batch_from`).
-fn place(app: &App, views: &mut [NodeView], reqs: &[Request]) -> Vec<Option<usize>> {
+fn place(app: &App, views: &mut [NodeView], ledger: &mut Ledger, reqs: &[Request]) -> Vec<Option<usize>> {
     use std::sync::atomic::Ordering::Relaxed;
-    let (placed, next) = place_batch_from(views, reqs, app.placement_cursor.load(Relaxed));
+    let (placed, next) = place_batch_from(views, ledger, reqs, app.placement_cursor.load(Relaxed));
     app.placement_cursor.store(next, Relaxed);
     placed
+}
+
+/// What each project's active allocations hold (scheduled, running and
+/// stopping: all hold their node's resources).
+pub fn usage(active: &[Allocation]) -> Ledger {
+    let mut ledger = Ledger::default();
+    for a in active {
+        ledger.charge(&a.project_id, &a.resources);
+    }
+    ledger
 }
 
 /// Logs each row that does not decode once, by id; counts them every pass.
@@ -165,6 +175,10 @@ pub async fn pass(app: &App, state: &mut PassState) -> Result<PassSummary, Store
     stop_and_cancel(app, &mut fx, &evict, "node stopped or drain deadline passed", now).await?;
     let mut stop = Vec::new();
 
+    // What each project's active allocations hold, against its quota.
+    let mut ledger = usage(&active);
+    let tenants = app.auth.tenants.get();
+
     // Workloads.
     let workloads = store.workloads_all().await?;
     skip_bad(state, "workload", &workloads.bad, &mut summary);
@@ -177,14 +191,12 @@ pub async fn pass(app: &App, state: &mut PassState) -> Result<PassSummary, Store
         let mine: Vec<&Allocation> = active.iter().filter(|a| a.workload_id.as_ref() == Some(&w.id)).collect();
         let plan = reconcile(w, &mine, |id| snap.node(id));
         stop.extend(plan.stop);
+        // A deleted project's workloads were deleted with it.
+        let Some(access) = tenants.access.get(&w.project_id) else { continue };
         let reqs: Vec<Request> = (0..plan.create)
             .map(|_| {
-                let mut r = Request::new(
-                    w.project_id.clone(),
-                    w.spec.resources,
-                    w.spec.constraints.clone(),
-                    Objective::Balanced,
-                );
+                let mut r =
+                    Request::new(access.clone(), w.spec.resources, w.spec.constraints.clone(), Objective::Balanced);
                 r.group = Some(w.id.to_string());
                 r
             })
@@ -197,7 +209,7 @@ pub async fn pass(app: &App, state: &mut PassState) -> Result<PassSummary, Store
             views_ready = true;
         }
         let views = &mut state.views;
-        for i in place(app, views, &reqs).into_iter().flatten() {
+        for i in place(app, views, &mut ledger, &reqs).into_iter().flatten() {
             let a = Allocation {
                 key: AllocKey::Replica(AllocId::from_random(tether_auth::random_bytes())),
                 project_id: w.project_id.clone(),
@@ -224,10 +236,14 @@ pub async fn pass(app: &App, state: &mut PassState) -> Result<PassSummary, Store
     // Pending jobs, highest priority first.
     let pending = store.jobs_pending(PENDING_BATCH).await?;
     skip_bad(state, "job", &pending.bad, &mut summary);
-    let pending = pending.items;
+    // A deleted project's jobs were cancelled with it.
+    let pending: Vec<_> = pending.items.into_iter().filter(|j| tenants.access.contains_key(&j.project_id)).collect();
     let reqs: Vec<Request> = pending
         .iter()
-        .map(|j| Request::new(j.project_id.clone(), j.spec.resources, j.spec.constraints.clone(), Objective::Balanced))
+        .map(|j| {
+            let access = tenants.access[&j.project_id].clone();
+            Request::new(access, j.spec.resources, j.spec.constraints.clone(), Objective::Balanced)
+        })
         .collect();
     let placed = if reqs.is_empty() {
         Vec::new()
@@ -235,7 +251,7 @@ pub async fn pass(app: &App, state: &mut PassState) -> Result<PassSummary, Store
         if !views_ready {
             state.prepare_views(&snap, &active, now, &app.hub);
         }
-        place(app, &mut state.views, &reqs)
+        place(app, &mut state.views, &mut ledger, &reqs)
     };
     let views = &state.views;
     for (j, i) in pending.iter().zip(placed) {

@@ -104,7 +104,7 @@ mod tests {
     fn alloc(key: &str, node: &Node, status: AllocStatus, version: u64) -> Allocation {
         Allocation {
             key: k(key),
-            project_id: node.project_id.clone(),
+            project_id: ProjectId::from_random([1; 10]),
             kind: AllocKind::Service,
             job_id: None,
             attempt: 1,

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tether_store::{StatusChange, Store};
-use tether_types::{Error, ErrorCode, Node, NodeCapabilities, NodeId, NodeStatus, NodeUsage, ProjectId};
+use tether_types::{Error, ErrorCode, Node, NodeCapabilities, NodeId, NodeStatus, NodeUsage, OrgId};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -233,7 +233,7 @@ impl Registry {
     pub async fn session_open(
         &self,
         node: &NodeId,
-        project: &ProjectId,
+        org: Option<&OrgId>,
         generation: u64,
         capabilities: Option<&NodeCapabilities>,
         tx: HeartbeatTx,
@@ -255,8 +255,8 @@ impl Registry {
         let item = OpenItem { node: node.clone(), generation, capabilities: capabilities.cloned() };
         let (record, events) =
             self.opens.call(item).await.unwrap_or_else(|| Err(Error::unavailable("control plane is shutting down")))?;
-        if &record.project_id != project {
-            return Err(Error::permission_denied("node credential does not match the node's project"));
+        if org.is_some_and(|o| o != &record.org_id) {
+            return Err(Error::permission_denied("node credential does not match the node's organisation"));
         }
         let slot = SessionSlot {
             id: self.next_session.fetch_add(1, Ordering::Relaxed),

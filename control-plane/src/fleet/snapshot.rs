@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tether_scheduler::NodeView;
 use tether_store::StoreError;
-use tether_types::{AllocStatus, Allocation, Error, ErrorCode, Node, NodeId, NodeStatus, ProjectId};
+use tether_types::{AllocStatus, Allocation, Error, ErrorCode, Node, NodeId, NodeStatus};
 
 /// Reliability grows to 1 over this much time ready.
 const RELIABILITY_RAMP_MS: i64 = 10 * 60 * 1000;
@@ -105,16 +105,16 @@ fn same_but_leases(old: &[Node], new: &[Node]) -> bool {
 }
 
 impl NodeSnapshot {
-    /// Refuses a request no registered node of the project could ever
+    /// Refuses a request no registered node the project may use could ever
     /// satisfy (static properties only: pool, labels, GPU model, total
     /// capacity), with each node's reason. A project without nodes accepts
     /// work, which waits.
-    pub fn satisfiable(&self, project: &ProjectId, req: &tether_scheduler::Request) -> Result<(), Error> {
+    pub fn satisfiable(&self, req: &tether_scheduler::Request) -> Result<(), Error> {
         let mut live = self
             .nodes
             .iter()
             .zip(&self.base_views)
-            .filter(|(n, _)| &n.project_id == project && n.status != NodeStatus::Left)
+            .filter(|(n, _)| req.access.may_use(n.place()) && n.status != NodeStatus::Left)
             .peekable();
         if live.peek().is_none() {
             return Ok(());
@@ -140,7 +140,8 @@ pub(crate) fn base_view(n: &Node) -> NodeView {
     let ready = n.status == NodeStatus::Ready;
     NodeView {
         id: n.id.clone(),
-        project: n.project_id.clone(),
+        org: n.org_id.clone(),
+        dedicated: n.project_id.clone(),
         ready,
         active: n.desired_state.accepts_work(),
         state: if !ready { n.status.as_str().into() } else { n.desired_state.as_str().into() },
@@ -195,13 +196,14 @@ pub fn node_views(nodes: &[Node], active: &[Allocation], now: i64) -> Vec<NodeVi
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use tether_types::{DesiredNodeState, JoinTokenId, ProjectId};
+    use tether_types::{DesiredNodeState, JoinTokenId, OrgId, ProjectAccess, ProjectId};
 
-    /// A ready node for tests, `i` making its id.
+    /// A ready node for tests, `i` making its id, dedicated to project [1; 10].
     pub(crate) fn node(i: u8, desired: DesiredNodeState) -> Node {
         Node {
             id: NodeId::from_random([i; 10]),
-            project_id: ProjectId::from_random([1; 10]),
+            org_id: OrgId::from_random([1; 10]),
+            project_id: Some(ProjectId::from_random([1; 10])),
             status: NodeStatus::Ready,
             desired_state: desired,
             desired_state_version: 1,
@@ -246,16 +248,24 @@ pub(crate) mod tests {
         left.capabilities.cpu_count = 64;
         left.status = NodeStatus::Left;
         let snap = NodeSnapshot::of(vec![gpu_node, left]);
-        let req = |cpu: u64, gpus: u64| {
+        let access = |p: &ProjectId| {
+            Arc::new(ProjectAccess {
+                project: p.clone(),
+                org: OrgId::from_random([1; 10]),
+                pools: Default::default(),
+                quota: Default::default(),
+            })
+        };
+        let req = |p: &ProjectId, cpu: u64, gpus: u64| {
             Request::new(
-                project.clone(),
+                access(p),
                 tether_types::Resources { cpu_millis: cpu, memory_mb: 0, gpus },
                 Default::default(),
                 Objective::Balanced,
             )
         };
-        assert_eq!(snap.satisfiable(&project, &req(2000, 1)), Ok(()), "fits the node's total");
-        let err = snap.satisfiable(&project, &req(4000, 0)).unwrap_err();
+        assert_eq!(snap.satisfiable(&req(&project, 2000, 1)), Ok(()), "fits the node's total");
+        let err = snap.satisfiable(&req(&project, 4000, 0)).unwrap_err();
         assert_eq!(err.code, ErrorCode::FailedPrecondition);
         assert!(err.message.contains(NodeId::from_random([1; 10]).as_str()), "names each node: {}", err.message);
         assert!(
@@ -264,6 +274,6 @@ pub(crate) mod tests {
             err.message
         );
         let other = ProjectId::from_random([9; 10]);
-        assert_eq!(snap.satisfiable(&other, &req(1_000_000, 64)), Ok(()), "a project without nodes: work waits");
+        assert_eq!(snap.satisfiable(&req(&other, 1_000_000, 64)), Ok(()), "a project without nodes: work waits");
     }
 }

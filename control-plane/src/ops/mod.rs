@@ -15,11 +15,24 @@ pub mod nodes;
 pub mod tenancy;
 pub mod workloads;
 
+use std::sync::Arc;
+
 use tether_scheduler::{Objective, Request as Placement};
 use tether_store::StoreError;
-use tether_types::{Constraints, ProjectId, Resources};
+use tether_types::{Constraints, Error, ProjectAccess, ProjectId, Resources};
 
 use crate::app::App;
+
+/// Which nodes a project may use, and its quota, as of now.
+pub fn access(app: &App, project: &ProjectId) -> Result<Arc<ProjectAccess>, StoreError> {
+    app.auth
+        .tenants
+        .get()
+        .access
+        .get(project)
+        .cloned()
+        .ok_or_else(|| StoreError::from(Error::not_found(format!("project {project} not found"))))
+}
 
 /// Refuses work that no node the project may use could ever take (see
 /// [`crate::fleet::snapshot::NodeSnapshot::satisfiable`]).
@@ -29,7 +42,7 @@ async fn check_satisfiable(
     resources: Resources,
     constraints: &Constraints,
 ) -> Result<(), StoreError> {
-    let placement = Placement::new(project.clone(), resources, constraints.clone(), Objective::Balanced);
-    app.nodes.get(&app.store).await?.satisfiable(project, &placement)?;
+    let placement = Placement::new(access(app, project)?, resources, constraints.clone(), Objective::Balanced);
+    app.nodes.get(&app.store).await?.satisfiable(&placement)?;
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! Nodes: enrolment, desired state and its answers, deregistration.
 
 use tether_store::{NodeEnroll, StoreError};
-use tether_types::{DesiredNodeState, DesiredState, Node, NodeId, ProjectId, UnixMillis};
+use tether_types::{DesiredNodeState, DesiredState, Node, NodeId, UnixMillis};
 
 use crate::app::{App, now_ms};
 use crate::effects::Signal;
@@ -20,14 +20,13 @@ pub async fn enroll(app: &App, e: &NodeEnroll) -> Result<Node, StoreError> {
 /// replaced), not the order in which the agent's reports arrive.
 pub async fn set_desired(
     app: &App,
-    project: &ProjectId,
     id: &NodeId,
     state: DesiredNodeState,
     reason: &str,
     drain_deadline: Option<UnixMillis>,
 ) -> Result<Node, StoreError> {
     let mut fx = app.effects();
-    let node = fx.commit(app.store.node_set_desired(project, id, state, reason, drain_deadline, now_ms()).await?);
+    let node = fx.commit(app.store.node_set_desired(id, state, reason, drain_deadline, now_ms()).await?);
     if state == DesiredNodeState::Stopped {
         crate::dispatch::stop_node_work(app, &mut fx, id).await?;
     }
@@ -52,9 +51,9 @@ pub async fn desired_answered(
 }
 
 /// Removes a node; its session here is closed.
-pub async fn deregister(app: &App, project: &ProjectId, id: &NodeId) -> Result<Node, StoreError> {
+pub async fn deregister(app: &App, id: &NodeId) -> Result<Node, StoreError> {
     let mut fx = app.effects();
-    let node = fx.commit(app.store.node_deregister(project, id, now_ms()).await?);
+    let node = fx.commit(app.store.node_deregister(id, now_ms()).await?);
     fx.forget(id);
     tracing::info!(node_id = %id, "node deregistered");
     Ok(node)

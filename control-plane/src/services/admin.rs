@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use tether_proto::pb;
-use tether_types::{Role, duration_to_pb, millis_to_timestamp};
+use tether_types::{duration_to_pb, millis_to_timestamp};
 use tonic::{Request, Response, Status};
 
 use crate::app::App;
@@ -43,7 +43,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         &self,
         req: Request<pb::ListBackgroundTasksRequest>,
     ) -> Result<Response<pb::ListBackgroundTasksResponse>, Status> {
-        self.app.auth.operator(&req, Role::Admin)?;
+        self.app.auth.caller(&req)?.need_platform()?;
         let tasks = self.tasks.list().into_iter().map(task_pb).collect();
         Ok(Response::new(pb::ListBackgroundTasksResponse { tasks }))
     }

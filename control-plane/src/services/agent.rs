@@ -94,12 +94,20 @@ impl agent_pb::agent_service_server::AgentService for AgentApi {
         }
         // The token's labels are forced: they override what the agent asked for.
         labels.extend(token.labels.clone());
-        let pool = labels.get("pool").cloned().unwrap_or_default();
+        // An organisation join token's pool, unless the node's labels name
+        // another; a project's dedicated node keeps its label's pool (or
+        // the default) for constraints only.
+        let pool = labels
+            .get("pool")
+            .cloned()
+            .or_else(|| (!token.pool.is_empty()).then(|| token.pool.clone()))
+            .unwrap_or_else(|| tether_types::DEFAULT_POOL.to_owned());
         let node_id = NodeId::from_random(random_bytes());
         let node = crate::ops::nodes::enroll(
             &self.app,
             &NodeEnroll {
                 id: node_id.clone(),
+                org_id: token.org_id.clone(),
                 project_id: token.project_id.clone(),
                 capabilities,
                 labels,
@@ -114,18 +122,16 @@ impl agent_pb::agent_service_server::AgentService for AgentApi {
         let credential = Macaroon::mint(
             self.app.auth.root(),
             TokenId::from_random(random_bytes()),
-            &[
-                Caveat::Kind(CredentialKind::Agent),
-                Caveat::Project(node.project_id.clone()),
-                Caveat::Node(node_id.clone()),
-            ],
+            &[Caveat::Kind(CredentialKind::Agent), Caveat::Org(node.org_id.clone()), Caveat::Node(node_id.clone())],
         );
         tracing::info!(node_id = %node_id, hostname = node.capabilities.hostname, "node enrolled");
         metrics::counter!("tether_enrollments_total").increment(1);
         Ok(Response::new(agent_pb::EnrollResponse {
             node_id: node_id.to_string(),
             node_credential: credential.encode(),
-            project_id: node.project_id.to_string(),
+            project_id: node.project_id.as_ref().map(ToString::to_string).unwrap_or_default(),
+            organization_id: node.org_id.to_string(),
+            pool: node.pool.clone(),
         }))
     }
 
@@ -135,7 +141,7 @@ impl agent_pb::agent_service_server::AgentService for AgentApi {
         &self,
         req: Request<Streaming<agent_pb::HeartbeatRequest>>,
     ) -> Result<Response<Self::HeartbeatStream>, Status> {
-        let (node, project) = self.app.auth.agent(&req)?;
+        let (node, org) = self.app.auth.agent(&req)?;
         if self.app.shutdown.is_cancelled() {
             return Err(Status::unavailable("control plane is shutting down"));
         }
@@ -165,7 +171,7 @@ impl agent_pb::agent_service_server::AgentService for AgentApi {
         let (session, record) = self
             .app
             .registry
-            .session_open(&node, &project, hello.session_generation, capabilities.as_ref(), tx.clone())
+            .session_open(&node, org.as_ref(), hello.session_generation, capabilities.as_ref(), tx.clone())
             .await
             .map_err(|e: Error| {
                 if e.code != ErrorCode::Aborted {
@@ -207,7 +213,7 @@ impl agent_pb::agent_service_server::AgentService for AgentApi {
     type JobsStream = BoxStream<agent_pb::JobsResponse>;
 
     async fn jobs(&self, req: Request<Streaming<agent_pb::JobsRequest>>) -> Result<Response<Self::JobsStream>, Status> {
-        let (node, _project) = self.app.auth.agent(&req)?;
+        let (node, _org) = self.app.auth.agent(&req)?;
         if self.app.shutdown.is_cancelled() {
             return Err(Status::unavailable("control plane is shutting down"));
         }

@@ -33,6 +33,13 @@ impl JobApi {
         Ok(job_to_pb(job, &attempts))
     }
 
+    /// Why a pending job waits, where that is the project's quota.
+    async fn pending_reason(&self, access: &tether_types::ProjectAccess, job: &Job) -> Result<String, Status> {
+        let active = self.app.store.allocations_active().await.map_err(store_status)?;
+        let used = crate::dispatch::usage(&active).used(&access.project);
+        Ok(access.quota.exceeded_by(&used, &job.spec.resources).unwrap_or_default())
+    }
+
     async fn load(&self, project: &tether_types::ProjectId, id: &str) -> Result<Job, Status> {
         let id = JobId::parse(id).map_err(status)?;
         match self.app.store.job_get(&id).await.map_err(store_status)? {
@@ -68,13 +75,15 @@ pub fn job_to_pb(job: &Job, attempts: &[tether_types::Allocation]) -> pb::Job {
                 finished_at: a.finished_at.map(millis_to_timestamp),
             })
             .collect(),
+        pending_reason: String::new(),
     }
 }
 
 #[tonic::async_trait]
 impl pb::job_service_server::JobService for JobApi {
     async fn submit_job(&self, req: Request<pb::SubmitJobRequest>) -> Result<Response<pb::SubmitJobResponse>, Status> {
-        let who = self.app.auth.operator(&req, Role::Operator)?;
+        let who = self.app.auth.caller(&req)?;
+        let p = who.in_project(Role::Operator)?;
         let req = req.into_inner();
         let spec =
             JobSpec::try_from(req.spec.ok_or_else(|| status(Error::invalid("spec is required")))?).map_err(status)?;
@@ -85,7 +94,7 @@ impl pb::job_service_server::JobService for JobApi {
         }
         let key = (!req.idempotency_key.is_empty()).then_some(req.idempotency_key);
         let (job, created) =
-            crate::ops::jobs::submit(&self.app, who.project(), spec, labels, key).await.map_err(store_status)?;
+            crate::ops::jobs::submit(&self.app, p.id(), spec, labels, key).await.map_err(store_status)?;
         if created {
             // A new job has no attempts yet: nothing more to read.
             return Ok(Response::new(pb::SubmitJobResponse { job: Some(job_to_pb(&job, &[])) }));
@@ -94,13 +103,19 @@ impl pb::job_service_server::JobService for JobApi {
     }
 
     async fn get_job(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::GetJobResponse>, Status> {
-        let who = self.app.auth.operator(&req, Role::Viewer)?;
-        let job = self.load(who.project(), &req.get_ref().job_id).await?;
-        Ok(Response::new(pb::GetJobResponse { job: Some(self.job_pb(&job).await?) }))
+        let who = self.app.auth.caller(&req)?;
+        let p = who.in_project(Role::Viewer)?;
+        let job = self.load(p.id(), &req.get_ref().job_id).await?;
+        let mut pb = self.job_pb(&job).await?;
+        if job.status == JobStatus::Pending {
+            pb.pending_reason = self.pending_reason(&p.access, &job).await?;
+        }
+        Ok(Response::new(pb::GetJobResponse { job: Some(pb) }))
     }
 
     async fn list_jobs(&self, req: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
-        let who = self.app.auth.operator(&req, Role::Viewer)?;
+        let who = self.app.auth.caller(&req)?;
+        let p = who.in_project(Role::Viewer)?;
         let req = req.into_inner();
         let status_f = JobStatus::from_pb(req.status).map_err(status)?;
         let node = (!req.node_id.is_empty()).then(|| NodeId::parse(&req.node_id)).transpose().map_err(status)?;
@@ -122,7 +137,7 @@ impl pb::job_service_server::JobService for JobApi {
             let page = self
                 .app
                 .store
-                .job_list(who.project(), status_f, node.as_ref(), before.as_ref(), want)
+                .job_list(p.id(), status_f, node.as_ref(), before.as_ref(), want)
                 .await
                 .map_err(store_status)?;
             let exhausted = page.next.is_none();
@@ -149,18 +164,20 @@ impl pb::job_service_server::JobService for JobApi {
     }
 
     async fn cancel_job(&self, req: Request<pb::CancelJobRequest>) -> Result<Response<pb::CancelJobResponse>, Status> {
-        let who = self.app.auth.operator(&req, Role::Operator)?;
+        let who = self.app.auth.caller(&req)?;
+        let p = who.in_project(Role::Operator)?;
         let id = JobId::parse(&req.get_ref().job_id).map_err(status)?;
-        let job = crate::ops::jobs::cancel(&self.app, who.project(), &id).await.map_err(store_status)?;
+        let job = crate::ops::jobs::cancel(&self.app, p.id(), &id).await.map_err(store_status)?;
         Ok(Response::new(pb::CancelJobResponse { job: Some(self.job_pb(&job).await?) }))
     }
 
     type WatchJobStream = BoxStream<pb::WatchJobResponse>;
 
     async fn watch_job(&self, req: Request<pb::WatchJobRequest>) -> Result<Response<Self::WatchJobStream>, Status> {
-        let who = self.app.auth.operator(&req, Role::Viewer)?;
-        let job = self.load(who.project(), &req.get_ref().job_id).await?;
-        let project = who.project().clone();
+        let who = self.app.auth.caller(&req)?;
+        let p = who.in_project(Role::Viewer)?;
+        let job = self.load(p.id(), &req.get_ref().job_id).await?;
+        let project = p.id().clone();
         let (tx, rx) = crate::stream::channel(64);
         let app = self.app.clone();
         let mut wake = self.app.notify.subscribe();
@@ -209,9 +226,10 @@ impl pb::job_service_server::JobService for JobApi {
         &self,
         req: Request<pb::StreamJobLogsRequest>,
     ) -> Result<Response<Self::StreamJobLogsStream>, Status> {
-        let who = self.app.auth.operator(&req, Role::Viewer)?;
+        let who = self.app.auth.caller(&req)?;
+        let p = who.in_project(Role::Support)?;
         let req = req.into_inner();
-        let job = self.load(who.project(), &req.job_id).await?;
+        let job = self.load(p.id(), &req.job_id).await?;
         let (tx, rx) = crate::stream::channel(16);
         let app = self.app.clone();
         self.app.tasks.spawn(async move {

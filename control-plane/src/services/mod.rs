@@ -6,7 +6,9 @@ pub mod admin;
 pub mod agent;
 pub mod jobs;
 pub mod nodes;
+pub mod organizations;
 pub mod placement;
+pub mod projects;
 pub mod tenancy;
 pub mod workloads;
 

@@ -4,12 +4,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tether_proto::pb;
-use tether_store::{Event, NodeFilter};
-use tether_types::{DesiredNodeState, Error, LabelSelector, Node, NodeId, NodeStatus, Role};
+use tether_store::{Event, NodeFilter, NodeScope};
+use tether_types::{DesiredNodeState, Error, LabelSelector, Node, NodeId, NodeStatus, OrgRole, Role};
 use tonic::{Request, Response, Status};
 
 use super::{status, store_status};
 use crate::app::{App, now_ms};
+use crate::auth::Caller;
 
 use crate::stream::BoxStream;
 
@@ -29,6 +30,16 @@ impl NodeApi {
         NodeApi { app }
     }
 
+    /// A node the caller may see; NOT_FOUND for any other, as for one that
+    /// does not exist.
+    async fn visible(&self, who: &Caller, id: &str) -> Result<Node, Status> {
+        let id = NodeId::parse(id).map_err(status)?;
+        match self.app.store.node_get(&id).await.map_err(store_status)? {
+            Some(n) if who.sees_node(n.place()) => Ok(n),
+            _ => Err(status(Error::not_found(format!("node {id} not found")))),
+        }
+    }
+
     fn to_pb(&self, n: &Node) -> pb::Node {
         let (usage, last_seen) = self.app.registry.live(&n.id);
         let mut pb = n.to_pb(usage);
@@ -36,6 +47,28 @@ impl NodeApi {
             pb.last_seen_at = Some(tether_types::millis_to_timestamp(last_seen));
         }
         pb
+    }
+}
+
+/// Which nodes the caller sees, with at least a viewer's standing: a
+/// project's nodes when the call acts on a project, else the organisation's.
+fn scope(who: &Caller) -> Result<NodeScope, Status> {
+    if let Some(p) = &who.project {
+        who.in_project(Role::Viewer)?;
+        return Ok(NodeScope::Project { org: p.org().clone(), project: p.id().clone() });
+    }
+    let org = who.org_id().cloned().ok_or_else(|| status(Error::invalid("name a project or an organisation")))?;
+    who.in_org(&org, OrgRole::Viewer)?;
+    Ok(NodeScope::Org(org))
+}
+
+/// Whether a node is in `scope` as the tenancy records stand now.
+fn sees(app: &App, scope: &NodeScope, n: &Node) -> bool {
+    match scope {
+        NodeScope::Org(o) => &n.org_id == o,
+        NodeScope::Project { project, .. } => {
+            app.auth.tenants.get().access.get(project).is_some_and(|a| a.may_use(n.place()))
+        }
     }
 }
 
@@ -48,7 +81,7 @@ fn parse_page_token(t: &str) -> Result<Option<(i64, NodeId)>, Status> {
     Ok(Some((at.parse().map_err(|_| bad())?, NodeId::parse(id).map_err(|_| bad())?)))
 }
 
-fn event_to_pb(ev: &Event) -> Option<pb::WatchNodesResponse> {
+fn event_to_pb(ev: &Event) -> Option<(Node, pb::WatchNodesResponse)> {
     let node: Node = match serde_json::from_value(ev.payload.clone()) {
         Ok(n) => n,
         Err(e) => {
@@ -61,22 +94,23 @@ fn event_to_pb(ev: &Event) -> Option<pb::WatchNodesResponse> {
         "node.deregistered" => pb::NodeEventType::Removed,
         _ => pb::NodeEventType::Updated,
     };
-    Some(pb::WatchNodesResponse {
+    let msg = pb::WatchNodesResponse {
         r#type: kind as i32,
         node: Some(node.to_pb(None)),
         sequence: ev.seq as u64,
         kind: ev.kind.clone(),
-    })
+    };
+    Some((node, msg))
 }
 
 #[tonic::async_trait]
 impl pb::node_service_server::NodeService for NodeApi {
     async fn list_nodes(&self, req: Request<pb::ListNodesRequest>) -> Result<Response<pb::ListNodesResponse>, Status> {
-        let who = self.app.auth.operator(&req, Role::Viewer)?;
+        let who = self.app.auth.caller(&req)?;
         let req = req.into_inner();
         let selector = LabelSelector::parse(&req.label_selector).map_err(status)?;
         let filter = NodeFilter {
-            project_id: who.project().clone(),
+            scope: scope(&who)?,
             status: NodeStatus::from_pb(req.status).map_err(status)?,
             pool: (!req.pool.is_empty()).then(|| req.pool.clone()),
         };
@@ -117,15 +151,10 @@ impl pb::node_service_server::NodeService for NodeApi {
     }
 
     async fn get_node(&self, req: Request<pb::GetNodeRequest>) -> Result<Response<pb::GetNodeResponse>, Status> {
-        let who = self.app.auth.operator(&req, Role::Viewer)?;
-        let id = NodeId::parse(&req.get_ref().node_id).map_err(status)?;
-        match self.app.store.node_get(&id).await.map_err(store_status)? {
-            Some(n) if &n.project_id == who.project() => {
-                Ok(Response::new(pb::GetNodeResponse { node: Some(self.to_pb(&n)) }))
-            }
-            // Another project's node is indistinguishable from a missing one.
-            _ => Err(status(Error::not_found(format!("node {id} not found")))),
-        }
+        let who = self.app.auth.caller(&req)?;
+        scope(&who)?;
+        let n = self.visible(&who, &req.get_ref().node_id).await?;
+        Ok(Response::new(pb::GetNodeResponse { node: Some(self.to_pb(&n)) }))
     }
 
     type WatchNodesStream = BoxStream<pb::WatchNodesResponse>;
@@ -134,9 +163,12 @@ impl pb::node_service_server::NodeService for NodeApi {
         &self,
         req: Request<pb::WatchNodesRequest>,
     ) -> Result<Response<Self::WatchNodesStream>, Status> {
-        let who = self.app.auth.operator(&req, Role::Viewer)?;
+        let who = self.app.auth.caller(&req)?;
+        let scope = scope(&who)?;
         let req = req.into_inner();
-        let project = who.project().clone();
+        let org = match &scope {
+            NodeScope::Org(o) | NodeScope::Project { org: o, .. } => o.clone(),
+        };
         let mut wake = self.app.notify.subscribe();
         let mut cursor = match req.since_sequence {
             0 => self.app.store.events_head().await.map_err(store_status)?,
@@ -144,7 +176,7 @@ impl pb::node_service_server::NodeService for NodeApi {
         };
         let (tx, rx) = crate::stream::channel(64);
         if req.send_initial {
-            let filter = NodeFilter { project_id: project.clone(), status: None, pool: None };
+            let filter = NodeFilter { scope: scope.clone(), status: None, pool: None };
             let mut after = None;
             loop {
                 let page = self.app.store.node_list(&filter, after.as_ref(), 500).await.map_err(store_status)?;
@@ -168,7 +200,7 @@ impl pb::node_service_server::NodeService for NodeApi {
         let app = self.app.clone();
         self.app.tasks.spawn(async move {
             loop {
-                let batch = match app.store.events_since(&project, "node.", cursor, 500).await {
+                let batch = match app.store.org_events_since(&org, "node.", cursor, 500).await {
                     Ok(b) => b,
                     Err(e) => {
                         let _ = tx.send(Err(store_status(e))).await;
@@ -178,7 +210,10 @@ impl pb::node_service_server::NodeService for NodeApi {
                 let full = batch.len() == 500;
                 for ev in &batch {
                     cursor = ev.seq;
-                    if let Some(msg) = event_to_pb(ev)
+                    // Only the nodes the caller sees, by the grants as they
+                    // are now (a pool granted later shows from then on).
+                    if let Some((node, msg)) = event_to_pb(ev)
+                        && sees(&app, &scope, &node)
                         && tx.send(Ok(msg)).await.is_err()
                     {
                         return;
@@ -206,9 +241,11 @@ impl pb::node_service_server::NodeService for NodeApi {
         &self,
         req: Request<pb::SetDesiredStateRequest>,
     ) -> Result<Response<pb::SetDesiredStateResponse>, Status> {
-        let who = self.app.auth.operator(&req, Role::Operator)?;
+        let who = self.app.auth.caller(&req)?;
+        let node = self.visible(&who, &req.get_ref().node_id).await?;
+        who.may_operate_node(node.place())?;
         let req = req.into_inner();
-        let id = NodeId::parse(&req.node_id).map_err(status)?;
+        let id = node.id;
         let state = DesiredNodeState::from_pb(req.state).map_err(status)?;
         tether_types::validate_text("reason", &req.reason).map_err(status)?;
         if state == DesiredNodeState::Quarantined && req.reason.is_empty() {
@@ -218,9 +255,8 @@ impl pb::node_service_server::NodeService for NodeApi {
         let deadline = (state == DesiredNodeState::Draining)
             .then(|| super::ttl(req.drain_deadline, DEFAULT_DRAIN_DEADLINE).map(|d| now + d.as_millis() as i64))
             .transpose()?;
-        let node = crate::ops::nodes::set_desired(&self.app, who.project(), &id, state, &req.reason, deadline)
-            .await
-            .map_err(store_status)?;
+        let node =
+            crate::ops::nodes::set_desired(&self.app, &id, state, &req.reason, deadline).await.map_err(store_status)?;
         Ok(Response::new(pb::SetDesiredStateResponse { node: Some(self.to_pb(&node)) }))
     }
 
@@ -228,9 +264,10 @@ impl pb::node_service_server::NodeService for NodeApi {
         &self,
         req: Request<pb::DeregisterNodeRequest>,
     ) -> Result<Response<pb::DeregisterNodeResponse>, Status> {
-        let who = self.app.auth.operator(&req, Role::Operator)?;
-        let id = NodeId::parse(&req.get_ref().node_id).map_err(status)?;
-        let node = crate::ops::nodes::deregister(&self.app, who.project(), &id).await.map_err(store_status)?;
+        let who = self.app.auth.caller(&req)?;
+        let node = self.visible(&who, &req.get_ref().node_id).await?;
+        who.may_operate_node(node.place())?;
+        let node = crate::ops::nodes::deregister(&self.app, &node.id).await.map_err(store_status)?;
         Ok(Response::new(pb::DeregisterNodeResponse { node: Some(node.to_pb(None)) }))
     }
 }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use tether_proto::pb;
 use tether_scheduler::{NodeView, Objective, Request as Placement, rank};
-use tether_types::{Constraints, Error, ProjectId, Resources, Role};
+use tether_types::{Constraints, Error, ProjectAccess, Resources, Role};
 use tonic::{Request, Response, Status};
 
 use super::{status, store_status};
@@ -20,12 +20,13 @@ impl PlacementApi {
     }
 }
 
-/// The scheduler's view of one project's nodes, as of now.
-pub async fn views(app: &App, project: &ProjectId) -> Result<Vec<NodeView>, Status> {
+/// The scheduler's view of the nodes a project may use, as of now, and what
+/// the project's active allocations hold.
+pub async fn views(app: &App, access: &ProjectAccess) -> Result<(Vec<NodeView>, tether_scheduler::Ledger), Status> {
     let snap = app.nodes.get(&app.store).await.map_err(store_status)?;
-    let nodes: Vec<_> = snap.nodes.iter().filter(|n| &n.project_id == project).cloned().collect();
+    let nodes: Vec<_> = snap.nodes.iter().filter(|n| access.may_use(n.place())).cloned().collect();
     let active = app.store.allocations_active().await.map_err(store_status)?;
-    Ok(crate::fleet::snapshot::node_views(&nodes, &active, now_ms()))
+    Ok((crate::fleet::snapshot::node_views(&nodes, &active, now_ms()), crate::dispatch::usage(&active)))
 }
 
 fn objective(v: i32) -> Result<Objective, Status> {
@@ -44,14 +45,24 @@ impl pb::placement_service_server::PlacementService for PlacementApi {
         &self,
         req: Request<pb::SuggestPlacementRequest>,
     ) -> Result<Response<pb::SuggestPlacementResponse>, Status> {
-        let who = self.app.auth.operator(&req, Role::Viewer)?;
+        let who = self.app.auth.caller(&req)?;
+        let p = who.in_project(Role::Viewer)?;
         let req = req.into_inner();
         let resources = Resources::try_from(req.resources).map_err(status)?;
         let constraints = Constraints::try_from(req.constraints).map_err(status)?;
-        let placement = Placement::new(who.project().clone(), resources, constraints, objective(req.objective)?);
-        let nodes = views(&self.app, who.project()).await?;
+        let placement = Placement::new(p.access.clone(), resources, constraints, objective(req.objective)?);
+        let (nodes, ledger) = views(&self.app, &p.access).await?;
         let (ranked, filtered) = rank(&nodes, &placement);
         let limit = if req.limit == 0 { 10 } else { req.limit.min(1000) } as usize;
+        // Over quota, no node is a candidate: each says why.
+        if let Some(why) = ledger.over_quota(&placement) {
+            let all = ranked.iter().map(|s| s.node.clone()).chain(filtered.iter().map(|f| f.node.clone()));
+            return Ok(Response::new(pb::SuggestPlacementResponse {
+                candidates: Vec::new(),
+                filtered: all.map(|n| pb::FilteredNode { node_id: n.to_string(), reason: why.clone() }).collect(),
+                quota_exceeded: why,
+            }));
+        }
         Ok(Response::new(pb::SuggestPlacementResponse {
             candidates: ranked
                 .into_iter()
@@ -62,6 +73,7 @@ impl pb::placement_service_server::PlacementService for PlacementApi {
                 .into_iter()
                 .map(|f| pb::FilteredNode { node_id: f.node.to_string(), reason: f.reason })
                 .collect(),
+            quota_exceeded: String::new(),
         }))
     }
 }

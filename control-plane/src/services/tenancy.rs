@@ -1,13 +1,14 @@
-//! `tether.v1.TenancyService`: join tokens, macaroons, WhoAmI.
+//! `tether.v1.TenancyService`: tokens and project join tokens, WhoAmI.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tether_auth::{Caveat, CredentialKind, JoinSecret, Macaroon, random_bytes};
+use tether_auth::{JoinSecret, Macaroon, random_bytes};
 use tether_proto::pb;
-use tether_store::TokenRecord;
+use tether_store::{TokenRecord, TokenScope};
 use tether_types::{
-    Error, JoinToken, JoinTokenId, Labels, MAX_TEXT_LEN, Role, TokenId, millis_to_timestamp, validate_labels,
+    Error, JoinToken, JoinTokenId, Labels, MAX_TEXT_LEN, OrgId, OrgRole, ProjectId, Role, TokenId, millis_to_timestamp,
+    validate_labels,
 };
 use tonic::{Request, Response, Status};
 
@@ -34,14 +35,57 @@ fn token_info(t: &TokenRecord) -> pb::TokenInfo {
         created_at: Some(millis_to_timestamp(t.created_at)),
         expires_at: t.expires_at.map(millis_to_timestamp),
         revoked_at: t.revoked_at.map(millis_to_timestamp),
+        organization_id: t.org_id.as_ref().map(ToString::to_string).unwrap_or_default(),
+        project_id: t.project_id.as_ref().map(ToString::to_string).unwrap_or_default(),
+        org_role: OrgRole::to_pb(t.org_role) as i32,
     }
 }
 
-fn description(s: String) -> Result<String, Status> {
+pub fn description(s: String) -> Result<String, Status> {
     if tether_types::chars(&s) > MAX_TEXT_LEN {
         return Err(status(Error::invalid(format!("description is longer than {MAX_TEXT_LEN} characters"))));
     }
     Ok(s)
+}
+
+/// What a join token request asks for, however it came.
+pub struct JoinTokenAsk {
+    pub ttl: Option<prost_types::Duration>,
+    pub max_uses: u32,
+    pub labels: std::collections::HashMap<String, String>,
+    pub description: String,
+}
+
+/// Makes a join token (an organisation's into `pool`, or a project's) and
+/// answers it with its secret, shown only here.
+pub async fn create_join_token(
+    app: &App,
+    org: OrgId,
+    project: Option<ProjectId>,
+    pool: String,
+    ask: JoinTokenAsk,
+) -> Result<pb::CreateJoinTokenResponse, Status> {
+    let ttl = ttl(ask.ttl, DEFAULT_TTL)?;
+    let labels: Labels = ask.labels.into_iter().collect();
+    validate_labels(&labels).map_err(status)?;
+    let now = now_ms();
+    let id = JoinTokenId::from_random(random_bytes());
+    let secret = JoinSecret::generate(&id);
+    let token = JoinToken {
+        id,
+        org_id: org,
+        project_id: project,
+        pool,
+        description: description(ask.description)?,
+        labels,
+        max_uses: ask.max_uses,
+        uses: 0,
+        created_at: now,
+        expires_at: now + ttl.as_millis() as i64,
+        revoked_at: None,
+    };
+    crate::ops::tenancy::join_token_create(app, &token, &secret.secret_hash).await.map_err(store_status)?;
+    Ok(pb::CreateJoinTokenResponse { join_token: Some(token.to_pb()), token: secret.token })
 }
 
 #[tonic::async_trait]
@@ -50,38 +94,25 @@ impl pb::tenancy_service_server::TenancyService for TenancyApi {
         &self,
         req: Request<pb::CreateJoinTokenRequest>,
     ) -> Result<Response<pb::CreateJoinTokenResponse>, Status> {
-        let who = self.app.auth.operator(&req, Role::Operator)?;
+        let who = self.app.auth.caller(&req)?;
+        let p = who.in_project(Role::Operator)?;
         let req = req.into_inner();
-        let ttl = ttl(req.ttl, DEFAULT_TTL)?;
-        let labels: Labels = req.labels.into_iter().collect();
-        validate_labels(&labels).map_err(status)?;
-        let now = now_ms();
-        let id = JoinTokenId::from_random(random_bytes());
-        let secret = JoinSecret::generate(&id);
-        let token = JoinToken {
-            id,
-            project_id: who.project().clone(),
-            description: description(req.description)?,
-            labels,
-            max_uses: req.max_uses,
-            uses: 0,
-            created_at: now,
-            expires_at: now + ttl.as_millis() as i64,
-            revoked_at: None,
-        };
-        crate::ops::tenancy::join_token_create(&self.app, &token, &secret.secret_hash).await.map_err(store_status)?;
-        Ok(Response::new(pb::CreateJoinTokenResponse { join_token: Some(token.to_pb()), token: secret.token }))
+        let ask =
+            JoinTokenAsk { ttl: req.ttl, max_uses: req.max_uses, labels: req.labels, description: req.description };
+        let out = create_join_token(&self.app, p.org().clone(), Some(p.id().clone()), String::new(), ask).await?;
+        Ok(Response::new(out))
     }
 
     async fn list_join_tokens(
         &self,
         req: Request<pb::ListJoinTokensRequest>,
     ) -> Result<Response<pb::ListJoinTokensResponse>, Status> {
-        let who = self.app.auth.operator(&req, Role::Operator)?;
+        let who = self.app.auth.caller(&req)?;
+        let p = who.in_project(Role::Operator)?;
         let tokens = self
             .app
             .store
-            .join_token_list(who.project(), req.get_ref().include_inactive, now_ms())
+            .join_token_list(TokenScope::Project(p.id()), req.get_ref().include_inactive, now_ms())
             .await
             .map_err(store_status)?;
         Ok(Response::new(pb::ListJoinTokensResponse { join_tokens: tokens.iter().map(JoinToken::to_pb).collect() }))
@@ -91,9 +122,12 @@ impl pb::tenancy_service_server::TenancyService for TenancyApi {
         &self,
         req: Request<pb::RevokeJoinTokenRequest>,
     ) -> Result<Response<pb::RevokeJoinTokenResponse>, Status> {
-        let who = self.app.auth.operator(&req, Role::Operator)?;
+        let who = self.app.auth.caller(&req)?;
+        let p = who.in_project(Role::Operator)?;
         let id = JoinTokenId::parse(&req.get_ref().join_token_id).map_err(status)?;
-        let t = crate::ops::tenancy::join_token_revoke(&self.app, who.project(), &id).await.map_err(store_status)?;
+        let t = crate::ops::tenancy::join_token_revoke(&self.app, TokenScope::Project(p.id()), &id)
+            .await
+            .map_err(store_status)?;
         Ok(Response::new(pb::RevokeJoinTokenResponse { join_token: Some(t.to_pb()) }))
     }
 
@@ -101,10 +135,12 @@ impl pb::tenancy_service_server::TenancyService for TenancyApi {
         &self,
         req: Request<pb::CreateTokenRequest>,
     ) -> Result<Response<pb::CreateTokenResponse>, Status> {
-        let who = self.app.auth.operator(&req, Role::Admin)?;
+        let who = self.app.auth.caller(&req)?;
+        let p = who.in_project(Role::Admin)?;
         let req = req.into_inner();
         let role = Role::from_pb(req.role).map_err(status)?;
-        if role > who.role() {
+        let org_role = OrgRole::from_pb(req.org_role).map_err(status)?;
+        if role > p.role {
             return Err(status(Error::permission_denied("cannot mint a token with a higher role than your own")));
         }
         let ttl = ttl(req.ttl, DEFAULT_TTL)?;
@@ -114,22 +150,31 @@ impl pb::tenancy_service_server::TenancyService for TenancyApi {
         if let Some(parent) = who.claims.expires_at {
             expires_at = expires_at.min(parent);
         }
+        let org = p.org().clone();
+        let project = match org_role {
+            // An organisation token: only an org-admin mints one.
+            Some(_) => {
+                who.in_org(&org, OrgRole::Admin)?;
+                None
+            }
+            None => Some(p.id().clone()),
+        };
         let id = TokenId::from_random(random_bytes());
-        let mut caveats = vec![Caveat::Kind(CredentialKind::Operator)];
-        if let Some(org) = who.org() {
-            caveats.push(Caveat::Org(org.clone()));
-        }
-        caveats.extend([Caveat::Project(who.project().clone()), Caveat::Role(role), Caveat::ExpiresAt(expires_at)]);
-        let m = Macaroon::mint(self.app.auth.root(), id.clone(), &caveats);
         let record = TokenRecord {
             id: id.clone(),
-            project_id: who.project().clone(),
-            role,
+            org_id: Some(org),
+            project_id: project,
+            role: match org_role {
+                Some(r) => r.project_role().min(role),
+                None => role,
+            },
+            org_role,
             description: description(req.description)?,
             created_at: now,
             expires_at: Some(expires_at),
             revoked_at: None,
         };
+        let m = Macaroon::mint(self.app.auth.root(), id.clone(), &crate::auth::caveats_for(&record));
         crate::ops::tenancy::token_record(&self.app, &record).await.map_err(store_status)?;
         Ok(Response::new(pb::CreateTokenResponse {
             token: m.encode(),
@@ -142,8 +187,9 @@ impl pb::tenancy_service_server::TenancyService for TenancyApi {
         &self,
         req: Request<pb::ListTokensRequest>,
     ) -> Result<Response<pb::ListTokensResponse>, Status> {
-        let who = self.app.auth.operator(&req, Role::Admin)?;
-        let tokens = self.app.store.token_list(who.project()).await.map_err(store_status)?;
+        let who = self.app.auth.caller(&req)?;
+        let p = who.in_project(Role::Admin)?;
+        let tokens = self.app.store.token_list(TokenScope::Project(p.id())).await.map_err(store_status)?;
         Ok(Response::new(pb::ListTokensResponse { tokens: tokens.iter().map(token_info).collect() }))
     }
 
@@ -151,20 +197,28 @@ impl pb::tenancy_service_server::TenancyService for TenancyApi {
         &self,
         req: Request<pb::RevokeTokenRequest>,
     ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
-        let who = self.app.auth.operator(&req, Role::Admin)?;
+        let who = self.app.auth.caller(&req)?;
+        let p = who.in_project(Role::Admin)?;
         let id = TokenId::parse(&req.get_ref().token_id).map_err(status)?;
-        let t = crate::ops::tenancy::token_revoke(&self.app, who.project(), &id).await.map_err(store_status)?;
+        let t = crate::ops::tenancy::token_revoke(&self.app, TokenScope::Project(p.id()), &id)
+            .await
+            .map_err(store_status)?;
         Ok(Response::new(pb::RevokeTokenResponse { token: Some(token_info(&t)) }))
     }
 
     async fn who_am_i(&self, req: Request<pb::WhoAmIRequest>) -> Result<Response<pb::WhoAmIResponse>, Status> {
-        let who = self.app.auth.operator(&req, Role::Viewer)?;
+        // Any operator credential may ask; an organisation token that names
+        // no project answers without one.
+        let who = self.app.auth.caller(&req)?;
+        let p = who.project.as_ref();
         Ok(Response::new(pb::WhoAmIResponse {
             token_id: who.claims.token_id.to_string(),
-            organization_id: who.org().map(ToString::to_string).unwrap_or_default(),
-            project_id: who.project().to_string(),
-            role: who.role().to_pb() as i32,
+            organization_id: who.org_id().map(ToString::to_string).unwrap_or_default(),
+            project_id: p.map(|p| p.id().to_string()).unwrap_or_default(),
+            role: p.map_or(pb::Role::Unspecified, |p| p.role.to_pb()) as i32,
             expires_at: who.claims.expires_at.map(millis_to_timestamp),
+            org_role: OrgRole::to_pb(who.org_role) as i32,
+            platform_admin: who.platform,
         }))
     }
 }

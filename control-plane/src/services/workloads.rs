@@ -68,13 +68,13 @@ impl pb::workload_service_server::WorkloadService for WorkloadApi {
         &self,
         req: Request<pb::CreateWorkloadRequest>,
     ) -> Result<Response<pb::CreateWorkloadResponse>, Status> {
-        let who = self.app.auth.operator(&req, Role::Operator)?;
+        let who = self.app.auth.caller(&req)?;
+        let p = who.in_project(Role::Operator)?;
         let req = req.into_inner();
         validate_name(&req.name).map_err(status)?;
-        let w =
-            crate::ops::workloads::create(&self.app, who.project(), req.name, spec(req.spec)?, replicas(req.replicas)?)
-                .await
-                .map_err(store_status)?;
+        let w = crate::ops::workloads::create(&self.app, p.id(), req.name, spec(req.spec)?, replicas(req.replicas)?)
+            .await
+            .map_err(store_status)?;
         Ok(Response::new(pb::CreateWorkloadResponse { workload: Some(self.to_pb(&w).await?) }))
     }
 
@@ -82,12 +82,13 @@ impl pb::workload_service_server::WorkloadService for WorkloadApi {
         &self,
         req: Request<pb::GetWorkloadRequest>,
     ) -> Result<Response<pb::GetWorkloadResponse>, Status> {
-        let who = self.app.auth.operator(&req, Role::Viewer)?;
+        let who = self.app.auth.caller(&req)?;
+        let p = who.in_project(Role::Viewer)?;
         let id = workload_id(&req.get_ref().workload_id)?;
         let w = self
             .app
             .store
-            .workload_get(who.project(), &id)
+            .workload_get(p.id(), &id)
             .await
             .map_err(store_status)?
             .ok_or_else(|| status(Error::not_found(format!("workload {id} not found"))))?;
@@ -98,9 +99,10 @@ impl pb::workload_service_server::WorkloadService for WorkloadApi {
         &self,
         req: Request<pb::ListWorkloadsRequest>,
     ) -> Result<Response<pb::ListWorkloadsResponse>, Status> {
-        let who = self.app.auth.operator(&req, Role::Viewer)?;
+        let who = self.app.auth.caller(&req)?;
+        let p = who.in_project(Role::Viewer)?;
         let mut out = Vec::new();
-        for w in self.app.store.workload_list(Some(who.project())).await.map_err(store_status)? {
+        for w in self.app.store.workload_list(Some(p.id())).await.map_err(store_status)? {
             out.push(self.to_pb(&w).await?);
         }
         Ok(Response::new(pb::ListWorkloadsResponse { workloads: out }))
@@ -110,12 +112,12 @@ impl pb::workload_service_server::WorkloadService for WorkloadApi {
         &self,
         req: Request<pb::UpdateWorkloadRequest>,
     ) -> Result<Response<pb::UpdateWorkloadResponse>, Status> {
-        let who = self.app.auth.operator(&req, Role::Operator)?;
+        let who = self.app.auth.caller(&req)?;
+        let p = who.in_project(Role::Operator)?;
         let req = req.into_inner();
         let id = workload_id(&req.workload_id)?;
-        let w = crate::ops::workloads::update_spec(&self.app, who.project(), &id, spec(req.spec)?)
-            .await
-            .map_err(store_status)?;
+        let w =
+            crate::ops::workloads::update_spec(&self.app, p.id(), &id, spec(req.spec)?).await.map_err(store_status)?;
         Ok(Response::new(pb::UpdateWorkloadResponse { workload: Some(self.to_pb(&w).await?) }))
     }
 
@@ -123,10 +125,11 @@ impl pb::workload_service_server::WorkloadService for WorkloadApi {
         &self,
         req: Request<pb::ScaleWorkloadRequest>,
     ) -> Result<Response<pb::ScaleWorkloadResponse>, Status> {
-        let who = self.app.auth.operator(&req, Role::Operator)?;
+        let who = self.app.auth.caller(&req)?;
+        let p = who.in_project(Role::Operator)?;
         let req = req.into_inner();
         let id = workload_id(&req.workload_id)?;
-        let w = crate::ops::workloads::scale(&self.app, who.project(), &id, replicas(req.replicas)?)
+        let w = crate::ops::workloads::scale(&self.app, p.id(), &id, replicas(req.replicas)?)
             .await
             .map_err(store_status)?;
         Ok(Response::new(pb::ScaleWorkloadResponse { workload: Some(self.to_pb(&w).await?) }))
@@ -136,9 +139,10 @@ impl pb::workload_service_server::WorkloadService for WorkloadApi {
         &self,
         req: Request<pb::DeleteWorkloadRequest>,
     ) -> Result<Response<pb::DeleteWorkloadResponse>, Status> {
-        let who = self.app.auth.operator(&req, Role::Operator)?;
+        let who = self.app.auth.caller(&req)?;
+        let p = who.in_project(Role::Operator)?;
         let id = workload_id(&req.get_ref().workload_id)?;
-        let w = crate::ops::workloads::delete(&self.app, who.project(), &id).await.map_err(store_status)?;
+        let w = crate::ops::workloads::delete(&self.app, p.id(), &id).await.map_err(store_status)?;
         let mut out = self.to_pb(&w).await?;
         out.replicas = 0;
         Ok(Response::new(pb::DeleteWorkloadResponse { workload: Some(out) }))

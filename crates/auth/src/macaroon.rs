@@ -1,7 +1,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::hmac;
-use tether_types::{NodeId, OrgId, ProjectId, Role, TokenId, UnixMillis};
+use tether_types::{NodeId, OrgId, OrgRole, ProjectId, Role, TokenId, UnixMillis};
 
 use crate::AuthError;
 
@@ -31,12 +31,19 @@ pub enum CredentialKind {
 
 /// A first-party caveat. Every caveat must hold for the macaroon to be valid;
 /// adding one can only narrow what a macaroon allows.
+///
+/// Scope narrows from everything: a macaroon without an `org` caveat spans
+/// every organisation (the platform administrator's), `org` confines it to
+/// one, `project` to one project (and takes away every organisation power).
+/// `role` caps the project role and `org-role` the organisation role (None:
+/// no organisation power); each is unrestricted when absent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Caveat {
     Kind(CredentialKind),
     Org(OrgId),
     Project(ProjectId),
     Role(Role),
+    OrgRole(Option<OrgRole>),
     Node(NodeId),
     ExpiresAt(UnixMillis),
 }
@@ -49,6 +56,7 @@ impl Caveat {
             Caveat::Org(id) => format!("org = {id}"),
             Caveat::Project(id) => format!("project = {id}"),
             Caveat::Role(r) => format!("role = {}", r.as_str()),
+            Caveat::OrgRole(r) => format!("org-role = {}", r.map_or("none", OrgRole::as_str)),
             Caveat::Node(id) => format!("node = {id}"),
             Caveat::ExpiresAt(ms) => format!("expires = {ms}"),
         }
@@ -66,6 +74,10 @@ impl Caveat {
             "org" => Caveat::Org(OrgId::parse(v).map_err(m)?),
             "project" => Caveat::Project(ProjectId::parse(v).map_err(m)?),
             "role" => Caveat::Role(Role::parse(v).map_err(m)?),
+            "org-role" => Caveat::OrgRole(match v {
+                "none" => None,
+                v => Some(OrgRole::parse(v).map_err(m)?),
+            }),
             "node" => Caveat::Node(NodeId::parse(v).map_err(m)?),
             "expires" => Caveat::ExpiresAt(v.parse().map_err(|_| AuthError::Malformed)?),
             // Unknown caveats fail closed.
@@ -79,10 +91,15 @@ impl Caveat {
 pub struct Claims {
     pub token_id: TokenId,
     pub kind: CredentialKind,
+    /// None: every organisation.
     pub org: Option<OrgId>,
-    pub project: ProjectId,
+    /// None: every project in scope.
+    pub project: Option<ProjectId>,
     /// The lowest role any caveat names.
     pub role: Role,
+    /// The lowest organisation role any caveat names (org-admin when none
+    /// does); always None for a project's macaroon.
+    pub org_role: Option<OrgRole>,
     pub node: Option<NodeId>,
     /// The earliest expiry any caveat names.
     pub expires_at: Option<UnixMillis>,
@@ -156,6 +173,11 @@ impl Macaroon {
         Ok(Macaroon { id, caveats, sig })
     }
 
+    /// The caveats as written, oldest first.
+    pub fn caveats(&self) -> &[String] {
+        &self.caveats
+    }
+
     /// Checks the signature chain against `root` in constant time, then the
     /// caveats against `now`.
     pub fn verify(&self, root: &RootKey, now: UnixMillis) -> Result<Claims, AuthError> {
@@ -177,6 +199,7 @@ impl Macaroon {
         let mut org: Option<OrgId> = None;
         let mut project: Option<ProjectId> = None;
         let mut role: Option<Role> = None;
+        let mut org_role: Option<OrgRole> = Some(OrgRole::Admin);
         let mut node: Option<NodeId> = None;
         let mut expires_at: Option<UnixMillis> = None;
         for c in &self.caveats {
@@ -186,6 +209,7 @@ impl Macaroon {
                 Caveat::Project(p) => same(&mut project, p)?,
                 Caveat::Node(n) => same(&mut node, n)?,
                 Caveat::Role(r) => role = Some(role.map_or(r, |old| old.min(r))),
+                Caveat::OrgRole(r) => org_role = org_role.min(r),
                 Caveat::ExpiresAt(t) => expires_at = Some(expires_at.map_or(t, |old| old.min(t))),
             }
         }
@@ -193,7 +217,9 @@ impl Macaroon {
             return Err(AuthError::Expired);
         }
         let kind = kind.ok_or(AuthError::Malformed)?;
-        let project = project.ok_or(AuthError::Malformed)?;
+        if project.is_some() {
+            org_role = None;
+        }
         let role = match kind {
             CredentialKind::Operator => role.ok_or(AuthError::Malformed)?,
             // Agents act only through the agent protocol; they hold no operator role.
@@ -204,7 +230,7 @@ impl Macaroon {
                 Role::Viewer
             }
         };
-        Ok(Claims { token_id: self.id.clone(), kind, org, project, role, node, expires_at })
+        Ok(Claims { token_id: self.id.clone(), kind, org, project, role, org_role, node, expires_at })
     }
 }
 
@@ -314,9 +340,29 @@ mod tests {
         // A broader role caveat cannot widen it.
         let widened = narrowed.attenuate(&Caveat::Role(Role::Admin));
         assert_eq!(widened.verify(&root(), 0).unwrap().role, Role::Viewer);
+        // An organisation role cannot be added back to a project's macaroon.
+        let org = widened.clone().attenuate(&Caveat::OrgRole(Some(OrgRole::Admin)));
+        assert_eq!(org.verify(&root(), 0).unwrap().org_role, None);
         // A second, different project makes it invalid.
         let two = widened.attenuate(&Caveat::Project(ProjectId::from_random([2; 10])));
         assert_eq!(two.verify(&root(), 0), Err(AuthError::Malformed));
+    }
+
+    #[test]
+    fn scope_narrows_from_everything() {
+        let platform = Macaroon::mint(
+            &root(),
+            TokenId::from_random([5; 10]),
+            &[Caveat::Kind(CredentialKind::Operator), Caveat::Role(Role::Admin)],
+        );
+        let c = platform.verify(&root(), 0).unwrap();
+        assert_eq!((c.org, c.project, c.org_role), (None, None, Some(OrgRole::Admin)));
+        let org = OrgId::from_random([6; 10]);
+        let viewer = platform.attenuate(&Caveat::Org(org.clone())).attenuate(&Caveat::OrgRole(Some(OrgRole::Viewer)));
+        let c = viewer.verify(&root(), 0).unwrap();
+        assert_eq!((c.org, c.org_role), (Some(org), Some(OrgRole::Viewer)));
+        let none = viewer.attenuate(&Caveat::OrgRole(None)).attenuate(&Caveat::OrgRole(Some(OrgRole::Admin)));
+        assert_eq!(none.verify(&root(), 0).unwrap().org_role, None, "none stays none");
     }
 
     #[test]

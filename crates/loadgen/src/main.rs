@@ -283,16 +283,23 @@ async fn rest_vs_grpc(addr: &str, token: &str, http: &str, calls: usize) -> anyh
 /// Places `count` requests one by one (each charged before the next) over a
 /// synthetic fleet with mixed sizes, labels and states, and reports the rate.
 fn placement(nodes: usize, count: usize) -> anyhow::Result<()> {
-    use tether_scheduler::{NodeView, Objective, Request, place_batch_from};
-    use tether_types::{Constraints, NodeId, ProjectId, Resources};
-    let project = ProjectId::from_random([1; 10]);
+    use tether_scheduler::{Ledger, NodeView, Objective, Request, place_batch_from};
+    use tether_types::{Constraints, NodeId, OrgId, ProjectAccess, ProjectId, Resources};
+    let org = OrgId::from_random([1; 10]);
+    let project = std::sync::Arc::new(ProjectAccess {
+        project: ProjectId::from_random([1; 10]),
+        org: org.clone(),
+        pools: ["batch".to_string(), "web".to_string()].into(),
+        quota: Default::default(),
+    });
     let mut fleet: Vec<NodeView> = (0..nodes)
         .map(|i| {
             let mut id = [0u8; 10];
             id[..8].copy_from_slice(&(i as u64).to_be_bytes());
             NodeView {
                 id: NodeId::from_random(id),
-                project: project.clone(),
+                org: org.clone(),
+                dedicated: None,
                 ready: i % 50 != 0,
                 active: i % 97 != 0,
                 state: "ready".into(),
@@ -322,8 +329,9 @@ fn placement(nodes: usize, count: usize) -> anyhow::Result<()> {
     // the previous batch stopped.
     let mut cursor = 0;
     let mut placed = 0;
+    let mut ledger = Ledger::default();
     for chunk in reqs.chunks(100) {
-        let (out, next) = place_batch_from(&mut fleet, chunk, cursor);
+        let (out, next) = place_batch_from(&mut fleet, &mut ledger, chunk, cursor);
         cursor = next;
         placed += out.iter().filter(|p| p.is_some()).count();
     }

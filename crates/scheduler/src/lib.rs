@@ -7,8 +7,10 @@
 //! Properties (property-tested below):
 //! - never over-commit: a placement fits in the node's free resources, and a
 //!   batch placed with [`place_batch`] never exceeds any node's capacity;
-//! - never place on an ineligible node (not ready, not active, wrong project,
-//!   pool, labels or GPU model);
+//! - never place on an ineligible node (not ready, not active, not one the
+//!   project may use, wrong pool, labels or GPU model);
+//! - never exceed a project's quota: a batch charges each placement to its
+//!   project in a [`Ledger`] before the next is placed;
 //! - deterministic: the same input gives the same output (ties break on node id);
 //! - spread spreads: with the balanced, latency or durability objective,
 //!   replicas of one group go to distinct nodes while distinct nodes fit;
@@ -17,8 +19,11 @@
 
 use std::cmp::Ordering;
 use std::collections::HashMap;
+use std::sync::Arc;
 
-use tether_types::{Constraints, LabelSelector, Labels, NodeId, ProjectId, Resources};
+use tether_types::{
+    Constraints, LabelSelector, Labels, NodeId, NodePlace, OrgId, ProjectAccess, ProjectId, Resources, Usage,
+};
 
 /// What the scheduler optimises for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -46,7 +51,9 @@ impl Objective {
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeView {
     pub id: NodeId,
-    pub project: ProjectId,
+    pub org: OrgId,
+    /// The project the node is dedicated to, if any.
+    pub dedicated: Option<ProjectId>,
     /// Status is ready.
     pub ready: bool,
     /// Desired state is active (not paused, draining, stopped or quarantined).
@@ -68,12 +75,36 @@ impl NodeView {
     pub fn free(&self) -> Resources {
         self.capacity.saturating_sub(&self.allocated)
     }
+
+    pub fn place(&self) -> NodePlace<'_> {
+        NodePlace { id: &self.id, org: &self.org, pool: &self.pool, dedicated: self.dedicated.as_ref() }
+    }
+}
+
+/// What each project's active allocations hold, charged as a batch places.
+#[derive(Debug, Clone, Default)]
+pub struct Ledger(pub HashMap<ProjectId, Usage>);
+
+impl Ledger {
+    pub fn used(&self, p: &ProjectId) -> Usage {
+        self.0.get(p).copied().unwrap_or_default()
+    }
+
+    /// Why placing `req` would exceed its project's quota, if it would.
+    pub fn over_quota(&self, req: &Request) -> Option<String> {
+        req.access.quota.exceeded_by(&self.used(&req.access.project), &req.resources)
+    }
+
+    pub fn charge(&mut self, p: &ProjectId, r: &Resources) {
+        self.0.entry(p.clone()).or_default().charge(r);
+    }
 }
 
 /// What to place.
 #[derive(Debug, Clone)]
 pub struct Request {
-    pub project: ProjectId,
+    /// The project placing, with the nodes it may use and its quota.
+    pub access: Arc<ProjectAccess>,
     pub resources: Resources,
     pub constraints: Constraints,
     pub selector: LabelSelector,
@@ -83,9 +114,18 @@ pub struct Request {
 }
 
 impl Request {
-    pub fn new(project: ProjectId, resources: Resources, constraints: Constraints, objective: Objective) -> Self {
+    pub fn new(
+        access: Arc<ProjectAccess>,
+        resources: Resources,
+        constraints: Constraints,
+        objective: Objective,
+    ) -> Self {
         let selector = constraints.selector();
-        Request { project, resources, constraints, selector, objective, group: None }
+        Request { access, resources, constraints, selector, objective, group: None }
+    }
+
+    pub fn project(&self) -> &ProjectId {
+        &self.access.project
     }
 }
 
@@ -151,7 +191,7 @@ fn eligible(node: &NodeView, req: &Request) -> bool {
     let c = &req.constraints;
     node.ready
         && node.active
-        && node.project == req.project
+        && req.access.may_use(node.place())
         && (c.pool.is_empty() || node.pool == c.pool)
         && (c.gpu_model.is_empty() || node.gpu_models.iter().any(|m| m == &c.gpu_model))
         && req.resources.fits_in(&node.free())
@@ -190,13 +230,13 @@ fn by_score(a: &Scored, b: &Scored) -> Ordering {
     b.score.partial_cmp(&a.score).unwrap_or(Ordering::Equal).then_with(|| a.node.cmp(&b.node))
 }
 
-/// Ranks the eligible nodes of the request's project, best first, and says
-/// why each other node of that project was filtered out. Nodes of other
-/// projects are neither ranked nor mentioned.
+/// Ranks the eligible nodes among those the request's project may use, best
+/// first, and says why each other node it may use was filtered out. Nodes
+/// it may not use are neither ranked nor mentioned.
 pub fn rank(nodes: &[NodeView], req: &Request) -> (Vec<Scored>, Vec<Filtered>) {
     let mut ok = Vec::new();
     let mut filtered = Vec::new();
-    for n in nodes.iter().filter(|n| n.project == req.project) {
+    for n in nodes.iter().filter(|n| req.access.may_use(n.place())) {
         match filter(n, req) {
             Some(reason) => filtered.push(Filtered { node: n.id.clone(), reason }),
             None => ok.push(score(n, req)),
@@ -251,26 +291,36 @@ fn best_of(nodes: &[NodeView], req: &Request, start: usize, want: usize) -> (Opt
     (best.map(|(i, _)| i), seen)
 }
 
-/// Places requests in order, charging each placement to its node before the
-/// next one is placed. Returns the node index per request (None: no room).
+/// Places requests in order, charging each placement to its node and its
+/// project's usage in `ledger` before the next one is placed. Returns the
+/// node index per request (None: no room, or over the project's quota).
 ///
 /// Up to [`EXHAUSTIVE_UP_TO`] nodes every placement is the best over the
 /// fleet. Beyond, each is the best of [`CANDIDATES`] eligible nodes and the
 /// scan resumes where the previous placement's stopped, starting at `cursor`;
 /// the returned cursor is where the next batch should start so that
 /// successive batches do not crowd the same nodes. Same input, same output.
-pub fn place_batch_from(nodes: &mut [NodeView], reqs: &[Request], cursor: usize) -> (Vec<Option<usize>>, usize) {
+pub fn place_batch_from(
+    nodes: &mut [NodeView],
+    ledger: &mut Ledger,
+    reqs: &[Request],
+    cursor: usize,
+) -> (Vec<Option<usize>>, usize) {
     let len = nodes.len();
     let want = if len <= EXHAUSTIVE_UP_TO { len } else { CANDIDATES };
     let mut cursor = if len == 0 { 0 } else { cursor % len };
     let placed = reqs
         .iter()
         .map(|req| {
+            if ledger.over_quota(req).is_some() {
+                return None;
+            }
             let (i, seen) = best_of(nodes, req, cursor, want);
             if len > EXHAUSTIVE_UP_TO {
                 cursor = (cursor + seen) % len;
             }
             let i = i?;
+            ledger.charge(req.project(), &req.resources);
             let n = &mut nodes[i];
             n.allocated = n.allocated.add(&req.resources);
             if let Some(g) = &req.group {
@@ -282,9 +332,9 @@ pub fn place_batch_from(nodes: &mut [NodeView], reqs: &[Request], cursor: usize)
     (placed, cursor)
 }
 
-/// [`place_batch_from`] starting at the first node.
+/// [`place_batch_from`] starting at the first node, with nothing in use.
 pub fn place_batch(nodes: &mut [NodeView], reqs: &[Request]) -> Vec<Option<usize>> {
-    place_batch_from(nodes, reqs, 0).0
+    place_batch_from(nodes, &mut Ledger::default(), reqs, 0).0
 }
 
 #[cfg(test)]
@@ -296,10 +346,20 @@ mod tests {
         ProjectId::from_random([1; 10])
     }
 
+    fn access() -> Arc<ProjectAccess> {
+        Arc::new(ProjectAccess {
+            project: project(),
+            org: OrgId::from_random([1; 10]),
+            pools: [String::new(), "gpu".to_string()].into(),
+            quota: Default::default(),
+        })
+    }
+
     fn node(i: u8, cpu: u64, mem: u64) -> NodeView {
         NodeView {
             id: NodeId::from_random([i; 10]),
-            project: project(),
+            org: OrgId::from_random([1; 10]),
+            dedicated: None,
             ready: true,
             active: true,
             state: "ready".into(),
@@ -315,7 +375,7 @@ mod tests {
 
     fn req(cpu: u64, mem: u64, objective: Objective) -> Request {
         Request::new(
-            project(),
+            access(),
             Resources { cpu_millis: cpu, memory_mb: mem, gpus: 0 },
             Constraints::default(),
             objective,
@@ -330,13 +390,16 @@ mod tests {
         nodes[1].active = false;
         nodes[1].state = "paused".into();
         let mut other = node(5, 9000, 9000);
-        other.project = ProjectId::from_random([9; 10]);
+        other.dedicated = Some(ProjectId::from_random([9; 10]));
         nodes.push(other);
+        let mut ungranted = node(6, 9000, 9000);
+        ungranted.pool = "cpu".into();
+        nodes.push(ungranted);
         let (ok, filtered) = rank(&nodes, &req(500, 500, Objective::Balanced));
         assert_eq!(ok.len(), 1);
         assert_eq!(ok[0].node, nodes[2].id);
         let reasons: Vec<_> = filtered.iter().map(|f| f.reason.as_str()).collect();
-        assert_eq!(filtered.len(), 3, "the other project's node is not mentioned");
+        assert_eq!(filtered.len(), 3, "the other project's node and the pool not granted are not mentioned");
         assert!(reasons.contains(&"node is unreachable"));
         assert!(reasons.contains(&"node is paused"));
         assert!(reasons.iter().any(|r| r.starts_with("capacity")));
@@ -430,7 +493,7 @@ mod tests {
             let nodes = large_fleet(&flags);
             let reqs: Vec<_> = (0..n_reqs).map(|_| req(250, 64, Objective::Balanced)).collect();
             let mut placed = nodes.clone();
-            let (out, _) = place_batch_from(&mut placed, &reqs, cursor);
+            let (out, _) = place_batch_from(&mut placed, &mut Ledger::default(), &reqs, cursor);
             // Replay: each request must be placed exactly when some node had room.
             let mut shadow = nodes.clone();
             for (r, i) in reqs.iter().zip(&out) {
@@ -450,9 +513,9 @@ mod tests {
         let flags = vec![(true, 40u8); 10 * EXHAUSTIVE_UP_TO];
         let mut nodes = large_fleet(&flags);
         let reqs: Vec<_> = (0..20).map(|_| req(250, 64, Objective::Balanced)).collect();
-        let (first, cursor) = place_batch_from(&mut nodes, &reqs, 0);
+        let (first, cursor) = place_batch_from(&mut nodes, &mut Ledger::default(), &reqs, 0);
         assert_eq!(cursor, 20 * CANDIDATES, "each placement scans one window of candidates");
-        let (second, _) = place_batch_from(&mut nodes, &reqs, cursor);
+        let (second, _) = place_batch_from(&mut nodes, &mut Ledger::default(), &reqs, cursor);
         let used: std::collections::HashSet<_> = first.iter().chain(&second).flatten().collect();
         assert_eq!(used.len(), 40, "empty equal nodes: every placement lands on a fresh one");
     }
@@ -475,6 +538,29 @@ mod tests {
             for (i, n) in placed.iter().enumerate() {
                 prop_assert_eq!(&n.allocated, &used[i]);
             }
+        }
+
+        #[test]
+        fn never_exceeds_a_quota(nodes in arb_nodes(), reqs in arb_reqs(), cpu in 0u64..3000, allocs in 0u64..6) {
+            let quota = tether_types::Quota { cpu_millis: Some(cpu), allocations: Some(allocs), ..Default::default() };
+            let limited = Arc::new(ProjectAccess { quota, ..(*access()).clone() });
+            let reqs: Vec<Request> = reqs.into_iter().map(|mut r| { r.access = limited.clone(); r }).collect();
+            let mut ledger = Ledger::default();
+            let already = Resources { cpu_millis: 250, memory_mb: 0, gpus: 0 };
+            ledger.charge(&project(), &already);
+            let mut placed = nodes.clone();
+            let (out, _) = place_batch_from(&mut placed, &mut ledger, &reqs, 0);
+            let mut used = Usage::default();
+            used.charge(&already);
+            for (r, i) in reqs.iter().zip(&out) {
+                let fits = quota.exceeded_by(&used, &r.resources).is_none();
+                if i.is_some() {
+                    prop_assert!(fits, "placed over the quota");
+                    used.charge(&r.resources);
+                }
+            }
+            prop_assert!(used.resources.cpu_millis <= cpu.max(250));
+            prop_assert_eq!(ledger.used(&project()), used);
         }
 
         #[test]

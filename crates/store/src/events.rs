@@ -1,5 +1,5 @@
 use serde::{Deserialize, Serialize};
-use tether_types::{ProjectId, UnixMillis};
+use tether_types::{OrgId, ProjectId, UnixMillis};
 
 use crate::row::Get;
 use crate::{Result, Store, on_read};
@@ -10,6 +10,8 @@ pub struct Event {
     /// Monotonic, in commit order.
     pub seq: i64,
     pub at: UnixMillis,
+    /// The organisation the event is about (unset for the platform's own).
+    pub org_id: Option<OrgId>,
     pub project_id: Option<ProjectId>,
     /// Dotted, resource first: `node.registered`, `join_token.revoked`.
     pub kind: String,
@@ -20,13 +22,34 @@ pub struct Event {
 }
 
 /// Appends one event inside the caller's transaction and evaluates to its
-/// sequence number. Expanded per backend by the `in_tx!` bodies.
+/// sequence number. Expanded per backend by the `in_tx!` bodies. The
+/// six-argument form is for a project's events (its organisation is looked
+/// up); the seven-argument form names the organisation, for events about an
+/// organisation's nodes, pools and grants (`project` then None, or a
+/// dedicated node's project).
 macro_rules! append_event {
     ($tx:expr, $at:expr, $project:expr, $kind:expr, $subject:expr, $payload:expr) => {{
         let seq: i64 = sqlx::query_scalar(
-            "INSERT INTO events (at, project_id, kind, subject, payload) VALUES ($1, $2, $3, $4, $5) RETURNING seq",
+            "INSERT INTO events (at, project_id, kind, subject, payload, org_id)
+             VALUES ($1, $2, $3, $4, $5, (SELECT org_id FROM projects WHERE id = $2)) RETURNING seq",
         )
         .bind($at)
+        .bind($project)
+        .bind($kind)
+        .bind($subject)
+        .bind($payload)
+        .fetch_one(&mut *$tx)
+        .await?;
+        $tx.seq = Some($tx.seq.map_or(seq, |s: i64| s.max(seq)));
+        seq
+    }};
+    ($tx:expr, $at:expr, $org:expr, $project:expr, $kind:expr, $subject:expr, $payload:expr) => {{
+        let seq: i64 = sqlx::query_scalar(
+            "INSERT INTO events (at, org_id, project_id, kind, subject, payload)
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq",
+        )
+        .bind($at)
+        .bind($org)
         .bind($project)
         .bind($kind)
         .bind($subject)
@@ -43,6 +66,7 @@ pub(crate) fn event_from_row(r: &impl Get) -> Result<Event> {
     Ok(Event {
         seq: r.int("seq")?,
         at: r.int("at")?,
+        org_id: r.opt_text("org_id")?.map(OrgId::from_trusted),
         project_id: r.opt_text("project_id")?.map(ProjectId::from_trusted),
         kind: r.text("kind")?,
         subject: r.text("subject")?,
@@ -63,11 +87,34 @@ impl Store {
         let pattern = format!("{}%", kind_prefix.replace('%', "").replace('_', "\\_"));
         on_read!(self, |pool| {
             sqlx::query(
-                "SELECT seq, at, project_id, kind, subject, payload FROM events
+                "SELECT seq, at, org_id, project_id, kind, subject, payload FROM events
                  WHERE project_id = $1 AND seq > $2 AND kind LIKE $3 ESCAPE '\\'
                  ORDER BY seq LIMIT $4",
             )
             .bind(project.as_str())
+            .bind(after)
+            .bind(&pattern)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(event_from_row)
+            .collect()
+        })
+    }
+
+    /// Events after `after` (exclusive) about one organisation (its own and
+    /// its projects') whose kind starts with `kind_prefix`, oldest first, at
+    /// most `limit`.
+    pub async fn org_events_since(&self, org: &OrgId, kind_prefix: &str, after: i64, limit: u32) -> Result<Vec<Event>> {
+        let pattern = format!("{}%", kind_prefix.replace('%', "").replace('_', "\\_"));
+        on_read!(self, |pool| {
+            sqlx::query(
+                "SELECT seq, at, org_id, project_id, kind, subject, payload FROM events
+                 WHERE org_id = $1 AND seq > $2 AND kind LIKE $3 ESCAPE '\\'
+                 ORDER BY seq LIMIT $4",
+            )
+            .bind(org.as_str())
             .bind(after)
             .bind(&pattern)
             .bind(i64::from(limit))

@@ -17,6 +17,7 @@ mod nodes;
 mod row;
 mod settings;
 mod tenancy;
+mod tokens;
 mod work;
 mod workloads;
 
@@ -26,9 +27,10 @@ mod tests;
 pub use error::{Failure, StoreError};
 pub use events::Event;
 pub use health::{DbHealth, PROBE_TIMEOUT};
-pub use nodes::{NodeEnroll, NodeFilter, NodePage, OpenedSession, SessionOpen, StatusChange};
+pub use nodes::{NodeEnroll, NodeFilter, NodePage, NodeScope, OpenedSession, SessionOpen, StatusChange};
 pub use row::{BadRow, Decoded};
-pub use tenancy::{Bootstrap, TokenRecord};
+pub use tenancy::{Bootstrap, ProjectWork, TenantUpdate, Tenants};
+pub use tokens::{TokenRecord, TokenScope};
 pub use work::{AgentReport, Finished, JobPage, LogChunk, ReportOutcome};
 
 use sqlx::{PgPool, SqlitePool};

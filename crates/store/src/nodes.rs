@@ -1,13 +1,14 @@
 use tether_types::{
-    DesiredNodeState, Error, ErrorCode, JoinTokenId, Labels, Node, NodeCapabilities, NodeId, NodeStatus, ProjectId,
-    UnixMillis,
+    DesiredNodeState, Error, ErrorCode, JoinTokenId, Labels, Node, NodeCapabilities, NodeId, NodeStatus, OrgId,
+    ProjectId, UnixMillis,
 };
 
 use crate::events::append_event;
 use crate::row::{Get, to_json};
 use crate::{Committed, Result, Store, StoreError, in_tx, in_tx_committed, on_read};
 
-const NODE_COLS: &str = "id, project_id, status, desired_state, desired_state_version, capabilities, labels, pool,
+const NODE_COLS: &str =
+    "id, org_id, project_id, status, desired_state, desired_state_version, capabilities, labels, pool,
      registered_at, status_changed_at, last_seen_at, session_generation, join_token_id, desired_state_reason,
      acked_desired_state_version, desired_state_nack, drain_deadline";
 
@@ -25,7 +26,8 @@ pub struct SessionOpen<'a> {
 fn node_from_row(r: &impl Get) -> Result<Node> {
     Ok(Node {
         id: NodeId::from_trusted(r.text("id")?),
-        project_id: ProjectId::from_trusted(r.text("project_id")?),
+        org_id: OrgId::from_trusted(r.text("org_id")?),
+        project_id: r.opt_text("project_id")?.map(ProjectId::from_trusted),
         status: NodeStatus::parse(&r.text("status")?)?,
         desired_state: DesiredNodeState::parse(&r.text("desired_state")?)?,
         desired_state_version: r.int("desired_state_version")? as u64,
@@ -48,7 +50,9 @@ fn node_from_row(r: &impl Get) -> Result<Node> {
 #[derive(Debug, Clone)]
 pub struct NodeEnroll {
     pub id: NodeId,
-    pub project_id: ProjectId,
+    pub org_id: OrgId,
+    /// Set when enrolled with a project join token: dedicated to it.
+    pub project_id: Option<ProjectId>,
     pub capabilities: NodeCapabilities,
     pub labels: Labels,
     pub pool: String,
@@ -57,10 +61,33 @@ pub struct NodeEnroll {
     pub now: UnixMillis,
 }
 
+/// Which nodes a caller sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeScope {
+    /// Every node of the organisation.
+    Org(OrgId),
+    /// A project's dedicated nodes and those of the pools granted to it.
+    Project { org: OrgId, project: ProjectId },
+}
+
+impl NodeScope {
+    /// The SQL condition (on `$1`, and `$2` for a project) and its binds.
+    fn clause(&self) -> (&'static str, Vec<&str>) {
+        match self {
+            NodeScope::Org(o) => ("org_id = $1", vec![o.as_str()]),
+            NodeScope::Project { org, project } => (
+                "(project_id = $2 OR (project_id IS NULL AND org_id = $1 AND pool IN
+                    (SELECT pool FROM pool_grants WHERE org_id = $1 AND project_id = $2)))",
+                vec![org.as_str(), project.as_str()],
+            ),
+        }
+    }
+}
+
 /// Filters `node_list` applies in SQL. Label selectors are applied by the caller.
 #[derive(Debug, Clone)]
 pub struct NodeFilter {
-    pub project_id: ProjectId,
+    pub scope: NodeScope,
     pub status: Option<NodeStatus>,
     pub pool: Option<String>,
 }
@@ -87,6 +114,7 @@ impl Store {
     pub async fn node_enroll(&self, e: &NodeEnroll) -> Result<Committed<Node>> {
         let node = Node {
             id: e.id.clone(),
+            org_id: e.org_id.clone(),
             project_id: e.project_id.clone(),
             status: NodeStatus::Pending,
             desired_state: DesiredNodeState::Active,
@@ -107,11 +135,11 @@ impl Store {
         let out = in_tx_committed!(self, |tx| {
             let spent = sqlx::query(
                 "UPDATE join_tokens SET uses = uses + 1
-                 WHERE id = $1 AND project_id = $2 AND revoked_at IS NULL AND expires_at > $3
+                 WHERE id = $1 AND org_id = $2 AND revoked_at IS NULL AND expires_at > $3
                    AND (max_uses = 0 OR uses < max_uses)",
             )
             .bind(e.join_token_id.as_str())
-            .bind(e.project_id.as_str())
+            .bind(e.org_id.as_str())
             .bind(e.now)
             .execute(&mut *tx)
             .await?
@@ -120,13 +148,14 @@ impl Store {
                 return Err(Error::unauthenticated("join token is not valid").into());
             }
             sqlx::query(
-                "INSERT INTO nodes (id, project_id, status, desired_state, desired_state_version, capabilities,
-                                    labels, pool, registered_at, status_changed_at, last_seen_at, lease_replica,
-                                    session_generation, join_token_id, public_key)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, '', $12, $13, $14)",
+                "INSERT INTO nodes (id, org_id, project_id, status, desired_state, desired_state_version,
+                                    capabilities, labels, pool, registered_at, status_changed_at, last_seen_at,
+                                    lease_replica, session_generation, join_token_id, public_key)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, '', $13, $14, $15)",
             )
             .bind(node.id.as_str())
-            .bind(node.project_id.as_str())
+            .bind(node.org_id.as_str())
+            .bind(node.project_id.as_ref().map(ProjectId::as_str))
             .bind(node.status.as_str())
             .bind(node.desired_state.as_str())
             .bind(node.desired_state_version as i64)
@@ -144,7 +173,8 @@ impl Store {
             append_event!(
                 tx,
                 e.now,
-                Some(node.project_id.as_str()),
+                Some(node.org_id.as_str()),
+                node.project_id.as_ref().map(ProjectId::as_str),
                 "node.registered",
                 node.id.as_str(),
                 to_json(&node)
@@ -174,27 +204,37 @@ impl Store {
         limit: u32,
     ) -> Result<NodePage> {
         let (after_at, after_id) = after.map(|(t, id)| (*t, id.as_str())).unwrap_or((i64::MIN, ""));
+        let (scope, binds) = filter.scope.clause();
+        let n = binds.len();
+        let sql = format!(
+            "SELECT {NODE_COLS} FROM nodes
+             WHERE {scope}
+               AND (${a} = '' OR status = ${a})
+               AND (${b} = '' OR pool = ${b})
+               AND (registered_at > ${c} OR (registered_at = ${c} AND id > ${d}))
+             ORDER BY registered_at, id
+             LIMIT ${e}",
+            a = n + 1,
+            b = n + 2,
+            c = n + 3,
+            d = n + 4,
+            e = n + 5,
+        );
         let nodes: Vec<Node> = on_read!(self, |pool| {
-            sqlx::query(&format!(
-                "SELECT {NODE_COLS} FROM nodes
-                 WHERE project_id = $1
-                   AND ($2 = '' OR status = $2)
-                   AND ($3 = '' OR pool = $3)
-                   AND (registered_at > $4 OR (registered_at = $4 AND id > $5))
-                 ORDER BY registered_at, id
-                 LIMIT $6"
-            ))
-            .bind(filter.project_id.as_str())
-            .bind(filter.status.map(NodeStatus::as_str).unwrap_or(""))
-            .bind(filter.pool.as_deref().unwrap_or(""))
-            .bind(after_at)
-            .bind(after_id)
-            .bind(i64::from(limit) + 1)
-            .fetch_all(pool)
-            .await?
-            .iter()
-            .map(node_from_row)
-            .collect::<Result<_>>()
+            let mut q = sqlx::query(&sql);
+            for b in &binds {
+                q = q.bind(*b);
+            }
+            q.bind(filter.status.map(NodeStatus::as_str).unwrap_or(""))
+                .bind(filter.pool.as_deref().unwrap_or(""))
+                .bind(after_at)
+                .bind(after_id)
+                .bind(i64::from(limit) + 1)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(node_from_row)
+                .collect::<Result<_>>()
         })?;
         let mut nodes = nodes;
         let next = if nodes.len() > limit as usize {
@@ -325,13 +365,15 @@ impl Store {
                         continue;
                     };
                     let mut events = Vec::new();
-                    let project = Some(node.project_id.as_str());
+                    let org = Some(node.org_id.as_str());
+                    let project = node.project_id.as_ref().map(ProjectId::as_str);
                     if o.capabilities.is_some_and(|c| *c != b.capabilities) {
-                        let seq = append_event!(tx, now, project, "node.updated", o.id.as_str(), to_json(&node));
+                        let seq = append_event!(tx, now, org, project, "node.updated", o.id.as_str(), to_json(&node));
                         events.push(("node.updated".to_owned(), seq));
                     }
                     if b.status != NodeStatus::Ready {
-                        let seq = append_event!(tx, now, project, "node.status_changed", o.id.as_str(), to_json(&node));
+                        let seq =
+                            append_event!(tx, now, org, project, "node.status_changed", o.id.as_str(), to_json(&node));
                         events.push(("node.status_changed".to_owned(), seq));
                     }
                     answered[i] = Some(Ok((node, events)));
@@ -373,7 +415,8 @@ impl Store {
                     let seq = append_event!(
                         tx,
                         c.at,
-                        Some(node.project_id.as_str()),
+                        Some(node.org_id.as_str()),
+                        node.project_id.as_ref().map(ProjectId::as_str),
                         "node.status_changed",
                         node.id.as_str(),
                         to_json(&node)
@@ -421,7 +464,6 @@ impl Store {
     /// acknowledge it.
     pub async fn node_set_desired(
         &self,
-        project: &ProjectId,
         id: &NodeId,
         state: DesiredNodeState,
         reason: &str,
@@ -430,12 +472,11 @@ impl Store {
     ) -> Result<Committed<Node>> {
         let out = in_tx_committed!(self, |tx| {
             let row = sqlx::query(&format!(
-                "UPDATE nodes SET desired_state = $3, desired_state_version = desired_state_version + 1,
-                        desired_state_reason = $4, drain_deadline = $5, desired_state_nack = ''
-                 WHERE id = $1 AND project_id = $2 RETURNING {NODE_COLS}"
+                "UPDATE nodes SET desired_state = $2, desired_state_version = desired_state_version + 1,
+                        desired_state_reason = $3, drain_deadline = $4, desired_state_nack = ''
+                 WHERE id = $1 RETURNING {NODE_COLS}"
             ))
             .bind(id.as_str())
-            .bind(project.as_str())
             .bind(state.as_str())
             .bind(reason)
             .bind(drain_deadline)
@@ -443,7 +484,15 @@ impl Store {
             .await?
             .ok_or_else(|| Error::not_found(format!("node {id} not found")))?;
             let node = node_from_row(&row)?;
-            append_event!(tx, now, Some(project.as_str()), "node.desired_state_changed", id.as_str(), to_json(&node));
+            append_event!(
+                tx,
+                now,
+                Some(node.org_id.as_str()),
+                node.project_id.as_ref().map(ProjectId::as_str),
+                "node.desired_state_changed",
+                id.as_str(),
+                to_json(&node)
+            );
             Ok(node)
         });
         self.node_changed();
@@ -475,7 +524,15 @@ impl Store {
             let Some(row) = row else { return Ok(None) };
             let node = node_from_row(&row)?;
             let kind = if accepted { "node.desired_state_acked" } else { "node.desired_state_rejected" };
-            append_event!(tx, now, Some(node.project_id.as_str()), kind, id.as_str(), to_json(&node));
+            append_event!(
+                tx,
+                now,
+                Some(node.org_id.as_str()),
+                node.project_id.as_ref().map(ProjectId::as_str),
+                kind,
+                id.as_str(),
+                to_json(&node)
+            );
             Ok(Some(node))
         });
         self.node_changed();
@@ -485,23 +542,37 @@ impl Store {
     /// Appends an event about a node without changing it (e.g. `node.drain_completed`).
     pub async fn node_event(&self, node: &Node, kind: &str, now: UnixMillis) -> Result<Committed<()>> {
         in_tx_committed!(self, |tx| {
-            append_event!(tx, now, Some(node.project_id.as_str()), kind, node.id.as_str(), to_json(node));
+            append_event!(
+                tx,
+                now,
+                Some(node.org_id.as_str()),
+                node.project_id.as_ref().map(ProjectId::as_str),
+                kind,
+                node.id.as_str(),
+                to_json(node)
+            );
             Ok(())
         })
     }
 
-    /// Removes a node of `project`; its event carries the last record.
-    pub async fn node_deregister(&self, project: &ProjectId, id: &NodeId, now: UnixMillis) -> Result<Committed<Node>> {
+    /// Removes a node; its event carries the last record.
+    pub async fn node_deregister(&self, id: &NodeId, now: UnixMillis) -> Result<Committed<Node>> {
         let out = in_tx_committed!(self, |tx| {
-            let row =
-                sqlx::query(&format!("DELETE FROM nodes WHERE id = $1 AND project_id = $2 RETURNING {NODE_COLS}"))
-                    .bind(id.as_str())
-                    .bind(project.as_str())
-                    .fetch_optional(&mut *tx)
-                    .await?
-                    .ok_or_else(|| Error::not_found(format!("node {id} not found")))?;
+            let row = sqlx::query(&format!("DELETE FROM nodes WHERE id = $1 RETURNING {NODE_COLS}"))
+                .bind(id.as_str())
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| Error::not_found(format!("node {id} not found")))?;
             let node = node_from_row(&row)?;
-            append_event!(tx, now, Some(project.as_str()), "node.deregistered", id.as_str(), to_json(&node));
+            append_event!(
+                tx,
+                now,
+                Some(node.org_id.as_str()),
+                node.project_id.as_ref().map(ProjectId::as_str),
+                "node.deregistered",
+                id.as_str(),
+                to_json(&node)
+            );
             Ok(node)
         });
         self.node_changed();

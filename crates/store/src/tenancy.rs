@@ -1,5 +1,11 @@
-use serde::Serialize;
-use tether_types::{Error, JoinToken, JoinTokenId, Labels, OrgId, ProjectId, Role, TokenId, UnixMillis};
+//! Organisations, projects and pool grants: the tenancy model's records.
+
+use std::collections::{BTreeSet, HashMap};
+
+use tether_types::{
+    DEFAULT_POOL, Error, ErrorCode, JobId, Labels, NodeId, OrgId, Organization, PoolGrant, Project, ProjectId, Quota,
+    UnixMillis, WorkloadId,
+};
 
 use crate::events::append_event;
 use crate::row::{Get, to_json};
@@ -14,58 +20,104 @@ pub struct Bootstrap {
     pub created: bool,
 }
 
-/// The record of an issued macaroon (never the macaroon itself).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct TokenRecord {
-    pub id: TokenId,
-    pub project_id: ProjectId,
-    pub role: Role,
-    pub description: String,
-    pub created_at: UnixMillis,
-    pub expires_at: Option<UnixMillis>,
-    pub revoked_at: Option<UnixMillis>,
+/// Every live organisation, project and grant: small, read whole, and kept
+/// in memory by the control plane (authorisation and placement read it on
+/// every call).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Tenants {
+    pub orgs: HashMap<OrgId, Organization>,
+    pub projects: HashMap<ProjectId, Project>,
+    /// Pools granted, per project.
+    pub grants: HashMap<ProjectId, BTreeSet<String>>,
 }
 
-fn token_from_row(r: &impl Get) -> Result<TokenRecord> {
-    Ok(TokenRecord {
-        id: TokenId::from_trusted(r.text("id")?),
-        project_id: ProjectId::from_trusted(r.text("project_id")?),
-        role: Role::parse(&r.text("role")?)?,
-        description: r.text("description")?,
-        created_at: r.int("created_at")?,
-        expires_at: r.opt_int("expires_at")?,
-        revoked_at: r.opt_int("revoked_at")?,
-    })
+/// What a project still has that deleting it would orphan.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProjectWork {
+    /// Unfinished jobs.
+    pub jobs: Vec<JobId>,
+    pub workloads: Vec<WorkloadId>,
+    /// Nodes dedicated to it.
+    pub nodes: Vec<NodeId>,
 }
 
-const TOKEN_COLS: &str = "id, project_id, role, description, created_at, expires_at, revoked_at";
+/// Changes to an organisation or project's name, description and labels.
+#[derive(Debug, Clone, Default)]
+pub struct TenantUpdate {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    /// Replaces the labels when set.
+    pub labels: Option<Labels>,
+}
 
 const DEFAULT: &str = "default";
+const ORG_COLS: &str = "id, name, description, labels, created_at, updated_at";
+const PROJECT_COLS: &str = "id, org_id, name, description, labels, created_at, updated_at, quota_cpu_millis, \
+                            quota_memory_mb, quota_gpus, quota_allocations";
 
-fn join_token_from_row(r: &impl Get) -> Result<JoinToken> {
-    let n = |v: i64| u32::try_from(v).unwrap_or(u32::MAX);
-    Ok(JoinToken {
-        id: JoinTokenId::from_trusted(r.text("id")?),
-        project_id: ProjectId::from_trusted(r.text("project_id")?),
+fn org_from_row(r: &impl Get) -> Result<Organization> {
+    Ok(Organization {
+        id: OrgId::from_trusted(r.text("id")?),
+        name: r.text("name")?,
         description: r.text("description")?,
-        labels: r.json::<Labels>("labels", "join token labels")?,
-        max_uses: n(r.int("max_uses")?),
-        uses: n(r.int("uses")?),
+        labels: r.json("labels", "organisation labels")?,
         created_at: r.int("created_at")?,
-        expires_at: r.int("expires_at")?,
-        revoked_at: r.opt_int("revoked_at")?,
+        updated_at: r.int("updated_at")?,
     })
 }
 
-const JOIN_COLS: &str = "id, project_id, description, labels, max_uses, uses, created_at, expires_at, revoked_at";
+fn project_from_row(r: &impl Get) -> Result<Project> {
+    let q = |c: &str| -> Result<Option<u64>> { Ok(r.opt_int(c)?.map(|v| v.max(0) as u64)) };
+    Ok(Project {
+        id: ProjectId::from_trusted(r.text("id")?),
+        org_id: OrgId::from_trusted(r.text("org_id")?),
+        name: r.text("name")?,
+        description: r.text("description")?,
+        labels: r.json("labels", "project labels")?,
+        quota: Quota {
+            cpu_millis: q("quota_cpu_millis")?,
+            memory_mb: q("quota_memory_mb")?,
+            gpus: q("quota_gpus")?,
+            allocations: q("quota_allocations")?,
+        },
+        created_at: r.int("created_at")?,
+        updated_at: r.int("updated_at")?,
+    })
+}
+
+fn grant_from_row(r: &impl Get) -> Result<PoolGrant> {
+    Ok(PoolGrant {
+        org_id: OrgId::from_trusted(r.text("org_id")?),
+        pool: r.text("pool")?,
+        project_id: ProjectId::from_trusted(r.text("project_id")?),
+        created_at: r.int("created_at")?,
+    })
+}
+
+fn exists(what: &str, name: &str) -> crate::StoreError {
+    Error::new(ErrorCode::AlreadyExists, format!("{what} {name:?} already exists")).into()
+}
+
+/// An i64 column for a quota (values past i64::MAX are stored as the max).
+fn q(v: Option<u64>) -> Option<i64> {
+    v.map(|v| i64::try_from(v).unwrap_or(i64::MAX))
+}
+
+/// A deleted record's name: unique, and not a valid name, so that the name
+/// is free for a new record.
+fn tombstone(name: &str, id: &str) -> String {
+    format!("{name}.deleted.{id}")
+}
 
 impl Store {
     /// Finds the default organisation and project, or creates both with the
-    /// given ids. Safe to race: one caller creates, the others find.
+    /// given ids, the project granted the organisation's default pool. Safe
+    /// to race: one caller creates, the others find.
     pub async fn bootstrap(&self, org_id: OrgId, project_id: ProjectId, now: UnixMillis) -> Result<Bootstrap> {
         in_tx!(self, |tx| {
             let inserted = sqlx::query(
-                "INSERT INTO organizations (id, name, created_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING",
+                "INSERT INTO organizations (id, name, created_at, updated_at) VALUES ($1, $2, $3, $3)
+                 ON CONFLICT (name) DO NOTHING",
             )
             .bind(org_id.as_str())
             .bind(DEFAULT)
@@ -75,15 +127,32 @@ impl Store {
             .rows_affected()
                 == 1;
             if inserted {
-                sqlx::query("INSERT INTO projects (id, org_id, name, created_at) VALUES ($1, $2, $3, $4)")
-                    .bind(project_id.as_str())
+                sqlx::query(
+                    "INSERT INTO projects (id, org_id, name, created_at, updated_at) VALUES ($1, $2, $3, $4, $4)",
+                )
+                .bind(project_id.as_str())
+                .bind(org_id.as_str())
+                .bind(DEFAULT)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query("INSERT INTO pool_grants (org_id, pool, project_id, created_at) VALUES ($1, $2, $3, $4)")
                     .bind(org_id.as_str())
-                    .bind(DEFAULT)
+                    .bind(DEFAULT_POOL)
+                    .bind(project_id.as_str())
                     .bind(now)
                     .execute(&mut *tx)
                     .await?;
                 let payload = serde_json::json!({"org_id": org_id, "name": DEFAULT}).to_string();
-                append_event!(tx, now, None::<&str>, "organization.created", org_id.as_str(), payload);
+                append_event!(
+                    tx,
+                    now,
+                    Some(org_id.as_str()),
+                    None::<&str>,
+                    "organization.created",
+                    org_id.as_str(),
+                    payload
+                );
                 let payload =
                     serde_json::json!({"project_id": project_id, "org_id": org_id, "name": DEFAULT}).to_string();
                 append_event!(tx, now, Some(project_id.as_str()), "project.created", project_id.as_str(), payload);
@@ -104,185 +173,439 @@ impl Store {
         })
     }
 
-    /// The organisation a project belongs to.
-    pub async fn project_org(&self, project: &ProjectId) -> Result<Option<OrgId>> {
+    /// Every live organisation, project and pool grant.
+    pub async fn tenants(&self) -> Result<Tenants> {
         on_read!(self, |pool| {
-            let v: Option<String> = sqlx::query_scalar("SELECT org_id FROM projects WHERE id = $1")
-                .bind(project.as_str())
-                .fetch_optional(pool)
-                .await?;
-            Ok(v.map(OrgId::from_trusted))
-        })
-    }
-
-    pub async fn token_record(&self, t: &TokenRecord) -> Result<Committed<()>> {
-        in_tx_committed!(self, |tx| {
-            sqlx::query(
-                "INSERT INTO tokens (id, project_id, role, description, created_at, expires_at)
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(t.id.as_str())
-            .bind(t.project_id.as_str())
-            .bind(t.role.as_str())
-            .bind(&t.description)
-            .bind(t.created_at)
-            .bind(t.expires_at)
-            .execute(&mut *tx)
-            .await?;
-            append_event!(tx, t.created_at, Some(t.project_id.as_str()), "token.created", t.id.as_str(), to_json(t));
-            Ok(())
-        })
-    }
-
-    pub async fn token_list(&self, project: &ProjectId) -> Result<Vec<TokenRecord>> {
-        on_read!(self, |pool| {
-            sqlx::query(&format!("SELECT {TOKEN_COLS} FROM tokens WHERE project_id = $1 ORDER BY created_at, id"))
-                .bind(project.as_str())
+            let mut t = Tenants::default();
+            let orgs = sqlx::query(&format!("SELECT {ORG_COLS} FROM organizations WHERE deleted_at IS NULL"))
                 .fetch_all(pool)
-                .await?
-                .iter()
-                .map(token_from_row)
-                .collect()
+                .await?;
+            for r in &orgs {
+                let o = org_from_row(r)?;
+                t.orgs.insert(o.id.clone(), o);
+            }
+            let projects = sqlx::query(&format!("SELECT {PROJECT_COLS} FROM projects WHERE deleted_at IS NULL"))
+                .fetch_all(pool)
+                .await?;
+            for r in &projects {
+                let p = project_from_row(r)?;
+                t.projects.insert(p.id.clone(), p);
+            }
+            let grants =
+                sqlx::query("SELECT org_id, pool, project_id, created_at FROM pool_grants").fetch_all(pool).await?;
+            for r in &grants {
+                let g = grant_from_row(r)?;
+                t.grants.entry(g.project_id).or_default().insert(g.pool);
+            }
+            Ok(t)
         })
     }
 
-    /// Revokes a token. Refused (FAILED_PRECONDITION, nothing changed) when
-    /// it is a live admin token and no other live admin token of the
-    /// project would remain: a project is never locked out of its own
-    /// administration (`tether-control-plane admin-token` mints one offline).
-    pub async fn token_revoke(
-        &self,
-        project: &ProjectId,
-        id: &TokenId,
-        now: UnixMillis,
-    ) -> Result<Committed<TokenRecord>> {
+    pub async fn org_create(&self, o: &Organization) -> Result<Committed<Organization>> {
         in_tx_committed!(self, |tx| {
-            // Live admin tokens of the project: is the target one, and how
-            // many others are there.
-            let (target, others): (i64, i64) = sqlx::query_as(
-                "SELECT COALESCE(SUM(CASE WHEN id = $1 THEN 1 ELSE 0 END), 0),
-                        COALESCE(SUM(CASE WHEN id <> $1 THEN 1 ELSE 0 END), 0)
-                 FROM tokens WHERE project_id = $3 AND revoked_at IS NULL AND role = 'admin'
-                   AND (expires_at IS NULL OR expires_at > $2)",
+            let taken: Option<String> = sqlx::query_scalar("SELECT id FROM organizations WHERE name = $1")
+                .bind(&o.name)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if taken.is_some() {
+                return Err(exists("organisation", &o.name));
+            }
+            sqlx::query(&format!("INSERT INTO organizations ({ORG_COLS}) VALUES ($1, $2, $3, $4, $5, $6)"))
+                .bind(o.id.as_str())
+                .bind(&o.name)
+                .bind(&o.description)
+                .bind(to_json(&o.labels))
+                .bind(o.created_at)
+                .bind(o.updated_at)
+                .execute(&mut *tx)
+                .await?;
+            append_event!(
+                tx,
+                o.created_at,
+                Some(o.id.as_str()),
+                None::<&str>,
+                "organization.created",
+                o.id.as_str(),
+                to_json(o)
+            );
+            Ok(o.clone())
+        })
+    }
+
+    pub async fn org_get(&self, id: &OrgId) -> Result<Option<Organization>> {
+        on_read!(self, |pool| {
+            sqlx::query(&format!("SELECT {ORG_COLS} FROM organizations WHERE id = $1 AND deleted_at IS NULL"))
+                .bind(id.as_str())
+                .fetch_optional(pool)
+                .await?
+                .as_ref()
+                .map(org_from_row)
+                .transpose()
+        })
+    }
+
+    pub async fn org_update(&self, id: &OrgId, u: &TenantUpdate, now: UnixMillis) -> Result<Committed<Organization>> {
+        in_tx_committed!(self, |tx| {
+            let row =
+                sqlx::query(&format!("SELECT {ORG_COLS} FROM organizations WHERE id = $1 AND deleted_at IS NULL"))
+                    .bind(id.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .ok_or_else(|| Error::not_found(format!("organisation {id} not found")))?;
+            let mut o = org_from_row(&row)?;
+            if let Some(name) = &u.name
+                && name != &o.name
+            {
+                let taken: Option<String> = sqlx::query_scalar("SELECT id FROM organizations WHERE name = $1")
+                    .bind(name)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if taken.is_some() {
+                    return Err(exists("organisation", name));
+                }
+                o.name = name.clone();
+            }
+            if let Some(d) = &u.description {
+                o.description = d.clone();
+            }
+            if let Some(l) = &u.labels {
+                o.labels = l.clone();
+            }
+            o.updated_at = now;
+            sqlx::query(
+                "UPDATE organizations SET name = $2, description = $3, labels = $4, updated_at = $5 WHERE id = $1",
             )
             .bind(id.as_str())
+            .bind(&o.name)
+            .bind(&o.description)
+            .bind(to_json(&o.labels))
             .bind(now)
-            .bind(project.as_str())
-            .fetch_one(&mut *tx)
+            .execute(&mut *tx)
             .await?;
-            if target > 0 && others == 0 {
+            append_event!(tx, now, Some(id.as_str()), None::<&str>, "organization.updated", id.as_str(), to_json(&o));
+            Ok(o)
+        })
+    }
+
+    /// Deletes an organisation that has no live project and no node left;
+    /// revokes its join tokens and grants.
+    pub async fn org_delete(&self, id: &OrgId, now: UnixMillis) -> Result<Committed<Organization>> {
+        in_tx_committed!(self, |tx| {
+            let row =
+                sqlx::query(&format!("SELECT {ORG_COLS} FROM organizations WHERE id = $1 AND deleted_at IS NULL"))
+                    .bind(id.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .ok_or_else(|| Error::not_found(format!("organisation {id} not found")))?;
+            let o = org_from_row(&row)?;
+            let projects: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM projects WHERE org_id = $1 AND deleted_at IS NULL")
+                    .bind(id.as_str())
+                    .fetch_one(&mut *tx)
+                    .await?;
+            let nodes: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM nodes WHERE org_id = $1")
+                .bind(id.as_str())
+                .fetch_one(&mut *tx)
+                .await?;
+            if projects > 0 || nodes > 0 {
                 return Err(Error::precondition(format!(
-                    "token {id} is the project's last admin token: revoking it would lock the project out; \
-                     mint another admin token first (or, on the control plane's host, \
-                     `tether-control-plane admin-token`)"
+                    "organisation {id} still has {projects} project(s) and {nodes} node(s); delete them first, \
+                     or delete with force"
                 ))
                 .into());
             }
-            let row = sqlx::query(&format!(
-                "UPDATE tokens SET revoked_at = COALESCE(revoked_at, $3) WHERE id = $1 AND project_id = $2
-                 RETURNING {TOKEN_COLS}"
-            ))
-            .bind(id.as_str())
-            .bind(project.as_str())
-            .bind(now)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(|| Error::not_found(format!("token {id} not found")))?;
-            let t = token_from_row(&row)?;
-            append_event!(tx, now, Some(project.as_str()), "token.revoked", id.as_str(), to_json(&t));
-            Ok(t)
+            sqlx::query("UPDATE organizations SET deleted_at = $2, name = $3, updated_at = $2 WHERE id = $1")
+                .bind(id.as_str())
+                .bind(now)
+                .bind(tombstone(&o.name, id.as_str()))
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("UPDATE join_tokens SET revoked_at = COALESCE(revoked_at, $2) WHERE org_id = $1")
+                .bind(id.as_str())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("UPDATE tokens SET revoked_at = COALESCE(revoked_at, $2) WHERE org_id = $1")
+                .bind(id.as_str())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM pool_grants WHERE org_id = $1").bind(id.as_str()).execute(&mut *tx).await?;
+            append_event!(tx, now, Some(id.as_str()), None::<&str>, "organization.deleted", id.as_str(), to_json(&o));
+            Ok(o)
         })
     }
 
-    /// Ids of every revoked token, for the authenticator's deny list.
-    pub async fn tokens_revoked(&self) -> Result<Vec<TokenId>> {
-        on_read!(self, |pool| {
-            let ids: Vec<String> =
-                sqlx::query_scalar("SELECT id FROM tokens WHERE revoked_at IS NOT NULL").fetch_all(pool).await?;
-            Ok(ids.into_iter().map(TokenId::from_trusted).collect())
-        })
-    }
-
-    pub async fn join_token_create(&self, t: &JoinToken, secret_hash: &[u8]) -> Result<Committed<()>> {
+    pub async fn project_create(&self, p: &Project) -> Result<Committed<Project>> {
         in_tx_committed!(self, |tx| {
-            sqlx::query(
-                "INSERT INTO join_tokens (id, project_id, secret_hash, description, labels, max_uses, uses,
-                                          created_at, expires_at, revoked_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-            )
-            .bind(t.id.as_str())
-            .bind(t.project_id.as_str())
-            .bind(secret_hash)
-            .bind(&t.description)
-            .bind(to_json(&t.labels))
-            .bind(i64::from(t.max_uses))
-            .bind(i64::from(t.uses))
-            .bind(t.created_at)
-            .bind(t.expires_at)
-            .bind(t.revoked_at)
+            let org: Option<String> =
+                sqlx::query_scalar("SELECT id FROM organizations WHERE id = $1 AND deleted_at IS NULL")
+                    .bind(p.org_id.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if org.is_none() {
+                return Err(Error::not_found(format!("organisation {} not found", p.org_id)).into());
+            }
+            let taken: Option<String> = sqlx::query_scalar("SELECT id FROM projects WHERE org_id = $1 AND name = $2")
+                .bind(p.org_id.as_str())
+                .bind(&p.name)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if taken.is_some() {
+                return Err(exists("project", &p.name));
+            }
+            sqlx::query(&format!(
+                "INSERT INTO projects ({PROJECT_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+            ))
+            .bind(p.id.as_str())
+            .bind(p.org_id.as_str())
+            .bind(&p.name)
+            .bind(&p.description)
+            .bind(to_json(&p.labels))
+            .bind(p.created_at)
+            .bind(p.updated_at)
+            .bind(q(p.quota.cpu_millis))
+            .bind(q(p.quota.memory_mb))
+            .bind(q(p.quota.gpus))
+            .bind(q(p.quota.allocations))
             .execute(&mut *tx)
             .await?;
-            append_event!(
-                tx,
-                t.created_at,
-                Some(t.project_id.as_str()),
-                "join_token.created",
-                t.id.as_str(),
-                to_json(t)
-            );
-            Ok(())
+            append_event!(tx, p.created_at, Some(p.id.as_str()), "project.created", p.id.as_str(), to_json(p));
+            Ok(p.clone())
         })
     }
 
-    /// A join token and its secret hash, for enrolment.
-    pub async fn join_token_lookup(&self, id: &JoinTokenId) -> Result<Option<(JoinToken, Vec<u8>)>> {
+    pub async fn project_get(&self, id: &ProjectId) -> Result<Option<Project>> {
         on_read!(self, |pool| {
-            let row = sqlx::query(&format!("SELECT {JOIN_COLS}, secret_hash FROM join_tokens WHERE id = $1"))
+            sqlx::query(&format!("SELECT {PROJECT_COLS} FROM projects WHERE id = $1 AND deleted_at IS NULL"))
                 .bind(id.as_str())
                 .fetch_optional(pool)
-                .await?;
-            row.map(|r| Ok((join_token_from_row(&r)?, r.bytes("secret_hash")?))).transpose()
+                .await?
+                .as_ref()
+                .map(project_from_row)
+                .transpose()
         })
     }
 
-    pub async fn join_token_list(
-        &self,
-        project: &ProjectId,
-        include_inactive: bool,
-        now: UnixMillis,
-    ) -> Result<Vec<JoinToken>> {
-        let all: Vec<JoinToken> = on_read!(self, |pool| {
-            sqlx::query(&format!("SELECT {JOIN_COLS} FROM join_tokens WHERE project_id = $1 ORDER BY created_at, id"))
-                .bind(project.as_str())
-                .fetch_all(pool)
-                .await?
-                .iter()
-                .map(join_token_from_row)
-                .collect::<Result<_>>()
-        })?;
-        Ok(all.into_iter().filter(|t| include_inactive || t.unusable_reason(now).is_none()).collect())
+    /// The organisation a project belongs to.
+    pub async fn project_org(&self, project: &ProjectId) -> Result<Option<OrgId>> {
+        Ok(self.project_get(project).await?.map(|p| p.org_id))
     }
 
-    pub async fn join_token_revoke(
+    /// Changes a project's name, description, labels and (when `quota` is
+    /// set) its quota.
+    pub async fn project_update(
         &self,
-        project: &ProjectId,
-        id: &JoinTokenId,
+        id: &ProjectId,
+        u: &TenantUpdate,
+        quota: Option<Quota>,
         now: UnixMillis,
-    ) -> Result<Committed<JoinToken>> {
+    ) -> Result<Committed<Project>> {
         in_tx_committed!(self, |tx| {
-            let row = sqlx::query(&format!(
-                "UPDATE join_tokens SET revoked_at = COALESCE(revoked_at, $3)
-                 WHERE id = $1 AND project_id = $2 RETURNING {JOIN_COLS}"
-            ))
+            let row = sqlx::query(&format!("SELECT {PROJECT_COLS} FROM projects WHERE id = $1 AND deleted_at IS NULL"))
+                .bind(id.as_str())
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| Error::not_found(format!("project {id} not found")))?;
+            let mut p = project_from_row(&row)?;
+            if let Some(name) = &u.name
+                && name != &p.name
+            {
+                let taken: Option<String> =
+                    sqlx::query_scalar("SELECT id FROM projects WHERE org_id = $1 AND name = $2")
+                        .bind(p.org_id.as_str())
+                        .bind(name)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                if taken.is_some() {
+                    return Err(exists("project", name));
+                }
+                p.name = name.clone();
+            }
+            if let Some(d) = &u.description {
+                p.description = d.clone();
+            }
+            if let Some(l) = &u.labels {
+                p.labels = l.clone();
+            }
+            if let Some(quota) = quota {
+                p.quota = quota;
+            }
+            p.updated_at = now;
+            sqlx::query(
+                "UPDATE projects SET name = $2, description = $3, labels = $4, updated_at = $5,
+                        quota_cpu_millis = $6, quota_memory_mb = $7, quota_gpus = $8, quota_allocations = $9
+                 WHERE id = $1",
+            )
             .bind(id.as_str())
-            .bind(project.as_str())
+            .bind(&p.name)
+            .bind(&p.description)
+            .bind(to_json(&p.labels))
             .bind(now)
+            .bind(q(p.quota.cpu_millis))
+            .bind(q(p.quota.memory_mb))
+            .bind(q(p.quota.gpus))
+            .bind(q(p.quota.allocations))
+            .execute(&mut *tx)
+            .await?;
+            let kind = if quota.is_some() { "project.quota_set" } else { "project.updated" };
+            append_event!(tx, now, Some(id.as_str()), kind, id.as_str(), to_json(&p));
+            Ok(p)
+        })
+    }
+
+    /// What a project still has: unfinished jobs, workloads, dedicated nodes.
+    pub async fn project_work(&self, id: &ProjectId) -> Result<ProjectWork> {
+        on_read!(self, |pool| {
+            let ids = |sql: &'static str| sqlx::query_scalar::<_, String>(sql).bind(id.as_str());
+            let jobs =
+                ids("SELECT id FROM jobs WHERE project_id = $1 AND status IN ('pending', 'scheduled', 'running')")
+                    .fetch_all(pool)
+                    .await?;
+            let workloads = ids("SELECT id FROM workloads WHERE project_id = $1").fetch_all(pool).await?;
+            let nodes = ids("SELECT id FROM nodes WHERE project_id = $1").fetch_all(pool).await?;
+            Ok(ProjectWork {
+                jobs: jobs.into_iter().map(JobId::from_trusted).collect(),
+                workloads: workloads.into_iter().map(WorkloadId::from_trusted).collect(),
+                nodes: nodes.into_iter().map(NodeId::from_trusted).collect(),
+            })
+        })
+    }
+
+    /// The nodes of an organisation.
+    pub async fn org_nodes(&self, id: &OrgId) -> Result<Vec<NodeId>> {
+        on_read!(self, |pool| {
+            let ids: Vec<String> =
+                sqlx::query_scalar("SELECT id FROM nodes WHERE org_id = $1").bind(id.as_str()).fetch_all(pool).await?;
+            Ok(ids.into_iter().map(NodeId::from_trusted).collect())
+        })
+    }
+
+    /// Deletes a project that has no unfinished job, workload or dedicated
+    /// node (FAILED_PRECONDITION otherwise, nothing changed); revokes its
+    /// tokens and join tokens and drops its grants.
+    pub async fn project_delete(&self, id: &ProjectId, now: UnixMillis) -> Result<Committed<Project>> {
+        in_tx_committed!(self, |tx| {
+            let row = sqlx::query(&format!("SELECT {PROJECT_COLS} FROM projects WHERE id = $1 AND deleted_at IS NULL"))
+                .bind(id.as_str())
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| Error::not_found(format!("project {id} not found")))?;
+            let p = project_from_row(&row)?;
+            let jobs: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM jobs WHERE project_id = $1 AND status IN ('pending', 'scheduled', 'running')",
+            )
+            .bind(id.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
+            let workloads: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM workloads WHERE project_id = $1")
+                .bind(id.as_str())
+                .fetch_one(&mut *tx)
+                .await?;
+            let nodes: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM nodes WHERE project_id = $1")
+                .bind(id.as_str())
+                .fetch_one(&mut *tx)
+                .await?;
+            if jobs > 0 || workloads > 0 || nodes > 0 {
+                return Err(Error::precondition(format!(
+                    "project {id} still has {jobs} unfinished job(s), {workloads} workload(s) and {nodes} dedicated \
+                     node(s); stop them first, or delete with force"
+                ))
+                .into());
+            }
+            sqlx::query("UPDATE projects SET deleted_at = $2, name = $3, updated_at = $2 WHERE id = $1")
+                .bind(id.as_str())
+                .bind(now)
+                .bind(tombstone(&p.name, id.as_str()))
+                .execute(&mut *tx)
+                .await?;
+            for table in ["tokens", "join_tokens"] {
+                sqlx::query(&format!("UPDATE {table} SET revoked_at = COALESCE(revoked_at, $2) WHERE project_id = $1"))
+                    .bind(id.as_str())
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            sqlx::query("DELETE FROM pool_grants WHERE project_id = $1").bind(id.as_str()).execute(&mut *tx).await?;
+            append_event!(tx, now, Some(id.as_str()), "project.deleted", id.as_str(), to_json(&p));
+            Ok(p)
+        })
+    }
+
+    /// Grants a pool of the project's organisation to the project.
+    /// Granting again answers the existing grant.
+    pub async fn pool_grant(&self, g: &PoolGrant) -> Result<Committed<PoolGrant>> {
+        in_tx_committed!(self, |tx| {
+            let org: Option<String> =
+                sqlx::query_scalar("SELECT org_id FROM projects WHERE id = $1 AND deleted_at IS NULL")
+                    .bind(g.project_id.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if org.as_deref() != Some(g.org_id.as_str()) {
+                return Err(Error::not_found(format!("project {} not found", g.project_id)).into());
+            }
+            let existing = sqlx::query(
+                "SELECT org_id, pool, project_id, created_at FROM pool_grants
+                 WHERE org_id = $1 AND pool = $2 AND project_id = $3",
+            )
+            .bind(g.org_id.as_str())
+            .bind(&g.pool)
+            .bind(g.project_id.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(r) = existing {
+                return grant_from_row(&r);
+            }
+            sqlx::query("INSERT INTO pool_grants (org_id, pool, project_id, created_at) VALUES ($1, $2, $3, $4)")
+                .bind(g.org_id.as_str())
+                .bind(&g.pool)
+                .bind(g.project_id.as_str())
+                .bind(g.created_at)
+                .execute(&mut *tx)
+                .await?;
+            let subject = format!("{}/{}", g.pool, g.project_id);
+            append_event!(tx, g.created_at, Some(g.project_id.as_str()), "pool.granted", &subject, to_json(g));
+            Ok(g.clone())
+        })
+    }
+
+    pub async fn pool_revoke(
+        &self,
+        org: &OrgId,
+        pool: &str,
+        project: &ProjectId,
+        now: UnixMillis,
+    ) -> Result<Committed<PoolGrant>> {
+        in_tx_committed!(self, |tx| {
+            let row = sqlx::query(
+                "DELETE FROM pool_grants WHERE org_id = $1 AND pool = $2 AND project_id = $3
+                 RETURNING org_id, pool, project_id, created_at",
+            )
+            .bind(org.as_str())
+            .bind(pool)
+            .bind(project.as_str())
             .fetch_optional(&mut *tx)
             .await?
-            .ok_or_else(|| Error::not_found(format!("join token {id} not found")))?;
-            let t = join_token_from_row(&row)?;
-            append_event!(tx, now, Some(project.as_str()), "join_token.revoked", id.as_str(), to_json(&t));
-            Ok(t)
+            .ok_or_else(|| Error::not_found(format!("project {project} has no grant of pool {pool:?}")))?;
+            let g = grant_from_row(&row)?;
+            let subject = format!("{pool}/{project}");
+            append_event!(tx, now, Some(project.as_str()), "pool.revoked", &subject, to_json(&g));
+            Ok(g)
+        })
+    }
+
+    pub async fn pool_grants(&self, org: &OrgId) -> Result<Vec<PoolGrant>> {
+        on_read!(self, |pool| {
+            sqlx::query(
+                "SELECT org_id, pool, project_id, created_at FROM pool_grants WHERE org_id = $1
+                 ORDER BY pool, project_id",
+            )
+            .bind(org.as_str())
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(grant_from_row)
+            .collect()
         })
     }
 }

@@ -12,10 +12,13 @@ use tether_types::duration_to_pb;
 
 #[derive(Subcommand)]
 pub(crate) enum TokensCmd {
-    /// Mint a token for this project.
+    /// Mint a token for this project, or with --org-role an organisation token.
     Create {
         #[arg(long, value_enum)]
         role: RoleArg,
+        /// Mint an organisation token with this role (org-admin only).
+        #[arg(long, value_enum)]
+        org_role: Option<OrgRoleArg>,
         #[arg(long, value_parser = humantime::parse_duration)]
         ttl: Option<Duration>,
         #[arg(long, default_value = "")]
@@ -33,6 +36,12 @@ pub(crate) enum RoleArg {
     Support,
     Operator,
     Admin,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum OrgRoleArg {
+    OrgViewer,
+    OrgAdmin,
 }
 
 #[derive(Subcommand)]
@@ -61,7 +70,12 @@ pub(crate) enum JoinTokensCmd {
 
 pub(crate) async fn tokens(c: &Clients, out: &Out, cmd: TokensCmd) -> anyhow::Result<i32> {
     match cmd {
-        TokensCmd::Create { role, ttl, description } => {
+        TokensCmd::Create { role, org_role, ttl, description } => {
+            let org_role = match org_role {
+                None => pb::OrgRole::Unspecified,
+                Some(OrgRoleArg::OrgViewer) => pb::OrgRole::Viewer,
+                Some(OrgRoleArg::OrgAdmin) => pb::OrgRole::Admin,
+            };
             let role = match role {
                 RoleArg::Viewer => pb::Role::Viewer,
                 RoleArg::Support => pb::Role::Support,
@@ -70,7 +84,12 @@ pub(crate) async fn tokens(c: &Clients, out: &Out, cmd: TokensCmd) -> anyhow::Re
             };
             let r = c
                 .tenancy()
-                .create_token(pb::CreateTokenRequest { role: role as i32, ttl: ttl.map(duration_to_pb), description })
+                .create_token(pb::CreateTokenRequest {
+                    role: role as i32,
+                    ttl: ttl.map(duration_to_pb),
+                    description,
+                    org_role: org_role as i32,
+                })
                 .await?
                 .into_inner();
             out.created_token(&r);

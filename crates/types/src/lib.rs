@@ -23,7 +23,10 @@ pub use ids::{AllocId, JobId, JoinTokenId, NodeId, OrgId, ProjectId, TokenId, Wo
 pub use labels::{LabelSelector, Labels, validate_labels};
 pub use lifecycle::{JobEvent, Shortfall};
 pub use node::{DesiredNodeState, Gpu, Node, NodeCapabilities, NodeStatus, NodeUsage};
-pub use tenancy::{JoinToken, Role};
+pub use tenancy::{
+    DEFAULT_POOL, JoinToken, NodePlace, OrgRole, Organization, PoolGrant, Project, ProjectAccess, Quota, Role, Usage,
+    validate_tenant_name,
+};
 pub use time::{UnixMillis, duration_from_pb, duration_to_pb, millis_to_timestamp, timestamp_to_millis};
 pub use work::{
     Constraints, ExecSpec, Job, JobSpec, JobStatus, MAX_ATTEMPTS, Resources, RestartPolicy, Workload, WorkloadSpec,

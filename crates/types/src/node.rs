@@ -1,7 +1,7 @@
 use serde::{Deserialize, Serialize};
 use tether_proto::pb;
 
-use crate::{Error, JoinTokenId, Labels, NodeId, ProjectId, UnixMillis, millis_to_timestamp};
+use crate::{Error, JoinTokenId, Labels, NodeId, OrgId, ProjectId, UnixMillis, millis_to_timestamp};
 
 /// Liveness as the control plane sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -210,7 +210,10 @@ pub struct NodeUsage {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Node {
     pub id: NodeId,
-    pub project_id: ProjectId,
+    pub org_id: OrgId,
+    /// Set for a node dedicated to one project (enrolled with a project join
+    /// token); None for a node of the organisation's shared pools.
+    pub project_id: Option<ProjectId>,
     pub status: NodeStatus,
     pub desired_state: DesiredNodeState,
     pub desired_state_version: u64,
@@ -233,10 +236,16 @@ pub struct Node {
 }
 
 impl Node {
+    /// Where the node stands in the tenancy model.
+    pub fn place(&self) -> crate::NodePlace<'_> {
+        crate::NodePlace { id: &self.id, org: &self.org_id, pool: &self.pool, dedicated: self.project_id.as_ref() }
+    }
+
     pub fn to_pb(&self, usage: Option<NodeUsage>) -> pb::Node {
         pb::Node {
             node_id: self.id.to_string(),
-            project_id: self.project_id.to_string(),
+            project_id: self.project_id.as_ref().map(ToString::to_string).unwrap_or_default(),
+            organization_id: self.org_id.to_string(),
             status: self.status.to_pb() as i32,
             desired_state: self.desired_state.to_pb() as i32,
             desired_state_version: self.desired_state_version,

@@ -7,7 +7,7 @@
 use std::str::FromStr;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
-use tether_types::{JoinToken, JoinTokenId, OrgId};
+use tether_types::{JoinToken, JoinTokenId, OrgId, ProjectId};
 
 use super::*;
 
@@ -19,7 +19,7 @@ struct Fixture {
     store: Store,
     registry: Registry,
     node: NodeId,
-    project: ProjectId,
+    org: OrgId,
 }
 
 async fn fixture() -> Fixture {
@@ -46,11 +46,13 @@ async fn fixture() -> Fixture {
         .await
         .unwrap();
     let store = Store::sqlite(pool.clone(), pool);
-    let project =
-        store.bootstrap(OrgId::from_random([1; 10]), ProjectId::from_random([2; 10]), 1_000).await.unwrap().project_id;
+    let org =
+        store.bootstrap(OrgId::from_random([1; 10]), ProjectId::from_random([2; 10]), 1_000).await.unwrap().org_id;
     let jt = JoinToken {
         id: JoinTokenId::from_random([3; 10]),
-        project_id: project.clone(),
+        org_id: org.clone(),
+        project_id: None,
+        pool: "default".into(),
         description: String::new(),
         labels: Default::default(),
         max_uses: 0,
@@ -63,7 +65,8 @@ async fn fixture() -> Fixture {
     let node = store
         .node_enroll(&tether_store::NodeEnroll {
             id: NodeId::from_random([4; 10]),
-            project_id: project.clone(),
+            org_id: org.clone(),
+            project_id: None,
             capabilities: NodeCapabilities { hostname: "h".into(), cpu_count: 1, ..Default::default() },
             labels: Default::default(),
             pool: "default".into(),
@@ -84,13 +87,13 @@ async fn fixture() -> Fixture {
     );
     registry.load().await.unwrap();
     tokio::time::pause();
-    Fixture { _dir: dir, store, registry, node: node.id, project }
+    Fixture { _dir: dir, store, registry, node: node.id, org }
 }
 
 impl Fixture {
     async fn open(&self, generation: u64) -> Result<Session, Error> {
         let (tx, _rx) = crate::stream::channel(8);
-        let (s, _) = self.registry.session_open(&self.node, &self.project, generation, None, tx).await?;
+        let (s, _) = self.registry.session_open(&self.node, Some(&self.org), generation, None, tx).await?;
         self.registry.jobs_attach(&self.node).expect("session is current");
         Ok(s)
     }
@@ -193,7 +196,7 @@ async fn goodbye_is_left_at_once_and_stays_left() {
 async fn a_session_without_a_jobs_stream_is_closed_at_the_down_timeout() {
     let f = fixture().await;
     let (tx, _rx) = crate::stream::channel(8);
-    let (s, _) = f.registry.session_open(&f.node, &f.project, 1, None, tx).await.unwrap();
+    let (s, _) = f.registry.session_open(&f.node, Some(&f.org), 1, None, tx).await.unwrap();
     // Beats keep it ready, but without a Jobs stream it cannot take work.
     for _ in 0..7 {
         f.after(GRACE / 2).await;

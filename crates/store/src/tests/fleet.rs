@@ -119,14 +119,17 @@ pub(super) async fn status_changes_append_events_in_order(store: Store) {
     // b was already pending: skipped.
     assert_eq!(applied.len(), 2);
     assert!(applied[0].1 < applied[1].1);
-    let events = store.events_since(&p, "node.", head, 100).await.unwrap();
+    let events = store.org_events_since(&org(), "node.", head, 100).await.unwrap();
     let kinds: Vec<_> =
         events.iter().map(|e| (e.subject.clone(), e.payload["status"].as_str().unwrap().to_owned())).collect();
     assert_eq!(kinds, [(a.id.to_string(), "unreachable".into()), (a.id.to_string(), "down".into())]);
     assert!(events.windows(2).all(|w| w[0].seq < w[1].seq));
     assert_eq!(store.events_head().await.unwrap(), events.last().unwrap().seq);
-    // Other projects see nothing.
+    // Node events carry the organisation, and the project a node is dedicated to.
+    assert!(events.iter().all(|e| e.org_id == Some(org()) && e.project_id == Some(p.clone())));
+    // Other projects and organisations see nothing.
     assert!(store.events_since(&id(ProjectId::from_random, 7), "", 0, 100).await.unwrap().is_empty());
+    assert!(store.org_events_since(&id(OrgId::from_random, 7), "", 0, 100).await.unwrap().is_empty());
 }
 
 pub(super) async fn list_filters_and_pages(store: Store) {
@@ -136,7 +139,7 @@ pub(super) async fn list_filters_and_pages(store: Store) {
         let _ = store.node_enroll(&enroll(&p, &jt, n, 2_000 + i64::from(n % 3))).await.unwrap();
     }
     store.node_session_open(&id(NodeId::from_random, 3), 1, None, "r", 3_000).await.unwrap();
-    let all = NodeFilter { project_id: p.clone(), status: None, pool: None };
+    let all = NodeFilter { scope: NodeScope::Project { org: org(), project: p.clone() }, status: None, pool: None };
     let mut seen = Vec::new();
     let mut after = None;
     loop {
@@ -158,8 +161,13 @@ pub(super) async fn list_filters_and_pages(store: Store) {
     assert_eq!(page.nodes.len(), 1);
     let odd = NodeFilter { pool: Some("odd".into()), ..all.clone() };
     assert_eq!(store.node_list(&odd, None, 100).await.unwrap().nodes.len(), 4);
-    let other = NodeFilter { project_id: id(ProjectId::from_random, 9), ..all };
-    assert!(store.node_list(&other, None, 100).await.unwrap().nodes.is_empty());
+    let other =
+        NodeFilter { scope: NodeScope::Project { org: org(), project: id(ProjectId::from_random, 9) }, ..all.clone() };
+    assert!(store.node_list(&other, None, 100).await.unwrap().nodes.is_empty(), "dedicated to another project");
+    let whole_org = NodeFilter { scope: NodeScope::Org(org()), ..all.clone() };
+    assert_eq!(store.node_list(&whole_org, None, 100).await.unwrap().nodes.len(), 7);
+    let elsewhere = NodeFilter { scope: NodeScope::Org(id(OrgId::from_random, 9)), ..all };
+    assert!(store.node_list(&elsewhere, None, 100).await.unwrap().nodes.is_empty());
     assert_eq!(store.node_list_all().await.unwrap().len(), 7);
 }
 
@@ -167,14 +175,13 @@ pub(super) async fn deregister_removes_and_logs(store: Store) {
     let p = project(&store).await;
     let jt = join_token(&store, &p, 1, 0, 10_000).await;
     let a = store.node_enroll(&enroll(&p, &jt, 1, 2_000)).await.unwrap().value;
-    let other = id(ProjectId::from_random, 8);
-    let err = store.node_deregister(&other, &a.id, 3_000).await.unwrap_err();
-    assert_eq!(Error::from(err).code, ErrorCode::NotFound, "another project cannot see it");
-    let committed = store.node_deregister(&p, &a.id, 3_000).await.unwrap();
+    let err = store.node_deregister(&id(NodeId::from_random, 8), 3_000).await.unwrap_err();
+    assert_eq!(Error::from(err).code, ErrorCode::NotFound);
+    let committed = store.node_deregister(&a.id, 3_000).await.unwrap();
     let (gone, seq) = (committed.value, committed.seq.expect("deregistering appends an event"));
     assert_eq!(gone.id, a.id);
     assert_eq!(store.node_get(&a.id).await.unwrap(), None);
-    let ev = store.events_since(&p, "node.deregistered", seq - 1, 10).await.unwrap();
+    let ev = store.org_events_since(&org(), "node.deregistered", seq - 1, 10).await.unwrap();
     assert_eq!(ev.len(), 1);
     assert_eq!(ev[0].seq, seq, "the write answers its event's sequence number");
     assert_eq!(ev[0].subject, a.id.to_string());
@@ -185,15 +192,16 @@ pub(super) async fn join_token_revoke_and_list(store: Store) {
     let a = join_token(&store, &p, 1, 0, 10_000).await;
     let b = join_token(&store, &p, 2, 0, 10_000).await;
     let _expired = join_token(&store, &p, 3, 0, 1_500).await;
-    assert_eq!(store.join_token_list(&p, false, 2_000).await.unwrap().len(), 2);
-    assert_eq!(store.join_token_list(&p, true, 2_000).await.unwrap().len(), 3);
-    let revoked = store.join_token_revoke(&p, &a.id, 2_500).await.unwrap().value;
+    assert_eq!(store.join_token_list(TokenScope::Project(&p), false, 2_000).await.unwrap().len(), 2);
+    assert_eq!(store.join_token_list(TokenScope::Project(&p), true, 2_000).await.unwrap().len(), 3);
+    let revoked = store.join_token_revoke(TokenScope::Project(&p), &a.id, 2_500).await.unwrap().value;
     assert_eq!(revoked.revoked_at, Some(2_500));
-    let again = store.join_token_revoke(&p, &a.id, 2_600).await.unwrap().value;
+    let again = store.join_token_revoke(TokenScope::Project(&p), &a.id, 2_600).await.unwrap().value;
     assert_eq!(again.revoked_at, Some(2_500), "first revocation time is kept");
-    let active: Vec<_> = store.join_token_list(&p, false, 2_700).await.unwrap().into_iter().map(|t| t.id).collect();
+    let active: Vec<_> =
+        store.join_token_list(TokenScope::Project(&p), false, 2_700).await.unwrap().into_iter().map(|t| t.id).collect();
     assert_eq!(active, [b.id]);
-    let err = store.join_token_revoke(&id(ProjectId::from_random, 5), &a.id, 1).await.unwrap_err();
+    let err = store.join_token_revoke(TokenScope::Project(&id(ProjectId::from_random, 5)), &a.id, 1).await.unwrap_err();
     assert_eq!(Error::from(err).code, ErrorCode::NotFound);
     let err = store.node_enroll(&enroll(&p, &a, 1, 2_800)).await.unwrap_err();
     assert_eq!(Error::from(err).code, ErrorCode::Unauthenticated, "a revoked token enrols nothing");
@@ -202,8 +210,10 @@ pub(super) async fn join_token_revoke_and_list(store: Store) {
 pub(super) fn token(p: &ProjectId, n: u8, role: tether_types::Role, expires_at: Option<i64>) -> crate::TokenRecord {
     crate::TokenRecord {
         id: id(tether_types::TokenId::from_random, n),
-        project_id: p.clone(),
+        org_id: Some(org()),
+        project_id: Some(p.clone()),
         role,
+        org_role: None,
         description: String::new(),
         created_at: 1_000,
         expires_at,
@@ -220,18 +230,18 @@ pub(super) async fn last_admin_token_is_never_revoked(store: Store) {
     for t in [&admin, &viewer, &expired_admin] {
         let _ = store.token_record(t).await.unwrap();
     }
-    let err = store.token_revoke(&p, &admin.id, 2_000).await.unwrap_err();
+    let err = store.token_revoke(TokenScope::Project(&p), &admin.id, 2_000).await.unwrap_err();
     let err = Error::from(err);
     assert_eq!(err.code, ErrorCode::FailedPrecondition, "{err}");
     assert!(err.message.contains("last admin token"), "{err}");
     assert_eq!(store.tokens_revoked().await.unwrap(), vec![], "nothing changed");
     // Others may go; with a second admin, so may the first.
-    let _ = store.token_revoke(&p, &viewer.id, 2_000).await.unwrap();
-    let _ = store.token_revoke(&p, &expired_admin.id, 2_000).await.unwrap();
+    let _ = store.token_revoke(TokenScope::Project(&p), &viewer.id, 2_000).await.unwrap();
+    let _ = store.token_revoke(TokenScope::Project(&p), &expired_admin.id, 2_000).await.unwrap();
     let second = token(&p, 4, Role::Admin, Some(10_000));
     let _ = store.token_record(&second).await.unwrap();
-    let _ = store.token_revoke(&p, &admin.id, 2_100).await.unwrap();
-    let err = store.token_revoke(&p, &second.id, 2_200).await.unwrap_err();
+    let _ = store.token_revoke(TokenScope::Project(&p), &admin.id, 2_100).await.unwrap();
+    let err = store.token_revoke(TokenScope::Project(&p), &second.id, 2_200).await.unwrap_err();
     assert_eq!(Error::from(err).code, ErrorCode::FailedPrecondition, "now the second is the last");
 }
 

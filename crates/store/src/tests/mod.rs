@@ -110,10 +110,18 @@ async fn project(store: &Store) -> ProjectId {
     store.bootstrap(id(OrgId::from_random, 1), id(ProjectId::from_random, 2), 1_000).await.unwrap().project_id
 }
 
+/// The organisation [`project`] belongs to.
+fn org() -> OrgId {
+    id(OrgId::from_random, 1)
+}
+
+/// A project join token: its nodes are dedicated to `p`.
 async fn join_token(store: &Store, p: &ProjectId, n: u8, max_uses: u32, expires_at: i64) -> JoinToken {
     let t = JoinToken {
         id: id(JoinTokenId::from_random, n),
-        project_id: p.clone(),
+        org_id: org(),
+        project_id: Some(p.clone()),
+        pool: String::new(),
         description: "test".into(),
         labels: [("zone".to_string(), "a".to_string())].into(),
         max_uses,
@@ -129,7 +137,8 @@ async fn join_token(store: &Store, p: &ProjectId, n: u8, max_uses: u32, expires_
 fn enroll(p: &ProjectId, jt: &JoinToken, n: u8, now: i64) -> NodeEnroll {
     NodeEnroll {
         id: id(NodeId::from_random, n),
-        project_id: p.clone(),
+        org_id: org(),
+        project_id: Some(p.clone()),
         capabilities: NodeCapabilities { hostname: format!("host-{n}"), cpu_count: 4, ..Default::default() },
         labels: [("zone".to_string(), "a".to_string()), ("n".to_string(), n.to_string())].into(),
         pool: if n.is_multiple_of(2) { "even".into() } else { "odd".into() },

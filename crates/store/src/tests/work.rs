@@ -201,7 +201,7 @@ pub(super) async fn workloads_and_desired_state(store: Store) {
 
     // Desired state: version bumps, stale acks ignored, NACK kept.
     let n = store
-        .node_set_desired(&p, &node, DesiredNodeState::Draining, "maintenance", Some(9_000), 3_000)
+        .node_set_desired(&node, DesiredNodeState::Draining, "maintenance", Some(9_000), 3_000)
         .await
         .unwrap()
         .value;
