@@ -378,6 +378,25 @@ impl ControlPlane {
         }
     }
 
+    /// One number from the test's database (`SELECT ...` answering a BIGINT).
+    pub async fn sql_i64(&self, query: &str) -> i64 {
+        match &self.database_url {
+            Some(url) => {
+                let pool = sqlx::PgPool::connect(url).await.expect("connect to the test database");
+                let n: i64 = sqlx::query_scalar(query).fetch_one(&pool).await.expect(query);
+                pool.close().await;
+                n
+            }
+            None => {
+                let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(self.data_dir().join("tether.db"));
+                let pool = sqlx::SqlitePool::connect_with(opts).await.expect("open the test database");
+                let n: i64 = sqlx::query_scalar(query).fetch_one(&pool).await.expect(query);
+                pool.close().await;
+                n
+            }
+        }
+    }
+
     pub async fn placement(&self) -> PlacementServiceClient<Authed> {
         PlacementServiceClient::with_interceptor(self.channel().await, bearer(Some(&self.admin_token)))
     }
@@ -401,6 +420,25 @@ impl ControlPlane {
 
     pub async fn http_get(&self, path: &str) -> (u16, String) {
         http_get(&self.http_addr, path).await
+    }
+
+    /// GET with a bearer token; a stream (SSE) is read for `listen_ms`.
+    pub async fn http_get_as(&self, path: &str, token: &str, listen_ms: u64) -> (u16, String) {
+        use futures_util::StreamExt;
+        let resp = reqwest::Client::new()
+            .get(format!("http://{}{path}", self.http_addr))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("HTTP GET");
+        let status = resp.status().as_u16();
+        let mut body = resp.bytes_stream();
+        let mut out = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(listen_ms);
+        while let Ok(Some(Ok(chunk))) = tokio::time::timeout_at(deadline, body.next()).await {
+            out.extend_from_slice(&chunk);
+        }
+        (status, String::from_utf8_lossy(&out).into_owned())
     }
 
     pub fn log(&self) -> String {
@@ -439,6 +477,13 @@ impl Agent {
         Agent::start_in(cp, name, state_dir, extra, None, &cp.url())
     }
 
+    /// Starts an agent that enrols with `join_token` instead of the first
+    /// start's.
+    pub fn start_joining(cp: &ControlPlane, name: &str, join_token: &str, extra: &[&str]) -> Agent {
+        let state_dir = cp.dir.path().join(format!("agent-{name}"));
+        Agent::spawn(cp, name, state_dir, extra, None, &cp.url(), join_token)
+    }
+
     /// Starts the agent inside network namespace `netns` (made by the test).
     pub fn start_in_netns(cp: &ControlPlane, name: &str, netns: &str, extra: &[&str]) -> Agent {
         let state_dir = cp.dir.path().join(format!("agent-{name}"));
@@ -459,6 +504,18 @@ impl Agent {
         netns: Option<&str>,
         url: &str,
     ) -> Agent {
+        Agent::spawn(cp, name, state_dir, extra, netns, url, &cp.join_token)
+    }
+
+    fn spawn(
+        cp: &ControlPlane,
+        name: &str,
+        state_dir: PathBuf,
+        extra: &[&str],
+        netns: Option<&str>,
+        url: &str,
+        join_token: &str,
+    ) -> Agent {
         let n = std::fs::read_dir(cp.dir.path()).map(|d| d.count()).unwrap_or(0);
         let log_path = cp.dir.path().join(format!("agent-{name}-{n}.log"));
         let log = std::fs::File::create(&log_path).unwrap();
@@ -475,7 +532,7 @@ impl Agent {
             .arg("--control-plane")
             .arg(url)
             .arg("--join-token")
-            .arg(&cp.join_token)
+            .arg(join_token)
             .arg("--state-dir")
             .arg(&state_dir)
             .arg("--hostname")
@@ -557,4 +614,39 @@ pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
     let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
     (status, body)
+}
+
+/// Sends and receives raw bytes as gRPC messages.
+pub struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use bytes::Buf;
+        Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
+    }
 }

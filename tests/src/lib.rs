@@ -27,4 +27,6 @@ mod rest;
 #[cfg(test)]
 mod sdk;
 #[cfg(test)]
+mod tenancy;
+#[cfg(test)]
 mod work;

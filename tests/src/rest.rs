@@ -75,6 +75,21 @@ async fn every_annotated_rpc_answers_over_rest(backend: Backend) {
     let (s, tok) = rest.call("POST", "/v1/tokens", Some(json!({"role": "ROLE_VIEWER", "ttl": "600s"}))).await;
     assert_eq!(s, 200, "{tok}");
     let token_id = tok["tokenId"].as_str().unwrap().to_owned();
+    // A second organisation with a project and a join token, for the
+    // organisation and project calls (deleted with force at the end).
+    let (s, org) = rest.call("POST", "/v1/organizations", Some(json!({"name": "spare"}))).await;
+    assert_eq!(s, 200, "{org}");
+    let spare_org = org["organization"]["organizationId"].as_str().unwrap().to_owned();
+    let (s, prj) =
+        rest.call("POST", "/v1/projects", Some(json!({"organizationId": spare_org, "name": "spare-project"}))).await;
+    assert_eq!(s, 200, "{prj}");
+    let spare_project = prj["project"]["projectId"].as_str().unwrap().to_owned();
+    let (s, ojt) = rest.call("POST", &format!("/v1/organizations/{spare_org}/join-tokens"), Some(json!({}))).await;
+    assert_eq!(s, 200, "{ojt}");
+    assert_eq!(ojt["joinToken"]["pool"], "default");
+    let spare_join_token = ojt["joinToken"]["joinTokenId"].as_str().unwrap().to_owned();
+    let org_ids = [("organization_id", spare_org.as_str()), ("join_token_id", spare_join_token.as_str())];
+    let project_ids = [("project_id", spare_project.as_str())];
     let ids = [
         ("token_id", token_id.as_str()),
         ("node_id", node_id.as_str()),
@@ -120,16 +135,39 @@ async fn every_annotated_rpc_answers_over_rest(backend: Backend) {
             "/tether.v1.PlacementService/SuggestPlacement" => {
                 json!({"resources": {"cpuMillis": "100"}, "objective": "OBJECTIVE_COST"})
             }
+            "/tether.v1.OrganizationService/CreateOrganization" => json!({"name": "made-by-rest"}),
+            "/tether.v1.OrganizationService/UpdateOrganization" => json!({"description": "renamed by rest"}),
+            "/tether.v1.OrganizationService/GrantPool" | "/tether.v1.OrganizationService/RevokePool" => {
+                json!({"pool": "gpu", "projectId": spare_project})
+            }
+            "/tether.v1.OrganizationService/CreateOrganizationJoinToken" => json!({"pool": "gpu"}),
+            "/tether.v1.ProjectService/CreateProject" => json!({"name": "made-by-rest"}),
+            "/tether.v1.ProjectService/UpdateProject" => json!({"description": "described by rest"}),
+            "/tether.v1.ProjectService/SetProjectQuota" => json!({"quota": {"cpuMillis": "1000"}}),
             _ => return None,
         })
     };
     // Destructive calls last.
     let mut routes: Vec<_> = bridge.routes.iter().collect();
     routes.sort_by_key(|r| {
-        (r.http_method == reqwest::Method::DELETE, r.grpc_path.contains("Cancel") || r.grpc_path.contains("Revoke"))
+        (
+            r.grpc_path.ends_with("/DeleteOrganization"),
+            r.http_method == reqwest::Method::DELETE,
+            r.grpc_path.contains("Cancel") || r.grpc_path.contains("Revoke"),
+        )
     });
     for r in routes {
-        let path = fill(&r.template, &ids);
+        let mut path = if r.grpc_path.starts_with("/tether.v1.OrganizationService/") {
+            fill(&r.template, &org_ids)
+        } else if r.grpc_path.starts_with("/tether.v1.ProjectService/") {
+            fill(&r.template, &project_ids)
+        } else {
+            fill(&r.template, &ids)
+        };
+        if r.grpc_path.ends_with("/DeleteOrganization") {
+            // Its project is deleted (or gone already) with it.
+            path.push_str("?force=true");
+        }
         let method = r.http_method.as_str();
         if r.server_streaming() {
             let query = if r.grpc_path.ends_with("WatchNodes") { "?sendInitial=true" } else { "" };

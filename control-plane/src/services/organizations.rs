@@ -62,13 +62,11 @@ pub fn tenant_update(
     if let Some(n) = &name {
         validate_tenant_name(n).map_err(status)?;
     }
-    if !replace_labels && !l.is_empty() {
-        return Err(status(Error::invalid("labels are replaced as a whole: set replace_labels with them")));
-    }
+    let replace = replace_labels || !l.is_empty();
     Ok(TenantUpdate {
         name,
         description: desc.map(description).transpose()?,
-        labels: replace_labels.then(|| labels(l)).transpose()?,
+        labels: replace.then(|| labels(l)).transpose()?,
     })
 }
 

@@ -189,7 +189,14 @@ impl pb::tenancy_service_server::TenancyService for TenancyApi {
     ) -> Result<Response<pb::ListTokensResponse>, Status> {
         let who = self.app.auth.caller(&req)?;
         let p = who.in_project(Role::Admin)?;
-        let tokens = self.app.store.token_list(TokenScope::Project(p.id())).await.map_err(store_status)?;
+        let mut tokens = self.app.store.token_list(TokenScope::Project(p.id())).await.map_err(store_status)?;
+        // Those the caller manages besides: its organisation's, the platform's.
+        if who.in_org(p.org(), OrgRole::Admin).is_ok() {
+            tokens.extend(self.app.store.token_list(TokenScope::Org(p.org())).await.map_err(store_status)?);
+        }
+        if who.platform {
+            tokens.extend(self.app.store.token_list(TokenScope::Platform).await.map_err(store_status)?);
+        }
         Ok(Response::new(pb::ListTokensResponse { tokens: tokens.iter().map(token_info).collect() }))
     }
 
@@ -200,9 +207,21 @@ impl pb::tenancy_service_server::TenancyService for TenancyApi {
         let who = self.app.auth.caller(&req)?;
         let p = who.in_project(Role::Admin)?;
         let id = TokenId::parse(&req.get_ref().token_id).map_err(status)?;
-        let t = crate::ops::tenancy::token_revoke(&self.app, TokenScope::Project(p.id()), &id)
-            .await
-            .map_err(store_status)?;
+        // The project's tokens; for an org-admin also the organisation's,
+        // for the platform administrator also the platform's. Any other is
+        // not found.
+        let missing = || status(Error::not_found(format!("token {id} not found")));
+        let record = self.app.store.token_get(&id).await.map_err(store_status)?.ok_or_else(missing)?;
+        let scope = TokenScope::of(&record);
+        let allowed = match scope {
+            TokenScope::Project(tp) => tp == p.id(),
+            TokenScope::Org(o) => who.in_org(o, OrgRole::Admin).is_ok(),
+            TokenScope::Platform => who.platform,
+        };
+        if !allowed {
+            return Err(missing());
+        }
+        let t = crate::ops::tenancy::token_revoke(&self.app, scope, &id).await.map_err(store_status)?;
         Ok(Response::new(pb::RevokeTokenResponse { token: Some(token_info(&t)) }))
     }
 

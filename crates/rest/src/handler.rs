@@ -380,10 +380,69 @@ fn build_input(
         }
         set_path(&mut obj, &desc, &k, &v, true)?;
     }
+    let obj = Value::Object(obj);
+    integers_in_range(&desc, &obj, "").map_err(invalid)?;
     let opts = DeserializeOptions::new().deny_unknown_fields(true);
-    let msg = DynamicMessage::deserialize_with_options(desc.clone(), Value::Object(obj), &opts)
+    let msg = DynamicMessage::deserialize_with_options(desc.clone(), obj, &opts)
         .map_err(|e| invalid(format!("invalid {}: {e}", desc.name())))?;
     Ok(msg)
+}
+
+/// Refuses a JSON number beyond every 64-bit integer (it parses as a float)
+/// in an integer field: the decoder would saturate it (2^64 read as
+/// u64::MAX) instead of refusing it.
+fn integers_in_range(desc: &prost_reflect::MessageDescriptor, v: &Value, at: &str) -> Result<(), String> {
+    use prost_reflect::Kind;
+    let Value::Object(m) = v else { return Ok(()) };
+    for (k, v) in m {
+        let Some(f) = desc.get_field_by_json_name(k).or_else(|| desc.get_field_by_name(k)) else { continue };
+        let path = if at.is_empty() { f.name().to_owned() } else { format!("{at}.{}", f.name()) };
+        let values: Vec<&Value> = match v {
+            Value::Array(a) if f.is_list() => a.iter().collect(),
+            Value::Object(o) if f.is_map() => o.values().collect(),
+            v => vec![v],
+        };
+        let kind = if f.is_map() {
+            match f.kind() {
+                Kind::Message(entry) => entry.map_entry_value_field().kind(),
+                k => k,
+            }
+        } else {
+            f.kind()
+        };
+        for v in values {
+            match (&kind, v) {
+                (Kind::Message(inner), v) => integers_in_range(inner, v, &path)?,
+                (
+                    Kind::Int32
+                    | Kind::Int64
+                    | Kind::Uint32
+                    | Kind::Uint64
+                    | Kind::Sint32
+                    | Kind::Sint64
+                    | Kind::Fixed32
+                    | Kind::Fixed64
+                    | Kind::Sfixed32
+                    | Kind::Sfixed64,
+                    Value::Number(n),
+                ) if n.is_f64() && n.as_f64().is_some_and(|x| x.fract() == 0.0 && x.abs() >= 2f64.powi(63)) => {
+                    return Err(format!("{path}: {n} is out of range for {}", kind_name(&kind)));
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+fn kind_name(k: &prost_reflect::Kind) -> &'static str {
+    use prost_reflect::Kind;
+    match k {
+        Kind::Uint32 | Kind::Fixed32 => "uint32",
+        Kind::Uint64 | Kind::Fixed64 => "uint64",
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => "int32",
+        _ => "int64",
+    }
 }
 
 /// Parses JSON, refusing an object that names a key twice (plain parsers
@@ -542,5 +601,6 @@ mod strict_tests {
         assert!(strict_json(br#"{"a": [{"x": 1, "x": 2}]}"#).is_err());
         assert!(strict_json(br#"{"a": 1,}"#).is_err(), "still strict JSON");
         assert_eq!(strict_json(b"18446744073709551615").unwrap(), json!(u64::MAX));
+        assert!(strict_json(b"18446744073709551616").unwrap().as_u64().is_none(), "2^64 parses as a float");
     }
 }

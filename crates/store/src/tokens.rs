@@ -30,6 +30,19 @@ pub enum TokenScope<'a> {
     Project(&'a ProjectId),
     /// The organisation's own tokens (not its projects').
     Org(&'a OrgId),
+    /// The platform administrators' tokens.
+    Platform,
+}
+
+impl TokenScope<'_> {
+    /// The scope a token record is in.
+    pub fn of(t: &TokenRecord) -> TokenScope<'_> {
+        match (&t.project_id, &t.org_id) {
+            (Some(p), _) => TokenScope::Project(p),
+            (None, Some(o)) => TokenScope::Org(o),
+            (None, None) => TokenScope::Platform,
+        }
+    }
 }
 
 fn token_from_row(r: &impl Get) -> Result<TokenRecord> {
@@ -73,6 +86,8 @@ fn scope_clause(scope: TokenScope<'_>, n: u32) -> (String, String) {
     match scope {
         TokenScope::Project(p) => (format!("project_id = ${n}"), p.to_string()),
         TokenScope::Org(o) => (format!("org_id = ${n} AND project_id IS NULL"), o.to_string()),
+        // Bound but unused by the condition, so that every scope takes one bind.
+        TokenScope::Platform => (format!("org_id IS NULL AND project_id IS NULL AND ${n} = ''"), String::new()),
     }
 }
 
@@ -117,11 +132,23 @@ impl Store {
         })
     }
 
+    pub async fn token_get(&self, id: &TokenId) -> Result<Option<TokenRecord>> {
+        on_read!(self, |pool| {
+            sqlx::query(&format!("SELECT {TOKEN_COLS} FROM tokens WHERE id = $1"))
+                .bind(id.as_str())
+                .fetch_optional(pool)
+                .await?
+                .as_ref()
+                .map(token_from_row)
+                .transpose()
+        })
+    }
+
     /// Revokes a token of `scope`. Refused (FAILED_PRECONDITION, nothing
-    /// changed) when it is a project's live admin token and no other live
-    /// admin token of the project would remain: a project is never locked
-    /// out of its own administration (its organisation's admins, or
-    /// `tether-control-plane admin-token` offline, can mint another).
+    /// changed) when it is a live admin token of a project, or a platform
+    /// token, and no other live one of its kind would remain: nobody is
+    /// locked out of administration (`tether-control-plane admin-token`
+    /// mints a platform token offline).
     pub async fn token_revoke(
         &self,
         scope: TokenScope<'_>,
@@ -130,23 +157,24 @@ impl Store {
     ) -> Result<Committed<TokenRecord>> {
         let (clause, value) = scope_clause(scope, 2);
         in_tx_committed!(self, |tx| {
-            if let TokenScope::Project(project) = scope {
-                // Live admin tokens of the project: is the target one, and
-                // how many others are there.
-                let (target, others): (i64, i64) = sqlx::query_as(
+            if matches!(scope, TokenScope::Project(_) | TokenScope::Platform) {
+                // Live admin tokens of the scope: is the target one, and how
+                // many others are there.
+                let (target, others): (i64, i64) = sqlx::query_as(&format!(
                     "SELECT COALESCE(SUM(CASE WHEN id = $1 THEN 1 ELSE 0 END), 0),
                             COALESCE(SUM(CASE WHEN id <> $1 THEN 1 ELSE 0 END), 0)
-                     FROM tokens WHERE project_id = $3 AND revoked_at IS NULL AND role = 'admin'
-                       AND (expires_at IS NULL OR expires_at > $2)",
-                )
+                     FROM tokens WHERE {clause} AND revoked_at IS NULL AND role = 'admin'
+                       AND (expires_at IS NULL OR expires_at > $3)"
+                ))
                 .bind(id.as_str())
+                .bind(&value)
                 .bind(now)
-                .bind(project.as_str())
                 .fetch_one(&mut *tx)
                 .await?;
                 if target > 0 && others == 0 {
+                    let whose = if scope == TokenScope::Platform { "platform's" } else { "project's" };
                     return Err(Error::precondition(format!(
-                        "token {id} is the project's last admin token: revoking it would lock the project out; \
+                        "token {id} is the {whose} last admin token: revoking it would lock it out; \
                          mint another admin token first (or, on the control plane's host, \
                          `tether-control-plane admin-token`)"
                     ))
