@@ -35,19 +35,36 @@ pub use tether::v1 as pb;
 /// call (or nothing, without a token). Shared by the agent, the CLI, the load
 /// generator and the tests.
 #[derive(Clone, Debug)]
-pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+pub struct Bearer {
+    token: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    project: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+}
 
 impl Bearer {
     /// Fails when the token holds characters a header cannot carry.
     pub fn new(token: Option<&str>) -> Result<Self, tonic::metadata::errors::InvalidMetadataValue> {
-        token.map(|t| format!("Bearer {}", t.trim()).parse()).transpose().map(Bearer)
+        let token = token.map(|t| format!("Bearer {}", t.trim()).parse()).transpose()?;
+        Ok(Bearer { token, project: None })
+    }
+
+    /// Names the project an organisation or platform token acts on
+    /// (`x-tether-project`).
+    pub fn with_project(
+        mut self,
+        project: Option<&str>,
+    ) -> Result<Self, tonic::metadata::errors::InvalidMetadataValue> {
+        self.project = project.map(|p| p.trim().parse()).transpose()?;
+        Ok(self)
     }
 }
 
 impl tonic::service::Interceptor for Bearer {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(v) = &self.0 {
+        if let Some(v) = &self.token {
             req.metadata_mut().insert("authorization", v.clone());
+        }
+        if let Some(v) = &self.project {
+            req.metadata_mut().insert("x-tether-project", v.clone());
         }
         Ok(req)
     }

@@ -6,6 +6,7 @@ mod nodes;
 mod output;
 mod placement;
 mod spec;
+mod tenants;
 mod tokens;
 mod workloads;
 
@@ -15,7 +16,9 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use tether_proto::pb::job_service_client::JobServiceClient;
 use tether_proto::pb::node_service_client::NodeServiceClient;
+use tether_proto::pb::organization_service_client::OrganizationServiceClient;
 use tether_proto::pb::placement_service_client::PlacementServiceClient;
+use tether_proto::pb::project_service_client::ProjectServiceClient;
 use tether_proto::pb::tenancy_service_client::TenancyServiceClient;
 use tether_proto::pb::workload_service_client::WorkloadServiceClient;
 use tether_proto::{Bearer, pb};
@@ -26,6 +29,7 @@ use jobs::JobsCmd;
 use nodes::NodesCmd;
 use output::{Format, Out};
 use placement::PlacementCmd;
+use tenants::{OrgsCmd, ProjectsCmd};
 use tokens::{JoinTokensCmd, TokensCmd};
 use workloads::WorkloadsCmd;
 
@@ -42,6 +46,10 @@ struct Cli {
     /// File holding the token (e.g. tether-data/admin.token).
     #[arg(long, global = true, env = "TETHER_TOKEN_FILE")]
     token_file: Option<PathBuf>,
+    /// The project an organisation or platform token acts on (a project's
+    /// own token needs none).
+    #[arg(long, global = true, env = "TETHER_PROJECT")]
+    project: Option<String>,
     /// Output format.
     #[arg(short, long, global = true, value_enum, default_value_t = Format::Table)]
     output: Format,
@@ -69,6 +77,12 @@ enum Cmd {
     /// Scheduler dry runs.
     #[command(subcommand)]
     Placement(PlacementCmd),
+    /// Organisations, their pool grants and join tokens.
+    #[command(subcommand)]
+    Orgs(OrgsCmd),
+    /// Projects and their quotas.
+    #[command(subcommand)]
+    Projects(ProjectsCmd),
     /// Show the caller's credential.
     Whoami,
 }
@@ -95,6 +109,12 @@ impl Clients {
     }
     fn placement(&self) -> PlacementServiceClient<Svc> {
         PlacementServiceClient::with_interceptor(self.channel.clone(), self.bearer.clone())
+    }
+    fn orgs(&self) -> OrganizationServiceClient<Svc> {
+        OrganizationServiceClient::with_interceptor(self.channel.clone(), self.bearer.clone())
+    }
+    fn projects(&self) -> ProjectServiceClient<Svc> {
+        ProjectServiceClient::with_interceptor(self.channel.clone(), self.bearer.clone())
     }
 }
 
@@ -138,7 +158,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         (None, None) => None,
     };
     let bearer = Bearer::new(token.as_deref())
-        .map_err(|_| anyhow::anyhow!("the token contains characters that cannot be sent"))?;
+        .map_err(|_| anyhow::anyhow!("the token contains characters that cannot be sent"))?
+        .with_project(cli.project.as_deref())
+        .map_err(|_| anyhow::anyhow!("--project contains characters that cannot be sent"))?;
     let channel = Channel::from_shared(cli.addr.clone())
         .map_err(|e| anyhow::anyhow!("invalid --addr {:?}: {e}", cli.addr))?
         .connect_timeout(Duration::from_secs(5))
@@ -154,6 +176,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Tokens(cmd) => tokens::tokens(&c, &out, cmd).await,
         Cmd::JoinTokens(cmd) => tokens::join_tokens(&c, &out, cmd).await,
         Cmd::Placement(cmd) => placement::run(&c, &out, cmd).await,
+        Cmd::Orgs(cmd) => tenants::orgs(&c, &out, cmd).await,
+        Cmd::Projects(cmd) => tenants::projects(&c, &out, cmd).await,
         Cmd::Whoami => {
             let r = c.tenancy().who_am_i(pb::WhoAmIRequest {}).await?.into_inner();
             out.whoami(&r);

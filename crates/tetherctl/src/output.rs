@@ -71,6 +71,21 @@ fn short<E: std::fmt::Debug>(e: Result<E, prost::UnknownEnumValue>) -> String {
     }
 }
 
+fn quota(q: Option<&pb::Quota>) -> String {
+    let q = q.copied().unwrap_or_default();
+    let one = |what: &str, v: Option<u64>, unit: &str| v.map(|v| format!("{what}={v}{unit}"));
+    let parts: Vec<String> = [
+        one("cpu", q.cpu_millis, "m"),
+        one("mem", q.memory_mb, "MB"),
+        one("gpus", q.gpus, ""),
+        one("allocations", q.allocations, ""),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if parts.is_empty() { "unlimited".into() } else { parts.join(" ") }
+}
+
 fn table(headers: &[&str], rows: Vec<Vec<String>>) {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for r in &rows {
@@ -104,7 +119,10 @@ fn labels(l: &std::collections::HashMap<String, String>) -> String {
 /// The resource ids in a response: `*Id` fields of the message, or of each
 /// item of its first list.
 fn ids(v: &serde_json::Value) -> Vec<String> {
-    const KEYS: [&str; 6] = ["nodeId", "jobId", "workloadId", "tokenId", "joinTokenId", "allocationId"];
+    // In order: an object's first key found is its id (a job's jobId, not
+    // its projectId).
+    const KEYS: [&str; 8] =
+        ["nodeId", "jobId", "workloadId", "tokenId", "joinTokenId", "allocationId", "projectId", "organizationId"];
     let own = |o: &serde_json::Map<String, serde_json::Value>| {
         KEYS.iter().find_map(|k| o.get(*k).and_then(|v| v.as_str()).map(str::to_owned))
     };
@@ -373,6 +391,63 @@ impl Out {
                     .collect(),
             );
         }
+    }
+
+    pub fn orgs(&self, r: &pb::ListOrganizationsResponse) {
+        if self.json(r, "tether.v1.ListOrganizationsResponse") {
+            return;
+        }
+        table(
+            &["ORGANIZATION", "NAME", "CREATED", "DESCRIPTION"],
+            r.organizations
+                .iter()
+                .map(|o| vec![o.organization_id.clone(), o.name.clone(), ts(&o.created_at), o.description.clone()])
+                .collect(),
+        );
+    }
+
+    pub fn grants(&self, r: &pb::ListPoolGrantsResponse) {
+        if self.json(r, "tether.v1.ListPoolGrantsResponse") {
+            return;
+        }
+        table(
+            &["POOL", "PROJECT", "GRANTED"],
+            r.grants.iter().map(|g| vec![g.pool.clone(), g.project_id.clone(), ts(&g.created_at)]).collect(),
+        );
+    }
+
+    pub fn projects(&self, r: &pb::ListProjectsResponse) {
+        if self.json(r, "tether.v1.ListProjectsResponse") {
+            return;
+        }
+        table(
+            &["PROJECT", "ORGANIZATION", "NAME", "POOLS", "QUOTA"],
+            r.projects
+                .iter()
+                .map(|p| {
+                    vec![
+                        p.project_id.clone(),
+                        p.organization_id.clone(),
+                        p.name.clone(),
+                        p.pools.join(","),
+                        quota(p.quota.as_ref()),
+                    ]
+                })
+                .collect(),
+        );
+    }
+
+    pub fn project(&self, r: &pb::GetProjectResponse) {
+        if self.json(r, "tether.v1.GetProjectResponse") {
+            return;
+        }
+        let p = r.project.clone().unwrap_or_default();
+        let u = r.usage.unwrap_or_default();
+        println!("project:  {} ({})", p.project_id, p.name);
+        println!("org:      {}", p.organization_id);
+        println!("pools:    {}", p.pools.join(","));
+        println!("quota:    {}", quota(p.quota.as_ref()));
+        println!("in use:   cpu={}m mem={}MB gpus={} allocations={}", u.cpu_millis, u.memory_mb, u.gpus, u.allocations);
     }
 
     pub fn created_token(&self, r: &pb::CreateTokenResponse) {
