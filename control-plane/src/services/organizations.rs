@@ -195,20 +195,21 @@ impl pb::organization_service_server::OrganizationService for OrganizationApi {
     async fn create_organization_join_token(
         &self,
         req: Request<pb::CreateOrganizationJoinTokenRequest>,
-    ) -> Result<Response<pb::CreateJoinTokenResponse>, Status> {
+    ) -> Result<Response<pb::CreateOrganizationJoinTokenResponse>, Status> {
         let who = self.app.auth.caller(&req)?;
         let org = self.org(&who, &req.get_ref().organization_id, OrgRole::Admin)?;
         let req = req.into_inner();
         let pool = if req.pool.is_empty() { DEFAULT_POOL.to_owned() } else { pool_name(&req.pool)? };
         let ask =
             JoinTokenAsk { ttl: req.ttl, max_uses: req.max_uses, labels: req.labels, description: req.description };
-        Ok(Response::new(create_join_token(&self.app, org, None, pool, ask).await?))
+        let out = create_join_token(&self.app, org, None, pool, ask).await?;
+        Ok(Response::new(pb::CreateOrganizationJoinTokenResponse { join_token: out.join_token, token: out.token }))
     }
 
     async fn list_organization_join_tokens(
         &self,
         req: Request<pb::ListOrganizationJoinTokensRequest>,
-    ) -> Result<Response<pb::ListJoinTokensResponse>, Status> {
+    ) -> Result<Response<pb::ListOrganizationJoinTokensResponse>, Status> {
         let who = self.app.auth.caller(&req)?;
         let org = self.org(&who, &req.get_ref().organization_id, OrgRole::Admin)?;
         let tokens = self
@@ -217,19 +218,21 @@ impl pb::organization_service_server::OrganizationService for OrganizationApi {
             .join_token_list(TokenScope::Org(&org), req.get_ref().include_inactive, now_ms())
             .await
             .map_err(store_status)?;
-        Ok(Response::new(pb::ListJoinTokensResponse { join_tokens: tokens.iter().map(JoinToken::to_pb).collect() }))
+        Ok(Response::new(pb::ListOrganizationJoinTokensResponse {
+            join_tokens: tokens.iter().map(JoinToken::to_pb).collect(),
+        }))
     }
 
     async fn revoke_organization_join_token(
         &self,
         req: Request<pb::RevokeOrganizationJoinTokenRequest>,
-    ) -> Result<Response<pb::RevokeJoinTokenResponse>, Status> {
+    ) -> Result<Response<pb::RevokeOrganizationJoinTokenResponse>, Status> {
         let who = self.app.auth.caller(&req)?;
         let org = self.org(&who, &req.get_ref().organization_id, OrgRole::Admin)?;
         let id = JoinTokenId::parse(&req.get_ref().join_token_id).map_err(status)?;
         let t = crate::ops::tenancy::join_token_revoke(&self.app, TokenScope::Org(&org), &id)
             .await
             .map_err(store_status)?;
-        Ok(Response::new(pb::RevokeJoinTokenResponse { join_token: Some(t.to_pb()) }))
+        Ok(Response::new(pb::RevokeOrganizationJoinTokenResponse { join_token: Some(t.to_pb()) }))
     }
 }

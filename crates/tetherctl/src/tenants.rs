@@ -158,6 +158,7 @@ pub(crate) async fn orgs(c: &Clients, out: &Out, cmd: OrgsCmd) -> anyhow::Result
                 })
                 .await?
                 .into_inner();
+            let r = pb::CreateJoinTokenResponse { join_token: r.join_token, token: r.token };
             out.created_join_token(&r);
         }
     }
