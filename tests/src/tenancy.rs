@@ -14,7 +14,11 @@ use tonic::Code;
 
 use crate::harness::*;
 
-both_backends!(every_rpc_keeps_tenants_apart_and_asks_its_role, quota_holds_work_until_there_is_room);
+both_backends!(
+    every_rpc_keeps_tenants_apart_and_asks_its_role,
+    quota_holds_work_until_there_is_room,
+    attenuated_tokens_only_narrow,
+);
 
 /// Calls any RPC by name with a JSON body, through its descriptor.
 struct Dyn {
@@ -628,4 +632,48 @@ async fn quota_holds_work_until_there_is_room(backend: Backend) {
         (status(third.clone()).await["status"] == "JOB_STATUS_SUCCEEDED").then_some(())
     })
     .await;
+}
+
+/// `tetherctl tokens attenuate` narrows a token offline; the control plane
+/// honours the narrower role and expiry, a wider caveat changes nothing, and
+/// revoking the original stops every copy at once.
+async fn attenuated_tokens_only_narrow(backend: Backend) {
+    let cp = ControlPlane::start(backend).await;
+    let d = Dyn::new(&cp).await;
+    let platform = As { token: cp.admin_token.clone(), project: None };
+    // An operator token: the project's last admin token could not be revoked below.
+    let t =
+        d.ok("tether.v1.TenancyService/CreateToken", &platform, json!({"role": "ROLE_OPERATOR", "ttl": "3600s"})).await;
+    let (admin, admin_id) = (t["token"].as_str().unwrap().to_owned(), t["tokenId"].as_str().unwrap().to_owned());
+    let attenuate = |token: String, args: &'static [&'static str]| async move {
+        let out = tokio::process::Command::new(bin_dir().join("tetherctl"))
+            .args(["--token", &token, "tokens", "attenuate"])
+            .args(args)
+            .output()
+            .await
+            .unwrap();
+        assert!(out.status.success(), "attenuate: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let viewer = attenuate(admin.clone(), &["--role", "viewer", "--ttl", "10m"]).await;
+    let as_viewer = As { token: viewer.clone(), project: None };
+    let me = d.ok("tether.v1.TenancyService/WhoAmI", &as_viewer, json!({})).await;
+    assert_eq!(me["role"], "ROLE_VIEWER", "{me}");
+    assert_eq!(me["tokenId"], admin_id.as_str(), "the same token, narrowed");
+    assert!(me["expiresAt"].as_str().unwrap() < t["expiresAt"].as_str().unwrap(), "{me} expires before {t}");
+    d.ok("tether.v1.JobService/ListJobs", &as_viewer, json!({})).await;
+    let spec = json!({"spec": {"exec": {"command": "/bin/true"}}});
+    let err = d.call("tether.v1.JobService/SubmitJob", &as_viewer, &spec, Duration::ZERO).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    // A wider role on top narrows nothing back.
+    let wider = As { token: attenuate(viewer, &["--role", "admin"]).await, project: None };
+    assert_eq!(d.ok("tether.v1.TenancyService/WhoAmI", &wider, json!({})).await["role"], "ROLE_VIEWER");
+    let err = d.call("tether.v1.JobService/SubmitJob", &wider, &spec, Duration::ZERO).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    // Revoking the original stops its narrowed copies at once.
+    d.ok("tether.v1.TenancyService/RevokeToken", &platform, json!({"tokenId": admin_id})).await;
+    for who in [&as_viewer, &wider] {
+        let err = d.call("tether.v1.JobService/ListJobs", who, &json!({}), Duration::ZERO).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    }
 }

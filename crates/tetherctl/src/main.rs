@@ -157,6 +157,11 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         ),
         (None, None) => None,
     };
+    if let Cmd::Tokens(TokensCmd::Attenuate { ttl, role }) = &cli.cmd {
+        let token = token.ok_or_else(|| anyhow::anyhow!("pass the token to narrow with --token or --token-file"))?;
+        println!("{}", tokens::attenuate(&token, *ttl, *role)?);
+        return Ok(0);
+    }
     let bearer = Bearer::new(token.as_deref())
         .map_err(|_| anyhow::anyhow!("the token contains characters that cannot be sent"))?
         .with_project(cli.project.as_deref())
