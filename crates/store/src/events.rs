@@ -84,45 +84,42 @@ impl Store {
         after: i64,
         limit: u32,
     ) -> Result<Vec<Event>> {
-        let pattern = format!("{}%", kind_prefix.replace('%', "").replace('_', "\\_"));
-        on_read!(self, |pool| {
-            sqlx::query(
-                "SELECT seq, at, org_id, project_id, kind, subject, payload FROM events
-                 WHERE project_id = $1 AND seq > $2 AND kind LIKE $3 ESCAPE '\\'
-                 ORDER BY seq LIMIT $4",
-            )
-            .bind(project.as_str())
-            .bind(after)
-            .bind(&pattern)
-            .bind(i64::from(limit))
-            .fetch_all(pool)
-            .await?
-            .iter()
-            .map(event_from_row)
-            .collect()
-        })
+        self.events_where("project_id", project.as_str(), kind_prefix, after, limit).await
     }
 
     /// Events after `after` (exclusive) about one organisation (its own and
     /// its projects') whose kind starts with `kind_prefix`, oldest first, at
     /// most `limit`.
     pub async fn org_events_since(&self, org: &OrgId, kind_prefix: &str, after: i64, limit: u32) -> Result<Vec<Event>> {
+        self.events_where("org_id", org.as_str(), kind_prefix, after, limit).await
+    }
+
+    /// Events whose `column` (a fixed column name, never input) is `owner`.
+    async fn events_where(
+        &self,
+        column: &'static str,
+        owner: &str,
+        kind_prefix: &str,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<Event>> {
         let pattern = format!("{}%", kind_prefix.replace('%', "").replace('_', "\\_"));
+        let sql = format!(
+            "SELECT seq, at, org_id, project_id, kind, subject, payload FROM events
+             WHERE {column} = $1 AND seq > $2 AND kind LIKE $3 ESCAPE '\\'
+             ORDER BY seq LIMIT $4"
+        );
         on_read!(self, |pool| {
-            sqlx::query(
-                "SELECT seq, at, org_id, project_id, kind, subject, payload FROM events
-                 WHERE org_id = $1 AND seq > $2 AND kind LIKE $3 ESCAPE '\\'
-                 ORDER BY seq LIMIT $4",
-            )
-            .bind(org.as_str())
-            .bind(after)
-            .bind(&pattern)
-            .bind(i64::from(limit))
-            .fetch_all(pool)
-            .await?
-            .iter()
-            .map(event_from_row)
-            .collect()
+            sqlx::query(&sql)
+                .bind(owner)
+                .bind(after)
+                .bind(&pattern)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(event_from_row)
+                .collect()
         })
     }
 

@@ -12,6 +12,23 @@ const NODE_COLS: &str =
      registered_at, status_changed_at, last_seen_at, session_generation, join_token_id, desired_state_reason,
      acked_desired_state_version, desired_state_nack, drain_deadline";
 
+/// Appends an event about a node (its last record as the payload), with its
+/// organisation and the project it is dedicated to, if any.
+macro_rules! append_node_event {
+    ($tx:expr, $at:expr, $kind:expr, $node:expr) => {{
+        let n: &Node = $node;
+        append_event!(
+            $tx,
+            $at,
+            Some(n.org_id.as_str()),
+            n.project_id.as_ref().map(ProjectId::as_str),
+            $kind,
+            n.id.as_str(),
+            to_json(n)
+        )
+    }};
+}
+
 /// An opened session's node and the events its opening appended (kind, seq).
 pub type OpenedSession = (Node, Vec<(String, i64)>);
 
@@ -170,15 +187,7 @@ impl Store {
             .bind(&e.public_key)
             .execute(&mut *tx)
             .await?;
-            append_event!(
-                tx,
-                e.now,
-                Some(node.org_id.as_str()),
-                node.project_id.as_ref().map(ProjectId::as_str),
-                "node.registered",
-                node.id.as_str(),
-                to_json(&node)
-            );
+            append_node_event!(tx, e.now, "node.registered", &node);
             Ok(node.clone())
         });
         self.node_changed();
@@ -365,15 +374,12 @@ impl Store {
                         continue;
                     };
                     let mut events = Vec::new();
-                    let org = Some(node.org_id.as_str());
-                    let project = node.project_id.as_ref().map(ProjectId::as_str);
                     if o.capabilities.is_some_and(|c| *c != b.capabilities) {
-                        let seq = append_event!(tx, now, org, project, "node.updated", o.id.as_str(), to_json(&node));
+                        let seq = append_node_event!(tx, now, "node.updated", &node);
                         events.push(("node.updated".to_owned(), seq));
                     }
                     if b.status != NodeStatus::Ready {
-                        let seq =
-                            append_event!(tx, now, org, project, "node.status_changed", o.id.as_str(), to_json(&node));
+                        let seq = append_node_event!(tx, now, "node.status_changed", &node);
                         events.push(("node.status_changed".to_owned(), seq));
                     }
                     answered[i] = Some(Ok((node, events)));
@@ -412,15 +418,7 @@ impl Store {
                 .await?;
                 if let Some(row) = row {
                     let node = node_from_row(&row)?;
-                    let seq = append_event!(
-                        tx,
-                        c.at,
-                        Some(node.org_id.as_str()),
-                        node.project_id.as_ref().map(ProjectId::as_str),
-                        "node.status_changed",
-                        node.id.as_str(),
-                        to_json(&node)
-                    );
+                    let seq = append_node_event!(tx, c.at, "node.status_changed", &node);
                     out.push((node, seq));
                 }
             }
@@ -484,15 +482,7 @@ impl Store {
             .await?
             .ok_or_else(|| Error::not_found(format!("node {id} not found")))?;
             let node = node_from_row(&row)?;
-            append_event!(
-                tx,
-                now,
-                Some(node.org_id.as_str()),
-                node.project_id.as_ref().map(ProjectId::as_str),
-                "node.desired_state_changed",
-                id.as_str(),
-                to_json(&node)
-            );
+            append_node_event!(tx, now, "node.desired_state_changed", &node);
             Ok(node)
         });
         self.node_changed();
@@ -524,15 +514,7 @@ impl Store {
             let Some(row) = row else { return Ok(None) };
             let node = node_from_row(&row)?;
             let kind = if accepted { "node.desired_state_acked" } else { "node.desired_state_rejected" };
-            append_event!(
-                tx,
-                now,
-                Some(node.org_id.as_str()),
-                node.project_id.as_ref().map(ProjectId::as_str),
-                kind,
-                id.as_str(),
-                to_json(&node)
-            );
+            append_node_event!(tx, now, kind, &node);
             Ok(Some(node))
         });
         self.node_changed();
@@ -542,15 +524,7 @@ impl Store {
     /// Appends an event about a node without changing it (e.g. `node.drain_completed`).
     pub async fn node_event(&self, node: &Node, kind: &str, now: UnixMillis) -> Result<Committed<()>> {
         in_tx_committed!(self, |tx| {
-            append_event!(
-                tx,
-                now,
-                Some(node.org_id.as_str()),
-                node.project_id.as_ref().map(ProjectId::as_str),
-                kind,
-                node.id.as_str(),
-                to_json(node)
-            );
+            append_node_event!(tx, now, kind, &node);
             Ok(())
         })
     }
@@ -564,15 +538,7 @@ impl Store {
                 .await?
                 .ok_or_else(|| Error::not_found(format!("node {id} not found")))?;
             let node = node_from_row(&row)?;
-            append_event!(
-                tx,
-                now,
-                Some(node.org_id.as_str()),
-                node.project_id.as_ref().map(ProjectId::as_str),
-                "node.deregistered",
-                id.as_str(),
-                to_json(&node)
-            );
+            append_node_event!(tx, now, "node.deregistered", &node);
             Ok(node)
         });
         self.node_changed();

@@ -98,6 +98,11 @@ fn exists(what: &str, name: &str) -> crate::StoreError {
     Error::new(ErrorCode::AlreadyExists, format!("{what} {name:?} already exists")).into()
 }
 
+/// What a project still has (see [`ProjectWork`]), after `SELECT`.
+const PROJECT_JOBS: &str = "FROM jobs WHERE project_id = $1 AND status IN ('pending', 'scheduled', 'running')";
+const PROJECT_WORKLOADS: &str = "FROM workloads WHERE project_id = $1";
+const PROJECT_NODES: &str = "FROM nodes WHERE project_id = $1";
+
 /// An i64 column for a quota (values past i64::MAX are stored as the max).
 fn q(v: Option<u64>) -> Option<i64> {
     v.map(|v| i64::try_from(v).unwrap_or(i64::MAX))
@@ -457,13 +462,11 @@ impl Store {
     /// What a project still has: unfinished jobs, workloads, dedicated nodes.
     pub async fn project_work(&self, id: &ProjectId) -> Result<ProjectWork> {
         on_read!(self, |pool| {
-            let ids = |sql: &'static str| sqlx::query_scalar::<_, String>(sql).bind(id.as_str());
-            let jobs =
-                ids("SELECT id FROM jobs WHERE project_id = $1 AND status IN ('pending', 'scheduled', 'running')")
-                    .fetch_all(pool)
-                    .await?;
-            let workloads = ids("SELECT id FROM workloads WHERE project_id = $1").fetch_all(pool).await?;
-            let nodes = ids("SELECT id FROM nodes WHERE project_id = $1").fetch_all(pool).await?;
+            let mut found: [Vec<String>; 3] = Default::default();
+            for (ids, what) in found.iter_mut().zip([PROJECT_JOBS, PROJECT_WORKLOADS, PROJECT_NODES]) {
+                *ids = sqlx::query_scalar(&format!("SELECT id {what}")).bind(id.as_str()).fetch_all(pool).await?;
+            }
+            let [jobs, workloads, nodes] = found;
             Ok(ProjectWork {
                 jobs: jobs.into_iter().map(JobId::from_trusted).collect(),
                 workloads: workloads.into_iter().map(WorkloadId::from_trusted).collect(),
@@ -492,20 +495,14 @@ impl Store {
                 .await?
                 .ok_or_else(|| Error::not_found(format!("project {id} not found")))?;
             let p = project_from_row(&row)?;
-            let jobs: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM jobs WHERE project_id = $1 AND status IN ('pending', 'scheduled', 'running')",
-            )
-            .bind(id.as_str())
-            .fetch_one(&mut *tx)
-            .await?;
-            let workloads: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM workloads WHERE project_id = $1")
-                .bind(id.as_str())
-                .fetch_one(&mut *tx)
-                .await?;
-            let nodes: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM nodes WHERE project_id = $1")
-                .bind(id.as_str())
-                .fetch_one(&mut *tx)
-                .await?;
+            let mut counts = [0i64; 3];
+            for (n, what) in counts.iter_mut().zip([PROJECT_JOBS, PROJECT_WORKLOADS, PROJECT_NODES]) {
+                *n = sqlx::query_scalar(&format!("SELECT COUNT(*) {what}"))
+                    .bind(id.as_str())
+                    .fetch_one(&mut *tx)
+                    .await?;
+            }
+            let [jobs, workloads, nodes] = counts;
             if jobs > 0 || workloads > 0 || nodes > 0 {
                 return Err(Error::precondition(format!(
                     "project {id} still has {jobs} unfinished job(s), {workloads} workload(s) and {nodes} dedicated \
