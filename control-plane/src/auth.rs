@@ -11,8 +11,8 @@
 
 use std::sync::Arc;
 
-use tether_auth::{Caveat, Claims, CredentialKind, Macaroon, RootKey};
-use tether_types::{Error, NodeId, NodePlace, OrgId, OrgRole, ProjectAccess, ProjectId, Role, TokenId};
+use tether_auth::{Caveat, Claims, CredentialKind, KeyRing, Macaroon, RootKey};
+use tether_types::{Error, NodeId, NodePlace, OrgId, OrgRole, ProjectAccess, ProjectId, Role, TokenId, WorkloadId};
 use tonic::Request;
 
 use crate::clock::now_ms;
@@ -23,12 +23,67 @@ use crate::tenants::{TenantCache, TenantView};
 /// platform token acts on.
 pub const PROJECT_HEADER: &str = "x-tether-project";
 
+/// The RPC a request is for (`/tether.v1.Service/Method`), put in the
+/// request's extensions by the edge layer.
+#[derive(Debug, Clone)]
+pub struct Rpc(pub Arc<str>);
+
+/// The RPCs a token confined to one node may call.
+const NODE_RPCS: [&str; 7] = [
+    "/tether.v1.NodeService/ListNodes",
+    "/tether.v1.NodeService/GetNode",
+    "/tether.v1.NodeService/WatchNodes",
+    "/tether.v1.NodeService/SetDesiredState",
+    "/tether.v1.NodeService/DeregisterNode",
+    "/tether.v1.TenancyService/WhoAmI",
+    "/tether.v1.TenancyService/VerifyToken",
+];
+
+/// The RPCs a token confined to one workload may call.
+const WORKLOAD_RPCS: [&str; 7] = [
+    "/tether.v1.WorkloadService/GetWorkload",
+    "/tether.v1.WorkloadService/ListWorkloads",
+    "/tether.v1.WorkloadService/UpdateWorkload",
+    "/tether.v1.WorkloadService/ScaleWorkload",
+    "/tether.v1.WorkloadService/DeleteWorkload",
+    "/tether.v1.TenancyService/WhoAmI",
+    "/tether.v1.TenancyService/VerifyToken",
+];
+
+/// Refuses an RPC that a confining caveat (read-only, one node, one
+/// workload) rules out, before anything is looked up.
+fn confine<T>(claims: &Claims, req: &Request<T>) -> Result<(), tonic::Status> {
+    if !claims.read_only && claims.node.is_none() && claims.workload.is_none() {
+        return Ok(());
+    }
+    // Fail closed: a request that did not come through the edge is refused.
+    let rpc = req.extensions().get::<Rpc>().map(|r| r.0.clone()).unwrap_or_else(|| Arc::from(""));
+    let refuse = |why: String| Err(status(Error::permission_denied(why)));
+    if claims.read_only && !tether_proto::rules::read_only_methods().contains(rpc.as_ref()) {
+        return refuse(format!("the token is read-only; {rpc} changes state"));
+    }
+    if let Some(n) = &claims.node
+        && !NODE_RPCS.contains(&rpc.as_ref())
+    {
+        return refuse(format!("the token is confined to node {n}; {rpc} is not about a node"));
+    }
+    if let Some(w) = &claims.workload
+        && !WORKLOAD_RPCS.contains(&rpc.as_ref())
+    {
+        return refuse(format!("the token is confined to workload {w}; {rpc} is not about that workload"));
+    }
+    Ok(())
+}
+
 /// The authenticated caller of an operator RPC, resolved against the
 /// tenancy records.
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub claims: Claims,
-    /// Every organisation: the platform administrator.
+    /// The token spans every organisation (a platform token, perhaps
+    /// narrowed to a lower role).
+    pub all_orgs: bool,
+    /// The platform administrator: every organisation, with every power.
     pub platform: bool,
     /// The project the call acts on, with the caller's role in it.
     pub project: Option<InProject>,
@@ -88,7 +143,7 @@ impl Caller {
     /// Whether `org` is in the caller's scope at all (else it is NOT_FOUND
     /// to them): any for the platform, the token's or its project's own.
     pub fn sees_org(&self, org: &OrgId) -> bool {
-        self.platform || self.org_id() == Some(org)
+        self.all_orgs || self.org_id() == Some(org)
     }
 
     /// At least `need` over `org`. NOT_FOUND when the organisation is not
@@ -97,7 +152,7 @@ impl Caller {
         if !self.sees_org(org) {
             return Err(status(Error::not_found(format!("organisation {org} not found"))));
         }
-        if self.platform || self.org_role.is_some_and(|r| r >= need) {
+        if self.org_role.is_some_and(|r| r >= need) {
             return Ok(());
         }
         Err(denied(need.as_str(), self.have()))
@@ -118,16 +173,25 @@ impl Caller {
     /// Whether the caller may see a node: as a project that may use it, or
     /// over its organisation.
     pub fn sees_node(&self, n: NodePlace<'_>) -> bool {
+        if self.claims.node.as_ref().is_some_and(|only| only != n.id) {
+            return false;
+        }
         self.platform
             || self.project.as_ref().is_some_and(|p| p.access.may_use(n))
-            || (self.org_role.is_some() && self.claims.org.as_ref() == Some(n.org))
+            || (self.org_role.is_some() && (self.all_orgs || self.claims.org.as_ref() == Some(n.org)))
+    }
+
+    /// Whether a workload of the caller's project is in the token's scope
+    /// (a workload caveat confines it to one).
+    pub fn sees_workload(&self, id: &WorkloadId) -> bool {
+        self.claims.workload.as_ref().is_none_or(|only| only == id)
     }
 
     /// Whether the caller may change a node: org-admin of its organisation,
     /// or operator of the project it is dedicated to.
     pub fn may_operate_node(&self, n: NodePlace<'_>) -> Result<(), tonic::Status> {
         let org_admin =
-            self.platform || (self.org_role == Some(OrgRole::Admin) && (self.claims.org.as_ref() == Some(n.org)));
+            self.org_role == Some(OrgRole::Admin) && (self.all_orgs || self.claims.org.as_ref() == Some(n.org));
         let dedicated_operator =
             self.project.as_ref().is_some_and(|p| n.dedicated == Some(p.id()) && p.role >= Role::Operator);
         if org_admin || dedicated_operator {
@@ -156,8 +220,25 @@ pub fn caveats_for(t: &tether_store::TokenRecord) -> Vec<Caveat> {
     c
 }
 
+/// The key ring of the stored root keys; None when there are none.
+pub fn key_ring(records: &[tether_store::RootKeyRecord]) -> Option<KeyRing> {
+    KeyRing::new(records.iter().map(|r| RootKey::new(r.key_id, &r.secret)).collect())
+}
+
+/// The organisation role a token has: none for a project's; a role caveat
+/// below admin caps it at org-viewer (a lower role narrows everything).
+fn org_role(claims: &Claims) -> Option<OrgRole> {
+    if claims.project.is_some() {
+        return None;
+    }
+    let cap = if claims.role >= Role::Admin { OrgRole::Admin } else { OrgRole::Viewer };
+    claims.org_role.map(|r| r.min(cap))
+}
+
 pub struct Authenticator {
-    root: RootKey,
+    /// Refreshed from the database with the revocations, so that a key
+    /// rotated on another replica verifies here within seconds.
+    keys: std::sync::RwLock<KeyRing>,
     /// Revoked token ids; refreshed from the database by a loop, so that a
     /// revocation on another replica takes effect here within seconds.
     revoked: std::sync::RwLock<std::collections::HashSet<TokenId>>,
@@ -168,8 +249,8 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
-    pub fn new(root: RootKey, tenants: Arc<TenantCache>, home: ProjectId) -> Self {
-        Authenticator { root, revoked: Default::default(), tenants, home }
+    pub fn new(keys: KeyRing, tenants: Arc<TenantCache>, home: ProjectId) -> Self {
+        Authenticator { keys: std::sync::RwLock::new(keys), revoked: Default::default(), tenants, home }
     }
 
     pub fn revoke(&self, id: TokenId) {
@@ -181,8 +262,46 @@ impl Authenticator {
         *self.revoked.write().unwrap_or_else(|p| p.into_inner()) = set;
     }
 
-    pub fn root(&self) -> &RootKey {
-        &self.root
+    /// The key new macaroons are signed with.
+    pub fn signing_key(&self) -> RootKey {
+        self.keys.read().unwrap_or_else(|p| p.into_inner()).current().clone()
+    }
+
+    pub fn key_ids(&self) -> Vec<u32> {
+        self.keys.read().unwrap_or_else(|p| p.into_inner()).ids().collect()
+    }
+
+    /// Takes the stored root keys (keys are only ever added).
+    pub fn set_keys(&self, records: &[tether_store::RootKeyRecord]) {
+        if let Some(ring) = key_ring(records) {
+            *self.keys.write().unwrap_or_else(|p| p.into_inner()) = ring;
+        }
+    }
+
+    /// Checks an encoded token: signature, expiry, revocation, and that its
+    /// organisation and project still exist.
+    pub fn verify(&self, token: &str) -> Result<Claims, Error> {
+        let m = Macaroon::decode(token)?;
+        let claims = {
+            let ring = self.keys.read().unwrap_or_else(|p| p.into_inner());
+            m.verify_in(&ring, now_ms())?
+        };
+        if self.revoked.read().unwrap_or_else(|p| p.into_inner()).contains(&claims.token_id) {
+            return Err(Error::unauthenticated("credential was revoked"));
+        }
+        let view = self.tenants.get();
+        // A token whose organisation or project was deleted is dead.
+        if let Some(p) = &claims.project
+            && view.project(p).is_none()
+        {
+            return Err(Error::unauthenticated("the token's project no longer exists"));
+        }
+        if let Some(o) = &claims.org
+            && !view.org_exists(o)
+        {
+            return Err(Error::unauthenticated("the token's organisation no longer exists"));
+        }
+        Ok(claims)
     }
 
     fn claims<T>(&self, req: &Request<T>) -> Result<Claims, Error> {
@@ -195,12 +314,7 @@ impl Authenticator {
             .strip_prefix("Bearer ")
             .or_else(|| value.strip_prefix("bearer "))
             .ok_or_else(|| Error::unauthenticated("authorization must be `Bearer <token>`"))?;
-        let m = Macaroon::decode(token)?;
-        let claims = m.verify(&self.root, now_ms())?;
-        if self.revoked.read().unwrap_or_else(|p| p.into_inner()).contains(&claims.token_id) {
-            return Err(Error::unauthenticated("credential was revoked"));
-        }
-        Ok(claims)
+        self.verify(token)
     }
 
     /// An operator credential, resolved: which project (if any) the call
@@ -211,22 +325,11 @@ impl Authenticator {
         if claims.kind != CredentialKind::Operator {
             return Err(status(Error::permission_denied("node credentials cannot call operator APIs")));
         }
+        confine(&claims, req)?;
         let view = self.tenants.get();
-        // A token whose organisation or project was deleted is dead.
-        if let Some(p) = &claims.project
-            && view.project(p).is_none()
-        {
-            return Err(status(Error::unauthenticated("the token's project no longer exists")));
-        }
-        if let Some(o) = &claims.org
-            && !view.org_exists(o)
-        {
-            return Err(status(Error::unauthenticated("the token's organisation no longer exists")));
-        }
-        let platform = claims.org.is_none()
-            && claims.project.is_none()
-            && claims.org_role == Some(OrgRole::Admin)
-            && claims.role == Role::Admin;
+        let all_orgs = claims.org.is_none() && claims.project.is_none();
+        let org_role = org_role(&claims);
+        let platform = all_orgs && org_role == Some(OrgRole::Admin) && claims.role == Role::Admin;
         let named = match req.metadata().get(PROJECT_HEADER) {
             None => None,
             Some(v) => {
@@ -240,15 +343,14 @@ impl Authenticator {
             }
             (Some(own), _) => Some(own.clone()),
             (None, Some(named)) => Some(named),
-            (None, None) if platform => Some(self.home.clone()),
+            (None, None) if all_orgs => Some(self.home.clone()),
             (None, None) => None,
         };
         let project = match project_id {
             None => None,
-            Some(id) => Some(self.in_scope(&view, &claims, platform, &id)?),
+            Some(id) => Some(self.in_scope(&view, &claims, all_orgs, &id)?),
         };
-        let org_role = if claims.project.is_some() { None } else { claims.org_role };
-        Ok(Caller { claims, platform, project, org_role })
+        Ok(Caller { claims, all_orgs, platform, project, org_role })
     }
 
     /// The caller's standing in project `id`; NOT_FOUND when it is not in the
@@ -257,15 +359,15 @@ impl Authenticator {
         &self,
         view: &TenantView,
         claims: &Claims,
-        platform: bool,
+        all_orgs: bool,
         id: &ProjectId,
     ) -> Result<InProject, tonic::Status> {
         let missing = || status(Error::not_found(format!("project {id} not found")));
         let access = view.access.get(id).ok_or_else(missing)?;
         let role = if claims.project.as_ref() == Some(id) {
             claims.role
-        } else if platform || claims.org.as_ref() == Some(&access.org) {
-            match claims.org_role {
+        } else if all_orgs || claims.org.as_ref() == Some(&access.org) {
+            match org_role(claims) {
                 Some(r) => r.project_role().min(claims.role),
                 None => return Err(missing()),
             }
@@ -280,7 +382,7 @@ impl Authenticator {
     pub fn caller_in<T>(&self, req: &Request<T>, id: &ProjectId, need: Role) -> Result<Caller, tonic::Status> {
         let mut c = self.caller(req)?;
         let view = self.tenants.get();
-        let p = self.in_scope(&view, &c.claims, c.platform, id)?;
+        let p = self.in_scope(&view, &c.claims, c.all_orgs, id)?;
         c.project = Some(p);
         c.in_project(need)?;
         Ok(c)

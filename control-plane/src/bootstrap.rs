@@ -11,19 +11,18 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use tether_auth::{JoinSecret, Macaroon, RootKey, random_bytes};
+use tether_auth::{JoinSecret, KeyRing, Macaroon, random_bytes};
 use tether_store::{Store, TokenRecord};
 use tether_types::{DEFAULT_POOL, JoinToken, JoinTokenId, Labels, OrgId, ProjectId, Role, TokenId};
 
 use crate::clock::now_ms;
 
-const ROOT_KEY: &str = "macaroon_root_key";
 /// The bootstrap join token is for getting started; create scoped ones for fleets.
 const BOOTSTRAP_JOIN_TTL: Duration = Duration::from_secs(7 * 86400);
 const BOOTSTRAP_JOIN_USES: u32 = 1000;
 
 pub struct Boot {
-    pub root_key: RootKey,
+    pub keys: KeyRing,
     pub org_id: OrgId,
     pub project_id: ProjectId,
     /// True on the very first start: the tokens below were just made.
@@ -33,15 +32,15 @@ pub struct Boot {
 }
 
 pub async fn run(store: &Store, data_dir: &Path) -> anyhow::Result<Boot> {
-    let key = match store.setting_get(ROOT_KEY).await? {
-        Some(k) => k,
-        None => store.setting_put_if_absent(ROOT_KEY, &random_bytes::<32>()).await?,
-    };
-    let root_key = RootKey::from_bytes(&key);
     let now = now_ms();
+    let keys = match store.root_keys().await? {
+        k if !k.is_empty() => k,
+        _ => store.root_key_first(&random_bytes::<32>(), now).await?,
+    };
+    let keys = crate::auth::key_ring(&keys).context("the database holds no root key")?;
     let b = store.bootstrap(OrgId::from_random(random_bytes()), ProjectId::from_random(random_bytes()), now).await?;
     let mut boot = Boot {
-        root_key,
+        keys,
         org_id: b.org_id,
         project_id: b.project_id,
         created: b.created,
@@ -107,7 +106,7 @@ pub async fn mint_admin(
         expires_at,
         revoked_at: None,
     };
-    let admin = Macaroon::mint(&boot.root_key, record.id.clone(), &crate::auth::caveats_for(&record));
+    let admin = Macaroon::mint(boot.keys.current(), record.id.clone(), &crate::auth::caveats_for(&record));
     let _committed = store.token_record(&record).await?;
     Ok(admin.encode())
 }

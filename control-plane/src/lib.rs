@@ -165,7 +165,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     tenants.reload(&store).await?;
     let app = Arc::new(App {
         store: store.clone(),
-        auth: auth::Authenticator::new(boot.root_key.clone(), tenants, boot.project_id.clone()),
+        auth: auth::Authenticator::new(boot.keys.clone(), tenants, boot.project_id.clone()),
         registry: registry.clone(),
         notify,
         admission: tokio::sync::Semaphore::new(config.admission_concurrency),

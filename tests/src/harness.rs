@@ -441,6 +441,20 @@ impl ControlPlane {
         (status, String::from_utf8_lossy(&out).into_owned())
     }
 
+    /// POST a JSON body with a bearer token.
+    pub async fn http_post_as(&self, path: &str, token: &str, body: &str) -> (u16, String) {
+        let resp = reqwest::Client::new()
+            .post(format!("http://{}{path}", self.http_addr))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .expect("HTTP POST");
+        let status = resp.status().as_u16();
+        (status, resp.text().await.unwrap_or_default())
+    }
+
     pub fn log(&self) -> String {
         (1..=self.starts)
             .map(|i| {

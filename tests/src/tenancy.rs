@@ -18,6 +18,7 @@ both_backends!(
     every_rpc_keeps_tenants_apart_and_asks_its_role,
     quota_holds_work_until_there_is_room,
     attenuated_tokens_only_narrow,
+    rotated_root_keys_and_verify_token,
 );
 
 /// Calls any RPC by name with a JSON body, through its descriptor.
@@ -219,6 +220,9 @@ impl World {
             "ListTokens" => Listing(json!({})),
             "RevokeToken" => Named { foreign: json!({"tokenId": w.b_token}), own: json!({"tokenId": w.a_spare_token}) },
             "WhoAmI" => Unnamed(json!({})),
+            // Holding a token tells all its answer does: nothing to isolate.
+            "VerifyToken" => Unnamed(json!({"token": "tm1_AAAA"})),
+            "RotateRootKey" => Unnamed(json!({})),
             "ListBackgroundTasks" => Unnamed(json!({})),
             "CreateOrganization" => Unnamed(json!({"name": "made-in-matrix"})),
             "GetOrganization" | "DeleteOrganization" | "ListPoolGrants" | "ListOrganizationJoinTokens" => {
@@ -528,9 +532,29 @@ async fn every_rpc_keeps_tenants_apart_and_asks_its_role(backend: Backend) {
             );
         }
     }
+    // A read-only platform administrator may call exactly the RPCs marked
+    // read-only (`(tether.v1.read_only)`), whatever its role allows.
+    let read_only = As { token: attenuate_offline(&cp.admin_token, "--read-only").await, project: Some(w.a.clone()) };
+    let marked = read_only_rpcs(&d);
+    for rpc in &rpcs {
+        let body = match w.case(rpc).unwrap() {
+            Case::Named { own, .. } => own,
+            Case::Listing(b) | Case::Unnamed(b) => b,
+        };
+        let res = d.call(rpc, &read_only, &body, listen).await;
+        if marked.contains(rpc) {
+            assert!(res.is_ok(), "{rpc} is read-only; a read-only token got {res:?}");
+        } else {
+            let err = res.err();
+            assert_eq!(err.as_ref().map(tonic::Status::code), Some(Code::PermissionDenied), "{rpc}: {err:?}");
+            assert!(err.unwrap().message().contains("read-only"), "{rpc}");
+        }
+    }
+    assert!(marked.len() >= 15 && marked.len() < rpcs.len(), "{marked:?}");
     assert_eq!(cp.sql_i64("SELECT COALESCE(MAX(seq), 0) FROM events").await, head, "refused calls changed something");
 
-    // ... and the lowest role that has it is not refused (destructive calls last).
+    // ... and the lowest role that has it is not refused (destructive calls
+    // last). RotateRootKey among them: every token above keeps working.
     for rpc in &rpcs {
         let need = &roles[rpc];
         let body = match w.case(rpc).unwrap() {
@@ -634,6 +658,32 @@ async fn quota_holds_work_until_there_is_room(backend: Backend) {
     .await;
 }
 
+/// The RPCs the protos mark `(tether.v1.read_only) = true`.
+fn read_only_rpcs(d: &Dyn) -> std::collections::HashSet<String> {
+    let ext = d.pool.get_extension_by_name("tether.v1.read_only").expect("the read_only option exists");
+    let mut out = std::collections::HashSet::new();
+    for svc in d.pool.services().filter(|s| s.package_name() == "tether.v1") {
+        for m in svc.methods() {
+            if m.options().get_extension(&ext).as_bool() == Some(true) {
+                out.insert(format!("{}/{}", svc.full_name(), m.name()));
+            }
+        }
+    }
+    out
+}
+
+/// `tetherctl --token T tokens attenuate ARGS`: the narrowed token.
+async fn attenuate_offline(token: &str, args: &str) -> String {
+    let out = tokio::process::Command::new(bin_dir().join("tetherctl"))
+        .args(["--token", token, "tokens", "attenuate"])
+        .args(args.split_whitespace())
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "attenuate {args}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
 /// `tetherctl tokens attenuate` narrows a token offline; the control plane
 /// honours the narrower role and expiry, a wider caveat changes nothing, and
 /// revoking the original stops every copy at once.
@@ -645,17 +695,7 @@ async fn attenuated_tokens_only_narrow(backend: Backend) {
     let t =
         d.ok("tether.v1.TenancyService/CreateToken", &platform, json!({"role": "ROLE_OPERATOR", "ttl": "3600s"})).await;
     let (admin, admin_id) = (t["token"].as_str().unwrap().to_owned(), t["tokenId"].as_str().unwrap().to_owned());
-    let attenuate = |token: String, args: &'static [&'static str]| async move {
-        let out = tokio::process::Command::new(bin_dir().join("tetherctl"))
-            .args(["--token", &token, "tokens", "attenuate"])
-            .args(args)
-            .output()
-            .await
-            .unwrap();
-        assert!(out.status.success(), "attenuate: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    };
-    let viewer = attenuate(admin.clone(), &["--role", "viewer", "--ttl", "10m"]).await;
+    let viewer = attenuate_offline(&admin, "--role viewer --ttl 10m").await;
     let as_viewer = As { token: viewer.clone(), project: None };
     let me = d.ok("tether.v1.TenancyService/WhoAmI", &as_viewer, json!({})).await;
     assert_eq!(me["role"], "ROLE_VIEWER", "{me}");
@@ -666,14 +706,143 @@ async fn attenuated_tokens_only_narrow(backend: Backend) {
     let err = d.call("tether.v1.JobService/SubmitJob", &as_viewer, &spec, Duration::ZERO).await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
     // A wider role on top narrows nothing back.
-    let wider = As { token: attenuate(viewer, &["--role", "admin"]).await, project: None };
+    let wider = As { token: attenuate_offline(&viewer, "--role admin").await, project: None };
     assert_eq!(d.ok("tether.v1.TenancyService/WhoAmI", &wider, json!({})).await["role"], "ROLE_VIEWER");
     let err = d.call("tether.v1.JobService/SubmitJob", &wider, &spec, Duration::ZERO).await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+
+    // One node: calls about it, no other node, nothing else.
+    let agents = [Agent::start(&cp, "one", &[]), Agent::start(&cp, "two", &[])];
+    let (one, two) = (agents[0].node_id().await, agents[1].node_id().await);
+    cp.wait_nodes(2, pb::NodeStatus::Ready, Duration::from_secs(20)).await;
+    let on_node = As { token: attenuate_offline(&admin, &format!("--node {one}")).await, project: None };
+    let me = d.ok("tether.v1.TenancyService/WhoAmI", &on_node, json!({})).await;
+    assert_eq!(me["nodeId"], one.as_str(), "{me}");
+    d.ok("tether.v1.NodeService/GetNode", &on_node, json!({"nodeId": one})).await;
+    let err = d.call("tether.v1.NodeService/GetNode", &on_node, &json!({"nodeId": two}), Duration::ZERO).await;
+    assert_eq!(err.unwrap_err().code(), Code::NotFound);
+    let listed = d.ok("tether.v1.NodeService/ListNodes", &on_node, json!({})).await.to_string();
+    assert!(listed.contains(&one) && !listed.contains(&two), "{listed}");
+    let watched = d.ok("tether.v1.NodeService/WatchNodes", &on_node, json!({"sendInitial": true})).await.to_string();
+    assert!(watched.contains(&one) && !watched.contains(&two), "{watched}");
+    d.ok(
+        "tether.v1.NodeService/SetDesiredState",
+        &platform,
+        json!({"nodeId": one, "state": "DESIRED_NODE_STATE_ACTIVE"}),
+    )
+    .await;
+    let err = d.call("tether.v1.JobService/SubmitJob", &on_node, &spec, Duration::ZERO).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("confined to node"), "{err:?}");
+
+    // One workload: likewise.
+    let wl = |name: &str| json!({"name": name, "replicas": 0, "spec": {"exec": {"command": "/bin/true"}}});
+    let w1 = d.ok("tether.v1.WorkloadService/CreateWorkload", &platform, wl("w1")).await;
+    let w2 = d.ok("tether.v1.WorkloadService/CreateWorkload", &platform, wl("w2")).await;
+    let (w1, w2) = (w1["workload"]["workloadId"].as_str().unwrap(), w2["workload"]["workloadId"].as_str().unwrap());
+    let on_w1 = As { token: attenuate_offline(&admin, &format!("--workload {w1}")).await, project: None };
+    d.ok("tether.v1.WorkloadService/ScaleWorkload", &on_w1, json!({"workloadId": w1, "replicas": 0})).await;
+    let err = d
+        .call(
+            "tether.v1.WorkloadService/ScaleWorkload",
+            &on_w1,
+            &json!({"workloadId": w2, "replicas": 1}),
+            Duration::ZERO,
+        )
+        .await;
+    assert_eq!(err.unwrap_err().code(), Code::NotFound);
+    let listed = d.ok("tether.v1.WorkloadService/ListWorkloads", &on_w1, json!({})).await.to_string();
+    assert!(listed.contains(w1) && !listed.contains(w2), "{listed}");
+    let err = d.call("tether.v1.WorkloadService/CreateWorkload", &on_w1, &wl("w3"), Duration::ZERO).await;
+    assert_eq!(err.unwrap_err().code(), Code::PermissionDenied);
+    let err = d.call("tether.v1.JobService/ListJobs", &on_w1, &json!({}), Duration::ZERO).await;
+    assert_eq!(err.unwrap_err().code(), Code::PermissionDenied);
+
+    // Read-only: reads pass, changes are refused, also over REST.
+    let ro = attenuate_offline(&admin, "--read-only").await;
+    let as_ro = As { token: ro.clone(), project: None };
+    d.ok("tether.v1.JobService/ListJobs", &as_ro, json!({})).await;
+    let err = d.call("tether.v1.JobService/SubmitJob", &as_ro, &spec, Duration::ZERO).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    let (code, body) = cp.http_post_as("/v1/jobs", &ro, &spec.to_string()).await;
+    assert_eq!(code, 403, "{body}");
+    let (code, _) = cp.http_get_as("/v1/jobs", &ro, 0).await;
+    assert_eq!(code, 200);
+
     // Revoking the original stops its narrowed copies at once.
     d.ok("tether.v1.TenancyService/RevokeToken", &platform, json!({"tokenId": admin_id})).await;
-    for who in [&as_viewer, &wider] {
+    for who in [&as_viewer, &wider, &on_node, &on_w1, &as_ro] {
         let err = d.call("tether.v1.JobService/ListJobs", who, &json!({}), Duration::ZERO).await.unwrap_err();
         assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
     }
+}
+
+/// RotateRootKey: new tokens are signed with the new key, old ones stay
+/// valid (also after a restart); VerifyToken tells another service what a
+/// token grants, and that a revoked or forged one is not valid.
+async fn rotated_root_keys_and_verify_token(backend: Backend) {
+    let mut cp = ControlPlane::start(backend).await;
+    let d = Dyn::new(&cp).await;
+    let platform = As { token: cp.admin_token.clone(), project: None };
+    let mint = |role: &'static str| {
+        let (d, platform) = (&d, platform.clone());
+        async move {
+            let t =
+                d.ok("tether.v1.TenancyService/CreateToken", &platform, json!({"role": role, "ttl": "3600s"})).await;
+            (t["token"].as_str().unwrap().to_owned(), t["tokenId"].as_str().unwrap().to_owned())
+        }
+    };
+    let (old, _) = mint("ROLE_OPERATOR").await;
+    let old = As { token: old, project: None };
+    assert_eq!(d.ok("tether.v1.TenancyService/WhoAmI", &old, json!({})).await.get("rootKeyId"), None, "key 0");
+    let r = d.ok("tether.v1.TenancyService/RotateRootKey", &platform, json!({})).await;
+    assert_eq!(r["rootKeyId"], 1, "{r}");
+    assert_eq!(r["rootKeyIds"], json!([0, 1]), "{r}");
+    let err = d.call("tether.v1.TenancyService/RotateRootKey", &old, &json!({}), Duration::ZERO).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "only the platform administrator rotates");
+
+    let (new, new_id) = mint("ROLE_VIEWER").await;
+    let new = As { token: new, project: None };
+    assert_eq!(d.ok("tether.v1.TenancyService/WhoAmI", &new, json!({})).await["rootKeyId"], 1);
+    d.ok("tether.v1.JobService/ListJobs", &old, json!({})).await;
+
+    let v = d.ok("tether.v1.TenancyService/VerifyToken", &old, json!({"token": new.token})).await;
+    assert_eq!(
+        (v["valid"].clone(), v["role"].clone(), v["rootKeyId"].clone()),
+        (json!(true), json!("ROLE_VIEWER"), json!(1)),
+        "{v}"
+    );
+    assert_eq!(v["tokenId"], new_id.as_str());
+    assert!(v["projectId"].as_str().is_some_and(|p| p.starts_with("prj-")), "{v}");
+    // Over REST, as the storage reference system's /v1/tokens/verify.
+    let (code, body) = cp.http_post_as("/v1/tokens:verify", &old.token, &json!({"token": new.token}).to_string()).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"valid\":true"), "{body}");
+    // A narrowed copy answers narrowed.
+    let narrowed = attenuate_offline(&new.token, "--read-only --ttl 5m").await;
+    let v = d.ok("tether.v1.TenancyService/VerifyToken", &old, json!({"token": narrowed})).await;
+    assert_eq!((v["valid"].clone(), v["readOnly"].clone()), (json!(true), json!(true)), "{v}");
+    // Forged, garbage, revoked: not valid, and said why.
+    let mut forged = new.token.clone().into_bytes();
+    let i = forged.len() - 2;
+    forged[i] = if forged[i] == b'A' { b'B' } else { b'A' };
+    for bad in [String::from_utf8(forged).unwrap(), "tm1_garbage".to_owned()] {
+        let v = d.ok("tether.v1.TenancyService/VerifyToken", &old, json!({"token": bad})).await;
+        assert_eq!(v.get("valid"), None, "not valid: {v}");
+        assert!(!v["reason"].as_str().unwrap().is_empty(), "{v}");
+    }
+    d.ok("tether.v1.TenancyService/RevokeToken", &platform, json!({"tokenId": new_id})).await;
+    let v = d.ok("tether.v1.TenancyService/VerifyToken", &old, json!({"token": new.token})).await;
+    assert!(v.get("valid").is_none() && v["reason"].as_str().unwrap().contains("revoked"), "{v}");
+
+    // The keys are durable: after a restart both generations still verify.
+    let (newer, _) = mint("ROLE_VIEWER").await;
+    cp.stop(libc::SIGTERM).await;
+    cp.restart().await;
+    let d = Dyn::new(&cp).await;
+    for t in [&old.token, &newer] {
+        d.ok("tether.v1.JobService/ListJobs", &As { token: t.clone(), project: None }, json!({})).await;
+    }
+    let me = d.ok("tether.v1.TenancyService/WhoAmI", &platform, json!({})).await;
+    assert!(me["platformAdmin"] == true, "{me}");
 }

@@ -107,6 +107,10 @@ impl BackgroundTask for RevocationRefresh {
             };
             let n = ids.len();
             self.0.auth.set_revoked(ids);
+            match self.0.store.root_keys().await {
+                Ok(keys) => self.0.auth.set_keys(&keys),
+                Err(e) => return failed(e),
+            }
             match self.0.auth.tenants.reload(&self.0.store).await {
                 Ok(projects) => Activation::Done(format!("{n} revoked, {projects} projects")),
                 Err(e) => failed(e),

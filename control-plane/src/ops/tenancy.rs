@@ -26,6 +26,15 @@ pub async fn token_record(app: &App, t: &TokenRecord) -> Result<(), StoreError> 
     Ok(())
 }
 
+/// Adds a root key and signs with it from now on; returns its id. Other
+/// replicas take it within their revocation refresh (until then they still
+/// sign with the previous key, which every replica verifies).
+pub async fn rotate_root_key(app: &App) -> Result<u32, StoreError> {
+    let id = app.effects().commit(app.store.root_key_rotate(&tether_auth::random_bytes::<32>(), now_ms()).await?);
+    app.auth.set_keys(&app.store.root_keys().await?);
+    Ok(id)
+}
+
 /// Revokes an operator token; this replica refuses it at once, others
 /// within their revocation refresh.
 pub async fn token_revoke(app: &App, scope: TokenScope<'_>, id: &TokenId) -> Result<TokenRecord, StoreError> {

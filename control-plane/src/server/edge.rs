@@ -70,9 +70,11 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let path = req.uri().path();
         let method: Arc<str> = if KNOWN_METHODS.contains(path) { Arc::from(path) } else { Arc::from("other") };
+        // What the authenticator checks confining caveats against.
+        req.extensions_mut().insert(crate::auth::Rpc(method.clone()));
         let started = Instant::now();
         let fut = self.inner.call(req);
         Box::pin(async move {

@@ -120,7 +120,7 @@ impl agent_pb::agent_service_server::AgentService for AgentApi {
         .await
         .map_err(store_status)?;
         let credential = Macaroon::mint(
-            self.app.auth.root(),
+            &self.app.auth.signing_key(),
             TokenId::from_random(random_bytes()),
             &[Caveat::Kind(CredentialKind::Agent), Caveat::Org(node.org_id.clone()), Caveat::Node(node_id.clone())],
         );

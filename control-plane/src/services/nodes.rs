@@ -126,7 +126,7 @@ impl pb::node_service_server::NodeService for NodeApi {
             let page = self.app.store.node_list(&filter, after.as_ref(), want).await.map_err(store_status)?;
             let exhausted = page.next.is_none();
             for n in page.nodes {
-                if !selector.matches(&n.labels) {
+                if !selector.matches(&n.labels) || !who.sees_node(n.place()) {
                     continue;
                 }
                 if nodes.len() == want as usize {
@@ -180,7 +180,7 @@ impl pb::node_service_server::NodeService for NodeApi {
             let mut after = None;
             loop {
                 let page = self.app.store.node_list(&filter, after.as_ref(), 500).await.map_err(store_status)?;
-                for n in &page.nodes {
+                for n in page.nodes.iter().filter(|n| who.sees_node(n.place())) {
                     let msg = pb::WatchNodesResponse {
                         r#type: pb::NodeEventType::Added as i32,
                         node: Some(self.to_pb(n)),
@@ -198,6 +198,8 @@ impl pb::node_service_server::NodeService for NodeApi {
             }
         }
         let app = self.app.clone();
+        // A token confined to one node hears only of that one.
+        let only = who.claims.node.clone();
         self.app.tasks.spawn(async move {
             loop {
                 let batch = match app.store.org_events_since(&org, "node.", cursor, 500).await {
@@ -214,6 +216,7 @@ impl pb::node_service_server::NodeService for NodeApi {
                     // are now (a pool granted later shows from then on).
                     if let Some((node, msg)) = event_to_pb(ev)
                         && sees(&app, &scope, &node)
+                        && only.as_ref().is_none_or(|only| only == &node.id)
                         && tx.send(Ok(msg)).await.is_err()
                     {
                         return;

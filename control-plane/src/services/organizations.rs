@@ -122,7 +122,7 @@ impl pb::organization_service_server::OrganizationService for OrganizationApi {
     ) -> Result<Response<pb::ListOrganizationsResponse>, Status> {
         let who = self.app.auth.caller(&req)?;
         let view = self.app.auth.tenants.get();
-        let mut orgs: Vec<&Organization> = if who.platform {
+        let mut orgs: Vec<&Organization> = if who.all_orgs {
             view.tenants.orgs.values().collect()
         } else {
             let own = who.org_id().cloned().ok_or_else(|| status(Error::invalid("this token has no organisation")))?;

@@ -87,7 +87,7 @@ impl pb::project_service_server::ProjectService for ProjectApi {
             // A project's token sees its own project.
             let p = who.in_project(Role::Viewer)?;
             view.project(p.id()).into_iter().collect()
-        } else if who.platform {
+        } else if who.all_orgs {
             view.tenants.projects.values().collect()
         } else {
             let org = who.org_id().cloned().ok_or_else(|| status(Error::invalid("this token has no organisation")))?;

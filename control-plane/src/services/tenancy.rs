@@ -174,7 +174,7 @@ impl pb::tenancy_service_server::TenancyService for TenancyApi {
             expires_at: Some(expires_at),
             revoked_at: None,
         };
-        let m = Macaroon::mint(self.app.auth.root(), id.clone(), &crate::auth::caveats_for(&record));
+        let m = Macaroon::mint(&self.app.auth.signing_key(), id.clone(), &crate::auth::caveats_for(&record));
         crate::ops::tenancy::token_record(&self.app, &record).await.map_err(store_status)?;
         Ok(Response::new(pb::CreateTokenResponse {
             token: m.encode(),
@@ -230,7 +230,12 @@ impl pb::tenancy_service_server::TenancyService for TenancyApi {
         // no project answers without one.
         let who = self.app.auth.caller(&req)?;
         let p = who.project.as_ref();
+        let c = &who.claims;
         Ok(Response::new(pb::WhoAmIResponse {
+            root_key_id: c.key_id,
+            node_id: c.node.as_ref().map(ToString::to_string).unwrap_or_default(),
+            workload_id: c.workload.as_ref().map(ToString::to_string).unwrap_or_default(),
+            read_only: c.read_only,
             token_id: who.claims.token_id.to_string(),
             organization_id: who.org_id().map(ToString::to_string).unwrap_or_default(),
             project_id: p.map(|p| p.id().to_string()).unwrap_or_default(),
@@ -238,6 +243,58 @@ impl pb::tenancy_service_server::TenancyService for TenancyApi {
             expires_at: who.claims.expires_at.map(millis_to_timestamp),
             org_role: OrgRole::to_pb(who.org_role) as i32,
             platform_admin: who.platform,
+        }))
+    }
+
+    async fn verify_token(
+        &self,
+        req: Request<pb::VerifyTokenRequest>,
+    ) -> Result<Response<pb::VerifyTokenResponse>, Status> {
+        // Any operator credential may ask: holding a token already tells all
+        // this answers (its WhoAmI would).
+        self.app.auth.caller(&req)?;
+        let token = &req.get_ref().token;
+        if token.is_empty() {
+            return Err(status(Error::invalid("token is required")));
+        }
+        let c = match self.app.auth.verify(token) {
+            Ok(c) => c,
+            Err(e) => {
+                return Ok(Response::new(pb::VerifyTokenResponse {
+                    valid: false,
+                    reason: e.message,
+                    ..Default::default()
+                }));
+            }
+        };
+        let agent = c.kind == tether_auth::CredentialKind::Agent;
+        Ok(Response::new(pb::VerifyTokenResponse {
+            valid: true,
+            reason: String::new(),
+            token_id: c.token_id.to_string(),
+            organization_id: c.org.as_ref().map(ToString::to_string).unwrap_or_default(),
+            project_id: c.project.as_ref().map(ToString::to_string).unwrap_or_default(),
+            role: if agent { pb::Role::Unspecified as i32 } else { c.role.to_pb() as i32 },
+            org_role: OrgRole::to_pb(if agent || c.project.is_some() { None } else { c.org_role }) as i32,
+            expires_at: c.expires_at.map(millis_to_timestamp),
+            node_id: c.node.as_ref().map(ToString::to_string).unwrap_or_default(),
+            workload_id: c.workload.as_ref().map(ToString::to_string).unwrap_or_default(),
+            read_only: c.read_only,
+            root_key_id: c.key_id,
+            agent,
+        }))
+    }
+
+    async fn rotate_root_key(
+        &self,
+        req: Request<pb::RotateRootKeyRequest>,
+    ) -> Result<Response<pb::RotateRootKeyResponse>, Status> {
+        self.app.auth.caller(&req)?.need_platform()?;
+        let id = crate::ops::tenancy::rotate_root_key(&self.app).await.map_err(store_status)?;
+        Ok(Response::new(pb::RotateRootKeyResponse {
+            root_key_id: id,
+            root_key_ids: self.app.auth.key_ids(),
+            created_at: Some(millis_to_timestamp(now_ms())),
         }))
     }
 }

@@ -8,6 +8,7 @@ use tonic::{Request, Response, Status};
 
 use super::{status, store_status};
 use crate::app::App;
+use crate::auth::Caller;
 
 /// Replicas per workload, at most.
 const MAX_REPLICAS: u32 = 10_000;
@@ -58,8 +59,14 @@ fn replicas(n: u32) -> Result<u32, Status> {
     Ok(n)
 }
 
-fn workload_id(s: &str) -> Result<WorkloadId, Status> {
-    WorkloadId::parse(s).map_err(status)
+/// The workload named, when the caller's token reaches it (a workload
+/// caveat confines it to one: any other is not found).
+fn workload_id(who: &Caller, s: &str) -> Result<WorkloadId, Status> {
+    let id = WorkloadId::parse(s).map_err(status)?;
+    if !who.sees_workload(&id) {
+        return Err(status(Error::not_found(format!("workload {id} not found"))));
+    }
+    Ok(id)
 }
 
 #[tonic::async_trait]
@@ -70,6 +77,9 @@ impl pb::workload_service_server::WorkloadService for WorkloadApi {
     ) -> Result<Response<pb::CreateWorkloadResponse>, Status> {
         let who = self.app.auth.caller(&req)?;
         let p = who.in_project(Role::Operator)?;
+        if let Some(w) = &who.claims.workload {
+            return Err(status(Error::permission_denied(format!("the token is confined to workload {w}"))));
+        }
         let req = req.into_inner();
         validate_name(&req.name).map_err(status)?;
         let w = crate::ops::workloads::create(&self.app, p.id(), req.name, spec(req.spec)?, replicas(req.replicas)?)
@@ -84,7 +94,7 @@ impl pb::workload_service_server::WorkloadService for WorkloadApi {
     ) -> Result<Response<pb::GetWorkloadResponse>, Status> {
         let who = self.app.auth.caller(&req)?;
         let p = who.in_project(Role::Viewer)?;
-        let id = workload_id(&req.get_ref().workload_id)?;
+        let id = workload_id(&who, &req.get_ref().workload_id)?;
         let w = self
             .app
             .store
@@ -103,6 +113,9 @@ impl pb::workload_service_server::WorkloadService for WorkloadApi {
         let p = who.in_project(Role::Viewer)?;
         let mut out = Vec::new();
         for w in self.app.store.workload_list(Some(p.id())).await.map_err(store_status)? {
+            if !who.sees_workload(&w.id) {
+                continue;
+            }
             out.push(self.to_pb(&w).await?);
         }
         Ok(Response::new(pb::ListWorkloadsResponse { workloads: out }))
@@ -115,7 +128,7 @@ impl pb::workload_service_server::WorkloadService for WorkloadApi {
         let who = self.app.auth.caller(&req)?;
         let p = who.in_project(Role::Operator)?;
         let req = req.into_inner();
-        let id = workload_id(&req.workload_id)?;
+        let id = workload_id(&who, &req.workload_id)?;
         let w =
             crate::ops::workloads::update_spec(&self.app, p.id(), &id, spec(req.spec)?).await.map_err(store_status)?;
         Ok(Response::new(pb::UpdateWorkloadResponse { workload: Some(self.to_pb(&w).await?) }))
@@ -128,7 +141,7 @@ impl pb::workload_service_server::WorkloadService for WorkloadApi {
         let who = self.app.auth.caller(&req)?;
         let p = who.in_project(Role::Operator)?;
         let req = req.into_inner();
-        let id = workload_id(&req.workload_id)?;
+        let id = workload_id(&who, &req.workload_id)?;
         let w = crate::ops::workloads::scale(&self.app, p.id(), &id, replicas(req.replicas)?)
             .await
             .map_err(store_status)?;
@@ -141,7 +154,7 @@ impl pb::workload_service_server::WorkloadService for WorkloadApi {
     ) -> Result<Response<pb::DeleteWorkloadResponse>, Status> {
         let who = self.app.auth.caller(&req)?;
         let p = who.in_project(Role::Operator)?;
-        let id = workload_id(&req.get_ref().workload_id)?;
+        let id = workload_id(&who, &req.get_ref().workload_id)?;
         let w = crate::ops::workloads::delete(&self.app, p.id(), &id).await.map_err(store_status)?;
         let mut out = self.to_pb(&w).await?;
         out.replicas = 0;

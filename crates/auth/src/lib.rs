@@ -8,7 +8,7 @@ mod join;
 mod macaroon;
 
 pub use join::{JoinSecret, hash_join_secret, hashes_equal, parse_join_token};
-pub use macaroon::{Caveat, Claims, CredentialKind, Macaroon, RootKey};
+pub use macaroon::{Caveat, Claims, CredentialKind, KeyRing, Macaroon, RootKey};
 
 use ring::rand::{SecureRandom, SystemRandom};
 

@@ -1,22 +1,71 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::hmac;
-use tether_types::{NodeId, OrgId, OrgRole, ProjectId, Role, TokenId, UnixMillis};
+use tether_types::{NodeId, OrgId, OrgRole, ProjectId, Role, TokenId, UnixMillis, WorkloadId};
 
 use crate::AuthError;
 
 const PREFIX: &str = "tm1_";
-const VERSION: u8 = 1;
+/// Version 1 had no key id (it is key 0); version 2 names its root key.
+const VERSION_1: u8 = 1;
+const VERSION: u8 = 2;
 const MAX_CAVEATS: usize = 32;
 const MAX_FIELD: usize = 512;
 
-/// The secret every macaroon of a deployment chains from.
+/// A secret macaroons chain from, with the id macaroons name it by.
 #[derive(Clone)]
-pub struct RootKey(hmac::Key);
+pub struct RootKey {
+    id: u32,
+    key: hmac::Key,
+}
 
 impl RootKey {
+    pub fn new(id: u32, bytes: &[u8]) -> Self {
+        RootKey { id, key: hmac::Key::new(hmac::HMAC_SHA256, bytes) }
+    }
+
+    /// Key 0: the first key of a deployment (and of every version 1 macaroon).
     pub fn from_bytes(bytes: &[u8]) -> Self {
-        RootKey(hmac::Key::new(hmac::HMAC_SHA256, bytes))
+        RootKey::new(0, bytes)
+    }
+
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// HMAC-SHA256 of `msg` under this key, for secrets derived from it
+    /// (access keys' secrets), never for macaroons' signatures.
+    pub fn derive(&self, msg: &[u8]) -> [u8; 32] {
+        chain(&self.key, msg)
+    }
+}
+
+/// The root keys a deployment accepts: the newest signs, every one verifies
+/// (until the macaroons it signed expire).
+#[derive(Clone)]
+pub struct KeyRing {
+    keys: Vec<RootKey>,
+}
+
+impl KeyRing {
+    /// None when `keys` is empty.
+    pub fn new(mut keys: Vec<RootKey>) -> Option<Self> {
+        keys.sort_by_key(RootKey::id);
+        keys.dedup_by_key(|k| k.id);
+        (!keys.is_empty()).then_some(KeyRing { keys })
+    }
+
+    /// The key new macaroons are signed with: the newest.
+    pub fn current(&self) -> &RootKey {
+        self.keys.last().expect("a key ring is never empty")
+    }
+
+    pub fn get(&self, id: u32) -> Option<&RootKey> {
+        self.keys.iter().find(|k| k.id == id)
+    }
+
+    pub fn ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.keys.iter().map(RootKey::id)
     }
 }
 
@@ -45,6 +94,10 @@ pub enum Caveat {
     Role(Role),
     OrgRole(Option<OrgRole>),
     Node(NodeId),
+    /// Only calls about this workload (and WhoAmI).
+    Workload(WorkloadId),
+    /// Only calls that change nothing.
+    ReadOnly,
     ExpiresAt(UnixMillis),
 }
 
@@ -58,6 +111,8 @@ impl Caveat {
             Caveat::Role(r) => format!("role = {}", r.as_str()),
             Caveat::OrgRole(r) => format!("org-role = {}", r.map_or("none", OrgRole::as_str)),
             Caveat::Node(id) => format!("node = {id}"),
+            Caveat::Workload(id) => format!("workload = {id}"),
+            Caveat::ReadOnly => "access = read-only".into(),
             Caveat::ExpiresAt(ms) => format!("expires = {ms}"),
         }
     }
@@ -79,6 +134,8 @@ impl Caveat {
                 v => Some(OrgRole::parse(v).map_err(m)?),
             }),
             "node" => Caveat::Node(NodeId::parse(v).map_err(m)?),
+            "workload" => Caveat::Workload(WorkloadId::parse(v).map_err(m)?),
+            "access" if v == "read-only" => Caveat::ReadOnly,
             "expires" => Caveat::ExpiresAt(v.parse().map_err(|_| AuthError::Malformed)?),
             // Unknown caveats fail closed.
             _ => return Err(AuthError::Malformed),
@@ -101,13 +158,18 @@ pub struct Claims {
     /// does); always None for a project's macaroon.
     pub org_role: Option<OrgRole>,
     pub node: Option<NodeId>,
+    pub workload: Option<WorkloadId>,
+    pub read_only: bool,
     /// The earliest expiry any caveat names.
     pub expires_at: Option<UnixMillis>,
+    /// The root key that signed it.
+    pub key_id: u32,
 }
 
 /// An HMAC-SHA256 chain: `sig0 = HMAC(root, id)`, `sig_i = HMAC(sig_{i-1}, caveat_i)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Macaroon {
+    key_id: u32,
     id: TokenId,
     caveats: Vec<String>,
     sig: [u8; 32],
@@ -122,7 +184,8 @@ fn chain(key: &hmac::Key, msg: &[u8]) -> [u8; 32] {
 
 impl Macaroon {
     pub fn mint(root: &RootKey, id: TokenId, caveats: &[Caveat]) -> Self {
-        let mut m = Macaroon { sig: chain(&root.0, id.as_str().as_bytes()), id, caveats: Vec::new() };
+        let mut m =
+            Macaroon { key_id: root.id, sig: chain(&root.key, id.as_str().as_bytes()), id, caveats: Vec::new() };
         for c in caveats {
             m = m.attenuate(c);
         }
@@ -141,9 +204,19 @@ impl Macaroon {
         &self.id
     }
 
+    /// The id of the root key it claims to be signed with.
+    pub fn key_id(&self) -> u32 {
+        self.key_id
+    }
+
     pub fn encode(&self) -> String {
         let mut buf = Vec::with_capacity(64 + self.caveats.iter().map(|c| c.len() + 2).sum::<usize>());
-        buf.push(VERSION);
+        if self.key_id == 0 {
+            buf.push(VERSION_1);
+        } else {
+            buf.push(VERSION);
+            buf.extend_from_slice(&self.key_id.to_be_bytes());
+        }
         put(&mut buf, self.id.as_str().as_bytes());
         buf.push(self.caveats.len() as u8);
         for c in &self.caveats {
@@ -160,9 +233,11 @@ impl Macaroon {
         }
         let bytes = URL_SAFE_NO_PAD.decode(body).map_err(|_| AuthError::Malformed)?;
         let mut r = Reader(&bytes);
-        if r.byte()? != VERSION {
-            return Err(AuthError::Malformed);
-        }
+        let key_id = match r.byte()? {
+            VERSION_1 => 0,
+            VERSION => u32::from_be_bytes([r.byte()?, r.byte()?, r.byte()?, r.byte()?]),
+            _ => return Err(AuthError::Malformed),
+        };
         let id = TokenId::parse(r.str()?).map_err(|_| AuthError::Malformed)?;
         let n = r.byte()? as usize;
         if n > MAX_CAVEATS {
@@ -170,7 +245,7 @@ impl Macaroon {
         }
         let caveats = (0..n).map(|_| r.str().map(str::to_owned)).collect::<Result<Vec<_>, _>>()?;
         let sig: [u8; 32] = r.0.try_into().map_err(|_| AuthError::Malformed)?;
-        Ok(Macaroon { id, caveats, sig })
+        Ok(Macaroon { key_id, id, caveats, sig })
     }
 
     /// The caveats as written, oldest first.
@@ -178,10 +253,18 @@ impl Macaroon {
         &self.caveats
     }
 
+    /// [`Macaroon::verify`] with the key of the ring it names.
+    pub fn verify_in(&self, ring: &KeyRing, now: UnixMillis) -> Result<Claims, AuthError> {
+        self.verify(ring.get(self.key_id).ok_or(AuthError::BadSignature)?, now)
+    }
+
     /// Checks the signature chain against `root` in constant time, then the
     /// caveats against `now`.
     pub fn verify(&self, root: &RootKey, now: UnixMillis) -> Result<Claims, AuthError> {
-        let mut key_bytes = chain(&root.0, self.id.as_str().as_bytes());
+        if root.id != self.key_id {
+            return Err(AuthError::BadSignature);
+        }
+        let mut key_bytes = chain(&root.key, self.id.as_str().as_bytes());
         let (last, init) = match self.caveats.split_last() {
             Some(x) => x,
             None => {
@@ -201,6 +284,8 @@ impl Macaroon {
         let mut role: Option<Role> = None;
         let mut org_role: Option<OrgRole> = Some(OrgRole::Admin);
         let mut node: Option<NodeId> = None;
+        let mut workload: Option<WorkloadId> = None;
+        let mut read_only = false;
         let mut expires_at: Option<UnixMillis> = None;
         for c in &self.caveats {
             match Caveat::decode(c)? {
@@ -208,6 +293,8 @@ impl Macaroon {
                 Caveat::Org(o) => same(&mut org, o)?,
                 Caveat::Project(p) => same(&mut project, p)?,
                 Caveat::Node(n) => same(&mut node, n)?,
+                Caveat::Workload(w) => same(&mut workload, w)?,
+                Caveat::ReadOnly => read_only = true,
                 Caveat::Role(r) => role = Some(role.map_or(r, |old| old.min(r))),
                 Caveat::OrgRole(r) => org_role = org_role.min(r),
                 Caveat::ExpiresAt(t) => expires_at = Some(expires_at.map_or(t, |old| old.min(t))),
@@ -230,7 +317,19 @@ impl Macaroon {
                 Role::Viewer
             }
         };
-        Ok(Claims { token_id: self.id.clone(), kind, org, project, role, org_role, node, expires_at })
+        Ok(Claims {
+            token_id: self.id.clone(),
+            kind,
+            org,
+            project,
+            role,
+            org_role,
+            node,
+            workload,
+            read_only,
+            expires_at,
+            key_id: self.key_id,
+        })
     }
 }
 
@@ -311,6 +410,7 @@ mod tests {
     fn wrong_root_or_tampering_fails() {
         let m = operator(Role::Viewer, None);
         assert_eq!(m.verify(&RootKey::from_bytes(&[8u8; 32]), 0), Err(AuthError::BadSignature));
+        assert_eq!(m.verify(&RootKey::new(1, &[7u8; 32]), 0), Err(AuthError::BadSignature), "another key id");
 
         // Swap the role caveat for admin while keeping the signature.
         let mut forged = m.clone();
@@ -363,6 +463,40 @@ mod tests {
         assert_eq!((c.org, c.org_role), (Some(org), Some(OrgRole::Viewer)));
         let none = viewer.attenuate(&Caveat::OrgRole(None)).attenuate(&Caveat::OrgRole(Some(OrgRole::Admin)));
         assert_eq!(none.verify(&root(), 0).unwrap().org_role, None, "none stays none");
+    }
+
+    #[test]
+    fn a_key_ring_verifies_with_the_key_named() {
+        let (old, new) = (root(), RootKey::new(3, &[8u8; 32]));
+        let ring = KeyRing::new(vec![new.clone(), old.clone()]).unwrap();
+        assert_eq!(ring.current().id(), 3);
+        let by_old = operator(Role::Viewer, None);
+        let by_new = Macaroon::mint(
+            ring.current(),
+            TokenId::from_random([4; 10]),
+            &[Caveat::Kind(CredentialKind::Operator), Caveat::Role(Role::Admin)],
+        );
+        let back = Macaroon::decode(&by_new.encode()).unwrap();
+        assert_eq!(back.key_id(), 3);
+        assert_eq!(back.verify_in(&ring, 0).unwrap().key_id, 3);
+        assert_eq!(Macaroon::decode(&by_old.encode()).unwrap().verify_in(&ring, 0).unwrap().key_id, 0);
+        // Naming another key in the ring does not verify.
+        let mut lying = back.clone();
+        lying.key_id = 0;
+        assert_eq!(lying.verify_in(&ring, 0), Err(AuthError::BadSignature));
+        // Without the old key, its macaroons fail.
+        let only_new = KeyRing::new(vec![new]).unwrap();
+        assert_eq!(by_old.verify_in(&only_new, 0), Err(AuthError::BadSignature));
+    }
+
+    #[test]
+    fn confining_caveats_round_trip() {
+        let w = WorkloadId::from_random([2; 10]);
+        let m = operator(Role::Admin, None).attenuate(&Caveat::Workload(w.clone())).attenuate(&Caveat::ReadOnly);
+        let c = Macaroon::decode(&m.encode()).unwrap().verify(&root(), 0).unwrap();
+        assert_eq!((c.workload, c.read_only), (Some(w), true));
+        let two = m.attenuate(&Caveat::Workload(WorkloadId::from_random([3; 10])));
+        assert_eq!(two.verify(&root(), 0), Err(AuthError::Malformed), "two workloads");
     }
 
     #[test]

@@ -544,3 +544,18 @@ mod tests {
         assert!(checked_request("tether.agent.v1.JobsRequest").is_none(), "a stream's messages");
     }
 }
+
+/// The paths (`/tether.v1.Service/Method`) of every RPC marked
+/// `(tether.v1.read_only) = true`: those that change nothing.
+pub fn read_only_methods() -> &'static std::collections::HashSet<String> {
+    static SET: OnceLock<std::collections::HashSet<String>> = OnceLock::new();
+    SET.get_or_init(|| {
+        let pool = pool();
+        let Some(ext) = pool.get_extension_by_name("tether.v1.read_only") else { return Default::default() };
+        pool.services()
+            .flat_map(|s| s.methods().collect::<Vec<_>>())
+            .filter(|m| m.options().get_extension(&ext).as_bool() == Some(true))
+            .map(|m| format!("/{}/{}", m.parent_service().full_name(), m.name()))
+            .collect()
+    })
+}

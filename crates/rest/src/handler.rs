@@ -167,8 +167,11 @@ where
         .header("te", "trailers")
         .body(GrpcBody::new(http_body_util::Full::new(frame.freeze())))
         .expect("a valid request");
-    if let Some(auth) = parts.headers.get(http::header::AUTHORIZATION) {
-        grpc_req.headers_mut().insert(http::header::AUTHORIZATION, auth.clone());
+    // The credential, and the project an organisation's token acts on.
+    for h in [http::header::AUTHORIZATION, http::HeaderName::from_static("x-tether-project")] {
+        if let Some(v) = parts.headers.get(&h) {
+            grpc_req.headers_mut().insert(h, v.clone());
+        }
     }
     let resp = match st.grpc.clone().oneshot(grpc_req).await {
         Ok(r) => r,

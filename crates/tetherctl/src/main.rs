@@ -157,9 +157,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         ),
         (None, None) => None,
     };
-    if let Cmd::Tokens(TokensCmd::Attenuate { ttl, role }) = &cli.cmd {
+    if let Cmd::Tokens(TokensCmd::Attenuate { narrow }) = &cli.cmd {
         let token = token.ok_or_else(|| anyhow::anyhow!("pass the token to narrow with --token or --token-file"))?;
-        println!("{}", tokens::attenuate(&token, *ttl, *role)?);
+        println!("{}", tokens::attenuate(&token, narrow)?);
         return Ok(0);
     }
     let bearer = Bearer::new(token.as_deref())

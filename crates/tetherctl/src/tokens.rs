@@ -29,32 +29,59 @@ pub(crate) enum TokensCmd {
         token_id: String,
     },
     /// Narrow the token given with --token or --token-file, offline (no call
-    /// to the control plane): a shorter life, a lower role. Prints the new
-    /// token; the original stays as it was. Caveats only narrow: a role
-    /// above the token's own changes nothing.
+    /// to the control plane): a shorter life, a lower role, one node, one
+    /// workload, read-only. Prints the new token; the original stays as it
+    /// was. Caveats only narrow: a role above the token's own changes nothing.
     Attenuate {
-        /// Expire this long from now (or at the token's own expiry, if sooner).
-        #[arg(long, value_parser = humantime::parse_duration)]
-        ttl: Option<Duration>,
-        #[arg(long, value_enum)]
-        role: Option<RoleArg>,
+        #[command(flatten)]
+        narrow: Narrow,
     },
 }
 
+/// How `tokens attenuate` narrows a token.
+#[derive(clap::Args)]
+pub(crate) struct Narrow {
+    /// Expire this long from now (or at the token's own expiry, if sooner).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    ttl: Option<Duration>,
+    #[arg(long, value_enum)]
+    role: Option<RoleArg>,
+    /// Only calls about this node (NodeService, WhoAmI).
+    #[arg(long)]
+    node: Option<String>,
+    /// Only calls about this workload (WorkloadService, WhoAmI).
+    #[arg(long)]
+    workload: Option<String>,
+    /// Only calls that change nothing.
+    #[arg(long)]
+    read_only: bool,
+}
+
 /// `tokens attenuate`: adds caveats to `token` without the root key.
-pub(crate) fn attenuate(token: &str, ttl: Option<Duration>, role: Option<RoleArg>) -> anyhow::Result<String> {
+pub(crate) fn attenuate(token: &str, n: &Narrow) -> anyhow::Result<String> {
     use tether_auth::{Caveat, Macaroon};
-    use tether_types::Role;
-    if ttl.is_none() && role.is_none() {
-        anyhow::bail!("say how to narrow the token: --ttl, --role or both");
+    use tether_types::{NodeId, Role, WorkloadId};
+    let Narrow { ttl, role, node, workload, read_only } = n;
+    if ttl.is_none() && role.is_none() && node.is_none() && workload.is_none() && !read_only {
+        anyhow::bail!("say how to narrow the token: --ttl, --role, --node, --workload, --read-only");
     }
     let mut m = Macaroon::decode(token).map_err(|e| anyhow::anyhow!("the token is not a Tether token: {e}"))?;
-    if let Some(ttl) = ttl {
+    if let Some(n) = node {
+        m = m.attenuate(&Caveat::Node(NodeId::parse(n).map_err(|e| anyhow::anyhow!("--node: {}", e.message))?));
+    }
+    if let Some(w) = workload {
+        let w = WorkloadId::parse(w).map_err(|e| anyhow::anyhow!("--workload: {}", e.message))?;
+        m = m.attenuate(&Caveat::Workload(w));
+    }
+    if *read_only {
+        m = m.attenuate(&Caveat::ReadOnly);
+    }
+    if let Some(ttl) = *ttl {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
         let at = i64::try_from((now + ttl).as_millis())?;
         m = m.attenuate(&Caveat::ExpiresAt(at));
     }
-    if let Some(r) = role {
+    if let Some(r) = *role {
         let r = match r {
             RoleArg::Viewer => Role::Viewer,
             RoleArg::Support => Role::Support,
