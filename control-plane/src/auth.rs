@@ -350,7 +350,9 @@ impl Authenticator {
             None => None,
             Some(id) => Some(self.in_scope(&view, &claims, all_orgs, &id)?),
         };
-        Ok(Caller { claims, all_orgs, platform, project, org_role })
+        let caller = Caller { claims, all_orgs, platform, project, org_role };
+        tether_store::set_actor(tether_store::Actor::new(caller.claims.token_id.as_str(), caller.have()));
+        Ok(caller)
     }
 
     /// The caller's standing in project `id`; NOT_FOUND when it is not in the
@@ -385,6 +387,7 @@ impl Authenticator {
         let p = self.in_scope(&view, &c.claims, c.all_orgs, id)?;
         c.project = Some(p);
         c.in_project(need)?;
+        tether_store::set_actor(tether_store::Actor::new(c.claims.token_id.as_str(), c.have()));
         Ok(c)
     }
 
@@ -393,7 +396,10 @@ impl Authenticator {
     pub fn agent<T>(&self, req: &Request<T>) -> Result<(NodeId, Option<OrgId>), tonic::Status> {
         let claims = self.claims(req).map_err(status)?;
         match (claims.kind, claims.node) {
-            (CredentialKind::Agent, Some(node)) => Ok((node, claims.org)),
+            (CredentialKind::Agent, Some(node)) => {
+                tether_store::set_actor(tether_store::Actor::new(node.as_str(), "agent"));
+                Ok((node, claims.org))
+            }
             _ => Err(status(Error::permission_denied("the agent protocol requires a node credential"))),
         }
     }

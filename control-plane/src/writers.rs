@@ -10,7 +10,10 @@ use tokio_util::task::TaskTracker;
 use crate::clock::now_ms;
 
 /// Submissions, written by group commit.
-pub type Submits = crate::batch::Batcher<(Job, Option<String>), Result<Committed<(Job, bool)>, Error>>;
+/// A submission: the job, its idempotency key and who submitted it.
+pub type Submit = (Job, Option<String>, Option<tether_store::Actor>);
+
+pub type Submits = crate::batch::Batcher<Submit, Result<Committed<(Job, bool)>, Error>>;
 
 /// Most submissions written in one transaction.
 const SUBMIT_BATCH: usize = 256;
@@ -18,10 +21,10 @@ const SUBMIT_BATCH: usize = 256;
 /// The group-commit writer of submissions: those that arrive together are
 /// stored in one transaction, each answered on its own.
 pub fn submit_batcher(store: tether_store::Store, tasks: &TaskTracker, shutdown: CancellationToken) -> Submits {
-    crate::batch::Batcher::spawn(SUBMIT_BATCH, tasks, shutdown, move |items: Vec<(Job, Option<String>)>| {
+    crate::batch::Batcher::spawn(SUBMIT_BATCH, tasks, shutdown, move |items: Vec<Submit>| {
         let store = store.clone();
         async move {
-            let jobs: Vec<(&Job, Option<&str>)> = items.iter().map(|(j, k)| (j, k.as_deref())).collect();
+            let jobs: Vec<_> = items.iter().map(|(j, k, a)| (j, k.as_deref(), a.as_ref())).collect();
             crate::batch::committed_answers(items.len(), "storing submitted jobs", store.jobs_submit(&jobs).await)
         }
     })

@@ -397,6 +397,27 @@ impl ControlPlane {
         }
     }
 
+    /// Rows of two text columns (NULL as ""), straight from the database.
+    pub async fn sql_pairs(&self, query: &str) -> Vec<(String, String)> {
+        type Row = (Option<String>, Option<String>);
+        let rows: Vec<Row> = match &self.database_url {
+            Some(url) => {
+                let pool = sqlx::PgPool::connect(url).await.expect("connect to the test database");
+                let rows = sqlx::query_as(query).fetch_all(&pool).await.expect(query);
+                pool.close().await;
+                rows
+            }
+            None => {
+                let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(self.data_dir().join("tether.db"));
+                let pool = sqlx::SqlitePool::connect_with(opts).await.expect("open the test database");
+                let rows = sqlx::query_as(query).fetch_all(&pool).await.expect(query);
+                pool.close().await;
+                rows
+            }
+        };
+        rows.into_iter().map(|(a, b)| (a.unwrap_or_default(), b.unwrap_or_default())).collect()
+    }
+
     pub async fn placement(&self) -> PlacementServiceClient<Authed> {
         PlacementServiceClient::with_interceptor(self.channel().await, bearer(Some(&self.admin_token)))
     }

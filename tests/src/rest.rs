@@ -132,6 +132,7 @@ async fn every_annotated_rpc_answers_over_rest(backend: Backend) {
             "/tether.v1.WorkloadService/ScaleWorkload" => json!({"replicas": 2}),
             "/tether.v1.TenancyService/CreateToken" => json!({"role": "ROLE_VIEWER", "ttl": "60s"}),
             "/tether.v1.TenancyService/CreateJoinToken" => json!({}),
+            "/tether.v1.TenancyService/VerifyToken" => json!({"token": rest.token}),
             "/tether.v1.PlacementService/SuggestPlacement" => {
                 json!({"resources": {"cpuMillis": "100"}, "objective": "OBJECTIVE_COST"})
             }

@@ -19,6 +19,7 @@ both_backends!(
     quota_holds_work_until_there_is_room,
     attenuated_tokens_only_narrow,
     rotated_root_keys_and_verify_token,
+    every_change_names_who_made_it,
 );
 
 /// Calls any RPC by name with a JSON body, through its descriptor.
@@ -845,4 +846,63 @@ async fn rotated_root_keys_and_verify_token(backend: Backend) {
     }
     let me = d.ok("tether.v1.TenancyService/WhoAmI", &platform, json!({})).await;
     assert!(me["platformAdmin"] == true, "{me}");
+}
+
+/// Audit: each change's event records its principal (token, node, join
+/// token) and the role it acted with, over gRPC and REST alike.
+async fn every_change_names_who_made_it(backend: Backend) {
+    let cp = ControlPlane::start(backend).await;
+    let d = Dyn::new(&cp).await;
+    let platform = As { token: cp.admin_token.clone(), project: None };
+    let me = d.ok("tether.v1.TenancyService/WhoAmI", &platform, json!({})).await;
+    let platform_id = me["tokenId"].as_str().unwrap().to_owned();
+    let t = d.ok("tether.v1.TenancyService/CreateToken", &platform, json!({"role": "ROLE_OPERATOR"})).await;
+    let (op, op_id) = (t["token"].as_str().unwrap().to_owned(), t["tokenId"].as_str().unwrap().to_owned());
+    let agent = Agent::start(&cp, "audited", &[]);
+    let node = agent.node_id().await;
+    cp.wait_nodes(1, pb::NodeStatus::Ready, Duration::from_secs(20)).await;
+    let spec = json!({"spec": {"exec": {"command": "/bin/true"}}});
+    let job = d.ok("tether.v1.JobService/SubmitJob", &As { token: op.clone(), project: None }, spec.clone()).await;
+    let job = job["job"]["jobId"].as_str().unwrap().to_owned();
+    let (code, body) = cp.http_post_as("/v1/jobs", &op, &spec.to_string()).await;
+    assert_eq!(code, 200, "{body}");
+    let rest_job = serde_json::from_str::<Value>(&body).unwrap()["job"]["jobId"].as_str().unwrap().to_owned();
+    eventually(Duration::from_secs(20), "the job to finish", || async {
+        let j = d.ok("tether.v1.JobService/GetJob", &platform, json!({"jobId": job})).await;
+        (j["job"]["status"] == "JOB_STATUS_SUCCEEDED").then_some(())
+    })
+    .await;
+    let who = |kind: &str, subject: &str| {
+        let q = format!(
+            "SELECT principal, principal_role FROM events WHERE kind = '{kind}' AND subject = '{subject}' ORDER BY seq"
+        );
+        let cp = &cp;
+        async move { cp.sql_pairs(&q).await }
+    };
+    assert_eq!(who("token.created", &op_id).await, [(platform_id.clone(), "platform-admin".into())]);
+    assert_eq!(who("job.submitted", &job).await, [(op_id.clone(), "operator".into())]);
+    assert_eq!(who("job.submitted", &rest_job).await, [(op_id.clone(), "operator".into())], "over REST");
+    let jt = cp
+        .sql_pairs(&format!(
+            "SELECT principal, principal_role FROM events WHERE kind = 'node.registered' AND subject = '{node}'"
+        ))
+        .await;
+    assert!(jt.len() == 1 && jt[0].0.starts_with("jt-") && jt[0].1 == "join-token", "{jt:?}");
+    let acked = who("node.desired_state_acked", &node).await;
+    assert!(acked.iter().all(|r| r == &(node.clone(), "agent".to_owned())), "{acked:?}");
+    // The agent's own reports are the node's doing.
+    let reports = cp
+        .sql_pairs(&format!(
+            "SELECT principal, principal_role FROM events WHERE subject = '{job}' \
+             AND kind IN ('job.running', 'job.succeeded')"
+        ))
+        .await;
+    assert!(reports.len() == 2 && reports.iter().all(|r| r == &(node.clone(), "agent".to_owned())), "{reports:?}");
+    // The scheduler's placement is the control plane's own.
+    let placed = cp
+        .sql_pairs(&format!(
+            "SELECT principal, principal_role FROM events WHERE kind = 'job.scheduled' AND subject = '{job}'"
+        ))
+        .await;
+    assert!(!placed.is_empty() && placed.iter().all(|r| r.0.is_empty()), "{placed:?}");
 }

@@ -34,7 +34,7 @@ pub async fn submit(
     let mut fx = app.effects();
     let answer = app
         .submits
-        .call((job, idempotency_key))
+        .call((job, idempotency_key, tether_store::current_actor()))
         .await
         .unwrap_or_else(|| Err(Error::unavailable("control plane is shutting down")))?;
     let (job, created) = fx.commit(answer);

@@ -1,5 +1,6 @@
 //! The tower layer every gRPC request passes first: RPC counts and latency by
-//! method, and the status-code fix for oversized messages.
+//! method, the RPC's name for the authenticator, the audit scope, and the
+//! status-code fix for oversized messages.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -77,7 +78,9 @@ where
         req.extensions_mut().insert(crate::auth::Rpc(method.clone()));
         let started = Instant::now();
         let fut = self.inner.call(req);
-        Box::pin(async move {
+        // The authenticator names the caller; the events the call appends
+        // record it.
+        Box::pin(tether_store::audited(async move {
             let mut res = fut.await;
             let code = match &mut res {
                 Ok(r) => {
@@ -94,7 +97,7 @@ where
             metrics::histogram!("tether_grpc_request_duration_seconds", "method" => method.to_string())
                 .record(started.elapsed().as_secs_f64());
             res
-        })
+        }))
     }
 }
 

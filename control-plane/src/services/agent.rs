@@ -92,6 +92,7 @@ impl agent_pb::agent_service_server::AgentService for AgentApi {
         if let Some(why) = token.unusable_reason(now) {
             return Err(status(Error::unauthenticated(why)));
         }
+        tether_store::set_actor(tether_store::Actor::new(jt_id.as_str(), "join-token"));
         // The token's labels are forced: they override what the agent asked for.
         labels.extend(token.labels.clone());
         // An organisation join token's pool, unless the node's labels name

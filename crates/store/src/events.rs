@@ -19,6 +19,47 @@ pub struct Event {
     pub subject: String,
     /// The resource as it was after the change.
     pub payload: serde_json::Value,
+    /// Who made the change; None for the control plane's own work.
+    #[serde(default)]
+    pub actor: Option<Actor>,
+}
+
+/// Who made a change, as the audit records it: a token id, an access key
+/// id, a node id or a join token id, and the role it acted with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    pub principal: String,
+    pub role: String,
+}
+
+impl Actor {
+    pub fn new(principal: impl Into<String>, role: impl Into<String>) -> Self {
+        Actor { principal: principal.into(), role: role.into() }
+    }
+}
+
+tokio::task_local! {
+    /// The actor of the request being served, filled in once it is
+    /// authenticated (see [`audited`]).
+    static ACTOR: std::sync::Arc<std::sync::Mutex<Option<Actor>>>;
+}
+
+/// Runs `fut` (one request) with an empty actor slot that [`set_actor`]
+/// fills; every event its writes append records that actor.
+pub async fn audited<F: std::future::Future>(fut: F) -> F::Output {
+    ACTOR.scope(Default::default(), fut).await
+}
+
+/// Names the actor of the request being served; outside [`audited`] it
+/// does nothing.
+pub fn set_actor(actor: Actor) {
+    let _ = ACTOR.try_with(|slot| *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(actor));
+}
+
+/// The actor of the request being served, if any; for work handed to
+/// another task (group commit), which records it explicitly.
+pub fn current_actor() -> Option<Actor> {
+    ACTOR.try_with(|slot| slot.lock().unwrap_or_else(|p| p.into_inner()).clone()).ok().flatten()
 }
 
 /// Appends one event inside the caller's transaction and evaluates to its
@@ -30,14 +71,16 @@ pub struct Event {
 macro_rules! append_event {
     ($tx:expr, $at:expr, $project:expr, $kind:expr, $subject:expr, $payload:expr) => {{
         let seq: i64 = sqlx::query_scalar(
-            "INSERT INTO events (at, project_id, kind, subject, payload, org_id)
-             VALUES ($1, $2, $3, $4, $5, (SELECT org_id FROM projects WHERE id = $2)) RETURNING seq",
+            "INSERT INTO events (at, project_id, kind, subject, payload, org_id, principal, principal_role)
+             VALUES ($1, $2, $3, $4, $5, (SELECT org_id FROM projects WHERE id = $2), $6, $7) RETURNING seq",
         )
         .bind($at)
         .bind($project)
         .bind($kind)
         .bind($subject)
         .bind($payload)
+        .bind($tx.actor.as_ref().map(|a: &$crate::events::Actor| a.principal.clone()))
+        .bind($tx.actor.as_ref().map(|a: &$crate::events::Actor| a.role.clone()))
         .fetch_one(&mut *$tx)
         .await?;
         $tx.seq = Some($tx.seq.map_or(seq, |s: i64| s.max(seq)));
@@ -45,8 +88,8 @@ macro_rules! append_event {
     }};
     ($tx:expr, $at:expr, $org:expr, $project:expr, $kind:expr, $subject:expr, $payload:expr) => {{
         let seq: i64 = sqlx::query_scalar(
-            "INSERT INTO events (at, org_id, project_id, kind, subject, payload)
-             VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq",
+            "INSERT INTO events (at, org_id, project_id, kind, subject, payload, principal, principal_role)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING seq",
         )
         .bind($at)
         .bind($org)
@@ -54,6 +97,8 @@ macro_rules! append_event {
         .bind($kind)
         .bind($subject)
         .bind($payload)
+        .bind($tx.actor.as_ref().map(|a: &$crate::events::Actor| a.principal.clone()))
+        .bind($tx.actor.as_ref().map(|a: &$crate::events::Actor| a.role.clone()))
         .fetch_one(&mut *$tx)
         .await?;
         $tx.seq = Some($tx.seq.map_or(seq, |s: i64| s.max(seq)));
@@ -71,6 +116,10 @@ pub(crate) fn event_from_row(r: &impl Get) -> Result<Event> {
         kind: r.text("kind")?,
         subject: r.text("subject")?,
         payload: r.json("payload", "event payload")?,
+        actor: match (r.opt_text("principal")?, r.opt_text("principal_role")?) {
+            (Some(principal), role) => Some(Actor { principal, role: role.unwrap_or_default() }),
+            (None, _) => None,
+        },
     })
 }
 
@@ -105,7 +154,7 @@ impl Store {
     ) -> Result<Vec<Event>> {
         let pattern = format!("{}%", kind_prefix.replace('%', "").replace('_', "\\_"));
         let sql = format!(
-            "SELECT seq, at, org_id, project_id, kind, subject, payload FROM events
+            "SELECT seq, at, org_id, project_id, kind, subject, payload, principal, principal_role FROM events
              WHERE {column} = $1 AND seq > $2 AND kind LIKE $3 ESCAPE '\\'
              ORDER BY seq LIMIT $4"
         );

@@ -26,7 +26,7 @@ mod workloads;
 mod tests;
 
 pub use error::{Failure, StoreError};
-pub use events::Event;
+pub use events::{Actor, Event, audited, current_actor, set_actor};
 pub use health::{DbHealth, PROBE_TIMEOUT};
 pub use nodes::{NodeEnroll, NodeFilter, NodePage, NodeScope, OpenedSession, SessionOpen, StatusChange};
 pub use root_keys::RootKeyRecord;
@@ -161,7 +161,11 @@ macro_rules! tx_on {
     ($pool:expr, $sqlite:expr, |$tx:ident| $prelude:block, $body:expr) => {{
         let mut conn = $pool.acquire().await?;
         let out: $crate::Result<_> = async {
-            let mut $tx = $crate::Tx { inner: sqlx::Connection::begin(&mut *conn).await?, seq: None };
+            let mut $tx = $crate::Tx {
+                inner: sqlx::Connection::begin(&mut *conn).await?,
+                seq: None,
+                actor: $crate::events::current_actor(),
+            };
             $prelude
             let out: $crate::Result<_> = async { $body }.await;
             match out {
@@ -195,6 +199,9 @@ pub(crate) use {in_tx, in_tx_committed, on_read, tx_on};
 pub(crate) struct Tx<'c, DB: sqlx::Database> {
     pub(crate) inner: sqlx::Transaction<'c, DB>,
     pub(crate) seq: Option<i64>,
+    /// Who the events appended are recorded as made by (the request's
+    /// actor; bodies writing several callers' work set it per item).
+    pub(crate) actor: Option<events::Actor>,
 }
 
 impl<DB: sqlx::Database> std::ops::Deref for Tx<'_, DB> {

@@ -514,6 +514,8 @@ impl Store {
             let Some(row) = row else { return Ok(None) };
             let node = node_from_row(&row)?;
             let kind = if accepted { "node.desired_state_acked" } else { "node.desired_state_rejected" };
+            // The agent's answer, whichever task carries it.
+            tx.actor = Some(crate::events::Actor::new(id.as_str(), "agent"));
             append_node_event!(tx, now, kind, &node);
             Ok(Some(node))
         });

@@ -223,7 +223,7 @@ pub(super) async fn writes_answer_their_last_event_sequence(store: Store) {
     let p = project(&store).await;
     let node = node_for(&store, &p, 1).await;
     let (a, b) = (job(&p, 1, 1), job(&p, 2, 1));
-    let submitted = store.jobs_submit(&[(&a, None), (&b, None)]).await.unwrap();
+    let submitted = store.jobs_submit(&[(&a, None, None), (&b, None, None)]).await.unwrap();
     let head = store.events_head().await.unwrap();
     assert_eq!(submitted.seq, Some(head), "two submissions, two events: the later one's sequence");
     let subjects: Vec<String> =

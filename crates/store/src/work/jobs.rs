@@ -3,7 +3,7 @@
 use tether_types::{Allocation, Error, Job, JobId, JobStatus, NodeId, ProjectId, UnixMillis};
 
 use super::{ALLOC_COLS, JOB_COLS, alloc_from_row, job_from_row};
-use crate::events::append_event;
+use crate::events::{Actor, append_event, current_actor};
 use crate::row::{Decoded, decode_each, to_json};
 use crate::{Committed, Result, Store, StoreError, in_tx_committed, on_read};
 
@@ -18,16 +18,23 @@ impl Store {
     /// Stores a new pending job. With an idempotency key that was used before
     /// in the project, returns the first job instead (and `false`).
     pub async fn job_submit(&self, job: &Job, idempotency_key: Option<&str>) -> Result<Committed<(Job, bool)>> {
-        Ok(self.jobs_submit(&[(job, idempotency_key)]).await?.map(|mut v| v.pop().expect("one answer per job")))
+        Ok(self
+            .jobs_submit(&[(job, idempotency_key, current_actor().as_ref())])
+            .await?
+            .map(|mut v| v.pop().expect("one answer per job")))
     }
 
     /// [`Store::job_submit`] for many jobs, in order, in one transaction
     /// (group commit of submissions that arrive together). A key used twice
     /// in one batch gives the first job to both.
-    pub async fn jobs_submit(&self, jobs: &[(&Job, Option<&str>)]) -> Result<Committed<Vec<(Job, bool)>>> {
+    pub async fn jobs_submit(
+        &self,
+        jobs: &[(&Job, Option<&str>, Option<&Actor>)],
+    ) -> Result<Committed<Vec<(Job, bool)>>> {
         in_tx_committed!(self, |tx| {
             let mut out = Vec::with_capacity(jobs.len());
-            for &(job, idempotency_key) in jobs {
+            for &(job, idempotency_key, actor) in jobs {
+                tx.actor = actor.cloned();
                 if let Some(key) = idempotency_key {
                     let row = sqlx::query(&format!(
                         "SELECT {JOB_COLS} FROM jobs WHERE project_id = $1 AND idempotency_key = $2"

@@ -84,7 +84,7 @@ impl Store {
     ) -> Result<Vec<crate::Event>> {
         on_read!(self, |pool| {
             sqlx::query(
-                "SELECT seq, at, org_id, project_id, kind, subject, payload FROM events
+                "SELECT seq, at, org_id, project_id, kind, subject, payload, principal, principal_role FROM events
                  WHERE project_id = $1 AND subject = $2 AND seq > $3 ORDER BY seq LIMIT $4",
             )
             .bind(project.as_str())

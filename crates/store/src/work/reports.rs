@@ -95,6 +95,9 @@ impl Store {
         in_tx_committed!(self, |tx| {
             let mut out = Vec::with_capacity(reports.len());
             for r in reports {
+                // Each report is the agent's own doing.
+                let (AgentReport::Started { node, .. } | AgentReport::Finished { node, .. }) = *r;
+                tx.actor = Some(crate::events::Actor::new(node.as_str(), "agent"));
                 match *r {
                     AgentReport::Started { key, node, restarts } => {
                         let started = 'report: {
