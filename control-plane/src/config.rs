@@ -77,6 +77,26 @@ pub struct Config {
     #[arg(long, env = "TETHER_ADMISSION_CONCURRENCY", default_value_t = 64)]
     pub admission_concurrency: usize,
 
+    /// Operator API calls (gRPC and REST) each principal may make per second,
+    /// on average; more are answered RESOURCE_EXHAUSTED / HTTP 429 with a
+    /// retry-after. 0 turns the limit off.
+    #[arg(long, env = "TETHER_RATE_LIMIT", default_value_t = 500)]
+    pub rate_limit: u32,
+
+    /// Calls a principal may make at once after a quiet spell (at least the rate).
+    #[arg(long, env = "TETHER_RATE_BURST", default_value_t = 1000)]
+    pub rate_burst: u32,
+
+    /// Operator API calls in progress per service at most; more are refused
+    /// with RESOURCE_EXHAUSTED until one ends.
+    #[arg(long, env = "TETHER_SERVICE_CONCURRENCY", default_value_t = 512)]
+    pub service_concurrency: usize,
+
+    /// Time an operator API call may take to answer (a stream: to open);
+    /// DEADLINE_EXCEEDED after it.
+    #[arg(long, env = "TETHER_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+
     /// This replica's name in leases. Defaults to hostname:pid.
     #[arg(long, env = "TETHER_REPLICA_ID")]
     pub replica_id: Option<String>,
@@ -120,6 +140,10 @@ struct FileConfig {
     http_body_timeout: Option<String>,
     http_max_connections: Option<usize>,
     admission_concurrency: Option<usize>,
+    rate_limit: Option<u32>,
+    rate_burst: Option<u32>,
+    service_concurrency: Option<usize>,
+    request_timeout: Option<String>,
     replica_id: Option<String>,
 }
 
@@ -167,6 +191,10 @@ impl Config {
         take!(http_body_timeout, duration);
         take!(http_max_connections);
         take!(admission_concurrency);
+        take!(rate_limit);
+        take!(rate_burst);
+        take!(service_concurrency);
+        take!(request_timeout, duration);
         take!(replica_id);
         Ok(())
     }
@@ -183,6 +211,8 @@ impl Config {
         anyhow::ensure!(self.http_max_connections >= 1, "HTTP max connections must be at least 1");
         anyhow::ensure!(!self.http_header_timeout.is_zero(), "HTTP header timeout must be positive");
         anyhow::ensure!(!self.http_body_timeout.is_zero(), "HTTP body timeout must be positive");
+        anyhow::ensure!(self.service_concurrency >= 1, "service concurrency must be at least 1");
+        anyhow::ensure!(!self.request_timeout.is_zero(), "request timeout must be positive");
         Ok(())
     }
 

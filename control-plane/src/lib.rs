@@ -262,11 +262,24 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .add_service(organizations)
         .add_service(projects)
         .add_service(admin);
+    // One set of limits for both ports: a principal's bucket is the same
+    // whether it calls over gRPC or REST.
+    let limits = {
+        let settings = server::limits::LimitSettings {
+            rate: config.rate_limit,
+            burst: config.rate_burst,
+            service_concurrency: config.service_concurrency,
+            request_timeout: config.request_timeout,
+        };
+        let app = app.clone();
+        let identify: server::limits::Identify = Box::new(move |t| app.auth.signed_by_us(t).map(|id| id.to_string()));
+        Arc::new(server::limits::Limits::new(settings, identify, server::edge::services()))
+    };
     let bridge = Arc::new(tether_rest::Bridge::from_descriptors(tether_proto::FILE_DESCRIPTOR_SET)?);
     let openapi = Arc::new(tether_rest::openapi(&bridge, env!("CARGO_PKG_VERSION")));
     let rest = tether_rest::router(
         bridge,
-        tower::Layer::layer(&server::edge::EdgeLayer::new(), routes.clone()),
+        tower::Layer::layer(&server::edge::EdgeLayer::new(limits.clone()), routes.clone()),
         config.http_body_timeout,
     );
 
@@ -275,7 +288,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .layer(server::edge::EdgeLayer::new())
+        .layer(server::edge::EdgeLayer::new(limits.clone()))
         .add_routes(routes)
         .serve_with_incoming_shutdown(
             TcpListenerStream::new(grpc_listener),

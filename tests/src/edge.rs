@@ -19,6 +19,96 @@ mod transport {
     async fn slow_clients_are_cut_off_and_others_served() {
         slow_clients().await;
     }
+
+    /// Rate limits live in memory, not in the database: SQLite only.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flood_from_one_principal_leaves_others_alone() {
+        flood().await;
+    }
+}
+
+/// One principal calls at ten times its limit (20 calls/s, bursts of 20)
+/// over REST and gRPC: it gets 429 / RESOURCE_EXHAUSTED with a retry-after
+/// and no more than its share, while another principal's calls at the same
+/// time all succeed.
+async fn flood() {
+    let opts = Options {
+        extra_args: ["--rate-limit", "20", "--rate-burst", "20"].map(String::from).to_vec(),
+        ..Options::default()
+    };
+    let cp = ControlPlane::start_opts(Backend::Sqlite, opts).await;
+    let mut tenancy = cp.tenancy_as(Some(&cp.admin_token)).await;
+    let mut tokens = Vec::new();
+    for _ in 0..2 {
+        let req = pb::CreateTokenRequest { role: pb::Role::Viewer as i32, ..Default::default() };
+        tokens.push(tenancy.create_token(req).await.unwrap().into_inner().token);
+    }
+    let (flooder, other) = (tokens[0].clone(), tokens[1].clone());
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/v1/jobs", cp.http_addr);
+    let started = std::time::Instant::now();
+    // 200 calls a second for 2 s, each in its own task: ten times the limit.
+    let flood = {
+        let (http, url, token) = (http.clone(), url.clone(), flooder.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(5));
+            let mut calls = Vec::new();
+            for _ in 0..400 {
+                tick.tick().await;
+                let (http, url, token) = (http.clone(), url.clone(), token.clone());
+                calls.push(tokio::spawn(async move {
+                    let r = http.get(url).bearer_auth(token).send().await.unwrap();
+                    (r.status().as_u16(), r.headers().get("retry-after").is_some())
+                }));
+            }
+            let mut out = Vec::new();
+            for c in calls {
+                out.push(c.await.unwrap());
+            }
+            out
+        })
+    };
+    // Meanwhile the other principal: 15 calls at 10 a second, half over gRPC.
+    let mut jobs = tether_proto::pb::job_service_client::JobServiceClient::with_interceptor(
+        cp.channel().await,
+        bearer(Some(&other)),
+    );
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    for i in 0..15 {
+        tick.tick().await;
+        if i % 2 == 0 {
+            let r = http.get(&url).bearer_auth(&other).send().await.unwrap();
+            assert_eq!(r.status().as_u16(), 200, "the other principal's REST call {i} during the flood");
+        } else {
+            jobs.list_jobs(pb::ListJobsRequest::default()).await.unwrap_or_else(|e| panic!("gRPC call {i}: {e:?}"));
+        }
+    }
+    let flood = flood.await.unwrap();
+    let secs = started.elapsed().as_secs_f64();
+    let ok = flood.iter().filter(|(s, _)| *s == 200).count();
+    let limited: Vec<_> = flood.iter().filter(|(s, _)| *s == 429).collect();
+    assert_eq!(ok + limited.len(), flood.len(), "only 200 or 429: {flood:?}");
+    assert!(limited.iter().all(|(_, retry)| *retry), "every 429 says when to retry");
+    // The burst, plus the rate for the time it ran, plus slack for timing.
+    let allowed = 20.0 + 20.0 * secs + 5.0;
+    assert!((ok as f64) <= allowed, "{ok} of the flood's calls passed in {secs:.1} s; at most {allowed:.0} may");
+    assert!(limited.len() >= 200, "only {} refused", limited.len());
+    // Over gRPC the flooder is refused the same way.
+    let mut flood_jobs = tether_proto::pb::job_service_client::JobServiceClient::with_interceptor(
+        cp.channel().await,
+        bearer(Some(&flooder)),
+    );
+    let mut refused = None;
+    for _ in 0..50 {
+        if let Err(e) = flood_jobs.list_jobs(pb::ListJobsRequest::default()).await {
+            refused = Some(e);
+            break;
+        }
+    }
+    let e = refused.expect("50 calls at once exceed a burst of 20");
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.metadata().get("retry-after").is_some(), "{e:?}");
+    eprintln!("flood: {ok} passed, {} refused in {secs:.1} s", limited.len());
 }
 
 async fn slow_clients() {

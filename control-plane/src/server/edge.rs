@@ -12,6 +12,8 @@ use std::time::Instant;
 use http::{HeaderValue, Request, Response};
 use prost::Message;
 
+use super::limits::Limits;
+
 /// Every method path this server exposes; anything else is counted as
 /// `other`, so that clients cannot blow up label cardinality.
 static KNOWN_METHODS: LazyLock<HashSet<String>> = LazyLock::new(|| {
@@ -35,26 +37,38 @@ static KNOWN_METHODS: LazyLock<HashSet<String>> = LazyLock::new(|| {
     set
 });
 
-#[derive(Clone, Default)]
-pub struct EdgeLayer;
+#[derive(Clone)]
+pub struct EdgeLayer {
+    limits: Arc<Limits>,
+}
 
 impl EdgeLayer {
-    pub fn new() -> Self {
+    pub fn new(limits: Arc<Limits>) -> Self {
         LazyLock::force(&KNOWN_METHODS);
-        EdgeLayer
+        EdgeLayer { limits }
     }
+}
+
+/// The services whose calls are limited (see [`Limits`]).
+pub fn services() -> impl Iterator<Item = String> {
+    let mut names: Vec<String> =
+        KNOWN_METHODS.iter().filter_map(|m| Some(m.strip_prefix('/')?.split_once('/')?.0.to_owned())).collect();
+    names.sort();
+    names.dedup();
+    names.into_iter()
 }
 
 impl<S> tower::Layer<S> for EdgeLayer {
     type Service = Edge<S>;
     fn layer(&self, inner: S) -> Edge<S> {
-        Edge { inner }
+        Edge { inner, limits: self.limits.clone() }
     }
 }
 
 #[derive(Clone)]
 pub struct Edge<S> {
     inner: S,
+    limits: Arc<Limits>,
 }
 
 impl<S, B, RB> tower::Service<Request<B>> for Edge<S>
@@ -62,6 +76,7 @@ where
     S: tower::Service<Request<B>, Response = Response<RB>> + Send,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
+    RB: Default + Send + 'static,
 {
     type Response = Response<RB>;
     type Error = S::Error;
@@ -77,11 +92,30 @@ where
         // What the authenticator checks confining caveats against.
         req.extensions_mut().insert(crate::auth::Rpc(method.clone()));
         let started = Instant::now();
-        let fut = self.inner.call(req);
+        let timeout = self.limits.request_timeout();
+        let call = match self.limits.admit(&method, &req) {
+            Ok(permit) => Ok((permit, self.inner.call(req))),
+            Err(refusal) => Err(refusal),
+        };
         // The authenticator names the caller; the events the call appends
         // record it.
         Box::pin(tether_store::audited(async move {
-            let mut res = fut.await;
+            let mut res = match call {
+                Err(refusal) => Ok(refusal.into_http()),
+                // Not a limited service (the agent protocol, health, reflection).
+                Ok((None, fut)) => fut.await,
+                Ok((Some(permit), fut)) => {
+                    let out = match tokio::time::timeout(timeout, fut).await {
+                        Ok(r) => r,
+                        Err(_) => Ok(tonic::Status::deadline_exceeded(format!(
+                            "the call took longer than the server's limit of {timeout:?}"
+                        ))
+                        .into_http()),
+                    };
+                    drop(permit);
+                    out
+                }
+            };
             let code = match &mut res {
                 Ok(r) => {
                     fix_oversized(r);

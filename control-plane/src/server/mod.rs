@@ -3,3 +3,4 @@
 
 pub mod edge;
 pub mod http;
+pub mod limits;

@@ -181,7 +181,12 @@ where
     if let Some((code, exact, msg)) = grpc_status(resp.headers())
         && code != 0
     {
-        return error_as(code, exact, &msg);
+        let mut out = error_as(code, exact, &msg);
+        // A rate limit says when to come back.
+        if let Some(v) = resp.headers().get(http::header::RETRY_AFTER) {
+            out.headers_mut().insert(http::header::RETRY_AFTER, v.clone());
+        }
+        return out;
     }
     let output = route.method.output();
     if route.server_streaming() {
