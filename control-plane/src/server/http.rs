@@ -29,6 +29,8 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     describe_histogram!("tether_grpc_request_duration_seconds", "Time to the response headers by method");
     describe_counter!("tether_enrollments_total", "Nodes enrolled");
     describe_counter!("tether_admission_rejected_total", "Session set-ups refused by admission throttling");
+    describe_counter!("tether_rate_limited_total", "Operator calls refused by their principal's rate limit");
+    describe_counter!("tether_service_saturated_total", "Operator calls refused at a service's concurrency cap");
     describe_gauge!("tether_database_up", "1 while the database answers the health probe");
     describe_gauge!("tether_database_writable", "1 while database writes succeed");
     describe_counter!("tether_jobs_submitted_total", "Jobs accepted by SubmitJob");
@@ -54,6 +56,8 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
         "tether_heartbeats_total",
         "tether_enrollments_total",
         "tether_admission_rejected_total",
+        "tether_rate_limited_total",
+        "tether_service_saturated_total",
         "tether_jobs_submitted_total",
         "tether_allocations_placed_total",
         "tether_allocations_lost_total",
