@@ -12,7 +12,9 @@
 use std::sync::Arc;
 
 use tether_auth::{Caveat, Claims, CredentialKind, KeyRing, Macaroon, RootKey};
-use tether_types::{Error, NodeId, NodePlace, OrgId, OrgRole, ProjectAccess, ProjectId, Role, TokenId, WorkloadId};
+use tether_types::{
+    AccessKeyId, Error, NodeId, NodePlace, OrgId, OrgRole, ProjectAccess, ProjectId, Role, TokenId, WorkloadId,
+};
 use tonic::Request;
 
 use crate::clock::now_ms;
@@ -22,6 +24,19 @@ use crate::tenants::{TenantCache, TenantView};
 /// The header (gRPC metadata) naming the project an organisation or
 /// platform token acts on.
 pub const PROJECT_HEADER: &str = "x-tether-project";
+
+/// A REST request whose SigV4 signature checked out (put in the request's
+/// extensions by the REST bridge, never by a client): it acts as the access
+/// key's project with the key's role.
+#[derive(Debug, Clone)]
+pub struct AccessKeyCaller {
+    pub id: AccessKeyId,
+    pub org: OrgId,
+    pub project: ProjectId,
+    pub role: Role,
+    /// The root key the key's secret derives from.
+    pub key_id: u32,
+}
 
 /// The RPC a request is for (`/tether.v1.Service/Method`), put in the
 /// request's extensions by the edge layer.
@@ -79,7 +94,11 @@ fn confine<T>(claims: &Claims, req: &Request<T>) -> Result<(), tonic::Status> {
 /// tenancy records.
 #[derive(Debug, Clone)]
 pub struct Caller {
+    /// What the credential grants. For an access key: its project and role
+    /// (its `token_id` is the nil id and unused: `principal` names it).
     pub claims: Claims,
+    /// Who calls, for the audit and WhoAmI: a token id or an access key id.
+    pub principal: String,
     /// The token spans every organisation (a platform token, perhaps
     /// narrowed to a lower role).
     pub all_orgs: bool,
@@ -220,6 +239,25 @@ pub fn caveats_for(t: &tether_store::TokenRecord) -> Vec<Caveat> {
     c
 }
 
+fn sha256(b: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, b).as_ref());
+    out
+}
+
+/// The bearer token of a call.
+fn bearer<T>(req: &Request<T>) -> Result<&str, Error> {
+    let header = req
+        .metadata()
+        .get("authorization")
+        .ok_or_else(|| Error::unauthenticated("missing `authorization: Bearer <token>` metadata"))?;
+    let value = header.to_str().map_err(|_| Error::unauthenticated("authorization metadata is not ASCII"))?;
+    value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .ok_or_else(|| Error::unauthenticated("authorization must be `Bearer <token>`"))
+}
+
 /// The key ring of the stored root keys; None when there are none.
 pub fn key_ring(records: &[tether_store::RootKeyRecord]) -> Option<KeyRing> {
     KeyRing::new(records.iter().map(|r| RootKey::new(r.key_id, &r.secret)).collect())
@@ -243,6 +281,8 @@ pub struct Authenticator {
     /// revocation on another replica takes effect here within seconds.
     revoked: std::sync::RwLock<std::collections::HashSet<TokenId>>,
     pub tenants: Arc<TenantCache>,
+    /// The SHA-256 of the internal token, when one is configured.
+    internal: Option<[u8; 32]>,
     /// The first start's project: where the platform administrator acts
     /// when it names none.
     home: ProjectId,
@@ -250,7 +290,33 @@ pub struct Authenticator {
 
 impl Authenticator {
     pub fn new(keys: KeyRing, tenants: Arc<TenantCache>, home: ProjectId) -> Self {
-        Authenticator { keys: std::sync::RwLock::new(keys), revoked: Default::default(), tenants, home }
+        Authenticator { keys: std::sync::RwLock::new(keys), revoked: Default::default(), tenants, internal: None, home }
+    }
+
+    /// Accepts `token` as the internal token (for ResolveAccessKey only).
+    pub fn with_internal_token(mut self, token: &str) -> Self {
+        self.internal = Some(sha256(token.trim().as_bytes()));
+        self
+    }
+
+    /// The call carries the internal token. PERMISSION_DENIED for any other
+    /// credential (an operator's may be perfectly good, just not for this).
+    pub fn internal<T>(&self, req: &Request<T>) -> Result<(), tonic::Status> {
+        let given = bearer(req).map_err(status)?;
+        let Some(want) = &self.internal else {
+            return Err(status(Error::permission_denied(
+                "this call requires the internal token, and none is configured (--internal-token-file)",
+            )));
+        };
+        if !tether_auth::hashes_equal(&sha256(given.as_bytes()), want) {
+            return Err(status(Error::permission_denied("this call requires the internal token")));
+        }
+        Ok(())
+    }
+
+    /// The root key an access key's secret derives from.
+    pub fn root_key(&self, id: u32) -> Option<RootKey> {
+        self.keys.read().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
     }
 
     pub fn revoke(&self, id: TokenId) {
@@ -313,23 +379,36 @@ impl Authenticator {
     }
 
     fn claims<T>(&self, req: &Request<T>) -> Result<Claims, Error> {
-        let header = req
-            .metadata()
-            .get("authorization")
-            .ok_or_else(|| Error::unauthenticated("missing `authorization: Bearer <token>` metadata"))?;
-        let value = header.to_str().map_err(|_| Error::unauthenticated("authorization metadata is not ASCII"))?;
-        let token = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
-            .ok_or_else(|| Error::unauthenticated("authorization must be `Bearer <token>`"))?;
-        self.verify(token)
+        self.verify(bearer(req)?)
     }
 
     /// An operator credential, resolved: which project (if any) the call
     /// acts on and the caller's roles. Roles are checked by the caller's
     /// methods, after the resource is known to be in scope.
     pub fn caller<T>(&self, req: &Request<T>) -> Result<Caller, tonic::Status> {
-        let claims = self.claims(req).map_err(status)?;
+        let (claims, principal) = match req.extensions().get::<AccessKeyCaller>() {
+            Some(k) => (
+                Claims {
+                    token_id: TokenId::from_random([0; 10]),
+                    kind: CredentialKind::Operator,
+                    org: Some(k.org.clone()),
+                    project: Some(k.project.clone()),
+                    role: k.role,
+                    org_role: None,
+                    node: None,
+                    workload: None,
+                    read_only: false,
+                    expires_at: None,
+                    key_id: k.key_id,
+                },
+                k.id.to_string(),
+            ),
+            None => {
+                let c = self.claims(req).map_err(status)?;
+                let id = c.token_id.to_string();
+                (c, id)
+            }
+        };
         if claims.kind != CredentialKind::Operator {
             return Err(status(Error::permission_denied("node credentials cannot call operator APIs")));
         }
@@ -358,8 +437,8 @@ impl Authenticator {
             None => None,
             Some(id) => Some(self.in_scope(&view, &claims, all_orgs, &id)?),
         };
-        let caller = Caller { claims, all_orgs, platform, project, org_role };
-        tether_store::set_actor(tether_store::Actor::new(caller.claims.token_id.as_str(), caller.have()));
+        let caller = Caller { claims, principal, all_orgs, platform, project, org_role };
+        tether_store::set_actor(tether_store::Actor::new(caller.principal.clone(), caller.have()));
         Ok(caller)
     }
 
@@ -395,7 +474,7 @@ impl Authenticator {
         let p = self.in_scope(&view, &c.claims, c.all_orgs, id)?;
         c.project = Some(p);
         c.in_project(need)?;
-        tether_store::set_actor(tether_store::Actor::new(c.claims.token_id.as_str(), c.have()));
+        tether_store::set_actor(tether_store::Actor::new(c.principal.clone(), c.have()));
         Ok(c)
     }
 

@@ -97,6 +97,17 @@ pub struct Config {
     #[arg(long, env = "TETHER_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
 
+    /// The region SigV4-signed requests name in their credential scope
+    /// (service `tether`).
+    #[arg(long, env = "TETHER_SIGV4_REGION", default_value = "local")]
+    pub sigv4_region: String,
+
+    /// A file holding the internal token: the only credential
+    /// ResolveAccessKey accepts (and nothing else accepts it). Unset: the
+    /// RPC is refused.
+    #[arg(long, env = "TETHER_INTERNAL_TOKEN_FILE")]
+    pub internal_token_file: Option<PathBuf>,
+
     /// This replica's name in leases. Defaults to hostname:pid.
     #[arg(long, env = "TETHER_REPLICA_ID")]
     pub replica_id: Option<String>,
@@ -144,6 +155,8 @@ struct FileConfig {
     rate_burst: Option<u32>,
     service_concurrency: Option<usize>,
     request_timeout: Option<String>,
+    sigv4_region: Option<String>,
+    internal_token_file: Option<PathBuf>,
     replica_id: Option<String>,
 }
 
@@ -195,6 +208,10 @@ impl Config {
         take!(rate_burst);
         take!(service_concurrency);
         take!(request_timeout, duration);
+        take!(sigv4_region);
+        if let (true, Some(v)) = (unset("internal_token_file"), f.internal_token_file) {
+            self.internal_token_file = Some(v);
+        }
         take!(replica_id);
         Ok(())
     }

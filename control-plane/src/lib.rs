@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tether_proto::agent_pb::agent_service_server::AgentServiceServer;
+use tether_proto::pb::access_key_service_server::AccessKeyServiceServer;
 use tether_proto::pb::admin_service_server::AdminServiceServer;
 use tether_proto::pb::job_service_server::JobServiceServer;
 use tether_proto::pb::node_service_server::NodeServiceServer;
@@ -165,7 +166,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     tenants.reload(&store).await?;
     let app = Arc::new(App {
         store: store.clone(),
-        auth: auth::Authenticator::new(boot.keys.clone(), tenants, boot.project_id.clone()),
+        auth: {
+            let auth = auth::Authenticator::new(boot.keys.clone(), tenants, boot.project_id.clone());
+            match &config.internal_token_file {
+                Some(path) => {
+                    let token = std::fs::read_to_string(path)
+                        .with_context(|| format!("reading the internal token from {}", path.display()))?;
+                    anyhow::ensure!(token.trim().len() >= 16, "the internal token must be at least 16 characters");
+                    auth.with_internal_token(&token)
+                }
+                None => auth,
+            }
+        },
         registry: registry.clone(),
         notify,
         admission: tokio::sync::Semaphore::new(config.admission_concurrency),
@@ -246,6 +258,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let projects = ProjectServiceServer::new(services::projects::ProjectApi::new(app.clone()))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
+    let access_keys = AccessKeyServiceServer::new(services::access_keys::AccessKeyApi::new(app.clone()))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
     let admin = AdminServiceServer::new(services::admin::AdminApi::new(app.clone(), task_statuses));
 
     // One set of routes serves gRPC and, in-process, the REST bridge, so both
@@ -261,6 +276,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .add_service(placement)
         .add_service(organizations)
         .add_service(projects)
+        .add_service(access_keys)
         .add_service(admin);
     // One set of limits for both ports: a principal's bucket is the same
     // whether it calls over gRPC or REST.
@@ -277,10 +293,23 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     };
     let bridge = Arc::new(tether_rest::Bridge::from_descriptors(tether_proto::FILE_DESCRIPTOR_SET)?);
     let openapi = Arc::new(tether_rest::openapi(&bridge, env!("CARGO_PKG_VERSION")));
+    let signed: tether_rest::SignedAuth = {
+        let app = app.clone();
+        Arc::new(move |call| {
+            let app = app.clone();
+            Box::pin(async move {
+                let caller = services::access_keys::verify_signed(&app, &call).await?;
+                let mut ext = http::Extensions::new();
+                ext.insert(caller);
+                Ok(ext)
+            })
+        })
+    };
     let rest = tether_rest::router(
         bridge,
         tower::Layer::layer(&server::edge::EdgeLayer::new(limits.clone()), routes.clone()),
         config.http_body_timeout,
+        Some(signed),
     );
 
     let grpc_shutdown = shutdown.clone();

@@ -11,6 +11,7 @@ const FILES: &[&str] = &[
     "tether/v1/admin.proto",
     "tether/v1/node.proto",
     "tether/v1/tenancy.proto",
+    "tether/v1/access_key.proto",
     "tether/v1/organization.proto",
     "tether/v1/project.proto",
     "tether/v1/job.proto",

@@ -126,6 +126,16 @@ pub fn schemathesis() -> PathBuf {
     venv
 }
 
+/// The repo's .venv Python (with botocore), or TETHER_TEST_PYTHON.
+pub fn venv_python() -> PathBuf {
+    if let Ok(p) = std::env::var("TETHER_TEST_PYTHON") {
+        return p.into();
+    }
+    let venv = workspace_root().join(".venv/bin/python");
+    assert!(venv.exists(), "the .venv Python is missing: ./scripts/test makes it (with botocore)");
+    venv
+}
+
 /// A fresh PostgreSQL database on the test server.
 async fn fresh_postgres_db() -> String {
     let base = std::env::var("TETHER_TEST_POSTGRES_URL")

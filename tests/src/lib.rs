@@ -7,6 +7,8 @@
 //! unit tests, which links once.
 
 #[cfg(test)]
+mod access_keys;
+#[cfg(test)]
 mod admin;
 #[cfg(test)]
 mod edge;

@@ -49,7 +49,15 @@ fn fill(template: &str, ids: &[(&str, &str)]) -> String {
 }
 
 async fn every_annotated_rpc_answers_over_rest(backend: Backend) {
-    let cp = ControlPlane::start(backend).await;
+    // ResolveAccessKey answers the internal token only.
+    let secrets = tempfile::tempdir().unwrap();
+    let internal = "internal-token-of-the-rest-test";
+    std::fs::write(secrets.path().join("internal"), internal).unwrap();
+    let opts = Options {
+        extra_args: vec!["--internal-token-file".into(), secrets.path().join("internal").display().to_string()],
+        ..Options::default()
+    };
+    let cp = ControlPlane::start_opts(backend, opts).await;
     let agent = Agent::start(&cp, "rest", &["--labels", "zone=r"]);
     let node_id = agent.node_id().await;
     cp.wait_nodes(1, pb::NodeStatus::Ready, Duration::from_secs(20)).await;
@@ -75,6 +83,10 @@ async fn every_annotated_rpc_answers_over_rest(backend: Backend) {
     let (s, tok) = rest.call("POST", "/v1/tokens", Some(json!({"role": "ROLE_VIEWER", "ttl": "600s"}))).await;
     assert_eq!(s, 200, "{tok}");
     let token_id = tok["tokenId"].as_str().unwrap().to_owned();
+    let (s, ak) = rest.call("POST", "/v1/access-keys", Some(json!({"role": "ROLE_VIEWER"}))).await;
+    assert_eq!(s, 200, "{ak}");
+    assert!(ak["secretAccessKey"].as_str().is_some_and(|s| s.len() >= 40), "{ak}");
+    let access_key_id = ak["accessKey"]["accessKeyId"].as_str().unwrap().to_owned();
     // A second organisation with a project and a join token, for the
     // organisation and project calls (deleted with force at the end).
     let (s, org) = rest.call("POST", "/v1/organizations", Some(json!({"name": "spare"}))).await;
@@ -96,7 +108,9 @@ async fn every_annotated_rpc_answers_over_rest(backend: Backend) {
         ("job_id", job_id.as_str()),
         ("workload_id", workload_id.as_str()),
         ("join_token_id", join_token_id.as_str()),
+        ("access_key_id", access_key_id.as_str()),
     ];
+    let as_internal = Rest { token: internal.into(), ..Rest::new(&cp) };
 
     // int64 as strings, query parameters by JSON and by proto name.
     let (_, nodes) = rest.call("GET", "/v1/nodes?labelSelector=zone%3Dr&page_size=5", None).await;
@@ -133,6 +147,8 @@ async fn every_annotated_rpc_answers_over_rest(backend: Backend) {
             "/tether.v1.TenancyService/CreateToken" => json!({"role": "ROLE_VIEWER", "ttl": "60s"}),
             "/tether.v1.TenancyService/CreateJoinToken" => json!({}),
             "/tether.v1.TenancyService/VerifyToken" => json!({"token": rest.token}),
+            "/tether.v1.AccessKeyService/CreateAccessKey" => json!({"role": "ROLE_VIEWER"}),
+            "/tether.v1.AccessKeyService/ResolveAccessKey" => json!({}),
             "/tether.v1.PlacementService/SuggestPlacement" => {
                 json!({"resources": {"cpuMillis": "100"}, "objective": "OBJECTIVE_COST"})
             }
@@ -184,7 +200,8 @@ async fn every_annotated_rpc_answers_over_rest(backend: Backend) {
             assert!(matches!(first, Ok(Some(Ok(_)))) || ended_empty, "{path}: no event: {first:?}");
             continue;
         }
-        let (status, value) = rest.call(method, &path, body_for(&r.grpc_path)).await;
+        let caller = if r.grpc_path.ends_with("/ResolveAccessKey") { &as_internal } else { &rest };
+        let (status, value) = caller.call(method, &path, body_for(&r.grpc_path)).await;
         assert_eq!(status, 200, "{method} {path} ({}): {value}", r.grpc_path);
         let out = DynamicMessage::deserialize_with_options(
             r.method.output(),

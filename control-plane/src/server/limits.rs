@@ -109,6 +109,9 @@ impl Limits {
     /// Who a bucket is for: the verified token's id, or the peer's address
     /// (a forged or missing credential cannot spend another's bucket).
     fn principal<B>(&self, req: &http::Request<B>) -> String {
+        if let Some(k) = req.extensions().get::<crate::auth::AccessKeyCaller>() {
+            return k.id.to_string();
+        }
         if let Some(id) = req
             .headers()
             .get(http::header::AUTHORIZATION)

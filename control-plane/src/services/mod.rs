@@ -2,6 +2,7 @@
 //! validation, authorises the caller, and maps errors through the shared
 //! [`tether_types::ErrorCode`].
 
+pub mod access_keys;
 pub mod admin;
 pub mod agent;
 pub mod jobs;

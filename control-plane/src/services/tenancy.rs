@@ -236,7 +236,7 @@ impl pb::tenancy_service_server::TenancyService for TenancyApi {
             node_id: c.node.as_ref().map(ToString::to_string).unwrap_or_default(),
             workload_id: c.workload.as_ref().map(ToString::to_string).unwrap_or_default(),
             read_only: c.read_only,
-            token_id: who.claims.token_id.to_string(),
+            token_id: who.principal.clone(),
             organization_id: who.org_id().map(ToString::to_string).unwrap_or_default(),
             project_id: p.map(|p| p.id().to_string()).unwrap_or_default(),
             role: p.map_or(pb::Role::Unspecified, |p| p.role.to_pb()) as i32,

@@ -45,20 +45,49 @@ impl<S> Grpc for S where
 {
 }
 
+/// A REST request signed with AWS Signature Version 4, as it arrived.
+pub struct SignedCall {
+    pub method: http::Method,
+    /// The path as sent (not decoded).
+    pub path: String,
+    /// The query as sent, without the `?`.
+    pub query: String,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+/// Checks a signed request; what it answers goes into the gRPC request's
+/// extensions (where no client can put anything) for the services to read.
+pub type SignedAuth = Arc<
+    dyn Fn(SignedCall) -> std::pin::Pin<Box<dyn Future<Output = Result<http::Extensions, tether_types::Error>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// The scheme of a SigV4 `Authorization` header.
+const SIGV4: &str = "AWS4-HMAC-SHA256 ";
+
 struct Shared<S> {
     bridge: Arc<Bridge>,
     grpc: S,
     body_timeout: std::time::Duration,
+    signed: Option<SignedAuth>,
 }
 
 /// An axum router serving every HTTP route of the bridge (as a fallback, so
 /// it can be merged with other routes).
-/// A request body must arrive within `body_timeout` (408 if not).
-pub fn router<S: Grpc>(bridge: Arc<Bridge>, grpc: S, body_timeout: std::time::Duration) -> Router
+/// A request body must arrive within `body_timeout` (408 if not). Requests
+/// signed with SigV4 are checked by `signed` (refused when there is none).
+pub fn router<S: Grpc>(
+    bridge: Arc<Bridge>,
+    grpc: S,
+    body_timeout: std::time::Duration,
+    signed: Option<SignedAuth>,
+) -> Router
 where
     S::Future: Send,
 {
-    let shared = Arc::new(Shared { bridge, grpc, body_timeout });
+    let shared = Arc::new(Shared { bridge, grpc, body_timeout, signed });
     Router::new().fallback(handle::<S>).with_state(shared)
 }
 
@@ -151,6 +180,27 @@ where
             );
         }
     };
+    // A signed request is checked against the body as it arrived.
+    let signed =
+        parts.headers.get(http::header::AUTHORIZATION).is_some_and(|v| v.as_bytes().starts_with(SIGV4.as_bytes()));
+    let verified = if signed {
+        let Some(check) = &st.signed else {
+            return error(16, "signed requests are not accepted here");
+        };
+        let call = SignedCall {
+            method: parts.method.clone(),
+            path: parts.uri.path().to_owned(),
+            query: parts.uri.query().unwrap_or("").to_owned(),
+            headers: parts.headers.clone(),
+            body: body.clone(),
+        };
+        match check(call).await {
+            Ok(ext) => Some(ext),
+            Err(e) => return error_as(e.code.grpc_code(), Some(e.code), &e.message),
+        }
+    } else {
+        None
+    };
     let input = match build_input(route, &bound, parts.uri.query().unwrap_or(""), &body) {
         Ok(m) => m,
         Err(r) => return r,
@@ -167,10 +217,16 @@ where
         .header("te", "trailers")
         .body(GrpcBody::new(http_body_util::Full::new(frame.freeze())))
         .expect("a valid request");
-    // The credential, and the project an organisation's token acts on.
-    for h in [http::header::AUTHORIZATION, http::HeaderName::from_static("x-tether-project")] {
-        if let Some(v) = parts.headers.get(&h) {
-            grpc_req.headers_mut().insert(h, v.clone());
+    // The credential (a bearer token, or what the signature check found),
+    // and the project an organisation's token acts on.
+    match verified {
+        Some(ext) => grpc_req.extensions_mut().extend(ext),
+        None => {
+            for h in [http::header::AUTHORIZATION, http::HeaderName::from_static("x-tether-project")] {
+                if let Some(v) = parts.headers.get(&h) {
+                    grpc_req.headers_mut().insert(h, v.clone());
+                }
+            }
         }
     }
     let resp = match st.grpc.clone().oneshot(grpc_req).await {

@@ -85,6 +85,7 @@ fn id_prefix(field: &str) -> Option<&'static str> {
         "project_id" => ProjectId::PREFIX,
         "organization_id" => OrgId::PREFIX,
         "allocation_id" => AllocId::PREFIX,
+        "access_key_id" => AccessKeyId::PREFIX,
         _ => return None,
     })
 }

@@ -10,6 +10,7 @@
 //! placeholders, `ON CONFLICT`, `RETURNING`), and the [`on_read!`] and
 //! [`in_tx!`] macros expand each body once per backend.
 
+mod access_keys;
 mod error;
 mod events;
 mod health;
@@ -25,6 +26,7 @@ mod workloads;
 #[cfg(test)]
 mod tests;
 
+pub use access_keys::AccessKeyRecord;
 pub use error::{Failure, StoreError};
 pub use events::{Actor, Event, audited, current_actor, set_actor};
 pub use health::{DbHealth, PROBE_TIMEOUT};

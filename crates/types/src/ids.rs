@@ -82,6 +82,11 @@ typed_id!(
     "tok-"
 );
 typed_id!(JoinTokenId, "jt-");
+typed_id!(
+    /// An access key: a project's credential for SigV4-signed requests.
+    AccessKeyId,
+    "ak-"
+);
 typed_id!(JobId, "job-");
 typed_id!(WorkloadId, "wl-");
 typed_id!(

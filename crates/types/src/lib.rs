@@ -19,7 +19,7 @@ mod work;
 pub use agent::{AgentMessage, Assignment, Command, DesiredState, Held, Outcome, OutputStream, WireKey};
 pub use allocation::{AllocKey, AllocKind, AllocStatus, Allocation};
 pub use error::{Error, ErrorCode, Result};
-pub use ids::{AllocId, JobId, JoinTokenId, NodeId, OrgId, ProjectId, TokenId, WorkloadId};
+pub use ids::{AccessKeyId, AllocId, JobId, JoinTokenId, NodeId, OrgId, ProjectId, TokenId, WorkloadId};
 pub use labels::{LabelSelector, Labels, validate_labels};
 pub use lifecycle::{JobEvent, Shortfall};
 pub use node::{DesiredNodeState, Gpu, Node, NodeCapabilities, NodeStatus, NodeUsage};
