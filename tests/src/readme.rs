@@ -97,6 +97,9 @@ async fn readme_examples_run_as_written() {
         "tether_agents_connected 1",
         "\"openapi\":\"3.1.0\"",
         "RANK",
+        // WhoAmI over a SigV4-signed request answers as the access key.
+        "\"tokenId\":\"ak-",
+        "valid: tok-",
     ] {
         assert!(stdout.contains(expected), "{expected:?} missing from the output:\n{stdout}");
     }

@@ -1,6 +1,7 @@
 //! `tetherctl`: the operator CLI. Talks gRPC to the control plane; prints
 //! tables for people and proto3 JSON (`-o json`) for scripts.
 
+mod access_keys;
 mod jobs;
 mod nodes;
 mod output;
@@ -71,6 +72,9 @@ enum Cmd {
     /// API tokens (macaroons).
     #[command(subcommand)]
     Tokens(TokensCmd),
+    /// Access keys for SigV4-signed REST requests.
+    #[command(subcommand)]
+    AccessKeys(access_keys::AccessKeysCmd),
     /// Agent join tokens.
     #[command(name = "join-tokens", subcommand)]
     JoinTokens(JoinTokensCmd),
@@ -115,6 +119,12 @@ impl Clients {
     }
     fn projects(&self) -> ProjectServiceClient<Svc> {
         ProjectServiceClient::with_interceptor(self.channel.clone(), self.bearer.clone())
+    }
+    fn access_keys(&self) -> tether_proto::pb::access_key_service_client::AccessKeyServiceClient<Svc> {
+        tether_proto::pb::access_key_service_client::AccessKeyServiceClient::with_interceptor(
+            self.channel.clone(),
+            self.bearer.clone(),
+        )
     }
 }
 
@@ -179,6 +189,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Jobs(cmd) => jobs::run(&c, &out, cmd).await,
         Cmd::Workloads(cmd) => workloads::run(&c, &out, cmd).await,
         Cmd::Tokens(cmd) => tokens::tokens(&c, &out, cmd).await,
+        Cmd::AccessKeys(cmd) => access_keys::run(&c, &out, cmd).await,
         Cmd::JoinTokens(cmd) => tokens::join_tokens(&c, &out, cmd).await,
         Cmd::Placement(cmd) => placement::run(&c, &out, cmd).await,
         Cmd::Orgs(cmd) => tenants::orgs(&c, &out, cmd).await,

@@ -54,7 +54,7 @@ fn civil(z: i64) -> (i64, u32, u32) {
 }
 
 /// The enum value's name without its prefix, lowercased: NODE_STATUS_READY -> ready.
-fn short<E: std::fmt::Debug>(e: Result<E, prost::UnknownEnumValue>) -> String {
+pub(crate) fn short<E: std::fmt::Debug>(e: Result<E, prost::UnknownEnumValue>) -> String {
     match e {
         Ok(v) => {
             let s = format!("{v:?}");
@@ -456,6 +456,27 @@ impl Out {
         }
         println!("{}", r.token);
         eprintln!("token id {}, expires {}", r.token_id, ts(&r.expires_at));
+    }
+
+    pub fn access_keys<M: Message>(&self, keys: &[pb::AccessKey], whole: &M) {
+        let name = std::any::type_name::<M>().rsplit("::").next().unwrap_or_default();
+        if self.json(whole, &format!("tether.v1.{name}")) {
+            return;
+        }
+        table(
+            &["ACCESS KEY", "ROLE", "CREATED", "REVOKED", "DESCRIPTION"],
+            keys.iter()
+                .map(|k| {
+                    vec![
+                        k.access_key_id.clone(),
+                        short(pb::Role::try_from(k.role)),
+                        ts(&k.created_at),
+                        ts(&k.revoked_at),
+                        k.description.clone(),
+                    ]
+                })
+                .collect(),
+        );
     }
 
     pub fn tokens(&self, r: &pb::ListTokensResponse) {

@@ -28,6 +28,13 @@ pub(crate) enum TokensCmd {
     Revoke {
         token_id: String,
     },
+    /// Ask the control plane whether a token is valid and what it grants.
+    Verify {
+        token: String,
+    },
+    /// Sign new tokens with a new root key (platform administrator); tokens
+    /// signed before stay valid until they expire.
+    RotateRootKey,
     /// Narrow the token given with --token or --token-file, offline (no call
     /// to the control plane): a shorter life, a lower role, one node, one
     /// workload, read-only. Prints the new token; the original stays as it
@@ -101,6 +108,17 @@ pub(crate) enum RoleArg {
     Admin,
 }
 
+impl RoleArg {
+    pub(crate) fn to_pb(self) -> pb::Role {
+        match self {
+            RoleArg::Viewer => pb::Role::Viewer,
+            RoleArg::Support => pb::Role::Support,
+            RoleArg::Operator => pb::Role::Operator,
+            RoleArg::Admin => pb::Role::Admin,
+        }
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 pub(crate) enum OrgRoleArg {
     OrgViewer,
@@ -139,12 +157,7 @@ pub(crate) async fn tokens(c: &Clients, out: &Out, cmd: TokensCmd) -> anyhow::Re
                 Some(OrgRoleArg::OrgViewer) => pb::OrgRole::Viewer,
                 Some(OrgRoleArg::OrgAdmin) => pb::OrgRole::Admin,
             };
-            let role = match role {
-                RoleArg::Viewer => pb::Role::Viewer,
-                RoleArg::Support => pb::Role::Support,
-                RoleArg::Operator => pb::Role::Operator,
-                RoleArg::Admin => pb::Role::Admin,
-            };
+            let role = role.to_pb();
             let r = c
                 .tenancy()
                 .create_token(pb::CreateTokenRequest {
@@ -164,6 +177,21 @@ pub(crate) async fn tokens(c: &Clients, out: &Out, cmd: TokensCmd) -> anyhow::Re
         TokensCmd::Revoke { token_id } => {
             let r = c.tenancy().revoke_token(pb::RevokeTokenRequest { token_id }).await?.into_inner();
             out.message(&r, &format!("revoked {}", r.token.as_ref().map(|t| t.token_id.as_str()).unwrap_or("")));
+        }
+        TokensCmd::Verify { token } => {
+            let r = c.tenancy().verify_token(pb::VerifyTokenRequest { token }).await?.into_inner();
+            let text = if r.valid {
+                let role = crate::output::short(pb::Role::try_from(r.role));
+                format!("valid: {} ({role}{})", r.token_id, if r.read_only { ", read-only" } else { "" })
+            } else {
+                format!("not valid: {}", r.reason)
+            };
+            out.message(&r, &text);
+            return Ok(if r.valid { 0 } else { 1 });
+        }
+        TokensCmd::RotateRootKey => {
+            let r = c.tenancy().rotate_root_key(pb::RotateRootKeyRequest {}).await?.into_inner();
+            out.message(&r, &format!("new tokens are signed with root key {}", r.root_key_id));
         }
         TokensCmd::Attenuate { .. } => unreachable!("handled offline, before connecting"),
     }
