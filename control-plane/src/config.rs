@@ -97,6 +97,11 @@ pub struct Config {
     #[arg(long, env = "TETHER_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
 
+    /// An operator's server stream (a watch, a log) that carries nothing for
+    /// this long is ended with DEADLINE_EXCEEDED; clients resume.
+    #[arg(long, env = "TETHER_STREAM_IDLE_TIMEOUT", default_value = "30m", value_parser = humantime::parse_duration)]
+    pub stream_idle_timeout: Duration,
+
     /// The region SigV4-signed requests name in their credential scope
     /// (service `tether`).
     #[arg(long, env = "TETHER_SIGV4_REGION", default_value = "local")]
@@ -155,6 +160,7 @@ struct FileConfig {
     rate_burst: Option<u32>,
     service_concurrency: Option<usize>,
     request_timeout: Option<String>,
+    stream_idle_timeout: Option<String>,
     sigv4_region: Option<String>,
     internal_token_file: Option<PathBuf>,
     replica_id: Option<String>,
@@ -208,6 +214,7 @@ impl Config {
         take!(rate_burst);
         take!(service_concurrency);
         take!(request_timeout, duration);
+        take!(stream_idle_timeout, duration);
         take!(sigv4_region);
         if let (true, Some(v)) = (unset("internal_token_file"), f.internal_token_file) {
             self.internal_token_file = Some(v);
@@ -230,6 +237,7 @@ impl Config {
         anyhow::ensure!(!self.http_body_timeout.is_zero(), "HTTP body timeout must be positive");
         anyhow::ensure!(self.service_concurrency >= 1, "service concurrency must be at least 1");
         anyhow::ensure!(!self.request_timeout.is_zero(), "request timeout must be positive");
+        anyhow::ensure!(!self.stream_idle_timeout.is_zero(), "stream idle timeout must be positive");
         Ok(())
     }
 

@@ -75,3 +75,34 @@ mod tests {
         assert_eq!(tx.try_send(Ok(5)), Err(TrySendError::Closed));
     }
 }
+
+/// Ends an operator's stream that has carried nothing for `idle`, with
+/// DEADLINE_EXCEEDED: a watcher that went quiet does not hold a task and a
+/// connection forever. Clients resume (a watch from its last sequence).
+pub fn idle_limited<T: Send + 'static>(inner: BoxStream<T>, idle: std::time::Duration) -> BoxStream<T> {
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new({
+        let (tx, rx) = mpsc::channel::<Result<T, Status>>(1);
+        tokio::spawn(async move {
+            let mut inner = inner;
+            loop {
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    next = tokio::time::timeout(idle, inner.next()) => match next {
+                        Ok(Some(item)) => {
+                            if tx.send(item).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(None) => return,
+                        Err(_) => {
+                            let why = format!("no message for {idle:?}: the stream is closed; open it again (a watch resumes from its last sequence)");
+                            let _ = tx.send(Err(Status::deadline_exceeded(why))).await;
+                            return;
+                        }
+                    },
+                }
+            }
+        });
+        rx
+    }))
+}

@@ -20,6 +20,25 @@ mod transport {
         slow_clients().await;
     }
 
+    /// A quiet watch is ended after the idle timeout (in memory: SQLite only).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_idle_stream_is_ended() {
+        let opts =
+            Options { extra_args: ["--stream-idle-timeout", "1s"].map(String::from).to_vec(), ..Options::default() };
+        let cp = ControlPlane::start_opts(Backend::Sqlite, opts).await;
+        let mut nodes = cp.nodes_as(Some(&cp.admin_token)).await;
+        let started = std::time::Instant::now();
+        let mut watch = nodes.watch_nodes(pb::WatchNodesRequest::default()).await.unwrap().into_inner();
+        let end = tokio::time::timeout(Duration::from_secs(10), watch.message()).await.expect("ended within 10 s");
+        let err = end.expect_err("an idle watch ends with an error, not quietly");
+        assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+        assert!(started.elapsed() >= Duration::from_secs(1), "not before the idle timeout");
+        // The same over REST (SSE): the stream ends.
+        let (status, body) = cp.http_get_as("/v1/nodes:watch", &cp.admin_token, 5000).await;
+        assert_eq!(status, 200);
+        assert!(body.contains("no message for"), "the SSE stream says why it ended: {body}");
+    }
+
     /// Rate limits live in memory, not in the database: SQLite only.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_flood_from_one_principal_leaves_others_alone() {

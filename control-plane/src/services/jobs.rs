@@ -217,7 +217,7 @@ impl pb::job_service_server::JobService for JobApi {
                 }
             }
         });
-        Ok(Response::new(rx))
+        Ok(Response::new(crate::stream::idle_limited(rx, self.app.config.stream_idle_timeout)))
     }
 
     type StreamJobLogsStream = BoxStream<pb::StreamJobLogsResponse>;
@@ -294,6 +294,6 @@ impl pb::job_service_server::JobService for JobApi {
                 }
             }
         });
-        Ok(Response::new(rx))
+        Ok(Response::new(crate::stream::idle_limited(rx, self.app.config.stream_idle_timeout)))
     }
 }

@@ -237,7 +237,7 @@ impl pb::node_service_server::NodeService for NodeApi {
                 }
             }
         });
-        Ok(Response::new(rx))
+        Ok(Response::new(crate::stream::idle_limited(rx, self.app.config.stream_idle_timeout)))
     }
 
     async fn set_desired_state(
