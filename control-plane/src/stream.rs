@@ -58,24 +58,6 @@ pub fn channel<T: Send + 'static>(capacity: usize) -> (StreamTx<T>, BoxStream<T>
     (StreamTx(tx), Box::pin(ReceiverStream::new(rx).map(|item: Box<Result<T, Status>>| *item)))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn items_arrive_in_order_and_full_is_reported() {
-        let (tx, mut rx) = channel::<u32>(2);
-        tx.send(Ok(1)).await.unwrap();
-        tx.try_send(Err(Status::aborted("x"))).unwrap();
-        assert_eq!(tx.try_send(Ok(3)), Err(TrySendError::Full));
-        assert_eq!(rx.next().await.unwrap().unwrap(), 1);
-        assert_eq!(rx.next().await.unwrap().unwrap_err().code(), tonic::Code::Aborted);
-        drop(rx);
-        assert!(tx.send(Ok(4)).await.is_err());
-        assert_eq!(tx.try_send(Ok(5)), Err(TrySendError::Closed));
-    }
-}
-
 /// Ends an operator's stream that has carried nothing for `idle`, with
 /// DEADLINE_EXCEEDED: a watcher that went quiet does not hold a task and a
 /// connection forever. Clients resume (a watch from its last sequence).
@@ -105,4 +87,22 @@ pub fn idle_limited<T: Send + 'static>(inner: BoxStream<T>, idle: std::time::Dur
         });
         rx
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn items_arrive_in_order_and_full_is_reported() {
+        let (tx, mut rx) = channel::<u32>(2);
+        tx.send(Ok(1)).await.unwrap();
+        tx.try_send(Err(Status::aborted("x"))).unwrap();
+        assert_eq!(tx.try_send(Ok(3)), Err(TrySendError::Full));
+        assert_eq!(rx.next().await.unwrap().unwrap(), 1);
+        assert_eq!(rx.next().await.unwrap().unwrap_err().code(), tonic::Code::Aborted);
+        drop(rx);
+        assert!(tx.send(Ok(4)).await.is_err());
+        assert_eq!(tx.try_send(Ok(5)), Err(TrySendError::Closed));
+    }
 }

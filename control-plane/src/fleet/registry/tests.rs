@@ -45,6 +45,15 @@ async fn fixture() -> Fixture {
         .connect_with(opts)
         .await
         .unwrap();
+    // min_connections opens them in the background: hold all four at once
+    // so that each is open before the clock is paused (one opened later
+    // would leave the runtime idle, and the paused clock would jump to the
+    // acquire timeout).
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(pool.acquire().await.unwrap());
+    }
+    drop(held);
     let store = Store::sqlite(pool.clone(), pool);
     let org =
         store.bootstrap(OrgId::from_random([1; 10]), ProjectId::from_random([2; 10]), 1_000).await.unwrap().org_id;
