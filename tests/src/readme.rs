@@ -44,7 +44,12 @@ async fn readme_examples_run_as_written() {
         .unwrap();
     let token_file = dir.path().join("tether-data/join.token");
     eventually(Duration::from_secs(30), "the control plane to bootstrap", || async {
-        (token_file.exists() && http_get("127.0.0.1:8080", "/readyz").await.0 == 200).then_some(())
+        // The token files are written before the ports are bound: wait for
+        // the port to accept before asking it.
+        (token_file.exists()
+            && tokio::net::TcpStream::connect("127.0.0.1:8080").await.is_ok()
+            && http_get("127.0.0.1:8080", "/readyz").await.0 == 200)
+            .then_some(())
     })
     .await;
     let alog = std::fs::File::create(dir.path().join("agent.log")).unwrap();
