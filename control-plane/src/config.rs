@@ -216,9 +216,7 @@ impl Config {
         take!(request_timeout, duration);
         take!(stream_idle_timeout, duration);
         take!(sigv4_region);
-        if let (true, Some(v)) = (unset("internal_token_file"), f.internal_token_file) {
-            self.internal_token_file = Some(v);
-        }
+        take!(internal_token_file);
         take!(replica_id);
         Ok(())
     }

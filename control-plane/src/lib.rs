@@ -288,7 +288,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             request_timeout: config.request_timeout,
         };
         let app = app.clone();
-        let identify: server::limits::Identify = Box::new(move |t| app.auth.signed_by_us(t).map(|id| id.to_string()));
+        let identify: server::limits::Identify = Box::new(move |t| app.auth.signed_by_us(t).ok());
         Arc::new(server::limits::Limits::new(settings, identify, server::edge::services()))
     };
     let bridge = Arc::new(tether_rest::Bridge::from_descriptors(tether_proto::FILE_DESCRIPTOR_SET)?);

@@ -93,7 +93,7 @@ where
         req.extensions_mut().insert(crate::auth::Rpc(method.clone()));
         let started = Instant::now();
         let timeout = self.limits.request_timeout();
-        let call = match self.limits.admit(&method, &req) {
+        let call = match self.limits.admit(&method, &mut req) {
             Ok(permit) => Ok((permit, self.inner.call(req))),
             Err(refusal) => Err(refusal),
         };

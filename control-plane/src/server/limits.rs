@@ -14,9 +14,11 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// The principal a bearer token is verifiably for (its signature checks
-/// out), if any.
-pub type Identify = Box<dyn Fn(&str) -> Option<String> + Send + Sync>;
+use crate::auth::{VerifiedToken, bearer_token};
+
+/// What a bearer token verifiably grants (its signature and expiry check
+/// out), if anything.
+pub type Identify = Box<dyn Fn(&str) -> Option<tether_auth::Claims> + Send + Sync>;
 
 /// The settings, from the configuration.
 #[derive(Debug, Clone, Copy)]
@@ -64,7 +66,9 @@ impl Limits {
 
     /// Whether a call to `path` by the sender of `req` may go ahead now; the
     /// permit holds its place in the service's concurrency until dropped.
-    pub fn admit<B>(&self, path: &str, req: &http::Request<B>) -> Result<Option<OwnedSemaphorePermit>, Refusal> {
+    /// A verified bearer token is left in the request's extensions for the
+    /// authenticator ([`VerifiedToken`]).
+    pub fn admit<B>(&self, path: &str, req: &mut http::Request<B>) -> Result<Option<OwnedSemaphorePermit>, Refusal> {
         let Some(service) = path.strip_prefix('/').and_then(|p| p.split_once('/')).map(|(s, _)| s) else {
             return Ok(None);
         };
@@ -72,7 +76,7 @@ impl Limits {
             return Ok(None);
         }
         if let Some(buckets) = &self.buckets {
-            let who = self.principal(req);
+            let who = self.principal(&mut *req);
             if let Err(not_until) = buckets.check_key(&who) {
                 let wait = not_until.wait_time_from(DefaultClock::default().now());
                 metrics::counter!("tether_rate_limited_total").increment(1);
@@ -108,17 +112,19 @@ impl Limits {
 
     /// Who a bucket is for: the verified token's id, or the peer's address
     /// (a forged or missing credential cannot spend another's bucket).
-    fn principal<B>(&self, req: &http::Request<B>) -> String {
+    fn principal<B>(&self, req: &mut http::Request<B>) -> String {
         if let Some(k) = req.extensions().get::<crate::auth::AccessKeyCaller>() {
             return k.id.to_string();
         }
-        if let Some(id) = req
+        if let Some(claims) = req
             .headers()
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .and_then(bearer_token)
             .and_then(|t| (self.identify)(t))
         {
+            let id = claims.token_id.to_string();
+            req.extensions_mut().insert(VerifiedToken(claims));
             return id;
         }
         match req
@@ -148,8 +154,23 @@ mod tests {
     fn limits(rate: u32, burst: u32, concurrency: usize) -> Limits {
         let settings =
             LimitSettings { rate, burst, service_concurrency: concurrency, request_timeout: Duration::from_secs(1) };
-        // Tokens "good-*" verify as themselves.
-        let identify: Identify = Box::new(|t: &str| t.starts_with("good-").then(|| t.to_owned()));
+        // Tokens "good-<n>" verify, as token n.
+        let identify: Identify = Box::new(|t: &str| {
+            let n: u8 = t.strip_prefix("good-")?.parse().ok()?;
+            Some(tether_auth::Claims {
+                token_id: tether_types::TokenId::from_random([n; 10]),
+                kind: tether_auth::CredentialKind::Operator,
+                org: None,
+                project: None,
+                role: tether_types::Role::Viewer,
+                org_role: None,
+                node: None,
+                workload: None,
+                read_only: false,
+                expires_at: None,
+                key_id: 0,
+            })
+        });
         Limits::new(settings, identify, ["tether.v1.JobService".to_owned()])
     }
 
@@ -162,30 +183,30 @@ mod tests {
         let l = limits(1, 3, 100);
         let path = "/tether.v1.JobService/ListJobs";
         for _ in 0..3 {
-            l.admit(path, &req("garbage-a")).unwrap();
+            l.admit(path, &mut req("garbage-a")).unwrap();
         }
-        let err = l.admit(path, &req("garbage-a")).unwrap_err();
+        let err = l.admit(path, &mut req("garbage-a")).unwrap_err();
         assert_eq!(err.code(), tonic::Code::ResourceExhausted);
         assert!(err.metadata().get("retry-after").is_some());
         // Unverifiable credentials share the sender's bucket, never a token's.
-        assert!(l.admit(path, &req("garbage-b")).is_err());
+        assert!(l.admit(path, &mut req("garbage-b")).is_err());
         for _ in 0..3 {
-            l.admit(path, &req("good-1")).unwrap();
+            l.admit(path, &mut req("good-1")).unwrap();
         }
-        assert!(l.admit(path, &req("good-1")).is_err());
-        l.admit(path, &req("good-2")).unwrap();
+        assert!(l.admit(path, &mut req("good-1")).is_err());
+        l.admit(path, &mut req("good-2")).unwrap();
         // The agent protocol is not counted.
-        l.admit("/tether.agent.v1.AgentService/Enroll", &req("garbage-a")).unwrap();
+        l.admit("/tether.agent.v1.AgentService/Enroll", &mut req("garbage-a")).unwrap();
     }
 
     #[test]
     fn a_service_at_its_concurrency_refuses_until_a_call_ends() {
         let l = limits(0, 0, 2);
         let path = "/tether.v1.JobService/ListJobs";
-        let a = l.admit(path, &req("x")).unwrap();
-        let _b = l.admit(path, &req("x")).unwrap();
-        assert_eq!(l.admit(path, &req("x")).unwrap_err().code(), tonic::Code::ResourceExhausted);
+        let a = l.admit(path, &mut req("x")).unwrap();
+        let _b = l.admit(path, &mut req("x")).unwrap();
+        assert_eq!(l.admit(path, &mut req("x")).unwrap_err().code(), tonic::Code::ResourceExhausted);
         drop(a);
-        l.admit(path, &req("x")).unwrap();
+        l.admit(path, &mut req("x")).unwrap();
     }
 }

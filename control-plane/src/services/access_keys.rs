@@ -85,18 +85,8 @@ pub async fn verify_signed(app: &App, call: &tether_rest::SignedCall) -> Result<
 
 /// Today's date as YYYYMMDD (UTC).
 fn today() -> String {
-    let days = now_ms().div_euclid(86_400_000);
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}{m:02}{d:02}")
+    let now = std::time::UNIX_EPOCH + std::time::Duration::from_millis(now_ms().max(0) as u64);
+    humantime::format_rfc3339_seconds(now).to_string()[..10].replace('-', "")
 }
 
 #[tonic::async_trait]

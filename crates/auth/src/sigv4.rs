@@ -5,6 +5,7 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, percent_encode};
 use ring::{digest, hmac};
 use tether_types::{AccessKeyId, UnixMillis};
 
@@ -112,37 +113,13 @@ fn header<'a>(req: &'a Request<'_>, name: &str) -> impl Iterator<Item = &'a str>
     req.headers.iter().filter(move |(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
 }
 
-/// `uri-encode` of the SigV4 documentation: every byte but the unreserved
-/// ones as `%XX` (upper case), `/` kept when `keep_slash`.
-fn uri_encode(s: &[u8], keep_slash: bool) -> String {
-    let mut out = String::with_capacity(s.len());
-    for &b in s {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') || (keep_slash && b == b'/') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
+/// The unreserved characters of the SigV4 documentation's `uri-encode`:
+/// everything else is `%XX`, upper case.
+const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+const UNRESERVED_AND_SLASH: &AsciiSet = &UNRESERVED.remove(b'/');
 
-fn percent_decode(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && i + 2 < b.len()
-            && let (Some(h), Some(l)) = (hex_val(b[i + 1]), hex_val(b[i + 2]))
-        {
-            out.push(h << 4 | l);
-            i += 3;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    out
+fn uri_encode(s: &[u8], keep_slash: bool) -> String {
+    percent_encode(s, if keep_slash { UNRESERVED_AND_SLASH } else { UNRESERVED }).to_string()
 }
 
 /// The path with `.` and `..` segments removed (RFC 3986 5.2.4), as
@@ -179,7 +156,8 @@ pub fn canonical_request(req: &Request<'_>, signed_headers: &[String], body_sha2
         .filter(|p| !p.is_empty())
         .map(|p| {
             let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (uri_encode(&percent_decode(k), false), uri_encode(&percent_decode(v), false))
+            let decoded = |s: &str| percent_decode_str(s).collect::<Vec<u8>>();
+            (uri_encode(&decoded(k), false), uri_encode(&decoded(v), false))
         })
         .collect();
     query.sort();
@@ -215,23 +193,13 @@ pub fn signing_key(secret: &str, date: &str, region: &str, service: &str) -> [u8
 /// `20261202T101500Z` as Unix milliseconds.
 fn parse_amz_date(s: &str) -> Option<UnixMillis> {
     let b = s.as_bytes();
-    if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' {
+    let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
+    if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' || !digits(0..8) || !digits(9..15) {
         return None;
     }
-    let n = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let (y, mo, d, h, mi, se) = (n(0..4)?, n(4..6)?, n(6..8)?, n(9..11)?, n(11..13)?, n(13..15)?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
-        return None;
-    }
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y = if mo <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (mo + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(((days * 86_400) + h * 3600 + mi * 60 + se) * 1000)
+    let rfc3339 = format!("{}-{}-{}T{}:{}:{}Z", &s[0..4], &s[4..6], &s[6..8], &s[9..11], &s[11..13], &s[13..15]);
+    let at = humantime::parse_rfc3339(&rfc3339).ok()?;
+    i64::try_from(at.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis()).ok()
 }
 
 /// Checks a request signed with the access key's `secret` for `region` and

@@ -79,8 +79,8 @@ macro_rules! append_event {
         .bind($kind)
         .bind($subject)
         .bind($payload)
-        .bind($tx.actor.as_ref().map(|a: &$crate::events::Actor| a.principal.clone()))
-        .bind($tx.actor.as_ref().map(|a: &$crate::events::Actor| a.role.clone()))
+        .bind($tx.principal())
+        .bind($tx.principal_role())
         .fetch_one(&mut *$tx)
         .await?;
         $tx.seq = Some($tx.seq.map_or(seq, |s: i64| s.max(seq)));
@@ -97,8 +97,8 @@ macro_rules! append_event {
         .bind($kind)
         .bind($subject)
         .bind($payload)
-        .bind($tx.actor.as_ref().map(|a: &$crate::events::Actor| a.principal.clone()))
-        .bind($tx.actor.as_ref().map(|a: &$crate::events::Actor| a.role.clone()))
+        .bind($tx.principal())
+        .bind($tx.principal_role())
         .fetch_one(&mut *$tx)
         .await?;
         $tx.seq = Some($tx.seq.map_or(seq, |s: i64| s.max(seq)));

@@ -206,6 +206,17 @@ pub(crate) struct Tx<'c, DB: sqlx::Database> {
     pub(crate) actor: Option<events::Actor>,
 }
 
+impl<DB: sqlx::Database> Tx<'_, DB> {
+    /// The actor's principal, for the event being appended.
+    pub(crate) fn principal(&self) -> Option<String> {
+        self.actor.as_ref().map(|a| a.principal.clone())
+    }
+
+    pub(crate) fn principal_role(&self) -> Option<String> {
+        self.actor.as_ref().map(|a| a.role.clone())
+    }
+}
+
 impl<DB: sqlx::Database> std::ops::Deref for Tx<'_, DB> {
     type Target = DB::Connection;
     fn deref(&self) -> &DB::Connection {

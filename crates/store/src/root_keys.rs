@@ -19,6 +19,9 @@ impl std::fmt::Debug for RootKeyRecord {
     }
 }
 
+/// Every key, oldest first.
+const ALL_KEYS: &str = "SELECT key_id, secret, created_at FROM root_keys ORDER BY key_id";
+
 fn from_row(r: &impl Get) -> Result<RootKeyRecord> {
     Ok(RootKeyRecord {
         key_id: u32::try_from(r.int("key_id")?).unwrap_or(u32::MAX),
@@ -31,8 +34,7 @@ impl Store {
     /// Every root key, oldest first.
     pub async fn root_keys(&self) -> Result<Vec<RootKeyRecord>> {
         on_read!(self, |pool| {
-            let rows =
-                sqlx::query("SELECT key_id, secret, created_at FROM root_keys ORDER BY key_id").fetch_all(pool).await?;
+            let rows = sqlx::query(ALL_KEYS).fetch_all(pool).await?;
             rows.iter().map(from_row).collect()
         })
     }
@@ -46,9 +48,7 @@ impl Store {
                 .bind(at)
                 .execute(&mut *tx)
                 .await?;
-            let rows = sqlx::query("SELECT key_id, secret, created_at FROM root_keys ORDER BY key_id")
-                .fetch_all(&mut *tx)
-                .await?;
+            let rows = sqlx::query(ALL_KEYS).fetch_all(&mut *tx).await?;
             rows.iter().map(from_row).collect::<Result<Vec<_>>>()
         })
     }
