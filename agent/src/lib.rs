@@ -25,6 +25,12 @@ pub struct Config {
     #[arg(long = "control-plane", env = "TETHER_CONTROL_PLANE", value_delimiter = ',', required = true)]
     pub control_planes: Vec<String>,
 
+    /// CA certificate (PEM) to trust for `https://` control-plane URLs, such
+    /// as the control plane's `<data-dir>/ca.pem`; without it, the public web
+    /// PKI's roots.
+    #[arg(long, env = "TETHER_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+
     /// Join token for the first enrolment; not needed once enrolled.
     #[arg(long, env = "TETHER_JOIN_TOKEN", hide_env_values = true)]
     pub join_token: Option<String>,

@@ -20,7 +20,7 @@ use crate::backoff::Backoff;
 use crate::fence::Fence;
 use crate::host::{self, Sampler};
 use crate::runner::Runner;
-use crate::state::{Identity, StateDir};
+use crate::state::{Identity, NodeCertificate, StateDir};
 
 /// A session that lasted this long resets the backoff.
 const STABLE_SESSION: Duration = Duration::from_secs(10);
@@ -59,13 +59,17 @@ enum End {
     Shutdown,
     /// Reconnect after a delay.
     Retry(String),
+    /// The client certificate was renewed: reconnect with it at once.
+    Renewed,
 }
 
 pub struct Agent {
     config: Config,
     shutdown: CancellationToken,
     identity: Identity,
-    endpoints: Vec<Endpoint>,
+    state: StateDir,
+    /// The CA to trust for https URLs (--ca-file).
+    ca: Option<tonic::transport::Certificate>,
     next_endpoint: usize,
     backoff: Backoff,
     runner: Runner,
@@ -78,14 +82,40 @@ pub struct Agent {
     interval: Duration,
 }
 
-fn endpoint(url: &str) -> Result<Endpoint, AgentError> {
-    Ok(Endpoint::from_shared(url.to_owned())
+/// An endpoint for `url`: TLS for https (trusting `ca`, else the web PKI
+/// roots), presenting `cert` when the node has one.
+fn endpoint(
+    url: &str,
+    ca: Option<&tonic::transport::Certificate>,
+    cert: Option<&NodeCertificate>,
+) -> Result<Endpoint, AgentError> {
+    let mut ep = Endpoint::from_shared(url.to_owned())
         .map_err(|e| AgentError::Config(format!("control-plane URL {url:?}: {e}")))?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(15))
         .keep_alive_timeout(Duration::from_secs(5))
-        .keep_alive_while_idle(true))
+        .keep_alive_while_idle(true);
+    if url.starts_with("https://") {
+        let mut tls = tonic::transport::ClientTlsConfig::new();
+        tls = match ca {
+            Some(ca) => tls.ca_certificate(ca.clone()),
+            None => tls.with_webpki_roots(),
+        };
+        if let Some(c) = cert {
+            tls = tls.identity(tonic::transport::Identity::from_pem(&c.cert_pem, &c.key_pem));
+        }
+        ep = ep.tls_config(tls).map_err(|e| AgentError::Config(format!("TLS for {url:?}: {e}")))?;
+    }
+    Ok(ep)
+}
+
+/// When to renew a certificate: two thirds into its lifetime.
+fn renew_at(cert: &NodeCertificate) -> Option<tokio::time::Instant> {
+    let (from, to) = tether_auth::pki::validity_pem(&cert.cert_pem).ok()?;
+    let at_ms = from + (to - from) * 2 / 3;
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?.as_millis() as i64;
+    Some(tokio::time::Instant::now() + Duration::from_millis(at_ms.saturating_sub(now_ms).max(0) as u64))
 }
 
 fn classify(s: &Status) -> Option<AgentError> {
@@ -103,7 +133,15 @@ impl Agent {
         if config.control_planes.is_empty() {
             return Err(AgentError::Config("at least one --control-plane URL is required".into()));
         }
-        let endpoints = config.control_planes.iter().map(|u| endpoint(u)).collect::<Result<Vec<_>, _>>()?;
+        let ca = match &config.ca_file {
+            Some(p) => Some(tonic::transport::Certificate::from_pem(
+                std::fs::read(p)
+                    .map_err(|e| AgentError::Config(format!("reading the CA file {}: {e}", p.display())))?,
+            )),
+            None => None,
+        };
+        let endpoints =
+            config.control_planes.iter().map(|u| endpoint(u, ca.as_ref(), None)).collect::<Result<Vec<_>, _>>()?;
         let state = StateDir::open(&config.state_dir).map_err(AgentError::State)?;
         let mut backoff = Backoff::new(config.backoff_base, config.backoff_max);
         let mut next_endpoint = 0;
@@ -152,12 +190,18 @@ impl Agent {
         let runner = Runner::open(&config.state_dir).map_err(AgentError::State)?;
         let fence = Arc::new(Fence::new());
         tokio::spawn(crate::fence::watchdog(fence.clone(), runner.clone(), shutdown.clone()));
-        tracing::info!(node_id = identity.node_id, generation = identity.generation, "agent identity ready");
+        tracing::info!(
+            node_id = identity.node_id,
+            generation = identity.generation,
+            mtls = identity.certificate.is_some(),
+            "agent identity ready"
+        );
         Ok(Agent {
             config,
             shutdown,
             identity,
-            endpoints,
+            state,
+            ca,
             next_endpoint,
             backoff,
             runner,
@@ -175,12 +219,16 @@ impl Agent {
             if self.shutdown.is_cancelled() {
                 return Ok(());
             }
-            let ep = self.endpoints[self.next_endpoint % self.endpoints.len()].clone();
+            let url = &self.config.control_planes[self.next_endpoint % self.config.control_planes.len()];
+            let ep = endpoint(url, self.ca.as_ref(), self.identity.certificate.as_ref())?;
             let started = Instant::now();
             let span = tracing::info_span!("session", node_id = %self.identity.node_id, endpoint = %ep.uri());
             let result = self.session(&ep, &mut sent_capabilities, &mut applied_version).instrument(span).await;
             match result {
                 Ok(End::Shutdown) => return Ok(()),
+                Ok(End::Renewed) => {
+                    tracing::info!("client certificate renewed; reconnecting with it");
+                }
                 Ok(End::Retry(why)) => {
                     if started.elapsed() >= STABLE_SESSION {
                         self.backoff.reset();
@@ -273,6 +321,10 @@ impl Agent {
         let mut jitter = Duration::ZERO;
         let jitter_src = Backoff::new(Duration::ZERO, Duration::ZERO);
         let mut next_beat = tokio::time::Instant::now() + interval;
+        // Certificate renewal: the key waiting for its certificate, and when
+        // to ask (again).
+        let mut renewing: Option<String> = None;
+        let mut renew_next = self.identity.certificate.as_ref().and_then(renew_at);
         loop {
             tokio::select! {
                 biased;
@@ -320,6 +372,22 @@ impl Agent {
                         }
                     }
                 }
+                _ = async { tokio::time::sleep_until(renew_next.expect("guarded")).await }, if renew_next.is_some() && inbound.is_some() => {
+                    renew_next = None;
+                    match tether_auth::pki::new_node_key() {
+                        Ok((key, csr)) => {
+                            let renew = agent_pb::RenewCertificate { csr: csr.into_bytes() };
+                            if hb_tx.try_send(agent_pb::HeartbeatRequest { msg: Some(heartbeat_request::Msg::Renew(renew)) }).is_ok() {
+                                tracing::info!("renewing the client certificate");
+                                renewing = Some(key);
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "making a key for renewal failed"),
+                    }
+                    if renewing.is_none() {
+                        renew_next = Some(tokio::time::Instant::now() + Duration::from_secs(5));
+                    }
+                }
                 msg = next_message(&mut inbound) => match msg {
                     Some(Ok(agent_pb::HeartbeatResponse { msg: Some(m) })) => match m {
                         heartbeat_response::Msg::Config(c) => {
@@ -331,6 +399,17 @@ impl Agent {
                             tracing::debug!(?interval, ?jitter, "heartbeat configuration");
                         }
                         heartbeat_response::Msg::BeatAck(a) => self.fence.acked(a.seq),
+                        heartbeat_response::Msg::Certificate(c) => {
+                            let Some(key_pem) = renewing.take() else { continue };
+                            if c.certificate.is_empty() {
+                                tracing::warn!(error = c.error, "certificate renewal refused; retrying later");
+                                renew_next = Some(tokio::time::Instant::now() + Duration::from_secs(30));
+                                continue;
+                            }
+                            self.identity.certificate = Some(NodeCertificate { cert_pem: c.certificate, key_pem });
+                            self.state.save(&self.identity).map_err(AgentError::State)?;
+                            return Ok(End::Renewed);
+                        }
                         heartbeat_response::Msg::DesiredState(d) => {
                             let ack = self.desired_state(tether_types::DesiredState::from_pb(&d));
                             if ack.accepted {
@@ -412,21 +491,35 @@ async fn next_message<T>(s: &mut Option<tonic::Streaming<T>>) -> Option<Result<T
 type AuthedClient = AgentServiceClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
 
 fn client(channel: Channel, credential: &str) -> AuthedClient {
-    AgentServiceClient::with_interceptor(channel, Bearer::new(Some(credential)).expect("credential is ASCII"))
+    // With mTLS the certificate speaks for the node; there is no macaroon.
+    let token = (!credential.is_empty()).then_some(credential);
+    AgentServiceClient::with_interceptor(channel, Bearer::new(token).expect("credential is ASCII"))
 }
 
 async fn enroll(ep: &Endpoint, token: &str, config: &Config) -> Result<Identity, Status> {
     let channel = ep.connect().await.map_err(|e| Status::unavailable(format!("connect: {e}")))?;
     let mut client = AgentServiceClient::new(channel);
+    // A key and CSR for mTLS; a control plane that authenticates agents by
+    // macaroon ignores it.
+    let (key_pem, csr) = tether_auth::pki::new_node_key().map_err(|e| Status::internal(e.to_string()))?;
     let resp = client
         .enroll(agent_pb::EnrollRequest {
             join_token: token.to_owned(),
             capabilities: Some(host::capabilities(&config.state_dir, config.hostname.as_deref())),
             labels: config.labels.iter().cloned().collect(),
             public_key: Vec::new(),
+            csr: csr.into_bytes(),
         })
         .await?
         .into_inner();
-    tracing::info!(node_id = resp.node_id, "enrolled");
-    Ok(Identity { node_id: resp.node_id, project_id: resp.project_id, credential: resp.node_credential, generation: 0 })
+    let certificate =
+        (!resp.client_certificate.is_empty()).then_some(NodeCertificate { cert_pem: resp.client_certificate, key_pem });
+    tracing::info!(node_id = resp.node_id, mtls = certificate.is_some(), "enrolled");
+    Ok(Identity {
+        node_id: resp.node_id,
+        project_id: resp.project_id,
+        credential: resp.node_credential,
+        generation: 0,
+        certificate,
+    })
 }

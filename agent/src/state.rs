@@ -10,10 +10,21 @@ use serde::{Deserialize, Serialize};
 pub struct Identity {
     pub node_id: String,
     pub project_id: String,
-    /// The node macaroon.
+    /// The node macaroon; empty when the node authenticates by certificate.
     pub credential: String,
     /// Bumped at every process start; fences older processes using this state.
     pub generation: u64,
+    /// The node's client certificate and its key, with mTLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<NodeCertificate>,
+}
+
+/// A client certificate and its private key, both PEM. It lives in
+/// `identity.json` (mode 0600), so that a renewal replaces both at once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeCertificate {
+    pub cert_pem: String,
+    pub key_pem: String,
 }
 
 pub struct StateDir {

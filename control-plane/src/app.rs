@@ -19,6 +19,8 @@ pub struct App {
     pub registry: Arc<fleet::registry::Registry>,
     pub notify: notify::Notifier,
     pub config: Config,
+    /// Issues agents' client certificates; None without TLS.
+    pub ca: Option<Arc<tether_auth::pki::Ca>>,
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
     pub admission: tokio::sync::Semaphore,

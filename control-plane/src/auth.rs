@@ -294,11 +294,30 @@ pub struct Authenticator {
     /// The first start's project: where the platform administrator acts
     /// when it names none.
     home: ProjectId,
+    /// Agents prove themselves by client certificate instead of a macaroon.
+    agents_by_certificate: bool,
 }
 
 impl Authenticator {
     pub fn new(keys: KeyRing, tenants: Arc<TenantCache>, home: ProjectId) -> Self {
-        Authenticator { keys: std::sync::RwLock::new(keys), revoked: Default::default(), tenants, internal: None, home }
+        Authenticator {
+            keys: std::sync::RwLock::new(keys),
+            revoked: Default::default(),
+            tenants,
+            internal: None,
+            home,
+            agents_by_certificate: false,
+        }
+    }
+
+    /// Agents are authenticated by their client certificate (mTLS).
+    pub fn with_agent_certificates(mut self) -> Self {
+        self.agents_by_certificate = true;
+        self
+    }
+
+    pub fn agents_by_certificate(&self) -> bool {
+        self.agents_by_certificate
     }
 
     /// Accepts `token` as the internal token (for ResolveAccessKey only).
@@ -497,8 +516,25 @@ impl Authenticator {
     }
 
     /// A node credential: the node and the organisation it is bound to
-    /// (None for credentials issued before organisations held nodes).
+    /// (None for credentials issued before organisations held nodes). With
+    /// mTLS it is the verified client certificate's, checked again for
+    /// expiry on every call (a connection outlives its handshake).
     pub fn agent<T>(&self, req: &Request<T>) -> Result<(NodeId, Option<OrgId>), tonic::Status> {
+        if self.agents_by_certificate {
+            let certs = req.peer_certs().ok_or_else(|| {
+                status(Error::unauthenticated(
+                    "this control plane authenticates agents by client certificate (mTLS); present the node's",
+                ))
+            })?;
+            let leaf = certs.first().ok_or_else(|| status(Error::unauthenticated("no client certificate")))?;
+            let cert = tether_auth::pki::node_cert(leaf)
+                .map_err(|e| status(Error::unauthenticated(format!("the client certificate: {e}"))))?;
+            if cert.not_after <= crate::app::now_ms() {
+                return Err(status(Error::unauthenticated("the client certificate has expired")));
+            }
+            tether_store::set_actor(tether_store::Actor::new(cert.node.as_str(), "agent"));
+            return Ok((cert.node, Some(cert.org)));
+        }
         let claims = self.claims(req).map_err(status)?;
         match (claims.kind, claims.node) {
             (CredentialKind::Agent, Some(node)) => {

@@ -117,6 +117,56 @@ pub struct Config {
     #[arg(long, env = "TETHER_REPLICA_ID")]
     pub replica_id: Option<String>,
 
+    /// `auto`: TLS on both ports with a certificate issued at start by the
+    /// control plane's CA for the --tls-name names. `off` (the default
+    /// without --tls-cert): plaintext, allowed only while both ports listen
+    /// on loopback unless --insecure-plaintext.
+    #[arg(long, env = "TETHER_TLS", value_parser = ["off", "auto"])]
+    pub tls: Option<String>,
+
+    /// Server certificate chain (PEM) for both ports; with --tls-key. The
+    /// files are read again when they change and on SIGHUP; open
+    /// connections keep theirs.
+    #[arg(long, env = "TETHER_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The server certificate's private key (PEM).
+    #[arg(long, env = "TETHER_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Names and addresses a `--tls auto` certificate is issued for
+    /// (repeat, or comma separated). Default: localhost, 127.0.0.1, ::1,
+    /// the host name and the listen addresses.
+    #[arg(long = "tls-name", env = "TETHER_TLS_NAMES", value_delimiter = ',')]
+    pub tls_names: Vec<String>,
+
+    /// Serve plaintext on addresses other than loopback. Tokens and node
+    /// credentials then cross the network in the clear.
+    #[arg(long, env = "TETHER_INSECURE_PLAINTEXT")]
+    pub insecure_plaintext: bool,
+
+    /// The CA certificate (PEM) that issues agents' client certificates
+    /// (and the --tls auto server certificate). Default:
+    /// `<data-dir>/ca.pem`, made at the first start with TLS.
+    #[arg(long, env = "TETHER_CA_CERT", requires = "ca_key")]
+    pub ca_cert: Option<PathBuf>,
+
+    /// The CA's private key (PEM). Default: `<data-dir>/ca.key` (mode 0600).
+    #[arg(long, env = "TETHER_CA_KEY", requires = "ca_cert")]
+    pub ca_key: Option<PathBuf>,
+
+    /// How agents prove who they are: `mtls` (a client certificate from
+    /// their CSR; the default with TLS) or `macaroon` (a bearer node
+    /// credential; the default without TLS, and behind a TLS-terminating
+    /// proxy).
+    #[arg(long, env = "TETHER_AGENT_AUTH", value_parser = ["mtls", "macaroon"])]
+    pub agent_auth: Option<String>,
+
+    /// How long an agent's client certificate is valid; agents renew at two
+    /// thirds of it.
+    #[arg(long, env = "TETHER_AGENT_CERT_LIFETIME", default_value = "30d", value_parser = humantime::parse_duration)]
+    pub agent_cert_lifetime: Duration,
+
     /// Without a command: run the control plane.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -164,6 +214,30 @@ struct FileConfig {
     sigv4_region: Option<String>,
     internal_token_file: Option<PathBuf>,
     replica_id: Option<String>,
+    tls: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_names: Option<Vec<String>>,
+    insecure_plaintext: Option<bool>,
+    ca_cert: Option<PathBuf>,
+    ca_key: Option<PathBuf>,
+    agent_auth: Option<String>,
+    agent_cert_lifetime: Option<String>,
+}
+
+/// Where the server certificate comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsMode {
+    Off,
+    Auto,
+    Files { cert: PathBuf, key: PathBuf },
+}
+
+/// How agents authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentAuth {
+    Mtls,
+    Macaroon,
 }
 
 impl Config {
@@ -218,6 +292,15 @@ impl Config {
         take!(sigv4_region);
         take!(internal_token_file);
         take!(replica_id);
+        take!(tls);
+        take!(tls_cert);
+        take!(tls_key);
+        take!(tls_names);
+        take!(insecure_plaintext);
+        take!(ca_cert);
+        take!(ca_key);
+        take!(agent_auth);
+        take!(agent_cert_lifetime, duration);
         Ok(())
     }
 
@@ -236,7 +319,55 @@ impl Config {
         anyhow::ensure!(self.service_concurrency >= 1, "service concurrency must be at least 1");
         anyhow::ensure!(!self.request_timeout.is_zero(), "request timeout must be positive");
         anyhow::ensure!(!self.stream_idle_timeout.is_zero(), "stream idle timeout must be positive");
+        let tls = self.tls_mode()?;
+        if tls == TlsMode::Off && !self.insecure_plaintext {
+            for (port, addr) in [("gRPC", self.grpc_addr), ("HTTP", self.http_addr)] {
+                anyhow::ensure!(
+                    addr.ip().is_loopback(),
+                    "the {port} port listens on {addr} without TLS: pass --tls auto or --tls-cert/--tls-key, \
+                     or --insecure-plaintext to serve plaintext beyond loopback"
+                );
+            }
+        }
+        if self.agent_auth()? == AgentAuth::Mtls {
+            anyhow::ensure!(tls != TlsMode::Off, "--agent-auth mtls needs TLS (--tls auto or --tls-cert/--tls-key)");
+        }
+        anyhow::ensure!(
+            self.agent_cert_lifetime >= Duration::from_secs(3),
+            "the agent certificate lifetime must be at least 3s"
+        );
         Ok(())
+    }
+
+    pub fn tls_mode(&self) -> anyhow::Result<TlsMode> {
+        match (self.tls.as_deref(), &self.tls_cert, &self.tls_key) {
+            (Some("auto"), None, None) => Ok(TlsMode::Auto),
+            (Some("auto"), _, _) => anyhow::bail!("--tls auto and --tls-cert/--tls-key exclude each other"),
+            (Some("off"), None, None) => Ok(TlsMode::Off),
+            (Some("off"), _, _) => anyhow::bail!("--tls off and --tls-cert/--tls-key exclude each other"),
+            (_, Some(cert), Some(key)) => Ok(TlsMode::Files { cert: cert.clone(), key: key.clone() }),
+            (None, None, None) => Ok(TlsMode::Off),
+            (None, _, _) => anyhow::bail!("--tls-cert and --tls-key go together"),
+            (Some(other), _, _) => anyhow::bail!("--tls {other:?}: expected off or auto"),
+        }
+    }
+
+    pub fn agent_auth(&self) -> anyhow::Result<AgentAuth> {
+        Ok(match self.agent_auth.as_deref() {
+            Some("mtls") => AgentAuth::Mtls,
+            Some("macaroon") => AgentAuth::Macaroon,
+            None if self.tls_mode()? == TlsMode::Off => AgentAuth::Macaroon,
+            None => AgentAuth::Mtls,
+            Some(other) => anyhow::bail!("--agent-auth {other:?}: expected mtls or macaroon"),
+        })
+    }
+
+    /// The CA certificate and key files.
+    pub fn ca_paths(&self) -> (PathBuf, PathBuf) {
+        match (&self.ca_cert, &self.ca_key) {
+            (Some(c), Some(k)) => (c.clone(), k.clone()),
+            _ => (self.data_dir.join("ca.pem"), self.data_dir.join("ca.key")),
+        }
     }
 
     pub fn jitter(&self) -> Duration {

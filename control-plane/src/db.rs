@@ -35,6 +35,7 @@ pub async fn open(config: &Config) -> anyhow::Result<Store> {
 }
 
 async fn sqlite(opts: SqliteConnectOptions) -> anyhow::Result<Store> {
+    private_files(opts.get_filename())?;
     let opts = opts
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
@@ -47,4 +48,33 @@ async fn sqlite(opts: SqliteConnectOptions) -> anyhow::Result<Store> {
         SqlitePoolOptions::new().max_connections(1).connect_with(opts.clone()).await.context("opening SQLite")?;
     let read = SqlitePoolOptions::new().max_connections(4).connect_with(opts).await.context("opening SQLite")?;
     Ok(Store::sqlite(write, read))
+}
+
+/// The database holds the root keys: it and its WAL and shared-memory files
+/// are mode 0600. SQLite gives the WAL and -shm files the database file's
+/// mode, so the file is made (or narrowed) before SQLite opens it.
+fn private_files(db: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if db.as_os_str().is_empty() || db.to_str() == Some(":memory:") {
+        return Ok(());
+    }
+    if !db.exists() {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(db)
+            .with_context(|| format!("creating {}", db.display()))?;
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = db.as_os_str().to_owned();
+        p.push(suffix);
+        let p = std::path::PathBuf::from(p);
+        if p.exists() {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("narrowing {} to mode 0600", p.display()))?;
+        }
+    }
+    Ok(())
 }

@@ -149,6 +149,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     tracing::info!(backend = store.backend_name(), "database ready");
 
     let boot = bootstrap::run(&store, &config.data_dir).await?;
+    let tls = server::tls::setup(&config, now_ms())?;
     let notify = notify::Notifier::new(store.events_head().await?);
     let replica = config.replica();
     let tasks = TaskTracker::new();
@@ -167,7 +168,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let app = Arc::new(App {
         store: store.clone(),
         auth: {
-            let auth = auth::Authenticator::new(boot.keys.clone(), tenants, boot.project_id.clone());
+            let mut auth = auth::Authenticator::new(boot.keys.clone(), tenants, boot.project_id.clone());
+            if config.agent_auth()? == config::AgentAuth::Mtls {
+                auth = auth.with_agent_certificates();
+            }
             match &config.internal_token_file {
                 Some(path) => {
                     let token = std::fs::read_to_string(path)
@@ -182,6 +186,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         notify,
         admission: tokio::sync::Semaphore::new(config.admission_concurrency),
         config: config.clone(),
+        ca: tls.as_ref().map(|t| t.ca.clone()),
         shutdown: shutdown.clone(),
         tasks: tasks.clone(),
         ready: AtomicBool::new(true),
@@ -197,6 +202,37 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     app.auth.set_revoked(store.tokens_revoked().await?);
     let driver = background::Driver::new(tasks.clone(), shutdown.clone(), background::Leadership);
     register_tasks(&driver, &app, &registry);
+    if let Some(tls) = &tls {
+        let wake = Arc::new(tokio::sync::Notify::new());
+        driver.register(
+            background::Spec {
+                name: "tls_reload",
+                description: "reads the TLS certificate files again when they change (and on SIGHUP)",
+                period: server::tls::RELOAD_PERIOD,
+                wake: Some(wake.clone()),
+                leader_only: false,
+            },
+            server::tls::Reload(tls.cert.clone()),
+        );
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = hup.recv() => {
+                        tracing::info!("received SIGHUP: reading the TLS certificate again");
+                        wake.notify_one();
+                    }
+                }
+            }
+        });
+    } else {
+        tracing::warn!(
+            %config.grpc_addr, %config.http_addr,
+            "serving plaintext gRPC and HTTP: for local trials only (see --tls)"
+        );
+    }
     let task_statuses = driver.status_handle();
 
     // gRPC.
@@ -313,19 +349,34 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     );
 
     let grpc_shutdown = shutdown.clone();
-    let grpc = tonic::transport::Server::builder()
+    let grpc_server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .layer(server::edge::EdgeLayer::new(limits.clone()))
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(
-            TcpListenerStream::new(grpc_listener),
-            async move { grpc_shutdown.cancelled().await },
-        );
-    let http = server::http::serve(http_listener, app.clone(), prometheus, rest, openapi, shutdown.clone());
+        .add_routes(routes);
+    let grpc_stop = async move { grpc_shutdown.cancelled().await };
+    let grpc: std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+        match &tls {
+            Some(t) => Box::pin(grpc_server.serve_with_incoming_shutdown(
+                server::tls::incoming(grpc_listener, t.grpc.clone(), shutdown.clone()),
+                grpc_stop,
+            )),
+            None => {
+                Box::pin(grpc_server.serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), grpc_stop))
+            }
+        };
+    let http = server::http::serve(
+        http_listener,
+        tls.as_ref().map(|t| t.http.clone()),
+        app.clone(),
+        prometheus,
+        rest,
+        openapi,
+        shutdown.clone(),
+    );
 
-    tracing::info!(%grpc_addr, %http_addr, replica, "tether control plane is serving");
+    tracing::info!(%grpc_addr, %http_addr, replica, tls = tls.is_some(), "tether control plane is serving");
     if boot.created {
         bootstrap::announce(&boot, &config.data_dir, grpc_addr);
     }

@@ -209,6 +209,10 @@ pub struct Options {
     pub database_url: Option<String>,
     /// More flags for the control plane.
     pub extra_args: Vec<String>,
+    /// The ports speak TLS: clients and agents use https and trust
+    /// `ca_file`, or the control plane's `<data-dir>/ca.pem` without it.
+    pub tls: bool,
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -222,6 +226,8 @@ impl Default for Options {
             data_dir: None,
             database_url: None,
             extra_args: Vec::new(),
+            tls: false,
+            ca_file: None,
         }
     }
 }
@@ -327,7 +333,28 @@ impl ControlPlane {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.grpc_addr)
+        let scheme = if self.opts.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.grpc_addr)
+    }
+
+    /// The CA clients trust with TLS on.
+    pub fn ca_file(&self) -> PathBuf {
+        self.opts.ca_file.clone().unwrap_or_else(|| self.data_dir().join("ca.pem"))
+    }
+
+    /// A channel to the gRPC port presenting `identity` (a client
+    /// certificate and key, PEM) over TLS.
+    pub async fn channel_with(&self, identity: Option<(&str, &str)>) -> Result<Channel, tonic::transport::Error> {
+        let mut ep = Channel::from_shared(self.url()).unwrap().connect_timeout(Duration::from_secs(5));
+        if self.opts.tls {
+            let mut tls = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(std::fs::read(self.ca_file()).unwrap()));
+            if let Some((cert, key)) = identity {
+                tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
+            }
+            ep = ep.tls_config(tls)?;
+        }
+        ep.connect().await
     }
 
     /// The flags that point another `tether-control-plane` command at this
@@ -341,7 +368,7 @@ impl ControlPlane {
     }
 
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(self.url()).unwrap().connect().await.expect("connect to control plane")
+        self.channel_with(None).await.expect("connect to control plane")
     }
 
     pub async fn nodes(&self) -> NodeServiceClient<Authed> {
@@ -573,6 +600,9 @@ impl Agent {
                 c
             }
         };
+        if cp.opts.tls {
+            cmd.arg("--ca-file").arg(cp.ca_file());
+        }
         let child = cmd
             .arg("--control-plane")
             .arg(url)

@@ -31,4 +31,6 @@ mod sdk;
 #[cfg(test)]
 mod tenancy;
 #[cfg(test)]
+mod tls;
+#[cfg(test)]
 mod work;

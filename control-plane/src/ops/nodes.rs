@@ -1,10 +1,27 @@
 //! Nodes: enrolment, desired state and its answers, deregistration.
 
 use tether_store::{NodeEnroll, StoreError};
-use tether_types::{DesiredNodeState, DesiredState, Node, NodeId, UnixMillis};
+use tether_types::{DesiredNodeState, DesiredState, Node, NodeId, OrgId, UnixMillis};
 
 use crate::app::{App, now_ms};
 use crate::effects::Signal;
+
+/// A client certificate for `node` from the agent's CSR (PEM), issued by
+/// the control plane's CA for `--agent-cert-lifetime`.
+pub fn issue_certificate(app: &App, org: &OrgId, node: &NodeId, csr: &[u8]) -> Result<String, tether_types::Error> {
+    let ca = app
+        .ca
+        .as_ref()
+        .ok_or_else(|| tether_types::Error::precondition("this control plane issues no certificates (TLS is off)"))?;
+    if csr.is_empty() {
+        return Err(tether_types::Error::invalid("a CSR is required: this control plane authenticates agents by mTLS"));
+    }
+    if csr.len() > 16 * 1024 {
+        return Err(tether_types::Error::invalid("the CSR is longer than 16 KiB"));
+    }
+    ca.issue_node(csr, org, node, now_ms(), app.config.agent_cert_lifetime)
+        .map_err(|e| tether_types::Error::invalid(e.to_string()))
+}
 
 /// Registers a node (spending one use of its join token).
 pub async fn enroll(app: &App, e: &NodeEnroll) -> Result<Node, StoreError> {

@@ -76,6 +76,7 @@ struct HttpState {
 
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     app: Arc<App>,
     prometheus: PrometheusHandle,
     rest: Router,
@@ -92,7 +93,7 @@ pub async fn serve(
         .with_state(HttpState { app, prometheus })
         .merge(rest)
         .layer(axum::middleware::map_response(json_errors));
-    serve_with_limits(listener, router, limits, shutdown).await
+    serve_with_limits(listener, tls, router, limits, shutdown).await
 }
 
 /// What the HTTP port allows a client, as a reverse proxy would.
@@ -112,6 +113,7 @@ const DRAIN: Duration = Duration::from_secs(5);
 /// a bounded drain at shutdown.
 pub async fn serve_with_limits(
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     router: Router,
     limits: Limits,
     shutdown: CancellationToken,
@@ -148,12 +150,28 @@ pub async fn serve_with_limits(
         let service = TowerToHyperService::new(
             router.clone().map_request(|req: http::Request<hyper::body::Incoming>| req.map(axum::body::Body::new)),
         );
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            let _ = conn.await;
-            drop(permit);
-        });
+        match &tls {
+            None => {
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                    drop(permit);
+                });
+            }
+            Some(acceptor) => {
+                // The handshake runs in the connection's task; the graceful
+                // drain watches the connection once it is up.
+                let (acceptor, builder, watcher) = (acceptor.clone(), builder.clone(), graceful.watcher());
+                tokio::spawn(async move {
+                    if let Some(tls) = crate::server::tls::accept_http(&acceptor, stream).await {
+                        let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service).into_owned();
+                        let _ = watcher.watch(conn).await;
+                    }
+                    drop(permit);
+                });
+            }
+        }
     }
     drop(listener);
     if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {

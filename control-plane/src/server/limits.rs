@@ -127,11 +127,13 @@ impl Limits {
             req.extensions_mut().insert(VerifiedToken(claims));
             return id;
         }
-        match req
-            .extensions()
-            .get::<tonic::transport::server::TcpConnectInfo>()
-            .and_then(tonic::transport::server::TcpConnectInfo::remote_addr)
-        {
+        use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+        let ext = req.extensions();
+        let addr = ext
+            .get::<TcpConnectInfo>()
+            .and_then(TcpConnectInfo::remote_addr)
+            .or_else(|| ext.get::<TlsConnectInfo<TcpConnectInfo>>().and_then(|t| t.get_ref().remote_addr()));
+        match addr {
             Some(addr) => format!("address {}", addr.ip()),
             None => "anonymous".into(),
         }

@@ -104,6 +104,14 @@ impl agent_pb::agent_service_server::AgentService for AgentApi {
             .or_else(|| (!token.pool.is_empty()).then(|| token.pool.clone()))
             .unwrap_or_else(|| tether_types::DEFAULT_POOL.to_owned());
         let node_id = NodeId::from_random(random_bytes());
+        // With mTLS the CSR is checked (and the certificate issued) before
+        // anything is written: a bad CSR spends no use of the join token.
+        let mtls = self.app.auth.agents_by_certificate();
+        let certificate = if mtls {
+            crate::ops::nodes::issue_certificate(&self.app, &token.org_id, &node_id, &req.csr).map_err(status)?
+        } else {
+            String::new()
+        };
         let node = crate::ops::nodes::enroll(
             &self.app,
             &NodeEnroll {
@@ -120,19 +128,29 @@ impl agent_pb::agent_service_server::AgentService for AgentApi {
         )
         .await
         .map_err(store_status)?;
-        let credential = Macaroon::mint(
-            &self.app.auth.signing_key(),
-            TokenId::from_random(random_bytes()),
-            &[Caveat::Kind(CredentialKind::Agent), Caveat::Org(node.org_id.clone()), Caveat::Node(node_id.clone())],
-        );
-        tracing::info!(node_id = %node_id, hostname = node.capabilities.hostname, "node enrolled");
+        let credential = if mtls {
+            String::new()
+        } else {
+            Macaroon::mint(
+                &self.app.auth.signing_key(),
+                TokenId::from_random(random_bytes()),
+                &[Caveat::Kind(CredentialKind::Agent), Caveat::Org(node.org_id.clone()), Caveat::Node(node_id.clone())],
+            )
+            .encode()
+        };
+        tracing::info!(node_id = %node_id, hostname = node.capabilities.hostname, mtls, "node enrolled");
         metrics::counter!("tether_enrollments_total").increment(1);
         Ok(Response::new(agent_pb::EnrollResponse {
             node_id: node_id.to_string(),
-            node_credential: credential.encode(),
+            node_credential: credential,
             project_id: node.project_id.as_ref().map(ToString::to_string).unwrap_or_default(),
             organization_id: node.org_id.to_string(),
             pool: node.pool.clone(),
+            ca_certificate: match (&self.app.ca, mtls) {
+                (Some(ca), true) => ca.cert_pem().to_owned(),
+                _ => String::new(),
+            },
+            client_certificate: certificate,
         }))
     }
 
@@ -207,7 +225,7 @@ impl agent_pb::agent_service_server::AgentService for AgentApi {
         tracing::info!(node_id = %node, generation = session.generation, "heartbeat session opened");
         let app = self.app.clone();
         let span = tracing::info_span!("heartbeat", node_id = %node, session = session.id);
-        self.app.tasks.spawn(heartbeat_session(app, session, inbound, tx).instrument(span));
+        self.app.tasks.spawn(heartbeat_session(app, session, org, inbound, tx).instrument(span));
         Ok(Response::new(rx))
     }
 
@@ -282,6 +300,7 @@ fn jobs_closed_status(app: &App) -> Status {
 async fn heartbeat_session(
     app: Arc<App>,
     session: Session,
+    org: Option<tether_types::OrgId>,
     mut inbound: Streaming<agent_pb::HeartbeatRequest>,
     tx: crate::fleet::registry::HeartbeatTx,
 ) {
@@ -334,6 +353,24 @@ async fn heartbeat_session(
                         tracing::info!(reason = g.reason, "agent signed off");
                         Box::pin(app.registry.goodbye(&session)).await;
                         break;
+                    }
+                    heartbeat_request::Msg::Renew(r) => {
+                        let answer = match (&org, app.auth.agents_by_certificate()) {
+                            (Some(org), true) => crate::ops::nodes::issue_certificate(&app, org, &session.node, &r.csr),
+                            _ => Err(Error::precondition("this control plane does not authenticate agents by certificate")),
+                        };
+                        let certificate = match answer {
+                            Ok(pem) => {
+                                tracing::info!("client certificate renewed");
+                                metrics::counter!("tether_agent_certificates_renewed_total").increment(1);
+                                agent_pb::Certificate { certificate: pem, error: String::new() }
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = &e as &dyn std::error::Error, "client certificate renewal refused");
+                                agent_pb::Certificate { certificate: String::new(), error: e.to_string() }
+                            }
+                        };
+                        let _ = tx.send(Ok(agent_pb::HeartbeatResponse { msg: Some(heartbeat_response::Msg::Certificate(certificate)) })).await;
                     }
                     heartbeat_request::Msg::Hello(_) => {
                         let _ = tx.send(Err(Status::invalid_argument("Hello may only be sent first"))).await;

@@ -6,6 +6,7 @@
 
 mod join;
 mod macaroon;
+pub mod pki;
 pub mod sigv4;
 
 pub use join::{JoinSecret, hash_join_secret, hashes_equal, parse_join_token};

@@ -147,6 +147,7 @@ async fn enroll_all(addr: &str, token: &str, n: usize, path: &PathBuf) -> anyhow
                         }),
                         labels: [("sim".to_string(), "true".to_string())].into(),
                         public_key: vec![],
+                        csr: vec![],
                     })
                     .await?
                     .into_inner();

@@ -41,6 +41,10 @@ struct Cli {
     /// Control-plane gRPC address.
     #[arg(long, global = true, env = "TETHER_ADDR", default_value = "http://127.0.0.1:50051")]
     addr: String,
+    /// CA certificate (PEM) to trust for an `https://` --addr, such as the
+    /// control plane's tether-data/ca.pem; without it, the web PKI's roots.
+    #[arg(long, global = true, env = "TETHER_CA_FILE")]
+    ca_file: Option<PathBuf>,
     /// Bearer token (a macaroon).
     #[arg(long, global = true, env = "TETHER_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -176,12 +180,20 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         .map_err(|_| anyhow::anyhow!("the token contains characters that cannot be sent"))?
         .with_project(cli.project.as_deref())
         .map_err(|_| anyhow::anyhow!("--project contains characters that cannot be sent"))?;
-    let channel = Channel::from_shared(cli.addr.clone())
+    let mut endpoint = Channel::from_shared(cli.addr.clone())
         .map_err(|e| anyhow::anyhow!("invalid --addr {:?}: {e}", cli.addr))?
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot connect to {}: {e}", cli.addr))?;
+        .connect_timeout(Duration::from_secs(5));
+    if cli.addr.starts_with("https://") {
+        let tls = tonic::transport::ClientTlsConfig::new();
+        let tls = match &cli.ca_file {
+            Some(p) => tls.ca_certificate(tonic::transport::Certificate::from_pem(
+                std::fs::read(p).map_err(|e| anyhow::anyhow!("reading --ca-file {}: {e}", p.display()))?,
+            )),
+            None => tls.with_webpki_roots(),
+        };
+        endpoint = endpoint.tls_config(tls).map_err(|e| anyhow::anyhow!("TLS for {}: {e}", cli.addr))?;
+    }
+    let channel = endpoint.connect().await.map_err(|e| anyhow::anyhow!("cannot connect to {}: {e}", cli.addr))?;
     let c = Clients { channel, bearer };
     let out = Out::new(cli.output);
     match cli.cmd {
