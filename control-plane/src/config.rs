@@ -423,6 +423,32 @@ mod tests {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
+    #[test]
+    fn plaintext_beyond_loopback_needs_a_flag_and_mtls_needs_tls() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["x"];
+            all.extend_from_slice(args);
+            Config::try_parse_from(all).unwrap()
+        };
+        assert!(parse(&[]).validate().is_ok(), "loopback plaintext is the default");
+        let e = parse(&["--grpc-addr", "0.0.0.0:50051"]).validate().unwrap_err().to_string();
+        assert!(e.contains("--insecure-plaintext") && e.contains("gRPC"), "{e}");
+        let e = parse(&["--http-addr", "10.1.2.3:8080"]).validate().unwrap_err().to_string();
+        assert!(e.contains("HTTP"), "{e}");
+        assert!(parse(&["--grpc-addr", "0.0.0.0:50051", "--insecure-plaintext"]).validate().is_ok());
+        assert!(parse(&["--grpc-addr", "0.0.0.0:50051", "--tls", "auto"]).validate().is_ok());
+        let c = parse(&["--tls", "auto"]);
+        assert_eq!(c.agent_auth().unwrap(), AgentAuth::Mtls, "mTLS is the default with TLS");
+        assert_eq!(parse(&[]).agent_auth().unwrap(), AgentAuth::Macaroon);
+        assert!(parse(&["--agent-auth", "mtls"]).validate().is_err(), "mTLS needs TLS");
+        assert!(parse(&["--tls", "auto", "--agent-auth", "macaroon"]).validate().is_ok());
+        assert!(Config::try_parse_from(["x", "--tls-cert", "c.pem"]).is_err(), "a certificate needs its key");
+        assert!(
+            parse(&["--tls", "auto", "--tls-cert", "c", "--tls-key", "k"]).validate().is_err(),
+            "auto and files exclude each other"
+        );
+    }
+
     fn tempfile_dir() -> PathBuf {
         let d = std::env::temp_dir().join(format!("tether-config-test-{}", std::process::id()));
         std::fs::create_dir_all(&d).unwrap();

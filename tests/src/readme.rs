@@ -112,6 +112,95 @@ async fn readme_examples_run_as_written() {
     let _ = cp.wait().await;
 }
 
+/// The `sh` blocks between `<!-- NAME:begin -->` and `<!-- NAME:end -->`.
+fn readme_blocks(name: &str) -> Vec<String> {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md")).unwrap();
+    let start = readme.find(&format!("<!-- {name}:begin -->")).expect("begin marker");
+    let end = readme.find(&format!("<!-- {name}:end -->")).expect("end marker");
+    let mut blocks = Vec::new();
+    let mut block: Option<String> = None;
+    for line in readme[start..end].lines() {
+        match (&mut block, line.trim_end()) {
+            (None, "```sh") => block = Some(String::new()),
+            (Some(b), "```") => {
+                blocks.push(std::mem::take(b));
+                block = None;
+            }
+            (Some(b), l) => {
+                b.push_str(l);
+                b.push('\n');
+            }
+            _ => {}
+        }
+    }
+    blocks
+}
+
+/// `cargo run --release -p BIN -- ARGS` as the built binary and its arguments.
+fn cargo_run(block: &str) -> (String, Vec<String>) {
+    let words: Vec<String> = block.split_whitespace().map(str::to_owned).collect();
+    assert_eq!(&words[..4], ["cargo", "run", "--release", "-p"], "{block}");
+    assert_eq!(words[5], "--", "{block}");
+    (words[4].clone(), words[6..].to_vec())
+}
+
+/// The README's TLS examples: the control plane and the agent started with
+/// the README's own arguments, then its client commands in bash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_tls_examples_run_as_written() {
+    let blocks = readme_blocks("readme-tls");
+    assert_eq!(blocks.len(), 3, "server, agent, examples");
+    let dir = tempfile::tempdir().unwrap();
+    let bins = bin_dir();
+    let spawn = |block: &str, log: &str| {
+        let (bin, args) = cargo_run(block);
+        let log = std::fs::File::create(dir.path().join(log)).unwrap();
+        tokio::process::Command::new(bins.join(bin))
+            .args(args)
+            .current_dir(dir.path())
+            .env("RUST_LOG", "warn")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
+    let mut cp = spawn(&blocks[0], "cp.log");
+    let addr_file = dir.path().join("tls-data/http.addr");
+    eventually(Duration::from_secs(30), "the TLS control plane to serve", || async {
+        addr_file.exists().then_some(())
+    })
+    .await;
+    let _agent = spawn(&blocks[1], "agent.log");
+    let grpcurl_dir = grpcurl().parent().unwrap().to_path_buf();
+    let path = format!("{}:{}:{}", bins.display(), grpcurl_dir.display(), std::env::var("PATH").unwrap_or_default());
+    let out = eventually(Duration::from_secs(30), "the README's TLS examples to show the node ready", || {
+        let (path, script, dir) = (path.clone(), blocks[2].clone(), dir.path().to_path_buf());
+        async move {
+            let out = tokio::process::Command::new("bash")
+                .args(["-euo", "pipefail", "-c", &script])
+                .current_dir(dir)
+                .env("PATH", path)
+                .env_remove("TETHER_TOKEN")
+                .env_remove("TETHER_ADDR")
+                .stdin(Stdio::null())
+                .output()
+                .await
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            (out.status.success() && stdout.contains(" ready ")).then_some(stdout)
+        }
+    })
+    .await;
+    for expected in ["tether.v1.NodeService", "ready\n"] {
+        assert!(out.contains(expected), "{expected:?} missing from the output:\n{out}");
+    }
+    let agent_log = std::fs::read_to_string(dir.path().join("tls-agent-state/identity.json")).unwrap();
+    assert!(agent_log.contains("BEGIN CERTIFICATE"), "the agent holds a client certificate");
+    cp.start_kill().unwrap();
+    let _ = cp.wait().await;
+}
+
 both_backends!(tetherctl_reports_errors_and_speaks_json);
 
 async fn tetherctl(cp: &ControlPlane, token: &str, args: &[&str]) -> (i32, String, String) {
