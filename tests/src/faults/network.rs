@@ -80,6 +80,9 @@ pub(super) async fn partition(backend: Backend, outage: Duration) {
         grace: Duration::from_millis(1500),
         down_after: Duration::from_secs(4),
         grpc_addr: format!("{}:0", net.host_ip),
+        // The veth address is not loopback: plaintext there needs saying so
+        // (the namespace is the test's own).
+        extra_args: vec!["--insecure-plaintext".into()],
         ..Options::default()
     };
     let cp = ControlPlane::start_opts(backend, opts).await;
