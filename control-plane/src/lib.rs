@@ -346,7 +346,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         tower::Layer::layer(&server::edge::EdgeLayer::new(limits.clone()), routes.clone()),
         config.http_body_timeout,
         Some(signed),
-    );
+    )
+    .merge(services::http_agent::router(app.clone()));
 
     let grpc_shutdown = shutdown.clone();
     let grpc_server = tonic::transport::Server::builder()

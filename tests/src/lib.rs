@@ -17,6 +17,8 @@ mod faults;
 #[cfg(test)]
 mod harness;
 #[cfg(test)]
+mod http_agent;
+#[cfg(test)]
 mod loadgen;
 #[cfg(test)]
 mod output;

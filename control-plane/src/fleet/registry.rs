@@ -329,6 +329,31 @@ impl Registry {
         Beat::Counted
     }
 
+    /// Records an HTTP agent's accepted heartbeat: it holds no session, so
+    /// the post alone is its liveness. A node marked unreachable or down
+    /// comes back ready (it runs no work that would need a resync).
+    pub async fn http_beat(&self, node: &NodeId) {
+        let revive = {
+            let mut map = self.lock();
+            let e = map.entry(node.clone()).or_insert_with(|| Entry {
+                status: NodeStatus::Pending,
+                last_seen: Instant::now(),
+                last_seen_ms: 0,
+                lease_dirty: false,
+                usage: None,
+                session: None,
+            });
+            e.last_seen = Instant::now();
+            e.last_seen_ms = now_ms();
+            e.lease_dirty = true;
+            e.status != NodeStatus::Ready
+        };
+        metrics::counter!("tether_heartbeats_total").increment(1);
+        if revive {
+            self.set_status(node, NodeStatus::Ready).await;
+        }
+    }
+
     /// The node tried to open a session and we could not take it (the
     /// database is unavailable): it is alive, and it is not its fault, so
     /// its silence does not count against it. It gets no acknowledged beats

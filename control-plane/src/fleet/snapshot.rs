@@ -219,6 +219,7 @@ pub(crate) mod tests {
             acked_desired_state_version: 0,
             desired_state_nack: String::new(),
             drain_deadline: None,
+            transport: Default::default(),
         }
     }
 

@@ -3,17 +3,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tether_auth::{Caveat, CredentialKind, Macaroon, hash_join_secret, hashes_equal, parse_join_token, random_bytes};
 use tether_proto::agent_pb::{self, heartbeat_request, heartbeat_response};
-use tether_store::NodeEnroll;
-use tether_types::{
-    AgentMessage, Error, ErrorCode, Labels, NodeCapabilities, NodeId, NodeUsage, TokenId, validate_labels,
-};
+use tether_types::{AgentMessage, Error, ErrorCode, NodeCapabilities, NodeId, NodeUsage};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
-use super::{status, store_status};
-use crate::app::{App, now_ms};
+use super::status;
+use crate::app::App;
 use crate::fleet::registry::{CloseReason, Session};
 
 /// How long a new stream may take to send its first message.
@@ -66,91 +62,31 @@ impl agent_pb::agent_service_server::AgentService for AgentApi {
         req: Request<agent_pb::EnrollRequest>,
     ) -> Result<Response<agent_pb::EnrollResponse>, Status> {
         let req = req.into_inner();
-        let (jt_id, secret) =
-            parse_join_token(&req.join_token).map_err(|_| status(Error::unauthenticated("join token is not valid")))?;
         let capabilities = NodeCapabilities::try_from(
             req.capabilities.ok_or_else(|| status(Error::invalid("capabilities are required")))?,
         )
         .map_err(status)?;
-        if req.public_key.len() > 256 {
-            return Err(status(Error::invalid("public_key is longer than 256 bytes")));
-        }
-        let mut labels: Labels = req.labels.into_iter().collect();
-        validate_labels(&labels).map_err(status)?;
-
-        let (token, hash) = self
-            .app
-            .store
-            .join_token_lookup(&jt_id)
-            .await
-            .map_err(store_status)?
-            .ok_or_else(|| status(Error::unauthenticated("join token is not valid")))?;
-        if !hashes_equal(&hash_join_secret(&secret), &hash) {
-            return Err(status(Error::unauthenticated("join token is not valid")));
-        }
-        let now = now_ms();
-        if let Some(why) = token.unusable_reason(now) {
-            return Err(status(Error::unauthenticated(why)));
-        }
-        tether_store::set_actor(tether_store::Actor::new(jt_id.as_str(), "join-token"));
-        // The token's labels are forced: they override what the agent asked for.
-        labels.extend(token.labels.clone());
-        // An organisation join token's pool, unless the node's labels name
-        // another; a project's dedicated node keeps its label's pool (or
-        // the default) for constraints only.
-        let pool = labels
-            .get("pool")
-            .cloned()
-            .or_else(|| (!token.pool.is_empty()).then(|| token.pool.clone()))
-            .unwrap_or_else(|| tether_types::DEFAULT_POOL.to_owned());
-        let node_id = NodeId::from_random(random_bytes());
-        // With mTLS the CSR is checked (and the certificate issued) before
-        // anything is written: a bad CSR spends no use of the join token.
-        let mtls = self.app.auth.agents_by_certificate();
-        let certificate = if mtls {
-            crate::ops::nodes::issue_certificate(&self.app, &token.org_id, &node_id, &req.csr).map_err(status)?
-        } else {
-            String::new()
-        };
-        let node = crate::ops::nodes::enroll(
+        let e = crate::ops::nodes::enroll_with_token(
             &self.app,
-            &NodeEnroll {
-                id: node_id.clone(),
-                org_id: token.org_id.clone(),
-                project_id: token.project_id.clone(),
+            crate::ops::nodes::Enrolment {
+                join_token: &req.join_token,
                 capabilities,
-                labels,
-                pool,
-                join_token_id: token.id.clone(),
+                labels: req.labels.into_iter().collect(),
                 public_key: req.public_key,
-                now,
+                csr: &req.csr,
+                http: false,
             },
         )
         .await
-        .map_err(store_status)?;
-        let credential = if mtls {
-            String::new()
-        } else {
-            Macaroon::mint(
-                &self.app.auth.signing_key(),
-                TokenId::from_random(random_bytes()),
-                &[Caveat::Kind(CredentialKind::Agent), Caveat::Org(node.org_id.clone()), Caveat::Node(node_id.clone())],
-            )
-            .encode()
-        };
-        tracing::info!(node_id = %node_id, hostname = node.capabilities.hostname, mtls, "node enrolled");
-        metrics::counter!("tether_enrollments_total").increment(1);
+        .map_err(status)?;
         Ok(Response::new(agent_pb::EnrollResponse {
-            node_id: node_id.to_string(),
-            node_credential: credential,
-            project_id: node.project_id.as_ref().map(ToString::to_string).unwrap_or_default(),
-            organization_id: node.org_id.to_string(),
-            pool: node.pool.clone(),
-            ca_certificate: match (&self.app.ca, mtls) {
-                (Some(ca), true) => ca.cert_pem().to_owned(),
-                _ => String::new(),
-            },
-            client_certificate: certificate,
+            node_id: e.node.id.to_string(),
+            node_credential: e.credential,
+            project_id: e.node.project_id.as_ref().map(ToString::to_string).unwrap_or_default(),
+            organization_id: e.node.org_id.to_string(),
+            pool: e.node.pool.clone(),
+            ca_certificate: e.ca_certificate,
+            client_certificate: e.certificate,
         }))
     }
 

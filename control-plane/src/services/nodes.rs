@@ -154,7 +154,14 @@ impl pb::node_service_server::NodeService for NodeApi {
         let who = self.app.auth.caller(&req)?;
         scope(&who)?;
         let n = self.visible(&who, &req.get_ref().node_id).await?;
-        Ok(Response::new(pb::GetNodeResponse { node: Some(self.to_pb(&n)) }))
+        let mut node = self.to_pb(&n);
+        if n.transport == tether_types::NodeTransport::Http
+            && let Some((json, at)) = self.app.store.http_agent_report(&n.id).await.map_err(store_status)?
+        {
+            // Stored only after it parsed; a row that no longer does is skipped.
+            node.report = tether_types::NodeReport::parse(json.as_bytes()).ok().map(|r| r.to_pb(at));
+        }
+        Ok(Response::new(pb::GetNodeResponse { node: Some(node) }))
     }
 
     type WatchNodesStream = BoxStream<pb::WatchNodesResponse>;

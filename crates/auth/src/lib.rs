@@ -4,6 +4,7 @@
 //! verification). It does not know where root keys or token records are
 //! stored, and it never reads a clock: callers pass `now`.
 
+pub mod heartbeat;
 mod join;
 mod macaroon;
 pub mod pki;
@@ -11,6 +12,7 @@ pub mod sigv4;
 
 pub use join::{JoinSecret, hash_join_secret, hashes_equal, parse_join_token};
 pub use macaroon::{Caveat, Claims, CredentialKind, KeyRing, Macaroon, RootKey};
+pub use sigv4::{hex_decode, hex_encode};
 
 use ring::rand::{SecureRandom, SystemRandom};
 

@@ -252,7 +252,7 @@ fn hex_val(c: u8) -> Option<u8> {
     }
 }
 
-fn hex_decode(s: &str) -> Option<Vec<u8>> {
+pub fn hex_decode(s: &str) -> Option<Vec<u8>> {
     let b = s.as_bytes();
     b.len().is_multiple_of(2).then_some(())?;
     b.chunks(2).map(|c| Some(hex_val(c[0])? << 4 | hex_val(c[1])?)).collect()

@@ -1,6 +1,6 @@
 use tether_types::{
-    DesiredNodeState, Error, ErrorCode, JoinTokenId, Labels, Node, NodeCapabilities, NodeId, NodeStatus, OrgId,
-    ProjectId, UnixMillis,
+    DesiredNodeState, Error, ErrorCode, JoinTokenId, Labels, Node, NodeCapabilities, NodeId, NodeStatus, NodeTransport,
+    OrgId, ProjectId, UnixMillis,
 };
 
 use crate::events::append_event;
@@ -10,7 +10,7 @@ use crate::{Committed, Result, Store, StoreError, in_tx, in_tx_committed, on_rea
 const NODE_COLS: &str =
     "id, org_id, project_id, status, desired_state, desired_state_version, capabilities, labels, pool,
      registered_at, status_changed_at, last_seen_at, session_generation, join_token_id, desired_state_reason,
-     acked_desired_state_version, desired_state_nack, drain_deadline";
+     acked_desired_state_version, desired_state_nack, drain_deadline, transport";
 
 /// Appends an event about a node (its last record as the payload), with its
 /// organisation and the project it is dedicated to, if any.
@@ -60,6 +60,7 @@ fn node_from_row(r: &impl Get) -> Result<Node> {
         acked_desired_state_version: r.int("acked_desired_state_version")? as u64,
         desired_state_nack: r.text("desired_state_nack")?,
         drain_deadline: r.opt_int("drain_deadline")?,
+        transport: NodeTransport::parse(&r.text("transport")?)?,
     })
 }
 
@@ -75,6 +76,8 @@ pub struct NodeEnroll {
     pub pool: String,
     pub join_token_id: JoinTokenId,
     pub public_key: Vec<u8>,
+    /// For an HTTP agent: the root key its heartbeat secret derives from.
+    pub http_agent_key: Option<u32>,
     pub now: UnixMillis,
 }
 
@@ -148,6 +151,7 @@ impl Store {
             acked_desired_state_version: 0,
             desired_state_nack: String::new(),
             drain_deadline: None,
+            transport: if e.http_agent_key.is_some() { NodeTransport::Http } else { NodeTransport::Grpc },
         };
         let out = in_tx_committed!(self, |tx| {
             let spent = sqlx::query(
@@ -167,8 +171,8 @@ impl Store {
             sqlx::query(
                 "INSERT INTO nodes (id, org_id, project_id, status, desired_state, desired_state_version,
                                     capabilities, labels, pool, registered_at, status_changed_at, last_seen_at,
-                                    lease_replica, session_generation, join_token_id, public_key)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, '', $13, $14, $15)",
+                                    lease_replica, session_generation, join_token_id, public_key, transport)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, '', $13, $14, $15, $16)",
             )
             .bind(node.id.as_str())
             .bind(node.org_id.as_str())
@@ -185,8 +189,18 @@ impl Store {
             .bind(node.session_generation as i64)
             .bind(e.join_token_id.as_str())
             .bind(&e.public_key)
+            .bind(node.transport.as_str())
             .execute(&mut *tx)
             .await?;
+            if let Some(key) = e.http_agent_key {
+                sqlx::query(
+                    "INSERT INTO http_agents (node_id, root_key_id, report, reported_at) VALUES ($1, $2, '', 0)",
+                )
+                .bind(node.id.as_str())
+                .bind(i64::from(key))
+                .execute(&mut *tx)
+                .await?;
+            }
             append_node_event!(tx, e.now, "node.registered", &node);
             Ok(node.clone())
         });

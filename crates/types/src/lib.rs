@@ -12,6 +12,7 @@ mod ids;
 mod labels;
 mod lifecycle;
 mod node;
+mod report;
 mod tenancy;
 mod time;
 mod work;
@@ -22,7 +23,8 @@ pub use error::{Error, ErrorCode, Result};
 pub use ids::{AccessKeyId, AllocId, JobId, JoinTokenId, NodeId, OrgId, ProjectId, TokenId, WorkloadId};
 pub use labels::{LabelSelector, Labels, validate_labels};
 pub use lifecycle::{JobEvent, Shortfall};
-pub use node::{DesiredNodeState, Gpu, Node, NodeCapabilities, NodeStatus, NodeUsage};
+pub use node::{DesiredNodeState, Gpu, Node, NodeCapabilities, NodeStatus, NodeTransport, NodeUsage};
+pub use report::{NodeReport, ReportAlert, ReportJobFailure};
 pub use tenancy::{
     DEFAULT_POOL, JoinToken, NodePlace, OrgRole, Organization, PoolGrant, Project, ProjectAccess, Quota, Role, Usage,
     validate_tenant_name,

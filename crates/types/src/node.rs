@@ -233,6 +233,43 @@ pub struct Node {
     pub desired_state_nack: String,
     #[serde(default)]
     pub drain_deadline: Option<UnixMillis>,
+    #[serde(default)]
+    pub transport: NodeTransport,
+}
+
+/// How a node's agent talks to the control plane.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeTransport {
+    /// Heartbeat and Jobs streams over gRPC: the node runs work.
+    #[default]
+    Grpc,
+    /// Signed heartbeats posted over HTTP: liveness and reports, no work.
+    Http,
+}
+
+impl NodeTransport {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            NodeTransport::Grpc => "grpc",
+            NodeTransport::Http => "http",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self, Error> {
+        match s {
+            "grpc" => Ok(NodeTransport::Grpc),
+            "http" => Ok(NodeTransport::Http),
+            other => Err(Error::invalid(format!("unknown node transport {other:?}"))),
+        }
+    }
+
+    pub fn to_pb(self) -> pb::NodeTransport {
+        match self {
+            NodeTransport::Grpc => pb::NodeTransport::Grpc,
+            NodeTransport::Http => pb::NodeTransport::Http,
+        }
+    }
 }
 
 impl Node {
@@ -267,6 +304,8 @@ impl Node {
             acked_desired_state_version: self.acked_desired_state_version,
             desired_state_nack: self.desired_state_nack.clone(),
             drain_deadline: self.drain_deadline.map(millis_to_timestamp),
+            transport: self.transport.to_pb() as i32,
+            report: None,
         }
     }
 }

@@ -81,6 +81,7 @@ async fn fixture() -> Fixture {
             pool: "default".into(),
             join_token_id: jt.id.clone(),
             public_key: vec![0; 32],
+            http_agent_key: None,
             now: 2_000,
         })
         .await

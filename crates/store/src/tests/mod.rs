@@ -144,6 +144,7 @@ fn enroll(p: &ProjectId, jt: &JoinToken, n: u8, now: i64) -> NodeEnroll {
         pool: if n.is_multiple_of(2) { "even".into() } else { "odd".into() },
         join_token_id: jt.id.clone(),
         public_key: vec![n; 32],
+        http_agent_key: None,
         now,
     }
 }
