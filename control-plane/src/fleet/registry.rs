@@ -105,6 +105,14 @@ struct Entry {
     session: Option<SessionSlot>,
 }
 
+impl Entry {
+    /// A node last heard from at `last_seen` (`last_seen_ms` on the wall
+    /// clock), with no session and no figures yet.
+    fn new(status: NodeStatus, last_seen: Instant, last_seen_ms: i64) -> Self {
+        Entry { status, last_seen, last_seen_ms, lease_dirty: false, usage: None, session: None }
+    }
+}
+
 /// A session to open in the database, through the group-commit batcher.
 struct OpenItem {
     node: NodeId,
@@ -196,17 +204,7 @@ impl Registry {
                     now.checked_sub(ago.min(self.liveness.down_after)).unwrap_or(now)
                 }
             };
-            map.insert(
-                n.id,
-                Entry {
-                    status: n.status,
-                    last_seen,
-                    last_seen_ms: n.last_seen_at,
-                    lease_dirty: false,
-                    usage: None,
-                    session: None,
-                },
-            );
+            map.insert(n.id, Entry::new(n.status, last_seen, n.last_seen_at));
         }
         tracing::info!(nodes = map.len(), "registry loaded");
         Ok(())
@@ -214,17 +212,7 @@ impl Registry {
 
     /// Registers a just-enrolled node in memory.
     pub fn enrolled(&self, node: &Node) {
-        self.lock().insert(
-            node.id.clone(),
-            Entry {
-                status: node.status,
-                last_seen: Instant::now(),
-                last_seen_ms: 0,
-                lease_dirty: false,
-                usage: None,
-                session: None,
-            },
-        );
+        self.lock().insert(node.id.clone(), Entry::new(node.status, Instant::now(), 0));
     }
 
     /// Opens a session for `node` with `generation`, superseding an older or
@@ -276,14 +264,7 @@ impl Registry {
         };
         {
             let mut map = self.lock();
-            let entry = map.entry(node.clone()).or_insert_with(|| Entry {
-                status: record.status,
-                last_seen: Instant::now(),
-                last_seen_ms: now,
-                lease_dirty: false,
-                usage: None,
-                session: None,
-            });
+            let entry = map.entry(node.clone()).or_insert_with(|| Entry::new(record.status, Instant::now(), now));
             if let Some(cur) = &entry.session {
                 if cur.generation > generation {
                     // A newer session won the race while we wrote.
@@ -335,14 +316,7 @@ impl Registry {
     pub async fn http_beat(&self, node: &NodeId) {
         let revive = {
             let mut map = self.lock();
-            let e = map.entry(node.clone()).or_insert_with(|| Entry {
-                status: NodeStatus::Pending,
-                last_seen: Instant::now(),
-                last_seen_ms: 0,
-                lease_dirty: false,
-                usage: None,
-                session: None,
-            });
+            let e = map.entry(node.clone()).or_insert_with(|| Entry::new(NodeStatus::Pending, Instant::now(), 0));
             e.last_seen = Instant::now();
             e.last_seen_ms = now_ms();
             e.lease_dirty = true;

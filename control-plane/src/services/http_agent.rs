@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde::Deserialize;
 use tether_auth::heartbeat;
-use tether_rest::json_error;
+use tether_rest::{domain_error, json_error};
 use tether_types::{Error, NodeCapabilities, NodeId, NodeReport};
 
 use crate::app::{App, now_ms};
@@ -38,8 +38,7 @@ pub fn router(app: Arc<App>) -> Router {
 }
 
 fn error(e: Error) -> Response {
-    let status = StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    json_error(status, e.code.as_str(), &e.message)
+    domain_error(&e)
 }
 
 fn unauthorized(message: &str) -> Response {

@@ -158,8 +158,9 @@ impl pb::node_service_server::NodeService for NodeApi {
         if n.transport == tether_types::NodeTransport::Http
             && let Some((json, at)) = self.app.store.http_agent_report(&n.id).await.map_err(store_status)?
         {
-            // Stored only after it parsed; a row that no longer does is skipped.
-            node.report = tether_types::NodeReport::parse(json.as_bytes()).ok().map(|r| r.to_pb(at));
+            // Checked when it arrived: read back as it was stored (a row that
+            // no longer decodes is skipped).
+            node.report = serde_json::from_str::<tether_types::NodeReport>(&json).ok().map(|r| r.to_pb(at));
         }
         Ok(Response::new(pb::GetNodeResponse { node: Some(node) }))
     }

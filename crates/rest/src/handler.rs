@@ -112,6 +112,12 @@ fn error_as(grpc_code: i32, code: Option<ErrorCode>, message: &str) -> Response 
     (StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), axum::Json(body)).into_response()
 }
 
+/// A domain error as the bridge answers it: `{code, message}` with the
+/// code's HTTP status.
+pub fn domain_error(e: &tether_types::Error) -> Response {
+    error_as(e.code.grpc_code(), Some(e.code), &e.message)
+}
+
 /// A JSON error with an HTTP status of its own (not from a gRPC code).
 pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
     (status, axum::Json(json!({"code": code, "message": message, "details": []}))).into_response()
@@ -196,7 +202,7 @@ where
         };
         match check(call).await {
             Ok(ext) => Some(ext),
-            Err(e) => return error_as(e.code.grpc_code(), Some(e.code), &e.message),
+            Err(e) => return domain_error(&e),
         }
     } else {
         None

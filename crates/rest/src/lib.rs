@@ -14,7 +14,7 @@ mod handler;
 mod openapi;
 mod routes;
 
-pub use handler::{SignedAuth, SignedCall, json_error, router};
+pub use handler::{SignedAuth, SignedCall, domain_error, json_error, router};
 pub use openapi::openapi;
 pub use routes::{Bridge, Route};
 
