@@ -7,6 +7,7 @@ mod fence;
 mod host;
 mod journal;
 mod runner;
+mod secrets;
 mod session;
 mod state;
 

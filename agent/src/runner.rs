@@ -16,6 +16,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::journal::{Entry, Journal, Outcome, Past};
+use crate::secrets::{Delivered, Keyring};
 
 type Key = (String, u32);
 
@@ -66,12 +67,13 @@ struct State {
 #[derive(Clone)]
 pub struct Runner {
     state: Arc<Mutex<State>>,
+    keyring: Arc<Keyring>,
     work_dir: PathBuf,
     log_budget: Arc<Semaphore>,
 }
 
 impl Runner {
-    pub fn open(state_dir: &std::path::Path) -> std::io::Result<Runner> {
+    pub fn open(state_dir: &std::path::Path, keyring: Keyring) -> std::io::Result<Runner> {
         let (mut journal, past) = Journal::open(state_dir)?;
         let mut slots = HashMap::new();
         for ((job, attempt), p) in past {
@@ -97,6 +99,7 @@ impl Runner {
         std::fs::create_dir_all(&work_dir)?;
         Ok(Runner {
             state: Arc::new(Mutex::new(State { slots, journal, out: None })),
+            keyring: Arc::new(keyring),
             work_dir,
             log_budget: Arc::new(Semaphore::new(LOG_CHUNKS_QUEUED)),
         })
@@ -220,6 +223,15 @@ impl Runner {
         self.finish(&key, Outcome { code: -1, error: why, lost: false });
     }
 
+    /// Seals a secret this node holds again for another node, and answers.
+    pub fn reseal(&self, r: &tether_types::ResealRequest) {
+        let answer = self.keyring.reseal(r);
+        if !answer.error.is_empty() {
+            tracing::warn!(secret = r.name, version = r.version, error = answer.error, "reseal failed");
+        }
+        self.send(AgentMessage::Resealed(answer));
+    }
+
     /// Kills the allocation's process group; it is reported as finished.
     pub fn cancel(&self, job: &str, attempt: u32, why: &str) {
         self.stop(&(job.to_owned(), attempt), Stop { why: why.to_owned(), lost: false, kill: false });
@@ -307,6 +319,29 @@ impl Runner {
     }
 
     async fn run(&self, key: Key, a: Assignment, cancel: CancellationToken, stop: Arc<Mutex<Option<Stop>>>) {
+        // The secrets are opened once for every run of the allocation, and
+        // their files removed before it is reported finished.
+        let run = format!("{}-{}", key.0.replace('/', "_"), key.1);
+        let outcome = match self.keyring.deliver(&run, &a.secrets) {
+            Ok(secrets) => {
+                let o = self.run_all(&key, &a, &cancel, &stop, &secrets).await;
+                drop(secrets);
+                o
+            }
+            Err(error) => Outcome { code: -1, error, lost: false },
+        };
+        self.finish(&key, outcome);
+    }
+
+    /// Runs the process, again per the restart policy, until it is done.
+    async fn run_all(
+        &self,
+        key: &Key,
+        a: &Assignment,
+        cancel: &CancellationToken,
+        stop: &Mutex<Option<Stop>>,
+        secrets: &Delivered,
+    ) -> Outcome {
         let exec = &a.exec;
         let stopped = |code: i32| {
             let s = stop.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -317,10 +352,9 @@ impl Runner {
         let max_log = if a.max_log_bytes == 0 { DEFAULT_MAX_LOG } else { a.max_log_bytes };
         let mut restarts = 0u32;
         loop {
-            let (code, error) = self.run_once(&key, exec, &cancel, &stop, restarts, max_log).await;
+            let (code, error) = self.run_once(key, exec, secrets, cancel, stop, restarts, max_log).await;
             if cancel.is_cancelled() {
-                self.finish(&key, stopped(code));
-                return;
+                return stopped(code);
             }
             // Jobs run once; a replica by its restart policy.
             let again = match a.restart {
@@ -329,20 +363,16 @@ impl Runner {
                 Some(RestartPolicy::Always) => true,
             };
             if !again {
-                self.finish(&key, Outcome { code, error, lost: false });
-                return;
+                return Outcome { code, error, lost: false };
             }
             restarts += 1;
             let delay = Duration::from_millis(250u64.saturating_mul(1 << restarts.min(7))).min(Duration::from_secs(30));
             tracing::info!(job_id = key.0, code, restarts, ?delay, "service exited; restarting");
-            if let Some(Slot::Running { restarts: r, .. }) = self.lock().slots.get_mut(&key) {
+            if let Some(Slot::Running { restarts: r, .. }) = self.lock().slots.get_mut(key) {
                 *r = restarts;
             }
             tokio::select! {
-                _ = cancel.cancelled() => {
-                    self.finish(&key, stopped(code));
-                    return;
-                }
+                _ = cancel.cancelled() => return stopped(code),
                 _ = tokio::time::sleep(delay) => {}
             }
         }
@@ -353,6 +383,7 @@ impl Runner {
         &self,
         key: &Key,
         exec: &ExecSpec,
+        secrets: &Delivered,
         cancel: &CancellationToken,
         stop: &Mutex<Option<Stop>>,
         restarts: u32,
@@ -372,12 +403,16 @@ impl Runner {
             .envs(&exec.env)
             .env("TETHER_JOB_ID", &key.0)
             .env("TETHER_JOB_ATTEMPT", key.1.to_string())
+            .envs(secrets.env.iter().map(|(k, v)| (k, v)))
             .current_dir(&dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(false);
+        if let Some(d) = secrets.dir() {
+            cmd.env("TETHER_SECRETS_DIR", d);
+        }
         // SAFETY: prctl is async-signal-safe; the closure only calls it.
         unsafe {
             cmd.pre_exec(|| {

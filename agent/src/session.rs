@@ -187,7 +187,18 @@ impl Agent {
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
         identity.generation = (identity.generation + 1).max(now);
         state.save(&identity).map_err(AgentError::State)?;
-        let runner = Runner::open(&config.state_dir).map_err(AgentError::State)?;
+        let seal_key = match identity.seal_key.as_deref().map(tether_auth::hex_decode) {
+            Some(Some(b)) => Some(tether_auth::seal::SealKey::from_bytes(&b).map_err(|e| AgentError::Config(e.to_string()))?),
+            Some(None) => return Err(AgentError::Config("identity.json: seal_key is not hex".into())),
+            None => {
+                tracing::warn!("this node enrolled before sealed secrets: it cannot receive them until enrolled again");
+                None
+            }
+        };
+        let base = crate::secrets::base_dir(&config.state_dir, &identity.node_id);
+        let keyring =
+            crate::secrets::Keyring::open(identity.node_id.clone(), seal_key, base).map_err(AgentError::State)?;
+        let runner = Runner::open(&config.state_dir, keyring).map_err(AgentError::State)?;
         let fence = Arc::new(Fence::new());
         tokio::spawn(crate::fence::watchdog(fence.clone(), runner.clone(), shutdown.clone()));
         tracing::info!(
@@ -432,6 +443,7 @@ impl Agent {
                         }
                         Some(Ok(Command::Assign(a))) => self.runner.assign(a),
                         Some(Ok(Command::Release(key))) => self.runner.release(&key.0, key.1),
+                        Some(Ok(Command::Reseal(r))) => self.runner.reseal(&r),
                         Some(Err((key, e))) => self.runner.refuse(key, e.message),
                         // From a newer control plane: not for this agent.
                         None => {}
@@ -502,12 +514,14 @@ async fn enroll(ep: &Endpoint, token: &str, config: &Config) -> Result<Identity,
     // A key and CSR for mTLS; a control plane that authenticates agents by
     // macaroon ignores it.
     let (key_pem, csr) = tether_auth::pki::new_node_key().map_err(|e| Status::internal(e.to_string()))?;
+    // The key sealed secrets are sealed to; only its public half leaves.
+    let seal_key = tether_auth::seal::SealKey::generate();
     let resp = client
         .enroll(agent_pb::EnrollRequest {
             join_token: token.to_owned(),
             capabilities: Some(host::capabilities(&config.state_dir, config.hostname.as_deref())),
             labels: config.labels.iter().cloned().collect(),
-            public_key: Vec::new(),
+            public_key: seal_key.public_key(),
             csr: csr.into_bytes(),
         })
         .await?
@@ -521,5 +535,6 @@ async fn enroll(ep: &Endpoint, token: &str, config: &Config) -> Result<Identity,
         credential: resp.node_credential,
         generation: 0,
         certificate,
+        seal_key: Some(tether_auth::hex_encode(&seal_key.to_bytes())),
     })
 }

@@ -17,6 +17,11 @@ pub struct Identity {
     /// The node's client certificate and its key, with mTLS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate: Option<NodeCertificate>,
+    /// The node's X25519 private key (hex) for sealed secrets; its public
+    /// key was registered at enrolment. Absent for a node enrolled before
+    /// sealed secrets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal_key: Option<String>,
 }
 
 /// A client certificate and its private key, both PEM. It lives in

@@ -28,6 +28,8 @@ pub enum Signal {
     /// Followers of job output (`StreamJobLogs`): output arrived or a job
     /// attempt ended.
     JobOutput,
+    /// The reseal task: a secret version or a node that may lack a copy.
+    Reseal,
 }
 
 /// One wake-up per [`Signal`]. A background task is handed its signal's
@@ -36,6 +38,7 @@ pub enum Signal {
 pub struct Signals {
     placement: Arc<Notify>,
     job_output: Notify,
+    reseal: Arc<Notify>,
 }
 
 impl Signals {
@@ -43,6 +46,11 @@ impl Signals {
     /// however many writes asked for it).
     pub fn placement(&self) -> Arc<Notify> {
         self.placement.clone()
+    }
+
+    /// The wake-up of the reseal task (coalescing, like placement's).
+    pub fn reseal(&self) -> Arc<Notify> {
+        self.reseal.clone()
     }
 
     /// A future that completes at the next [`Signal::JobOutput`]; create it
@@ -55,6 +63,7 @@ impl Signals {
         match s {
             Signal::Placement => self.placement.notify_one(),
             Signal::JobOutput => self.job_output.notify_waiters(),
+            Signal::Reseal => self.reseal.notify_one(),
         }
     }
 }
@@ -75,7 +84,7 @@ pub struct Effects<'a> {
     /// The highest event sequence number committed.
     seq: Option<i64>,
     actions: Vec<Action>,
-    wake: [bool; 2],
+    wake: [bool; 3],
 }
 
 enum Action {
@@ -87,7 +96,7 @@ enum Action {
 
 impl<'a> Effects<'a> {
     pub fn new(parts: Parts<'a>) -> Self {
-        Effects { parts, seq: None, actions: Vec::new(), wake: [false; 2] }
+        Effects { parts, seq: None, actions: Vec::new(), wake: [false; 3] }
     }
 
     /// Takes a committed write's value and remembers the events it appended.
@@ -153,7 +162,7 @@ impl<'a> Effects<'a> {
                 Action::Forget(node) => p.registry.remove(&node),
             }
         }
-        for s in [Signal::Placement, Signal::JobOutput] {
+        for s in [Signal::Placement, Signal::JobOutput, Signal::Reseal] {
             if std::mem::take(&mut self.wake[s as usize]) {
                 p.signals.raise(s);
             }

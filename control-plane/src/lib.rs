@@ -31,6 +31,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tether_proto::agent_pb::agent_service_server::AgentServiceServer;
 use tether_proto::pb::access_key_service_server::AccessKeyServiceServer;
+use tether_proto::pb::secret_service_server::SecretServiceServer;
 use tether_proto::pb::admin_service_server::AdminServiceServer;
 use tether_proto::pb::job_service_server::JobServiceServer;
 use tether_proto::pb::node_service_server::NodeServiceServer;
@@ -109,6 +110,16 @@ fn register_tasks(driver: &background::Driver, app: &Arc<App>, registry: &Arc<fl
             leader_only: true,
         },
         Placement { app: app.clone(), state: Default::default() },
+    );
+    driver.register(
+        Spec {
+            name: "secret_reseal",
+            description: "asks nodes that hold a sealed secret to seal it again for recipients without a copy",
+            period: Duration::from_secs(1),
+            wake: Some(app.signals.reseal()),
+            leader_only: true,
+        },
+        Reseal::new(app.clone()),
     );
     driver.register(
         Spec {
@@ -297,6 +308,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let access_keys = AccessKeyServiceServer::new(services::access_keys::AccessKeyApi::new(app.clone()))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
+    let secrets = SecretServiceServer::new(services::secrets::SecretApi::new(app.clone()))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
     let admin = AdminServiceServer::new(services::admin::AdminApi::new(app.clone(), task_statuses));
 
     // One set of routes serves gRPC and, in-process, the REST bridge, so both
@@ -313,6 +327,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .add_service(organizations)
         .add_service(projects)
         .add_service(access_keys)
+        .add_service(secrets)
         .add_service(admin);
     // One set of limits for both ports: a principal's bucket is the same
     // whether it calls over gRPC or REST.

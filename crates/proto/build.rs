@@ -12,6 +12,7 @@ const FILES: &[&str] = &[
     "tether/v1/node.proto",
     "tether/v1/tenancy.proto",
     "tether/v1/access_key.proto",
+    "tether/v1/secret.proto",
     "tether/v1/organization.proto",
     "tether/v1/project.proto",
     "tether/v1/job.proto",

@@ -11,6 +11,7 @@
 //!
 //! A new loop is a new file here and one `register` call in `lib.rs`.
 
+mod reseal;
 mod tasks;
 
 use std::future::Future;
@@ -22,6 +23,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use reseal::Reseal;
 pub use tasks::{LeaseFlush, Liveness, NodeSnapshotRefresh, PROBE_PERIOD, Placement, Probe, RevocationRefresh};
 
 /// What one activation did.

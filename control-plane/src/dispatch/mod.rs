@@ -7,6 +7,7 @@
 
 mod messages;
 mod reconcile;
+mod secrets;
 mod stream;
 
 use std::collections::HashSet;
@@ -20,7 +21,7 @@ use tether_types::{
 };
 
 use crate::fleet::snapshot::{NodeSnapshot, apply_usage};
-use messages::assign_msg;
+use messages::new_assignment;
 use reconcile::reconcile;
 pub use stream::{on_agent_message, resync, retry_transient};
 
@@ -193,17 +194,19 @@ pub async fn pass(app: &App, state: &mut PassState) -> Result<PassSummary, Store
         stop.extend(plan.stop);
         // A deleted project's workloads were deleted with it.
         let Some(access) = tenants.access.get(&w.project_id) else { continue };
+        if plan.create == 0 {
+            continue;
+        }
+        let holders = secrets::holders(app, &w.project_id, &w.spec.exec.secrets).await?;
         let reqs: Vec<Request> = (0..plan.create)
             .map(|_| {
                 let mut r =
                     Request::new(access.clone(), w.spec.resources, w.spec.constraints.clone(), Objective::Balanced);
                 r.group = Some(w.id.to_string());
+                r.holders = holders.clone();
                 r
             })
             .collect();
-        if reqs.is_empty() {
-            continue;
-        }
         if !views_ready {
             state.prepare_views(&snap, &active, now, &app.hub);
             views_ready = true;
@@ -238,13 +241,13 @@ pub async fn pass(app: &App, state: &mut PassState) -> Result<PassSummary, Store
     skip_bad(state, "job", &pending.bad, &mut summary);
     // A deleted project's jobs were cancelled with it.
     let pending: Vec<_> = pending.items.into_iter().filter(|j| tenants.access.contains_key(&j.project_id)).collect();
-    let reqs: Vec<Request> = pending
-        .iter()
-        .map(|j| {
-            let access = tenants.access[&j.project_id].clone();
-            Request::new(access, j.spec.resources, j.spec.constraints.clone(), Objective::Balanced)
-        })
-        .collect();
+    let mut reqs: Vec<Request> = Vec::with_capacity(pending.len());
+    for j in &pending {
+        let access = tenants.access[&j.project_id].clone();
+        let mut r = Request::new(access, j.spec.resources, j.spec.constraints.clone(), Objective::Balanced);
+        r.holders = secrets::holders(app, &j.project_id, &j.spec.exec.secrets).await?;
+        reqs.push(r);
+    }
     let placed = if reqs.is_empty() {
         Vec::new()
     } else {
@@ -279,15 +282,21 @@ pub async fn pass(app: &App, state: &mut PassState) -> Result<PassSummary, Store
     }
 
     if !new_allocs.is_empty() {
+        // The messages first (they read the secrets' copies): once placed,
+        // an allocation must be sent.
+        let mut msgs = Vec::with_capacity(new_allocs.len());
+        for (a, exec, restart) in &new_allocs {
+            msgs.push(new_assignment(app, a, exec, *restart).await?);
+        }
         let allocs: Vec<Allocation> = new_allocs.iter().map(|(a, _, _)| a.clone()).collect();
         // Durable before sent.
         let stored: HashSet<AllocKey> =
             fx.commit(store.allocations_place(&allocs, now).await?).into_iter().map(|a| a.key).collect();
         metrics::counter!("tether_allocations_placed_total").increment(stored.len() as u64);
         summary.placed = stored.len();
-        for (a, exec, restart) in &new_allocs {
+        for ((a, _, _), msg) in new_allocs.iter().zip(msgs) {
             if stored.contains(&a.key) {
-                fx.send(&a.node_id, assign_msg(a, exec, *restart));
+                fx.send(&a.node_id, msg);
             }
         }
         active.extend(allocs.into_iter().filter(|a| stored.contains(&a.key)));

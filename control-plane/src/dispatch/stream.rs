@@ -186,6 +186,7 @@ pub async fn on_agent_message(app: &App, node: &NodeId, m: &AgentMessage) -> Res
             }
             fx.send(node, Command::Release(wire.clone()));
         }
+        AgentMessage::Resealed(r) => super::secrets::resealed(app, &mut fx, node, r).await?,
     }
     Ok(())
 }

@@ -41,8 +41,13 @@ pub struct Enrolled {
 pub async fn enroll_with_token(app: &App, req: Enrolment<'_>) -> Result<Enrolled, Error> {
     let refused = || Error::unauthenticated("join token is not valid");
     let (jt_id, secret) = parse_join_token(req.join_token).map_err(|_| refused())?;
-    if req.public_key.len() > 256 {
-        return Err(Error::invalid("public_key is longer than 256 bytes"));
+    // The node's sealing key (raw X25519): secrets are sealed to it.
+    if !req.public_key.is_empty() && req.public_key.len() != tether_auth::seal::KEY_LEN {
+        return Err(Error::invalid(format!(
+            "public_key is a raw X25519 key of {} bytes, not {}",
+            tether_auth::seal::KEY_LEN,
+            req.public_key.len()
+        )));
     }
     let mut labels = req.labels;
     validate_labels(&labels)?;
@@ -126,6 +131,8 @@ pub async fn enroll(app: &App, e: &NodeEnroll) -> Result<Node, StoreError> {
     let mut fx = app.effects();
     let node = fx.commit(app.store.node_enroll(e).await?);
     app.registry.enrolled(&node);
+    // A new recipient of its project's secrets.
+    fx.wake(Signal::Reseal);
     Ok(node)
 }
 

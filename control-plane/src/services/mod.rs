@@ -11,6 +11,7 @@ pub mod nodes;
 pub mod organizations;
 pub mod placement;
 pub mod projects;
+pub mod secrets;
 pub mod tenancy;
 pub mod workloads;
 

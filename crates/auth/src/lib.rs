@@ -8,6 +8,7 @@ pub mod heartbeat;
 mod join;
 mod macaroon;
 pub mod pki;
+pub mod seal;
 pub mod sigv4;
 
 pub use join::{JoinSecret, hash_join_secret, hashes_equal, parse_join_token};

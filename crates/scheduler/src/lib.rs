@@ -18,7 +18,7 @@
 //!   ([`CANDIDATES`]) and still finds room whenever any node has it.
 
 use std::cmp::Ordering;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use tether_types::{
@@ -111,6 +111,9 @@ pub struct Request {
     pub objective: Objective,
     /// Spread replicas of the same group (a workload id) across nodes.
     pub group: Option<String>,
+    /// For work that needs sealed secrets: the nodes that hold a copy of
+    /// each (no other node could open them). `None`: no secrets.
+    pub holders: Option<Arc<HashSet<NodeId>>>,
 }
 
 impl Request {
@@ -121,7 +124,7 @@ impl Request {
         objective: Objective,
     ) -> Self {
         let selector = constraints.selector();
-        Request { access, resources, constraints, selector, objective, group: None }
+        Request { access, resources, constraints, selector, objective, group: None, holders: None }
     }
 
     pub fn project(&self) -> &ProjectId {
@@ -156,6 +159,9 @@ pub fn static_mismatch(node: &NodeView, req: &Request) -> Option<String> {
     }
     if !req.resources.fits_in(&node.capacity) {
         return Some(format!("capacity {} too small", describe(&node.capacity)));
+    }
+    if req.holders.as_ref().is_some_and(|h| !h.contains(&node.id)) {
+        return Some("holds no copy of a secret the work needs (yet)".into());
     }
     None
 }

@@ -524,6 +524,13 @@ impl Store {
                     .await?;
             }
             sqlx::query("DELETE FROM pool_grants WHERE project_id = $1").bind(id.as_str()).execute(&mut *tx).await?;
+            // Its secrets' copies go; the versions stay as tombstones.
+            sqlx::query("DELETE FROM secret_copies WHERE project_id = $1").bind(id.as_str()).execute(&mut *tx).await?;
+            sqlx::query("UPDATE secrets SET deleted_at = $2 WHERE project_id = $1 AND deleted_at IS NULL")
+                .bind(id.as_str())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
             append_event!(tx, now, Some(id.as_str()), "project.deleted", id.as_str(), to_json(&p));
             Ok(p)
         })

@@ -2,6 +2,7 @@
 //! tables for people and proto3 JSON (`-o json`) for scripts.
 
 mod access_keys;
+mod secrets;
 mod jobs;
 mod nodes;
 mod output;
@@ -79,6 +80,9 @@ enum Cmd {
     /// Access keys for SigV4-signed REST requests.
     #[command(subcommand)]
     AccessKeys(access_keys::AccessKeysCmd),
+    /// Sealed secrets (sealed here, to the nodes' keys).
+    #[command(subcommand)]
+    Secrets(secrets::SecretsCmd),
     /// Agent join tokens.
     #[command(name = "join-tokens", subcommand)]
     JoinTokens(JoinTokensCmd),
@@ -123,6 +127,12 @@ impl Clients {
     }
     fn projects(&self) -> ProjectServiceClient<Svc> {
         ProjectServiceClient::with_interceptor(self.channel.clone(), self.bearer.clone())
+    }
+    fn secrets(&self) -> tether_proto::pb::secret_service_client::SecretServiceClient<Svc> {
+        tether_proto::pb::secret_service_client::SecretServiceClient::with_interceptor(
+            self.channel.clone(),
+            self.bearer.clone(),
+        )
     }
     fn access_keys(&self) -> tether_proto::pb::access_key_service_client::AccessKeyServiceClient<Svc> {
         tether_proto::pb::access_key_service_client::AccessKeyServiceClient::with_interceptor(
@@ -202,6 +212,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Workloads(cmd) => workloads::run(&c, &out, cmd).await,
         Cmd::Tokens(cmd) => tokens::tokens(&c, &out, cmd).await,
         Cmd::AccessKeys(cmd) => access_keys::run(&c, &out, cmd).await,
+        Cmd::Secrets(cmd) => secrets::run(&c, &out, cmd).await,
         Cmd::JoinTokens(cmd) => tokens::join_tokens(&c, &out, cmd).await,
         Cmd::Placement(cmd) => placement::run(&c, &out, cmd).await,
         Cmd::Orgs(cmd) => tenants::orgs(&c, &out, cmd).await,

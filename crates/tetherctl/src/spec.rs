@@ -44,6 +44,12 @@ pub(crate) struct Exec {
     pub(crate) env: Vec<(String, String)>,
     #[arg(long, default_value = "")]
     pub(crate) workdir: String,
+    /// A sealed secret as an environment variable: NAME[:VERSION]=VAR.
+    #[arg(long = "secret-env", value_parser = parse_secret)]
+    pub(crate) secret_env: Vec<(String, u32, String)>,
+    /// A sealed secret as a file in $TETHER_SECRETS_DIR: NAME[:VERSION]=FILE.
+    #[arg(long = "secret-file", value_parser = parse_secret)]
+    pub(crate) secret_file: Vec<(String, u32, String)>,
     /// The command and its arguments (after `--`).
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     pub(crate) command: Vec<String>,
@@ -57,6 +63,22 @@ impl Exec {
             env: self.env.iter().cloned().collect(),
             working_dir: self.workdir.clone(),
             timeout: timeout.map(tether_types::duration_to_pb),
+            secrets: self
+                .secret_env
+                .iter()
+                .map(|(name, version, env)| pb::SecretRef {
+                    name: name.clone(),
+                    version: *version,
+                    env: env.clone(),
+                    file: String::new(),
+                })
+                .chain(self.secret_file.iter().map(|(name, version, file)| pb::SecretRef {
+                    name: name.clone(),
+                    version: *version,
+                    env: String::new(),
+                    file: file.clone(),
+                }))
+                .collect(),
         }
     }
 }
@@ -64,4 +86,14 @@ impl Exec {
 pub(crate) fn parse_kv(s: &str) -> Result<(String, String), String> {
     let (k, v) = s.split_once('=').ok_or_else(|| format!("{s:?} must be KEY=VALUE"))?;
     Ok((k.to_owned(), v.to_owned()))
+}
+
+/// `NAME[:VERSION]=WHERE` (version 0, the latest, when left out).
+pub(crate) fn parse_secret(s: &str) -> Result<(String, u32, String), String> {
+    let (secret, to) = s.split_once('=').ok_or_else(|| format!("{s:?} must be NAME[:VERSION]=TARGET"))?;
+    let (name, version) = match secret.split_once(':') {
+        Some((n, v)) => (n, v.parse().map_err(|_| format!("{v:?} is not a version number"))?),
+        None => (secret, 0),
+    };
+    Ok((name.to_owned(), version, to.to_owned()))
 }

@@ -5,7 +5,7 @@
 
 use tether_proto::agent_pb::{self, heartbeat_response, jobs_request, jobs_response};
 
-use crate::{AllocKind, DesiredNodeState, Error, ExecSpec, RestartPolicy};
+use crate::{AllocKind, DesiredNodeState, Error, ExecSpec, ResealRequest, Resealed, RestartPolicy, SealedSecret};
 
 /// What the control plane wants of a node, pushed on its heartbeat stream.
 /// The agent answers each version once, ACK or NACK; a rejected version is
@@ -53,6 +53,8 @@ pub struct Assignment {
     pub restart: Option<RestartPolicy>,
     /// Output kept per run; more is cut and marked.
     pub max_log_bytes: u64,
+    /// The copies of `exec.secrets` sealed to this node.
+    pub secrets: Vec<SealedSecret>,
 }
 
 /// One message from the control plane on a node's Jobs stream.
@@ -66,6 +68,8 @@ pub enum Command {
     },
     /// Its result is stored: forget it.
     Release(WireKey),
+    /// Seal a secret this node holds again, for another node.
+    Reseal(ResealRequest),
 }
 
 impl Command {
@@ -91,6 +95,7 @@ impl Command {
                     Some(RestartPolicy::Never) => agent_pb::ServiceRestart::Never,
                 } as i32,
                 max_log_bytes: a.max_log_bytes,
+                secrets: a.secrets.iter().map(SealedSecret::to_pb).collect(),
             }),
             Command::Cancel { key, reason } => jobs_response::Msg::Cancel(agent_pb::CancelJob {
                 job_id: key.0.clone(),
@@ -100,6 +105,15 @@ impl Command {
             Command::Release(key) => {
                 jobs_response::Msg::Release(agent_pb::ReleaseJob { job_id: key.0.clone(), attempt: key.1 })
             }
+            Command::Reseal(r) => jobs_response::Msg::Reseal(agent_pb::ResealSecret {
+                project_id: r.project_id.clone(),
+                name: r.name.clone(),
+                version: r.version,
+                enc: r.enc.clone(),
+                ciphertext: r.ciphertext.clone(),
+                target_node_id: r.target_node.clone(),
+                target_public_key: r.target_public_key.clone(),
+            }),
         };
         agent_pb::JobsResponse { msg: Some(msg) }
     }
@@ -122,15 +136,30 @@ impl Command {
                     (_, Ok(agent_pb::ServiceRestart::OnFailure)) => Some(RestartPolicy::OnFailure),
                     _ => Some(RestartPolicy::Always),
                 };
+                let secrets = a.secrets.into_iter().map(SealedSecret::from_pb).collect();
                 match ExecSpec::from_pb(a.exec) {
-                    Ok(exec) => {
-                        Ok(Command::Assign(Assignment { key, exec, kind, restart, max_log_bytes: a.max_log_bytes }))
-                    }
+                    Ok(exec) => Ok(Command::Assign(Assignment {
+                        key,
+                        exec,
+                        kind,
+                        restart,
+                        max_log_bytes: a.max_log_bytes,
+                        secrets,
+                    })),
                     Err(e) => Err((key, e)),
                 }
             }
             jobs_response::Msg::Cancel(c) => Ok(Command::Cancel { key: (c.job_id, c.attempt), reason: c.reason }),
             jobs_response::Msg::Release(r) => Ok(Command::Release((r.job_id, r.attempt))),
+            jobs_response::Msg::Reseal(r) => Ok(Command::Reseal(ResealRequest {
+                project_id: r.project_id,
+                name: r.name,
+                version: r.version,
+                enc: r.enc,
+                ciphertext: r.ciphertext,
+                target_node: r.target_node_id,
+                target_public_key: r.target_public_key,
+            })),
         })
     }
 }
@@ -189,6 +218,8 @@ pub enum AgentMessage {
         key: WireKey,
         outcome: Outcome,
     },
+    /// A copy sealed for another node, as a [`Command::Reseal`] asked.
+    Resealed(Resealed),
 }
 
 impl AgentMessage {
@@ -241,6 +272,16 @@ impl AgentMessage {
                 error: outcome.error,
                 lost: outcome.lost,
             }),
+            AgentMessage::Resealed(r) => jobs_request::Msg::Resealed(agent_pb::SecretResealed {
+                project_id: r.project_id,
+                name: r.name,
+                version: r.version,
+                target_node_id: r.target_node,
+                target_public_key: r.target_public_key,
+                enc: r.enc,
+                ciphertext: r.ciphertext,
+                error: r.error,
+            }),
         };
         agent_pb::JobsRequest { msg: Some(msg) }
     }
@@ -283,6 +324,16 @@ impl AgentMessage {
                 key: (f.job_id, f.attempt),
                 outcome: Outcome { exit_code: f.exit_code, error: f.error, lost: f.lost },
             },
+            jobs_request::Msg::Resealed(r) => AgentMessage::Resealed(Resealed {
+                project_id: r.project_id,
+                name: r.name,
+                version: r.version,
+                target_node: r.target_node_id,
+                target_public_key: r.target_public_key,
+                enc: r.enc,
+                ciphertext: r.ciphertext,
+                error: r.error,
+            }),
         })
     }
 }
@@ -299,6 +350,7 @@ mod tests {
             env: [("A".to_string(), "1".to_string())].into(),
             working_dir: "/tmp".into(),
             timeout_ms: Some(1500),
+            secrets: vec![crate::SecretRef { name: "db".into(), version: 2, env: "DB".into(), file: "db".into() }],
         };
         for c in [
             Command::Assign(Assignment {
@@ -307,6 +359,13 @@ mod tests {
                 kind: AllocKind::Job,
                 restart: None,
                 max_log_bytes: 1 << 20,
+                secrets: vec![SealedSecret {
+                    reference: crate::SecretRef { name: "db".into(), version: 2, env: "DB".into(), file: "db".into() },
+                    project_id: "prj-1".into(),
+                    version: 2,
+                    enc: vec![1; 32],
+                    ciphertext: vec![2; 20],
+                }],
             }),
             Command::Assign(Assignment {
                 key: ("al-1".into(), 1),
@@ -314,6 +373,16 @@ mod tests {
                 kind: AllocKind::Service,
                 restart: Some(RestartPolicy::OnFailure),
                 max_log_bytes: 0,
+                secrets: vec![],
+            }),
+            Command::Reseal(ResealRequest {
+                project_id: "prj-1".into(),
+                name: "db".into(),
+                version: 3,
+                enc: vec![1; 32],
+                ciphertext: vec![2; 40],
+                target_node: "nd-2".into(),
+                target_public_key: vec![3; 32],
             }),
             Command::Cancel { key: ("job-1".into(), 2), reason: "cancelled by an operator".into() },
             Command::Release(("job-1".into(), 2)),
@@ -356,6 +425,16 @@ mod tests {
             },
             AgentMessage::Progress { key: key.clone(), fraction: 0.5, message: "half".into() },
             AgentMessage::Finished { key, outcome: Outcome { exit_code: 3, error: String::new(), lost: false } },
+            AgentMessage::Resealed(Resealed {
+                project_id: "prj-1".into(),
+                name: "db".into(),
+                version: 3,
+                target_node: "nd-2".into(),
+                target_public_key: vec![3; 32],
+                enc: vec![1; 32],
+                ciphertext: vec![2; 40],
+                error: String::new(),
+            }),
         ] {
             assert_eq!(AgentMessage::from_pb(m.clone().into_pb()), Some(m));
         }

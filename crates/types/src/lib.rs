@@ -13,6 +13,7 @@ mod labels;
 mod lifecycle;
 mod node;
 mod report;
+pub mod secret;
 mod tenancy;
 mod time;
 mod work;
@@ -25,6 +26,7 @@ pub use labels::{LabelSelector, Labels, validate_labels};
 pub use lifecycle::{JobEvent, Shortfall};
 pub use node::{DesiredNodeState, Gpu, Node, NodeCapabilities, NodeStatus, NodeTransport, NodeUsage};
 pub use report::{NodeReport, ReportAlert, ReportJobFailure};
+pub use secret::{ResealRequest, Resealed, SealedSecret, SecretRef};
 pub use tenancy::{
     DEFAULT_POOL, JoinToken, NodePlace, OrgRole, Organization, PoolGrant, Project, ProjectAccess, Quota, Role, Usage,
     validate_tenant_name,

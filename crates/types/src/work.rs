@@ -100,6 +100,9 @@ pub struct ExecSpec {
     pub env: BTreeMap<String, String>,
     pub working_dir: String,
     pub timeout_ms: Option<u64>,
+    /// Sealed secrets the process gets (see [`crate::secret`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<crate::SecretRef>,
 }
 
 impl ExecSpec {
@@ -146,13 +149,9 @@ impl ExecSpec {
             // Whole milliseconds, rounded up: a positive timeout stays positive.
             Some(d) => Some(Duration::new(d.seconds as u64, d.nanos as u32).as_nanos().div_ceil(1_000_000) as u64),
         };
-        Ok(ExecSpec {
-            command: e.command,
-            args: e.args,
-            env: e.env.into_iter().collect(),
-            working_dir: e.working_dir,
-            timeout_ms,
-        })
+        let env: BTreeMap<String, String> = e.env.into_iter().collect();
+        let secrets = crate::SecretRef::list_from_pb(e.secrets, &env)?;
+        Ok(ExecSpec { command: e.command, args: e.args, env, working_dir: e.working_dir, timeout_ms, secrets })
     }
 
     pub fn to_pb(&self) -> pb::ExecSpec {
@@ -162,6 +161,7 @@ impl ExecSpec {
             env: self.env.clone().into_iter().collect(),
             working_dir: self.working_dir.clone(),
             timeout: self.timeout_ms.map(|ms| crate::duration_to_pb(Duration::from_millis(ms))),
+            secrets: self.secrets.iter().map(crate::SecretRef::to_pb).collect(),
         }
     }
 }

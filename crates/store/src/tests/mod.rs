@@ -12,10 +12,12 @@ use crate::*;
 
 mod errors;
 mod fleet;
+mod secrets;
 mod work;
 
 use errors::*;
 use fleet::*;
+use secrets::*;
 use work::*;
 
 async fn sqlite_store(dir: &tempfile::TempDir) -> Store {
@@ -100,6 +102,7 @@ suite!(
     workloads_and_desired_state,
     database_errors_are_classified_by_backend,
     writes_answer_their_last_event_sequence,
+    secrets_versions_copies_and_deletes,
 );
 
 fn id<T>(f: fn([u8; 10]) -> T, n: u8) -> T {
