@@ -415,6 +415,37 @@ impl ControlPlane {
         }
     }
 
+    /// Everything the database holds, as an attacker with a copy would see
+    /// it: `pg_dump`'s SQL for PostgreSQL, the bytes of every SQLite file
+    /// (the database, its WAL and shared memory) for SQLite.
+    pub async fn database_bytes(&self) -> Vec<u8> {
+        match &self.database_url {
+            Some(url) => {
+                let pg_dump = std::fs::read_dir("/usr/lib/postgresql")
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|d| d.path().join("bin/pg_dump"))
+                    .find(|p| p.exists())
+                    .unwrap_or_else(|| PathBuf::from("pg_dump"));
+                let out = tokio::process::Command::new(pg_dump).arg("--dbname").arg(url).output().await.expect("pg_dump");
+                assert!(out.status.success(), "pg_dump: {}", String::from_utf8_lossy(&out.stderr));
+                assert!(out.stdout.len() > 1000, "a dump with the schema and rows");
+                out.stdout
+            }
+            None => {
+                let mut all = Vec::new();
+                for e in std::fs::read_dir(self.data_dir()).unwrap().flatten() {
+                    if e.file_name().to_string_lossy().starts_with("tether.db") {
+                        all.extend(std::fs::read(e.path()).unwrap());
+                    }
+                }
+                assert!(all.len() > 1000, "the SQLite files");
+                all
+            }
+        }
+    }
+
     /// One number from the test's database (`SELECT ...` answering a BIGINT).
     pub async fn sql_i64(&self, query: &str) -> i64 {
         match &self.database_url {
@@ -669,6 +700,21 @@ impl Drop for Agent {
 fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Runs tetherctl against `cp` with `token`: (exit code, stdout, stderr).
+pub async fn tetherctl(cp: &ControlPlane, token: &str, args: &[&str]) -> (i32, String, String) {
+    let out = tokio::process::Command::new(bin_dir().join("tetherctl"))
+        .args(["--addr", &cp.url(), "--token", token])
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 pub fn signal(pid: i32, sig: i32) {

@@ -31,6 +31,8 @@ mod rest;
 #[cfg(test)]
 mod sdk;
 #[cfg(test)]
+mod secrets;
+#[cfg(test)]
 mod tenancy;
 #[cfg(test)]
 mod tls;

@@ -203,20 +203,6 @@ async fn readme_tls_examples_run_as_written() {
 
 both_backends!(tetherctl_reports_errors_and_speaks_json);
 
-async fn tetherctl(cp: &ControlPlane, token: &str, args: &[&str]) -> (i32, String, String) {
-    let out = tokio::process::Command::new(bin_dir().join("tetherctl"))
-        .args(["--addr", &cp.url(), "--token", token])
-        .args(args)
-        .output()
-        .await
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 async fn tetherctl_reports_errors_and_speaks_json(backend: Backend) {
     let cp = ControlPlane::start(backend).await;
     let agent = Agent::start(&cp, "ctl", &["--labels", "zone=c"]);

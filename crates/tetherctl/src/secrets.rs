@@ -11,6 +11,7 @@ use zeroize::Zeroizing;
 
 use crate::Clients;
 use crate::output::Out;
+use crate::spec::parse_versioned;
 
 #[derive(Subcommand)]
 pub(crate) enum SecretsCmd {
@@ -30,17 +31,14 @@ pub(crate) enum SecretsCmd {
     List,
     /// One version's metadata: who stored it, which nodes hold a copy.
     Get {
-        name: String,
-        /// 0: the latest.
-        #[arg(long, default_value_t = 0)]
-        version: u32,
+        /// NAME (the latest version) or NAME:VERSION.
+        #[arg(value_parser = parse_versioned)]
+        secret: (String, u32),
     },
-    /// Delete one version, or all.
+    /// Delete one version (NAME:VERSION), or all (NAME).
     Delete {
-        name: String,
-        /// 0: every version.
-        #[arg(long, default_value_t = 0)]
-        version: u32,
+        #[arg(value_parser = parse_versioned)]
+        secret: (String, u32),
     },
     /// The nodes a secret is sealed to, with their keys.
     Recipients,
@@ -105,11 +103,11 @@ pub(crate) async fn run(c: &Clients, out: &Out, cmd: SecretsCmd) -> anyhow::Resu
             let r = c.secrets().list_secrets(pb::ListSecretsRequest {}).await?.into_inner();
             out.secrets(&r);
         }
-        SecretsCmd::Get { name, version } => {
+        SecretsCmd::Get { secret: (name, version) } => {
             let r = c.secrets().get_secret(pb::GetSecretRequest { name, version }).await?.into_inner();
             out.secret(&r);
         }
-        SecretsCmd::Delete { name, version } => {
+        SecretsCmd::Delete { secret: (name, version) } => {
             let r = c.secrets().delete_secret(pb::DeleteSecretRequest { name: name.clone(), version }).await?;
             let r = r.into_inner();
             let versions: Vec<String> = r.versions.iter().map(ToString::to_string).collect();

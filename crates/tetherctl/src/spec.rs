@@ -91,9 +91,14 @@ pub(crate) fn parse_kv(s: &str) -> Result<(String, String), String> {
 /// `NAME[:VERSION]=WHERE` (version 0, the latest, when left out).
 pub(crate) fn parse_secret(s: &str) -> Result<(String, u32, String), String> {
     let (secret, to) = s.split_once('=').ok_or_else(|| format!("{s:?} must be NAME[:VERSION]=TARGET"))?;
-    let (name, version) = match secret.split_once(':') {
-        Some((n, v)) => (n, v.parse().map_err(|_| format!("{v:?} is not a version number"))?),
-        None => (secret, 0),
-    };
-    Ok((name.to_owned(), version, to.to_owned()))
+    let (name, version) = parse_versioned(secret)?;
+    Ok((name, version, to.to_owned()))
+}
+
+/// `NAME` (version 0: the latest) or `NAME:VERSION`.
+pub(crate) fn parse_versioned(s: &str) -> Result<(String, u32), String> {
+    match s.split_once(':') {
+        Some((n, v)) => Ok((n.to_owned(), v.parse().map_err(|_| format!("{v:?} is not a version number"))?)),
+        None => Ok((s.to_owned(), 0)),
+    }
 }
