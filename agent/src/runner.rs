@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tether_types::{AgentMessage, AllocKind, Assignment, ExecSpec, Held, OutputStream, RestartPolicy, WireKey};
+use tether_types::{AgentMessage, AllocKind, Assignment, Held, OutputStream, RestartPolicy, WireKey};
 use tokio::io::AsyncReadExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -342,17 +342,15 @@ impl Runner {
         stop: &Mutex<Option<Stop>>,
         secrets: &Delivered,
     ) -> Outcome {
-        let exec = &a.exec;
         let stopped = |code: i32| {
             let s = stop.lock().unwrap_or_else(|p| p.into_inner()).clone();
             let s = s.unwrap_or(Stop { why: String::new(), lost: false, kill: false });
             Outcome { code, error: format!("cancelled: {}", s.why), lost: s.lost }
         };
 
-        let max_log = if a.max_log_bytes == 0 { DEFAULT_MAX_LOG } else { a.max_log_bytes };
         let mut restarts = 0u32;
         loop {
-            let (code, error) = self.run_once(key, exec, secrets, cancel, stop, restarts, max_log).await;
+            let (code, error) = self.run_once(key, a, secrets, cancel, stop, restarts).await;
             if cancel.is_cancelled() {
                 return stopped(code);
             }
@@ -382,13 +380,14 @@ impl Runner {
     async fn run_once(
         &self,
         key: &Key,
-        exec: &ExecSpec,
+        a: &Assignment,
         secrets: &Delivered,
         cancel: &CancellationToken,
         stop: &Mutex<Option<Stop>>,
         restarts: u32,
-        max_log: u64,
     ) -> (i32, String) {
+        let exec = &a.exec;
+        let max_log = if a.max_log_bytes == 0 { DEFAULT_MAX_LOG } else { a.max_log_bytes };
         let dir = if exec.working_dir.is_empty() {
             let d = self.work_dir.join(format!("{}-{}", key.0.replace('/', "_"), key.1));
             if let Err(e) = std::fs::create_dir_all(&d) {

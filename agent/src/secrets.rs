@@ -64,7 +64,8 @@ impl Keyring {
         if s.enc.is_empty() {
             return Err(format!("secret {} version {} is not sealed to this node", s.reference.name, s.version));
         }
-        let label = CopyLabel { project: &s.project_id, name: &s.reference.name, version: s.version, node: &self.node_id };
+        let label =
+            CopyLabel { project: &s.project_id, name: &s.reference.name, version: s.version, node: &self.node_id };
         let sealed = Sealed { enc: s.enc.clone(), ciphertext: s.ciphertext.clone() };
         self.key()?
             .open(&label, &sealed)

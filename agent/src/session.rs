@@ -188,7 +188,9 @@ impl Agent {
         identity.generation = (identity.generation + 1).max(now);
         state.save(&identity).map_err(AgentError::State)?;
         let seal_key = match identity.seal_key.as_deref().map(tether_auth::hex_decode) {
-            Some(Some(b)) => Some(tether_auth::seal::SealKey::from_bytes(&b).map_err(|e| AgentError::Config(e.to_string()))?),
+            Some(Some(b)) => {
+                Some(tether_auth::seal::SealKey::from_bytes(&b).map_err(|e| AgentError::Config(e.to_string()))?)
+            }
             Some(None) => return Err(AgentError::Config("identity.json: seal_key is not hex".into())),
             None => {
                 tracing::warn!("this node enrolled before sealed secrets: it cannot receive them until enrolled again");

@@ -428,7 +428,8 @@ impl ControlPlane {
                     .map(|d| d.path().join("bin/pg_dump"))
                     .find(|p| p.exists())
                     .unwrap_or_else(|| PathBuf::from("pg_dump"));
-                let out = tokio::process::Command::new(pg_dump).arg("--dbname").arg(url).output().await.expect("pg_dump");
+                let out =
+                    tokio::process::Command::new(pg_dump).arg("--dbname").arg(url).output().await.expect("pg_dump");
                 assert!(out.status.success(), "pg_dump: {}", String::from_utf8_lossy(&out.stderr));
                 assert!(out.stdout.len() > 1000, "a dump with the schema and rows");
                 out.stdout

@@ -109,8 +109,11 @@ async fn every_annotated_rpc_answers_over_rest(backend: Backend) {
         ("workload_id", workload_id.as_str()),
         ("join_token_id", join_token_id.as_str()),
         ("access_key_id", access_key_id.as_str()),
+        ("name", "rest-secret"),
     ];
     let as_internal = Rest { token: internal.into(), ..Rest::new(&cp) };
+    let (s, sec) = rest.call("POST", "/v1/secrets", Some(json!({"name": "rest-secret", "value": "dg=="}))).await;
+    assert_eq!(s, 200, "{sec}");
 
     // int64 as strings, query parameters by JSON and by proto name.
     let (_, nodes) = rest.call("GET", "/v1/nodes?labelSelector=zone%3Dr&page_size=5", None).await;
@@ -149,6 +152,7 @@ async fn every_annotated_rpc_answers_over_rest(backend: Backend) {
             "/tether.v1.TenancyService/VerifyToken" => json!({"token": rest.token}),
             "/tether.v1.AccessKeyService/CreateAccessKey" => json!({"role": "ROLE_VIEWER"}),
             "/tether.v1.AccessKeyService/ResolveAccessKey" => json!({}),
+            "/tether.v1.SecretService/PutSecret" => json!({"name": "rest-secret", "value": "dg=="}),
             "/tether.v1.PlacementService/SuggestPlacement" => {
                 json!({"resources": {"cpuMillis": "100"}, "objective": "OBJECTIVE_COST"})
             }

@@ -69,10 +69,10 @@ async fn secrets_reach_jobs_sealed_and_a_later_node_gets_them(backend: Backend) 
             "--wait",
             "-l",
             "role=first",
-            "--secret-env",
-            "db-password=DB_PASSWORD",
-            "--secret-file",
-            "db-password:1=db",
+            "--secret",
+            "db-password=env:DB_PASSWORD",
+            "--secret",
+            "db-password:1=file:db",
             "--",
             "/bin/sh",
             "-c",
@@ -98,7 +98,8 @@ async fn secrets_reach_jobs_sealed_and_a_later_node_gets_them(backend: Backend) 
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!((v["secret"]["version"].clone(), v["secret"]["sealedTo"].clone()), (json!(1), json!([first_id])));
     // Bad puts are refused and store nothing.
-    let (status, body) = cp.http_post_as("/v1/secrets", &admin, &json!({"name": "Bad_Name", "value": b64}).to_string()).await;
+    let (status, body) =
+        cp.http_post_as("/v1/secrets", &admin, &json!({"name": "Bad_Name", "value": b64}).to_string()).await;
     assert_eq!(status, 400, "{body}");
     let (status, body) = cp.http_post_as("/v1/secrets", &admin, &json!({"name": "empty"}).to_string()).await;
     assert_eq!(status, 400, "{body}");

@@ -234,6 +234,11 @@ impl World {
                 Named { foreign: json!({"accessKeyId": w.b_access_key}), own: json!({"accessKeyId": w.a_access_key}) }
             }
             "ResolveAccessKey" => Unnamed(json!({"accessKeyId": w.a_access_key})),
+            "ListSecretRecipients" | "ListSecrets" => Listing(json!({})),
+            "PutSecret" => Unnamed(json!({"name": "made-in-matrix", "value": "dg=="})),
+            "GetSecret" | "DeleteSecret" => {
+                Named { foreign: json!({"name": "b-secret"}), own: json!({"name": "a-secret"}) }
+            }
             "ListBackgroundTasks" => Unnamed(json!({})),
             "CreateOrganization" => Unnamed(json!({"name": "made-in-matrix"})),
             "GetOrganization" | "DeleteOrganization" | "ListPoolGrants" | "ListOrganizationJoinTokens" => {
@@ -284,6 +289,7 @@ impl World {
             &self.org2_join_token,
             &self.b_token,
             &self.b_access_key,
+            "b-secret",
         ];
         v.extend(self.b_nodes.iter().map(String::as_str));
         v
@@ -440,6 +446,11 @@ async fn every_rpc_keeps_tenants_apart_and_asks_its_role(backend: Backend) {
         }
     };
     let (a_access_key, b_access_key) = (access_key(a_admin.clone()).await, access_key(b_admin.clone()).await);
+    // A secret on each side, sealed to each project's nodes.
+    for (who, name) in [(&a_admin, "a-secret"), (&b_admin, "b-secret")] {
+        let s = d.ok("tether.v1.SecretService/PutSecret", who, json!({"name": name, "value": "c2VjcmV0"})).await;
+        assert!(!s["secret"]["sealedTo"].as_array().unwrap().is_empty(), "{s}");
+    }
     let w = World {
         a_access_key,
         b_access_key,

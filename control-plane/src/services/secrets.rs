@@ -19,8 +19,8 @@ use zeroize::Zeroizing;
 
 use super::{status, store_status};
 use crate::app::{App, now_ms};
-use crate::fleet::snapshot::NodeSnapshot;
 use crate::effects::Signal;
+use crate::fleet::snapshot::NodeSnapshot;
 
 pub struct SecretApi {
     app: Arc<App>,
@@ -164,7 +164,8 @@ impl pb::secret_service_server::SecretService for SecretApi {
                 for r in &recipients {
                     let label =
                         CopyLabel { project: p.id().as_str(), name: &req.name, version: next, node: r.node.as_str() };
-                    let s = seal::seal(&r.public_key, &label, &value).map_err(|e| status(Error::internal(e.to_string())))?;
+                    let s = seal::seal(&r.public_key, &label, &value)
+                        .map_err(|e| status(Error::internal(e.to_string())))?;
                     copies.push(SecretCopy {
                         node_id: r.node.clone(),
                         public_key: r.public_key.clone(),
@@ -181,12 +182,8 @@ impl pb::secret_service_server::SecretService for SecretApi {
                 "no node of this project can hold a secret yet (no node with a sealing key): enrol one first",
             )));
         }
-        let stored = self
-            .app
-            .store
-            .secret_put(p.id(), &req.name, version, &copies, now_ms())
-            .await
-            .map_err(store_status)?;
+        let stored =
+            self.app.store.secret_put(p.id(), &req.name, version, &copies, now_ms()).await.map_err(store_status)?;
         let v = self.app.effects().wake(Signal::Reseal).commit(stored);
         Ok(Response::new(pb::PutSecretResponse { secret: Some(version_pb(&v)) }))
     }

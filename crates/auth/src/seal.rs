@@ -203,6 +203,6 @@ mod tests {
 
     #[test]
     fn the_info_names_every_part() {
-        assert_eq!(label("nd-a").info(), b"tether secret v1\0prj-1\0db-password\02\0nd-a\0".to_vec());
+        assert_eq!(label("nd-a").info(), b"tether secret v1\0prj-1\0db-password\x002\0nd-a\0".to_vec());
     }
 }

@@ -201,11 +201,8 @@ impl Store {
             let mut by_name: BTreeMap<String, SecretSummary> = BTreeMap::new();
             for r in &rows {
                 let name = r.text("name")?;
-                let s = by_name.entry(name.clone()).or_insert(SecretSummary {
-                    name,
-                    versions: Vec::new(),
-                    updated_at: 0,
-                });
+                let s =
+                    by_name.entry(name.clone()).or_insert(SecretSummary { name, versions: Vec::new(), updated_at: 0 });
                 s.versions.push(version_of(r)?);
                 s.updated_at = s.updated_at.max(r.int("created_at")?);
             }
@@ -235,14 +232,12 @@ impl Store {
             .bind(now)
             .fetch_all(&mut *tx)
             .await?;
-            sqlx::query(
-                "DELETE FROM secret_copies WHERE project_id = $1 AND name = $2 AND ($3 = 0 OR version = $3)",
-            )
-            .bind(project.as_str())
-            .bind(name)
-            .bind(v)
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query("DELETE FROM secret_copies WHERE project_id = $1 AND name = $2 AND ($3 = 0 OR version = $3)")
+                .bind(project.as_str())
+                .bind(name)
+                .bind(v)
+                .execute(&mut *tx)
+                .await?;
             let mut versions: Vec<u32> = versions.into_iter().filter_map(|v| u32::try_from(v).ok()).collect();
             versions.sort_unstable();
             if !versions.is_empty() {
@@ -346,7 +341,8 @@ impl Store {
             let mut out: Vec<SecretHolders> = Vec::new();
             for r in &rows {
                 let (project, name, v) = (r.text("project_id")?, r.text("name")?, version_of(r)?);
-                let same = out.last().is_some_and(|h| h.project_id.as_str() == project && h.name == name && h.version == v);
+                let same =
+                    out.last().is_some_and(|h| h.project_id.as_str() == project && h.name == name && h.version == v);
                 if !same {
                     out.push(SecretHolders {
                         project_id: ProjectId::from_trusted(project),

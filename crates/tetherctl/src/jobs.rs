@@ -11,6 +11,8 @@ use crate::output::Out;
 use crate::spec::{Exec, Placement, parse_kv};
 
 #[derive(Subcommand)]
+// Parsed once per process: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum JobsCmd {
     /// Submit a job: `tetherctl jobs submit -- /bin/echo hello`.
     Submit {

@@ -2,11 +2,11 @@
 //! tables for people and proto3 JSON (`-o json`) for scripts.
 
 mod access_keys;
-mod secrets;
 mod jobs;
 mod nodes;
 mod output;
 mod placement;
+mod secrets;
 mod spec;
 mod tenants;
 mod tokens;

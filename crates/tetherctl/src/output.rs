@@ -513,10 +513,7 @@ impl Out {
         }
         table(
             &["NODE", "PUBLIC KEY"],
-            r.recipients
-                .iter()
-                .map(|x| vec![x.node_id.clone(), tether_auth::hex_encode(&x.public_key)])
-                .collect(),
+            r.recipients.iter().map(|x| vec![x.node_id.clone(), tether_auth::hex_encode(&x.public_key)]).collect(),
         );
     }
 

@@ -44,12 +44,11 @@ pub(crate) struct Exec {
     pub(crate) env: Vec<(String, String)>,
     #[arg(long, default_value = "")]
     pub(crate) workdir: String,
-    /// A sealed secret as an environment variable: NAME[:VERSION]=VAR.
-    #[arg(long = "secret-env", value_parser = parse_secret)]
-    pub(crate) secret_env: Vec<(String, u32, String)>,
-    /// A sealed secret as a file in $TETHER_SECRETS_DIR: NAME[:VERSION]=FILE.
-    #[arg(long = "secret-file", value_parser = parse_secret)]
-    pub(crate) secret_file: Vec<(String, u32, String)>,
+    /// A sealed secret for the process: NAME[:VERSION]=env:VAR (an
+    /// environment variable) or NAME[:VERSION]=file:FILE (a 0400 file in
+    /// $TETHER_SECRETS_DIR). The latest version without :VERSION.
+    #[arg(long = "secret", value_parser = parse_secret)]
+    pub(crate) secrets: Vec<pb::SecretRef>,
     /// The command and its arguments (after `--`).
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     pub(crate) command: Vec<String>,
@@ -63,22 +62,7 @@ impl Exec {
             env: self.env.iter().cloned().collect(),
             working_dir: self.workdir.clone(),
             timeout: timeout.map(tether_types::duration_to_pb),
-            secrets: self
-                .secret_env
-                .iter()
-                .map(|(name, version, env)| pb::SecretRef {
-                    name: name.clone(),
-                    version: *version,
-                    env: env.clone(),
-                    file: String::new(),
-                })
-                .chain(self.secret_file.iter().map(|(name, version, file)| pb::SecretRef {
-                    name: name.clone(),
-                    version: *version,
-                    env: String::new(),
-                    file: file.clone(),
-                }))
-                .collect(),
+            secrets: self.secrets.clone(),
         }
     }
 }
@@ -88,11 +72,18 @@ pub(crate) fn parse_kv(s: &str) -> Result<(String, String), String> {
     Ok((k.to_owned(), v.to_owned()))
 }
 
-/// `NAME[:VERSION]=WHERE` (version 0, the latest, when left out).
-pub(crate) fn parse_secret(s: &str) -> Result<(String, u32, String), String> {
-    let (secret, to) = s.split_once('=').ok_or_else(|| format!("{s:?} must be NAME[:VERSION]=TARGET"))?;
+/// `NAME[:VERSION]=env:VAR` or `NAME[:VERSION]=file:FILE` (version 0,
+/// the latest, when left out).
+pub(crate) fn parse_secret(s: &str) -> Result<pb::SecretRef, String> {
+    let usage = || format!("{s:?} must be NAME[:VERSION]=env:VAR or NAME[:VERSION]=file:FILE");
+    let (secret, to) = s.split_once('=').ok_or_else(usage)?;
     let (name, version) = parse_versioned(secret)?;
-    Ok((name, version, to.to_owned()))
+    let (env, file) = match to.split_once(':') {
+        Some(("env", v)) => (v.to_owned(), String::new()),
+        Some(("file", f)) => (String::new(), f.to_owned()),
+        _ => return Err(usage()),
+    };
+    Ok(pb::SecretRef { name, version, env, file })
 }
 
 /// `NAME` (version 0: the latest) or `NAME:VERSION`.
