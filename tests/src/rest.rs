@@ -114,6 +114,27 @@ async fn every_annotated_rpc_answers_over_rest(backend: Backend) {
     let as_internal = Rest { token: internal.into(), ..Rest::new(&cp) };
     let (s, sec) = rest.call("POST", "/v1/secrets", Some(json!({"name": "rest-secret", "value": "dg=="}))).await;
     assert_eq!(s, 200, "{sec}");
+    // A PutSealedSecret body sealed here for the one node.
+    let (s, r) = rest.call("GET", "/v1/secret-recipients?name=sealed-by-rest", None).await;
+    assert_eq!(s, 200, "{r}");
+    let rest_sealed = {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let rcpt = &r["recipients"][0];
+        let key = b64.decode(rcpt["publicKey"].as_str().unwrap()).unwrap();
+        let node = rcpt["nodeId"].as_str().unwrap();
+        let version = r["nextVersion"].as_u64().unwrap() as u32;
+        let label = tether_auth::seal::CopyLabel {
+            project: r["projectId"].as_str().unwrap(),
+            name: "sealed-by-rest",
+            version,
+            node,
+        };
+        let s = tether_auth::seal::seal(&key, &label, b"v").unwrap();
+        json!({"name": "sealed-by-rest", "version": version, "sealed": [
+            {"nodeId": node, "enc": b64.encode(s.enc), "ciphertext": b64.encode(s.ciphertext), "publicKey": b64.encode(&key)}
+        ]})
+    };
 
     // int64 as strings, query parameters by JSON and by proto name.
     let (_, nodes) = rest.call("GET", "/v1/nodes?labelSelector=zone%3Dr&page_size=5", None).await;
@@ -153,6 +174,7 @@ async fn every_annotated_rpc_answers_over_rest(backend: Backend) {
             "/tether.v1.AccessKeyService/CreateAccessKey" => json!({"role": "ROLE_VIEWER"}),
             "/tether.v1.AccessKeyService/ResolveAccessKey" => json!({}),
             "/tether.v1.SecretService/PutSecret" => json!({"name": "rest-secret", "value": "dg=="}),
+            "/tether.v1.SecretService/PutSealedSecret" => rest_sealed.clone(),
             "/tether.v1.PlacementService/SuggestPlacement" => {
                 json!({"resources": {"cpuMillis": "100"}, "objective": "OBJECTIVE_COST"})
             }

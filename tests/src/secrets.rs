@@ -101,11 +101,16 @@ async fn secrets_reach_jobs_sealed_and_a_later_node_gets_them(backend: Backend) 
     let (status, body) =
         cp.http_post_as("/v1/secrets", &admin, &json!({"name": "Bad_Name", "value": b64}).to_string()).await;
     assert_eq!(status, 400, "{body}");
-    let (status, body) = cp.http_post_as("/v1/secrets", &admin, &json!({"name": "empty"}).to_string()).await;
+    let big = base64::engine::general_purpose::STANDARD.encode(vec![b'x'; 64 * 1024 + 1]);
+    let (status, body) =
+        cp.http_post_as("/v1/secrets", &admin, &json!({"name": "big", "value": big}).to_string()).await;
     assert_eq!(status, 400, "{body}");
     let forged = json!({"name": "forged", "version": 1, "sealed": [{"nodeId": first_id, "enc": b64, "ciphertext": b64, "publicKey": b64}]});
-    let (status, body) = cp.http_post_as("/v1/secrets", &admin, &forged.to_string()).await;
-    assert_eq!(status, 400, "a copy sealed to another key than the node's: {body}");
+    let (status, body) = cp.http_post_as("/v1/secrets:sealed", &admin, &forged.to_string()).await;
+    assert_eq!(status, 409, "a copy sealed to another key than the node's: {body}");
+    let (status, body) =
+        cp.http_post_as("/v1/secrets:sealed", &admin, &json!({"name": "forged", "version": 1}).to_string()).await;
+    assert_eq!(status, 409, "no copies: {body}");
     let (code, out, err) = tetherctl(&cp, &admin, &["-o", "json", "secrets", "list"]).await;
     assert_eq!(code, 0, "{err}");
     let names: Vec<String> = serde_json::from_str::<Value>(&out).unwrap()["secrets"]
@@ -173,6 +178,28 @@ async fn secrets_reach_jobs_sealed_and_a_later_node_gets_them(backend: Backend) 
     assert_eq!((code, out.trim()), (0, "deleted api-key version(s) 1"), "{err}");
     let gone = client.get_secret(pb::GetSecretRequest { name: "api-key".into(), version: 0 }).await.unwrap_err();
     assert_eq!(gone.code(), tonic::Code::NotFound);
+    let needs_deleted = pb::SubmitJobRequest {
+        spec: Some(pb::JobSpec {
+            exec: Some(pb::ExecSpec {
+                command: "/bin/true".into(),
+                secrets: vec![pb::SecretRef { name: "api-key".into(), file: "api".into(), ..Default::default() }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let waiting = jobs.submit_job(needs_deleted).await.unwrap().into_inner().job.unwrap();
+    let j = eventually(Duration::from_secs(10), "a pending reason", || {
+        let jobs = jobs.clone();
+        let id = waiting.job_id.clone();
+        async move {
+            let j = crate::work::get_job(&jobs, &id).await;
+            (!j.pending_reason.is_empty()).then_some(j)
+        }
+    })
+    .await;
+    assert_eq!((j.status, j.pending_reason.as_str()), (pb::JobStatus::Pending as i32, "secret api-key not found"));
 
     // Nowhere in the database, nor in the control plane's log, in the clear.
     let db = cp.database_bytes().await;

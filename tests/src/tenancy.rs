@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
+use base64::Engine;
 use prost_reflect::prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage, MethodDescriptor};
 use serde_json::{Value, json};
@@ -181,6 +182,8 @@ struct World {
     b_nodes: Vec<String>,
     a_access_key: String,
     b_access_key: String,
+    /// A PutSealedSecret body with a real copy for A's node.
+    a_sealed: Value,
 }
 
 impl World {
@@ -236,6 +239,7 @@ impl World {
             "ResolveAccessKey" => Unnamed(json!({"accessKeyId": w.a_access_key})),
             "ListSecretRecipients" | "ListSecrets" => Listing(json!({})),
             "PutSecret" => Unnamed(json!({"name": "made-in-matrix", "value": "dg=="})),
+            "PutSealedSecret" => Unnamed(w.a_sealed.clone()),
             "GetSecret" | "DeleteSecret" => {
                 Named { foreign: json!({"name": "b-secret"}), own: json!({"name": "a-secret"}) }
             }
@@ -451,7 +455,21 @@ async fn every_rpc_keeps_tenants_apart_and_asks_its_role(backend: Backend) {
         let s = d.ok("tether.v1.SecretService/PutSecret", who, json!({"name": name, "value": "c2VjcmV0"})).await;
         assert!(!s["secret"]["sealedTo"].as_array().unwrap().is_empty(), "{s}");
     }
+    let a_sealed = {
+        let r = d.ok("tether.v1.SecretService/ListSecretRecipients", &a_admin, json!({"name": "made-sealed"})).await;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let rcpt = &r["recipients"][0];
+        let (node, key) = (rcpt["nodeId"].as_str().unwrap(), b64.decode(rcpt["publicKey"].as_str().unwrap()).unwrap());
+        let version = r["nextVersion"].as_u64().unwrap() as u32;
+        let project = r["projectId"].as_str().unwrap();
+        let label = tether_auth::seal::CopyLabel { project, name: "made-sealed", version, node };
+        let s = tether_auth::seal::seal(&key, &label, b"v").unwrap();
+        json!({"name": "made-sealed", "version": version, "sealed": [
+            {"nodeId": node, "enc": b64.encode(s.enc), "ciphertext": b64.encode(s.ciphertext), "publicKey": b64.encode(&key)}
+        ]})
+    };
     let w = World {
+        a_sealed,
         a_access_key,
         b_access_key,
         org1,

@@ -37,7 +37,22 @@ impl JobApi {
     async fn pending_reason(&self, access: &tether_types::ProjectAccess, job: &Job) -> Result<String, Status> {
         let active = self.app.store.allocations_active().await.map_err(store_status)?;
         let used = crate::dispatch::usage(&active).used(&access.project);
-        Ok(access.quota.exceeded_by(&used, &job.spec.resources).unwrap_or_default())
+        if let Some(why) = access.quota.exceeded_by(&used, &job.spec.resources) {
+            return Ok(why);
+        }
+        // A secret it needs that no node can open yet.
+        for r in &job.spec.exec.secrets {
+            let version = (r.version != 0).then_some(r.version);
+            match self.app.store.secret_get(&job.project_id, &r.name, version).await.map_err(store_status)? {
+                None if r.version == 0 => return Ok(format!("secret {} not found", r.name)),
+                None => return Ok(format!("secret {} version {} not found", r.name, r.version)),
+                Some(v) if v.sealed_to.is_empty() => {
+                    return Ok(format!("secret {} version {} is sealed to no node yet", r.name, v.version));
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(String::new())
     }
 
     async fn load(&self, project: &tether_types::ProjectId, id: &str) -> Result<Job, Status> {

@@ -30,6 +30,26 @@ impl SecretApi {
     pub fn new(app: Arc<App>) -> Self {
         SecretApi { app }
     }
+
+    /// Writes a version with its copies and wakes the reseal task for the
+    /// recipients the copies missed.
+    async fn store(
+        &self,
+        project: &tether_types::ProjectId,
+        name: &str,
+        version: u32,
+        copies: &[SecretCopy],
+    ) -> Result<SecretVersionRecord, Status> {
+        let stored = self.app.store.secret_put(project, name, version, copies, now_ms()).await.map_err(store_status)?;
+        Ok(self.app.effects().wake(Signal::Reseal).commit(stored))
+    }
+}
+
+/// Nothing could ever open a secret stored now.
+fn no_recipient() -> Error {
+    Error::precondition(
+        "no node of this project can hold a secret yet (no node with a sealing key): enrol one, or grant a pool",
+    )
 }
 
 /// A node a project's secrets are sealed to.
@@ -82,13 +102,15 @@ fn checked_copies(sealed: Vec<pb::SealedCopy>, recipients: &[Recipient]) -> Resu
     let mut out = Vec::with_capacity(sealed.len());
     for c in sealed {
         let node = NodeId::parse(&c.node_id)?;
+        // Checked before the copy's shape: the recipients are the state a
+        // client seals against, and it may have changed since it listed them.
         let Some(r) = recipients.iter().find(|r| r.node == node) else {
-            return Err(Error::invalid(format!(
+            return Err(Error::precondition(format!(
                 "sealed: node {node} is not a recipient of this project's secrets (see ListSecretRecipients)"
             )));
         };
         if c.public_key != r.public_key {
-            return Err(Error::invalid(format!(
+            return Err(Error::precondition(format!(
                 "sealed: the copy for {node} is sealed to another key than the node's; list the recipients again"
             )));
         }
@@ -136,56 +158,55 @@ impl pb::secret_service_server::SecretService for SecretApi {
 
     async fn put_secret(&self, req: Request<pb::PutSecretRequest>) -> Result<Response<pb::PutSecretResponse>, Status> {
         let who = self.app.auth.caller(&req)?;
-        let p = who.in_project(Role::Operator)?.clone();
+        let p = who.in_project(Role::Admin)?.clone();
         let req = req.into_inner();
         let value = Zeroizing::new(req.value);
         validate_secret_name(&req.name).map_err(status)?;
+        if value.len() > MAX_SECRET_BYTES {
+            return Err(status(Error::invalid(format!("a secret is at most {MAX_SECRET_BYTES} bytes"))));
+        }
         let recipients = recipients(&self.app, &p.access).await.map_err(store_status)?;
-        let (version, copies) = match (value.is_empty(), req.sealed.is_empty()) {
-            (false, false) => return Err(status(Error::invalid("give value or sealed, not both"))),
-            (true, true) => return Err(status(Error::invalid("give the value, or copies sealed by the client"))),
-            (true, false) => {
-                if req.version == 0 {
-                    return Err(status(Error::invalid(
-                        "sealed copies need the version they were sealed for (ListSecretRecipients.next_version)",
-                    )));
-                }
-                (req.version, checked_copies(req.sealed, &recipients).map_err(status)?)
-            }
-            (false, true) => {
-                if value.len() > MAX_SECRET_BYTES {
-                    return Err(status(Error::invalid(format!("a secret is at most {MAX_SECRET_BYTES} bytes"))));
-                }
-                // The version is not known before the write, and each copy
-                // is sealed under it: seal for the next one; the write
-                // refuses if another put took that number meanwhile.
-                let next = self.app.store.secret_next_version(p.id(), &req.name).await.map_err(store_status)?;
-                let mut copies = Vec::with_capacity(recipients.len());
-                for r in &recipients {
-                    let label =
-                        CopyLabel { project: p.id().as_str(), name: &req.name, version: next, node: r.node.as_str() };
-                    let s = seal::seal(&r.public_key, &label, &value)
-                        .map_err(|e| status(Error::internal(e.to_string())))?;
-                    copies.push(SecretCopy {
-                        node_id: r.node.clone(),
-                        public_key: r.public_key.clone(),
-                        enc: s.enc,
-                        ciphertext: s.ciphertext,
-                    });
-                }
-                (next, copies)
-            }
-        };
-        if copies.is_empty() {
-            // Nothing could ever open it.
-            return Err(status(Error::precondition(
-                "no node of this project can hold a secret yet (no node with a sealing key): enrol one first",
+        if recipients.is_empty() {
+            return Err(status(no_recipient()));
+        }
+        // Each copy is sealed under the version it will be stored as: the
+        // next one; the write refuses should another put take it meanwhile.
+        let version = self.app.store.secret_next_version(p.id(), &req.name).await.map_err(store_status)?;
+        let mut copies = Vec::with_capacity(recipients.len());
+        for r in &recipients {
+            let label = CopyLabel { project: p.id().as_str(), name: &req.name, version, node: r.node.as_str() };
+            let s = seal::seal(&r.public_key, &label, &value).map_err(|e| status(Error::internal(e.to_string())))?;
+            copies.push(SecretCopy {
+                node_id: r.node.clone(),
+                public_key: r.public_key.clone(),
+                enc: s.enc,
+                ciphertext: s.ciphertext,
+            });
+        }
+        let v = self.store(p.id(), &req.name, version, &copies).await?;
+        Ok(Response::new(pb::PutSecretResponse { secret: Some(version_pb(&v)) }))
+    }
+
+    async fn put_sealed_secret(
+        &self,
+        req: Request<pb::PutSealedSecretRequest>,
+    ) -> Result<Response<pb::PutSealedSecretResponse>, Status> {
+        let who = self.app.auth.caller(&req)?;
+        let p = who.in_project(Role::Admin)?.clone();
+        let req = req.into_inner();
+        validate_secret_name(&req.name).map_err(status)?;
+        if req.version == 0 {
+            return Err(status(Error::invalid(
+                "version is the one the copies were sealed for (ListSecretRecipients.next_version)",
             )));
         }
-        let stored =
-            self.app.store.secret_put(p.id(), &req.name, version, &copies, now_ms()).await.map_err(store_status)?;
-        let v = self.app.effects().wake(Signal::Reseal).commit(stored);
-        Ok(Response::new(pb::PutSecretResponse { secret: Some(version_pb(&v)) }))
+        let recipients = recipients(&self.app, &p.access).await.map_err(store_status)?;
+        let copies = checked_copies(req.sealed, &recipients).map_err(status)?;
+        if copies.is_empty() {
+            return Err(status(no_recipient()));
+        }
+        let v = self.store(p.id(), &req.name, req.version, &copies).await?;
+        Ok(Response::new(pb::PutSealedSecretResponse { secret: Some(version_pb(&v)) }))
     }
 
     async fn list_secrets(
@@ -226,7 +247,7 @@ impl pb::secret_service_server::SecretService for SecretApi {
         req: Request<pb::DeleteSecretRequest>,
     ) -> Result<Response<pb::DeleteSecretResponse>, Status> {
         let who = self.app.auth.caller(&req)?;
-        let p = who.in_project(Role::Operator)?;
+        let p = who.in_project(Role::Admin)?;
         let req = req.into_inner();
         let deleted = self
             .app

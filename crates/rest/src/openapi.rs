@@ -46,7 +46,9 @@ fn kind_schema(kind: &Kind, wanted: &mut Vec<MessageDescriptor>, place: Place) -
         Kind::Bool => json!({"type": "boolean"}),
         // No request string may hold NUL (tether_proto::rules).
         Kind::String => json!({"type": "string", "pattern": "^[^\\x00]*$"}),
-        Kind::Bytes => json!({"type": "string", "contentEncoding": "base64"}),
+        // What proto3 JSON reads as bytes: standard or URL-safe base64
+        // (one alphabet per value), padding optional.
+        Kind::Bytes => json!({"type": "string", "contentEncoding": "base64", "pattern": BASE64}),
         // proto3 JSON reads an enum from its name or its number.
         Kind::Enum(e) => {
             let mut values: Vec<Value> = e.values().map(|v| json!(v.name())).collect();
@@ -71,6 +73,10 @@ fn kind_schema(kind: &Kind, wanted: &mut Vec<MessageDescriptor>, place: Place) -
         },
     }
 }
+
+/// Base64 as the bridge decodes it (prost-reflect: the standard alphabet,
+/// else the URL-safe one; padding optional, but never a lone last symbol).
+const BASE64: &str = "^(?:(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}(?:==)?|[A-Za-z0-9+/]{3}=?)?|(?:[A-Za-z0-9_-]{4})*(?:[A-Za-z0-9_-]{2}(?:==)?|[A-Za-z0-9_-]{3}=?)?)$";
 
 /// The id kind a string field holds, by its name: the prefix its values
 /// carry (see `tether_types` ids).

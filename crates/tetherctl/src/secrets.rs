@@ -58,7 +58,7 @@ fn read_value(value: Option<String>, from_file: Option<std::path::PathBuf>) -> a
 
 /// Seals `value` for every recipient of the project, for the version a put
 /// of `name` stores next; `None` when the control plane has no recipient.
-async fn sealed_put(c: &Clients, name: &str, value: &[u8]) -> anyhow::Result<pb::PutSecretRequest> {
+async fn sealed_put(c: &Clients, name: &str, value: &[u8]) -> anyhow::Result<pb::PutSealedSecretRequest> {
     let r = c.secrets().list_secret_recipients(pb::ListSecretRecipientsRequest { name: name.to_owned() }).await?;
     let r = r.into_inner();
     let project = r.project_id;
@@ -76,28 +76,32 @@ async fn sealed_put(c: &Clients, name: &str, value: &[u8]) -> anyhow::Result<pb:
     if sealed.is_empty() {
         anyhow::bail!("no node of this project can hold a secret yet (no node with a sealing key): enrol one first");
     }
-    Ok(pb::PutSecretRequest { name: name.to_owned(), value: Vec::new(), sealed, version: r.next_version })
+    Ok(pb::PutSealedSecretRequest { name: name.to_owned(), sealed, version: r.next_version })
 }
 
 pub(crate) async fn run(c: &Clients, out: &Out, cmd: SecretsCmd) -> anyhow::Result<i32> {
     match cmd {
         SecretsCmd::Put { name, value, from_file, server_side } => {
             let value = read_value(value, from_file)?;
-            let mut tries = 0;
-            let r = loop {
-                let req = if server_side {
-                    pb::PutSecretRequest { name: name.clone(), value: value.to_vec(), sealed: Vec::new(), version: 0 }
-                } else {
-                    sealed_put(c, &name, &value).await?
-                };
-                match c.secrets().put_secret(req).await {
-                    // Another put took the version: seal again for the next.
-                    Err(s) if s.code() == tonic::Code::Aborted && tries < 3 => tries += 1,
-                    r => break r?.into_inner(),
+            let r = if server_side {
+                let req = pb::PutSecretRequest { name: name.clone(), value: value.to_vec() };
+                c.secrets().put_secret(req).await?.into_inner().secret
+            } else {
+                let mut tries = 0;
+                loop {
+                    let req = sealed_put(c, &name, &value).await?;
+                    match c.secrets().put_sealed_secret(req).await {
+                        // Another put took the version: seal again for the next.
+                        Err(s) if s.code() == tonic::Code::Aborted && tries < 3 => tries += 1,
+                        r => break r?.into_inner().secret,
+                    }
                 }
             };
-            let v = r.secret.clone().unwrap_or_default();
-            out.message(&r, &format!("{} version {} sealed to {} node(s)", v.name, v.version, v.sealed_to.len()));
+            let v = r.clone().unwrap_or_default();
+            out.message(
+                &pb::GetSecretResponse { secret: r },
+                &format!("{} version {} sealed to {} node(s)", v.name, v.version, v.sealed_to.len()),
+            );
         }
         SecretsCmd::List => {
             let r = c.secrets().list_secrets(pb::ListSecretsRequest {}).await?.into_inner();

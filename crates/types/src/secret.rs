@@ -62,48 +62,46 @@ pub struct SecretRef {
 impl SecretRef {
     pub fn from_pb(r: pb::SecretRef) -> Result<SecretRef, Error> {
         validate_secret_name(&r.name)?;
-        if r.env.is_empty() && r.file.is_empty() {
-            return Err(Error::invalid(format!("secret {:?}: give env, file or both", r.name)));
-        }
+        // Neither: a file named after the secret.
+        let file = if r.env.is_empty() && r.file.is_empty() { r.name.clone() } else { r.file };
         if !r.env.is_empty() && !env_name_ok(&r.env) {
             return Err(Error::invalid(format!(
                 "secret {:?}: env {:?} is not a variable name (letters, digits, _; not starting with a digit)",
                 r.name, r.env
             )));
         }
-        if !r.file.is_empty() && !file_name_ok(&r.file) {
+        if !file.is_empty() && !file_name_ok(&file) {
             return Err(Error::invalid(format!(
                 "secret {:?}: file {:?} is not a plain file name (letters, digits, . _ -)",
-                r.name, r.file
+                r.name, file
             )));
         }
-        Ok(SecretRef { name: r.name, version: r.version, env: r.env, file: r.file })
+        Ok(SecretRef { name: r.name, version: r.version, env: r.env, file })
     }
 
     pub fn to_pb(&self) -> pb::SecretRef {
         pb::SecretRef { name: self.name.clone(), version: self.version, env: self.env.clone(), file: self.file.clone() }
     }
 
-    /// The validated list of an exec spec: no two refs fill the same
-    /// variable or file, and none fills a variable the spec sets itself.
-    pub fn list_from_pb(
-        refs: Vec<pb::SecretRef>,
-        env: &std::collections::BTreeMap<String, String>,
-    ) -> Result<Vec<SecretRef>, Error> {
+    /// The validated list of an exec spec. Where two refs fill the same
+    /// variable or file, the later wins (as with repeated `-e` flags), and
+    /// a secret's variable wins over the spec's own `env` of that name.
+    pub fn list_from_pb(refs: Vec<pb::SecretRef>) -> Result<Vec<SecretRef>, Error> {
         if refs.len() > MAX_SECRET_REFS {
             return Err(Error::invalid(format!("exec.secrets: at most {MAX_SECRET_REFS}")));
         }
-        let refs = refs.into_iter().map(SecretRef::from_pb).collect::<Result<Vec<_>, _>>()?;
+        let mut refs = refs.into_iter().map(SecretRef::from_pb).collect::<Result<Vec<_>, _>>()?;
         let mut vars = std::collections::HashSet::new();
         let mut files = std::collections::HashSet::new();
-        for r in &refs {
-            if !r.env.is_empty() && (env.contains_key(&r.env) || !vars.insert(r.env.as_str())) {
-                return Err(Error::invalid(format!("exec.secrets: variable {} is set twice", r.env)));
+        for r in refs.iter_mut().rev() {
+            if !r.env.is_empty() && !vars.insert(r.env.clone()) {
+                r.env.clear();
             }
-            if !r.file.is_empty() && !files.insert(r.file.as_str()) {
-                return Err(Error::invalid(format!("exec.secrets: file {} is written twice", r.file)));
+            if !r.file.is_empty() && !files.insert(r.file.clone()) {
+                r.file.clear();
             }
         }
+        refs.retain(|r| !r.env.is_empty() || !r.file.is_empty());
         Ok(refs)
     }
 }
@@ -181,28 +179,26 @@ mod tests {
 
     #[test]
     fn refs_are_checked() {
-        let none = Default::default();
-        assert!(SecretRef::list_from_pb(vec![r("db-password", "DB_PASSWORD", "db")], &none).is_ok());
+        assert!(SecretRef::list_from_pb(vec![r("db-password", "DB_PASSWORD", "db")]).is_ok());
         for (bad, why) in [
             (r("Db", "X", ""), "secret name"),
             (r("db-", "X", ""), "secret name"),
-            (r("db", "", ""), "env, file or both"),
             (r("db", "1X", ""), "not a variable name"),
             (r("db", "A=B", ""), "not a variable name"),
             (r("db", "", "../x"), "plain file name"),
             (r("db", "", ".."), "plain file name"),
             (r("db", "", "a/b"), "plain file name"),
         ] {
-            let e = SecretRef::list_from_pb(vec![bad.clone()], &none).unwrap_err();
+            let e = SecretRef::list_from_pb(vec![bad.clone()]).unwrap_err();
             assert!(e.message.contains(why), "{bad:?}: {e:?}");
         }
-        let twice = vec![r("a", "X", ""), r("b", "X", "")];
-        assert!(SecretRef::list_from_pb(twice, &none).unwrap_err().message.contains("set twice"));
-        let files = vec![r("a", "", "f"), r("b", "", "f")];
-        assert!(SecretRef::list_from_pb(files, &none).unwrap_err().message.contains("written twice"));
-        let env = [("X".to_string(), "1".to_string())].into();
-        assert!(SecretRef::list_from_pb(vec![r("a", "X", "")], &env).unwrap_err().message.contains("set twice"));
+        let plain = SecretRef::list_from_pb(vec![r("db", "", "")]).unwrap();
+        assert_eq!(plain[0].file, "db", "neither env nor file: a file named after it");
+        // The later of two refs filling one variable or file wins.
+        let got = SecretRef::list_from_pb(vec![r("a", "X", "f"), r("b", "X", ""), r("c", "", "f")]).unwrap();
+        let got: Vec<(&str, &str, &str)> = got.iter().map(|r| (&*r.name, &*r.env, &*r.file)).collect();
+        assert_eq!(got, [("b", "X", ""), ("c", "", "f")]);
         let many = (0..65).map(|i| r("a", &format!("V{i}"), "")).collect();
-        assert!(SecretRef::list_from_pb(many, &none).is_err());
+        assert!(SecretRef::list_from_pb(many).is_err());
     }
 }

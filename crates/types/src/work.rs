@@ -150,7 +150,7 @@ impl ExecSpec {
             Some(d) => Some(Duration::new(d.seconds as u64, d.nanos as u32).as_nanos().div_ceil(1_000_000) as u64),
         };
         let env: BTreeMap<String, String> = e.env.into_iter().collect();
-        let secrets = crate::SecretRef::list_from_pb(e.secrets, &env)?;
+        let secrets = crate::SecretRef::list_from_pb(e.secrets)?;
         Ok(ExecSpec { command: e.command, args: e.args, env, working_dir: e.working_dir, timeout_ms, secrets })
     }
 
