@@ -180,6 +180,9 @@ pub async fn pass(app: &App, state: &mut PassState) -> Result<PassSummary, Store
     let mut ledger = usage(&active);
     let tenants = app.auth.tenants.get();
 
+    // Which nodes hold the secrets work needs, read once for the pass.
+    let mut held = secrets::Holders::default();
+
     // Workloads.
     let workloads = store.workloads_all().await?;
     skip_bad(state, "workload", &workloads.bad, &mut summary);
@@ -197,7 +200,7 @@ pub async fn pass(app: &App, state: &mut PassState) -> Result<PassSummary, Store
         if plan.create == 0 {
             continue;
         }
-        let holders = secrets::holders(app, &w.project_id, &w.spec.exec.secrets).await?;
+        let holders = held.all(app, &w.project_id, &w.spec.exec.secrets).await?;
         let reqs: Vec<Request> = (0..plan.create)
             .map(|_| {
                 let mut r =
@@ -245,7 +248,7 @@ pub async fn pass(app: &App, state: &mut PassState) -> Result<PassSummary, Store
     for j in &pending {
         let access = tenants.access[&j.project_id].clone();
         let mut r = Request::new(access, j.spec.resources, j.spec.constraints.clone(), Objective::Balanced);
-        r.holders = secrets::holders(app, &j.project_id, &j.spec.exec.secrets).await?;
+        r.holders = held.all(app, &j.project_id, &j.spec.exec.secrets).await?;
         reqs.push(r);
     }
     let placed = if reqs.is_empty() {

@@ -2,7 +2,7 @@
 //! on nodes that hold a copy of each, and its assignment carries the copies
 //! sealed to the node it is sent to.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use tether_store::{SecretCopy, StoreError};
@@ -11,30 +11,44 @@ use tether_types::{NodeId, ProjectId, Resealed, SealedSecret, SecretRef, secret:
 use crate::app::{App, now_ms};
 use crate::effects::{Effects, Signal};
 
-/// The nodes holding a copy of every secret `refs` names; `None` without
-/// refs. A ref to a version that does not exist (or was deleted) gives the
-/// empty set: the work waits, and says why.
-pub(super) async fn holders(
-    app: &App,
-    project: &ProjectId,
-    refs: &[SecretRef],
-) -> Result<Option<Arc<HashSet<NodeId>>>, StoreError> {
-    if refs.is_empty() {
-        return Ok(None);
-    }
-    let mut all: Option<HashSet<NodeId>> = None;
-    for r in refs {
+/// Which nodes hold each secret version, read once per work pass: many
+/// pending jobs naming the same secret cost one read, not one each.
+#[derive(Default)]
+pub(super) struct Holders(HashMap<(ProjectId, String, u32), Arc<HashSet<NodeId>>>);
+
+impl Holders {
+    async fn of(&mut self, app: &App, project: &ProjectId, r: &SecretRef) -> Result<Arc<HashSet<NodeId>>, StoreError> {
+        let key = (project.clone(), r.name.clone(), r.version);
+        if let Some(h) = self.0.get(&key) {
+            return Ok(h.clone());
+        }
         let version = (r.version != 0).then_some(r.version);
         let held: HashSet<NodeId> = match app.store.secret_get(project, &r.name, version).await? {
             Some(v) => v.sealed_to.into_iter().collect(),
             None => HashSet::new(),
         };
-        all = Some(match all {
-            None => held,
-            Some(a) => a.intersection(&held).cloned().collect(),
-        });
+        Ok(self.0.entry(key).or_insert(Arc::new(held)).clone())
     }
-    Ok(all.map(Arc::new))
+
+    /// The nodes holding a copy of every secret `refs` names; `None`
+    /// without refs. A ref to a version that does not exist (or was
+    /// deleted) gives the empty set: the work waits, and says why.
+    pub(super) async fn all(
+        &mut self,
+        app: &App,
+        project: &ProjectId,
+        refs: &[SecretRef],
+    ) -> Result<Option<Arc<HashSet<NodeId>>>, StoreError> {
+        let mut all: Option<Arc<HashSet<NodeId>>> = None;
+        for r in refs {
+            let held = self.of(app, project, r).await?;
+            all = Some(match all {
+                None => held,
+                Some(a) => Arc::new(a.intersection(&held).cloned().collect()),
+            });
+        }
+        Ok(all)
+    }
 }
 
 /// The copies of `refs` sealed to `node`, each at the version it resolves
@@ -86,8 +100,8 @@ pub(super) async fn resealed(app: &App, fx: &mut Effects<'_>, holder: &NodeId, r
     let Some(access) = app.auth.tenants.get().access.get(&project).cloned() else {
         return refused("the project is gone");
     };
-    let recipients = crate::services::secrets::recipients(app, &access).await?;
-    if !recipients.iter().any(|x| x.node == target && x.public_key == r.target_public_key) {
+    let recipient = crate::services::secrets::recipient(app, &access, &target).await?;
+    if recipient.is_none_or(|x| x.public_key != r.target_public_key) {
         return refused("the target is not a recipient with that key");
     }
     let copy = SecretCopy {

@@ -68,6 +68,14 @@ pub async fn recipients(app: &App, access: &ProjectAccess) -> Result<Vec<Recipie
     Ok(recipients_among(&snap, &keys, access))
 }
 
+/// `node`, should it be a recipient of the project's secrets, with its key
+/// (one node's row, not every node's).
+pub async fn recipient(app: &App, access: &ProjectAccess, node: &NodeId) -> Result<Option<Recipient>, StoreError> {
+    let Some(key) = app.store.node_sealing_key(node).await? else { return Ok(None) };
+    let snap = app.nodes.get(&app.store).await?;
+    Ok(recipients_among(&snap, &[(node.clone(), key)], access).pop())
+}
+
 /// [`recipients`] from a node snapshot and every node's sealing key.
 pub fn recipients_among(snap: &NodeSnapshot, keys: &[(NodeId, Vec<u8>)], access: &ProjectAccess) -> Vec<Recipient> {
     keys.iter()

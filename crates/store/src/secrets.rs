@@ -371,4 +371,17 @@ impl Store {
             rows.iter().map(|r| Ok((NodeId::from_trusted(r.text("id")?), r.bytes("public_key")?))).collect()
         })
     }
+
+    /// One node's sealing key, as [`Store::node_sealing_keys`] lists it.
+    pub async fn node_sealing_key(&self, node: &NodeId) -> Result<Option<Vec<u8>>> {
+        on_read!(self, |pool| {
+            let key: Option<Vec<u8>> = sqlx::query_scalar(
+                "SELECT public_key FROM nodes WHERE id = $1 AND transport = 'grpc' AND LENGTH(public_key) = 32",
+            )
+            .bind(node.as_str())
+            .fetch_optional(pool)
+            .await?;
+            Ok(key)
+        })
+    }
 }
