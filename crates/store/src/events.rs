@@ -2,7 +2,7 @@ use serde::{Deserialize, Serialize};
 use tether_types::{OrgId, ProjectId, UnixMillis};
 
 use crate::row::Get;
-use crate::{Result, Store, on_read};
+use crate::{Result, Store, in_tx, on_read};
 
 /// One entry of the append-only event log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -123,6 +123,38 @@ pub(crate) fn event_from_row(r: &impl Get) -> Result<Event> {
     })
 }
 
+/// Whose events a query reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventScope {
+    /// Every event (the control plane's own readers).
+    All,
+    /// An organisation's, its projects' included.
+    Org(OrgId),
+    /// One project's.
+    Project(ProjectId),
+}
+
+/// What `events_query` reads; every set field narrows.
+#[derive(Debug, Clone)]
+pub struct EventQuery {
+    pub scope: EventScope,
+    /// Events after this sequence.
+    pub after: i64,
+    pub kind_prefix: String,
+    pub subject: Option<String>,
+    pub principal: Option<String>,
+    /// Committed at or after.
+    pub from_at: Option<UnixMillis>,
+    /// Committed before.
+    pub until_at: Option<UnixMillis>,
+}
+
+impl EventQuery {
+    pub fn new(scope: EventScope, after: i64) -> Self {
+        EventQuery { scope, after, kind_prefix: String::new(), subject: None, principal: None, from_at: None, until_at: None }
+    }
+}
+
 impl Store {
     /// Events after `after` (exclusive) of one project whose kind starts with
     /// `kind_prefix`, oldest first, at most `limit`.
@@ -133,42 +165,109 @@ impl Store {
         after: i64,
         limit: u32,
     ) -> Result<Vec<Event>> {
-        self.events_where("project_id", project.as_str(), kind_prefix, after, limit).await
+        let q = EventQuery { kind_prefix: kind_prefix.into(), ..EventQuery::new(EventScope::Project(project.clone()), after) };
+        self.events_query(&q, limit).await
     }
 
     /// Events after `after` (exclusive) about one organisation (its own and
     /// its projects') whose kind starts with `kind_prefix`, oldest first, at
     /// most `limit`.
     pub async fn org_events_since(&self, org: &OrgId, kind_prefix: &str, after: i64, limit: u32) -> Result<Vec<Event>> {
-        self.events_where("org_id", org.as_str(), kind_prefix, after, limit).await
+        let q = EventQuery { kind_prefix: kind_prefix.into(), ..EventQuery::new(EventScope::Org(org.clone()), after) };
+        self.events_query(&q, limit).await
     }
 
-    /// Events whose `column` (a fixed column name, never input) is `owner`.
-    async fn events_where(
-        &self,
-        column: &'static str,
-        owner: &str,
-        kind_prefix: &str,
-        after: i64,
-        limit: u32,
-    ) -> Result<Vec<Event>> {
-        let pattern = format!("{}%", kind_prefix.replace('%', "").replace('_', "\\_"));
-        let sql = format!(
+    /// One page of the log for `ListEvents` and catching-up watchers:
+    /// events after `q.after` in `q.scope` matching the filters, oldest
+    /// first, at most `limit`.
+    pub async fn events_query(&self, q: &EventQuery, limit: u32) -> Result<Vec<Event>> {
+        // Column names are fixed here; every value is a bind.
+        let mut sql = String::from(
             "SELECT seq, at, org_id, project_id, kind, subject, payload, principal, principal_role FROM events
-             WHERE {column} = $1 AND seq > $2 AND kind LIKE $3 ESCAPE '\\'
-             ORDER BY seq LIMIT $4"
+             WHERE seq > $1",
         );
+        let mut texts: Vec<String> = Vec::new();
+        let mut push = |sql: &mut String, clause: &str, v: String| {
+            texts.push(v);
+            sql.push_str(&clause.replace('?', &format!("${}", texts.len() + 1)));
+        };
+        match &q.scope {
+            EventScope::All => {}
+            EventScope::Org(o) => push(&mut sql, " AND org_id = ?", o.to_string()),
+            EventScope::Project(p) => push(&mut sql, " AND project_id = ?", p.to_string()),
+        }
+        if !q.kind_prefix.is_empty() {
+            let pattern = format!("{}%", q.kind_prefix.replace('\\', "").replace('%', "").replace('_', "\\_"));
+            push(&mut sql, " AND kind LIKE ? ESCAPE '\\'", pattern);
+        }
+        if let Some(s) = &q.subject {
+            push(&mut sql, " AND subject = ?", s.clone());
+        }
+        if let Some(p) = &q.principal {
+            push(&mut sql, " AND principal = ?", p.clone());
+        }
+        let n = texts.len() + 2;
+        sql.push_str(&format!(" AND at >= ${n} AND at < ${} ORDER BY seq LIMIT ${}", n + 1, n + 2));
+        let (from, until) = (q.from_at.unwrap_or(i64::MIN), q.until_at.unwrap_or(i64::MAX));
         on_read!(self, |pool| {
-            sqlx::query(&sql)
-                .bind(owner)
-                .bind(after)
-                .bind(&pattern)
+            let mut query = sqlx::query(&sql).bind(q.after);
+            for t in &texts {
+                query = query.bind(t);
+            }
+            query
+                .bind(from)
+                .bind(until)
                 .bind(i64::from(limit))
                 .fetch_all(pool)
                 .await?
                 .iter()
                 .map(event_from_row)
                 .collect()
+        })
+    }
+
+    /// The highest sequence removed by retention (0 before any), and the
+    /// oldest sequence still held (None when the log is empty).
+    pub async fn events_bounds(&self) -> Result<(i64, Option<i64>)> {
+        on_read!(self, |pool| {
+            let floor: i64 = sqlx::query_scalar("SELECT floor FROM event_log WHERE id = 1").fetch_one(pool).await?;
+            let oldest: Option<i64> = sqlx::query_scalar("SELECT MIN(seq) FROM events").fetch_one(pool).await?;
+            Ok((floor, oldest))
+        })
+    }
+
+    /// Removes up to `batch` of the oldest events that are older than
+    /// `before_at` or beyond the newest `keep`, and raises the floor past
+    /// them. Returns how many were removed (fewer than `batch`: done).
+    pub async fn events_prune(&self, before_at: UnixMillis, keep: u64, batch: u32) -> Result<u64> {
+        let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+        in_tx!(self, |tx| {
+            // The newest sequence beyond the count, and the newest too old.
+            let by_count: Option<i64> =
+                sqlx::query_scalar("SELECT seq FROM events ORDER BY seq DESC LIMIT 1 OFFSET $1")
+                    .bind(keep)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let by_age: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM events WHERE at < $1")
+                .bind(before_at)
+                .fetch_one(&mut *tx)
+                .await?;
+            let Some(cut) = by_count.max(by_age) else { return Ok(0) };
+            // At most `batch` rows per transaction: the oldest ones.
+            let last: Option<i64> = sqlx::query_scalar(
+                "SELECT MAX(seq) FROM (SELECT seq FROM events WHERE seq <= $1 ORDER BY seq LIMIT $2) AS oldest",
+            )
+            .bind(cut)
+            .bind(i64::from(batch))
+            .fetch_one(&mut *tx)
+            .await?;
+            let Some(last) = last else { return Ok(0) };
+            let deleted = sqlx::query("DELETE FROM events WHERE seq <= $1").bind(last).execute(&mut *tx).await?;
+            sqlx::query("UPDATE event_log SET floor = $1 WHERE id = 1 AND floor < $1")
+                .bind(last)
+                .execute(&mut *tx)
+                .await?;
+            Ok(deleted.rows_affected())
         })
     }
 

@@ -11,11 +11,13 @@ use tether_types::*;
 use crate::*;
 
 mod errors;
+mod events;
 mod fleet;
 mod secrets;
 mod work;
 
 use errors::*;
+use events::*;
 use fleet::*;
 use secrets::*;
 use work::*;
@@ -103,6 +105,7 @@ suite!(
     database_errors_are_classified_by_backend,
     writes_answer_their_last_event_sequence,
     secrets_versions_copies_and_deletes,
+    events_filter_page_and_prune,
 );
 
 fn id<T>(f: fn([u8; 10]) -> T, n: u8) -> T {
