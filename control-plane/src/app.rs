@@ -18,6 +18,8 @@ pub struct App {
     pub auth: auth::Authenticator,
     pub registry: Arc<fleet::registry::Registry>,
     pub notify: notify::Notifier,
+    /// The newest events, for watchers (see [`crate::events`]).
+    pub events: crate::events::EventTail,
     pub config: Config,
     /// Issues agents' client certificates; None without TLS.
     pub ca: Option<Arc<tether_auth::pki::Ca>>,

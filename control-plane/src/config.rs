@@ -102,6 +102,20 @@ pub struct Config {
     #[arg(long, env = "TETHER_STREAM_IDLE_TIMEOUT", default_value = "30m", value_parser = humantime::parse_duration)]
     pub stream_idle_timeout: Duration,
 
+    /// Events older than this are removed from the event log (and with
+    /// them the chance to resume a watch from before them).
+    #[arg(long, env = "TETHER_EVENT_RETENTION", default_value = "30d", value_parser = humantime::parse_duration)]
+    pub event_retention: Duration,
+
+    /// At most this many events are kept; the oldest beyond it are removed.
+    #[arg(long, env = "TETHER_EVENT_RETENTION_COUNT", default_value_t = 1_000_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub event_retention_count: u64,
+
+    /// How often retention runs.
+    #[arg(long, env = "TETHER_EVENT_RETENTION_INTERVAL", default_value = "1m", value_parser = humantime::parse_duration)]
+    pub event_retention_interval: Duration,
+
     /// The region SigV4-signed requests name in their credential scope
     /// (service `tether`).
     #[arg(long, env = "TETHER_SIGV4_REGION", default_value = "local")]
@@ -211,6 +225,9 @@ struct FileConfig {
     service_concurrency: Option<usize>,
     request_timeout: Option<String>,
     stream_idle_timeout: Option<String>,
+    event_retention: Option<String>,
+    event_retention_count: Option<u64>,
+    event_retention_interval: Option<String>,
     sigv4_region: Option<String>,
     internal_token_file: Option<PathBuf>,
     replica_id: Option<String>,
@@ -289,6 +306,9 @@ impl Config {
         take!(service_concurrency);
         take!(request_timeout, duration);
         take!(stream_idle_timeout, duration);
+        take!(event_retention, duration);
+        take!(event_retention_count);
+        take!(event_retention_interval, duration);
         take!(sigv4_region);
         take!(internal_token_file);
         take!(replica_id);
@@ -311,6 +331,11 @@ impl Config {
             "heartbeat grace must exceed interval plus jitter, or healthy nodes flap"
         );
         anyhow::ensure!(self.down_after > self.heartbeat_grace, "down-after must exceed the heartbeat grace");
+        anyhow::ensure!(self.event_retention_count >= 1, "event retention count must be at least 1");
+        anyhow::ensure!(
+            self.event_retention_interval >= Duration::from_millis(10),
+            "event retention interval is below 10ms"
+        );
         anyhow::ensure!(self.max_message_bytes >= 4096, "max message size below 4 KiB");
         anyhow::ensure!(self.admission_concurrency >= 1, "admission concurrency must be at least 1");
         anyhow::ensure!(self.http_max_connections >= 1, "HTTP max connections must be at least 1");

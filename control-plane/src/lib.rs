@@ -14,6 +14,7 @@ mod config;
 mod db;
 mod dispatch;
 mod effects;
+mod events;
 mod fleet;
 mod notify;
 mod ops;
@@ -32,6 +33,7 @@ use anyhow::Context;
 use tether_proto::agent_pb::agent_service_server::AgentServiceServer;
 use tether_proto::pb::access_key_service_server::AccessKeyServiceServer;
 use tether_proto::pb::admin_service_server::AdminServiceServer;
+use tether_proto::pb::event_service_server::EventServiceServer;
 use tether_proto::pb::job_service_server::JobServiceServer;
 use tether_proto::pb::node_service_server::NodeServiceServer;
 use tether_proto::pb::organization_service_server::OrganizationServiceServer;
@@ -123,6 +125,30 @@ fn register_tasks(driver: &background::Driver, app: &Arc<App>, registry: &Arc<fl
     );
     driver.register(
         Spec {
+            name: "event_tail",
+            description: "reads newly committed events into the in-memory tail that event watchers are served from",
+            period: Duration::from_secs(1),
+            wake: Some(app.notify.wake()),
+            leader_only: false,
+        },
+        EventTailFill(app.clone()),
+    );
+    driver.register(
+        Spec {
+            name: "event_retention",
+            description: "removes events older than --event-retention or beyond --event-retention-count",
+            period: app.config.event_retention_interval,
+            wake: None,
+            leader_only: true,
+        },
+        EventRetention {
+            app: app.clone(),
+            max_age: app.config.event_retention,
+            keep: app.config.event_retention_count,
+        },
+    );
+    driver.register(
+        Spec {
             name: "node_snapshot_refresh",
             description: "reads every node row again, for changes made elsewhere",
             period: fleet::snapshot::NODES_MAX_AGE,
@@ -194,6 +220,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             }
         },
         registry: registry.clone(),
+        events: events::EventTail::new(notify.head(), events::TAIL_CAPACITY),
         notify,
         admission: tokio::sync::Semaphore::new(config.admission_concurrency),
         config: config.clone(),
@@ -257,20 +284,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     write_addr(&config, "http.addr", http_addr)?;
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    for name in [
-        "tether.agent.v1.AgentService",
-        "tether.v1.NodeService",
-        "tether.v1.TenancyService",
-        "tether.v1.OrganizationService",
-        "tether.v1.ProjectService",
-        "tether.v1.JobService",
-        "tether.v1.WorkloadService",
-        "tether.v1.PlacementService",
-        "tether.v1.AdminService",
-        "",
-    ] {
-        health_reporter.set_service_status(name, tonic_health::ServingStatus::Serving).await;
-    }
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(tether_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -280,55 +293,35 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let limit = config.max_message_bytes;
-    let agent = AgentServiceServer::new(services::agent::AgentApi::new(app.clone()))
-        .max_decoding_message_size(limit)
-        .max_encoding_message_size(limit);
-    let nodes = NodeServiceServer::new(services::nodes::NodeApi::new(app.clone()))
-        .max_decoding_message_size(limit)
-        .max_encoding_message_size(limit);
-    let tenancy = TenancyServiceServer::new(services::tenancy::TenancyApi::new(app.clone()))
-        .max_decoding_message_size(limit)
-        .max_encoding_message_size(limit);
-    let jobs = JobServiceServer::new(services::jobs::JobApi::new(app.clone()))
-        .max_decoding_message_size(limit)
-        .max_encoding_message_size(limit);
-    let workloads = WorkloadServiceServer::new(services::workloads::WorkloadApi::new(app.clone()))
-        .max_decoding_message_size(limit)
-        .max_encoding_message_size(limit);
-    let placement = PlacementServiceServer::new(services::placement::PlacementApi::new(app.clone()))
-        .max_decoding_message_size(limit)
-        .max_encoding_message_size(limit);
-    let organizations = OrganizationServiceServer::new(services::organizations::OrganizationApi::new(app.clone()))
-        .max_decoding_message_size(limit)
-        .max_encoding_message_size(limit);
-    let projects = ProjectServiceServer::new(services::projects::ProjectApi::new(app.clone()))
-        .max_decoding_message_size(limit)
-        .max_encoding_message_size(limit);
-    let access_keys = AccessKeyServiceServer::new(services::access_keys::AccessKeyApi::new(app.clone()))
-        .max_decoding_message_size(limit)
-        .max_encoding_message_size(limit);
-    let secrets = SecretServiceServer::new(services::secrets::SecretApi::new(app.clone()))
-        .max_decoding_message_size(limit)
-        .max_encoding_message_size(limit);
-    let admin = AdminServiceServer::new(services::admin::AdminApi::new(app.clone(), task_statuses));
-
     // One set of routes serves gRPC and, in-process, the REST bridge, so both
-    // pass the same edge layer, the same auth and the same limits.
-    let routes = tonic::service::Routes::new(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(agent)
-        .add_service(nodes)
-        .add_service(tenancy)
-        .add_service(jobs)
-        .add_service(workloads)
-        .add_service(placement)
-        .add_service(organizations)
-        .add_service(projects)
-        .add_service(access_keys)
-        .add_service(secrets)
-        .add_service(admin);
+    // pass the same edge layer, the same auth and the same limits. Every
+    // service added here is also reported serving by grpc.health.v1.
+    let limit = config.max_message_bytes;
+    let mut routes =
+        tonic::service::Routes::new(health_service).add_service(reflection_v1).add_service(reflection_v1alpha);
+    let mut serving: Vec<&'static str> = vec![""];
+    macro_rules! serve {
+        ($server:ident, $api:expr) => {{
+            let svc = $server::new($api).max_decoding_message_size(limit).max_encoding_message_size(limit);
+            serving.push(service_name(&svc));
+            routes = routes.add_service(svc);
+        }};
+    }
+    serve!(AgentServiceServer, services::agent::AgentApi::new(app.clone()));
+    serve!(NodeServiceServer, services::nodes::NodeApi::new(app.clone()));
+    serve!(TenancyServiceServer, services::tenancy::TenancyApi::new(app.clone()));
+    serve!(JobServiceServer, services::jobs::JobApi::new(app.clone()));
+    serve!(WorkloadServiceServer, services::workloads::WorkloadApi::new(app.clone()));
+    serve!(PlacementServiceServer, services::placement::PlacementApi::new(app.clone()));
+    serve!(OrganizationServiceServer, services::organizations::OrganizationApi::new(app.clone()));
+    serve!(ProjectServiceServer, services::projects::ProjectApi::new(app.clone()));
+    serve!(AccessKeyServiceServer, services::access_keys::AccessKeyApi::new(app.clone()));
+    serve!(SecretServiceServer, services::secrets::SecretApi::new(app.clone()));
+    serve!(EventServiceServer, services::events::EventApi::new(app.clone()));
+    serve!(AdminServiceServer, services::admin::AdminApi::new(app.clone(), task_statuses));
+    for name in serving {
+        health_reporter.set_service_status(name, tonic_health::ServingStatus::Serving).await;
+    }
     // One set of limits for both ports: a principal's bucket is the same
     // whether it calls over gRPC or REST.
     let limits = {
@@ -418,4 +411,9 @@ fn write_addr(config: &Config, name: &str, addr: std::net::SocketAddr) -> anyhow
     std::fs::write(&tmp, addr.to_string())?;
     std::fs::rename(&tmp, &path)?;
     Ok(())
+}
+
+/// A gRPC service's full name, as routing and grpc.health.v1 know it.
+fn service_name<S: tonic::server::NamedService>(_: &S) -> &'static str {
+    S::NAME
 }

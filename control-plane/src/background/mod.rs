@@ -11,6 +11,7 @@
 //!
 //! A new loop is a new file here and one `register` call in `lib.rs`.
 
+mod events;
 mod reseal;
 mod tasks;
 
@@ -23,6 +24,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use events::{EventRetention, EventTailFill};
 pub use reseal::Reseal;
 pub use tasks::{LeaseFlush, Liveness, NodeSnapshotRefresh, PROBE_PERIOD, Placement, Probe, RevocationRefresh};
 

@@ -5,6 +5,7 @@
 pub mod access_keys;
 pub mod admin;
 pub mod agent;
+pub mod events;
 pub mod http_agent;
 pub mod jobs;
 pub mod nodes;

@@ -18,7 +18,6 @@ const DEFAULT_PAGE: u32 = 100;
 const MAX_PAGE: u32 = 1000;
 /// How often a watcher looks at the log without a local wake-up, to see
 /// commits made by other replicas.
-const WATCH_POLL: Duration = Duration::from_secs(1);
 const DEFAULT_DRAIN_DEADLINE: Duration = Duration::from_secs(300);
 
 pub struct NodeApi {
@@ -177,10 +176,13 @@ impl pb::node_service_server::NodeService for NodeApi {
         let org = match &scope {
             NodeScope::Org(o) | NodeScope::Project { org: o, .. } => o.clone(),
         };
-        let mut wake = self.app.notify.subscribe();
-        let mut cursor = match req.since_sequence {
+        let cursor = match req.since_sequence {
             0 => self.app.store.events_head().await.map_err(store_status)?,
-            n => i64::try_from(n).map_err(|_| status(Error::invalid("since_sequence is out of range")))?,
+            n => {
+                let n = i64::try_from(n).map_err(|_| status(Error::invalid("since_sequence is out of range")))?;
+                crate::events::check_resumable(&self.app.store, n).await?;
+                n
+            }
         };
         let (tx, rx) = crate::stream::channel(64);
         if req.send_initial {
@@ -208,42 +210,19 @@ impl pb::node_service_server::NodeService for NodeApi {
         let app = self.app.clone();
         // A token confined to one node hears only of that one.
         let only = who.claims.node.clone();
+        let q = tether_store::EventQuery {
+            kind_prefix: "node.".into(),
+            ..tether_store::EventQuery::new(tether_store::EventScope::Org(org), cursor)
+        };
         self.app.tasks.spawn(async move {
-            loop {
-                let batch = match app.store.org_events_since(&org, "node.", cursor, 500).await {
-                    Ok(b) => b,
-                    Err(e) => {
-                        let _ = tx.send(Err(store_status(e))).await;
-                        return;
-                    }
-                };
-                let full = batch.len() == 500;
-                for ev in &batch {
-                    cursor = ev.seq;
-                    // Only the nodes the caller sees, by the grants as they
-                    // are now (a pool granted later shows from then on).
-                    if let Some((node, msg)) = event_to_pb(ev)
-                        && sees(&app, &scope, &node)
-                        && only.as_ref().is_none_or(|only| only == &node.id)
-                        && tx.send(Ok(msg)).await.is_err()
-                    {
-                        return;
-                    }
-                }
-                if full {
-                    continue;
-                }
-                tokio::select! {
-                    biased;
-                    _ = app.shutdown.cancelled() => {
-                        let _ = tx.send(Err(Status::unavailable("control plane is shutting down; resume with since_sequence"))).await;
-                        return;
-                    }
-                    _ = tx.closed() => return,
-                    _ = wake.changed() => {}
-                    _ = tokio::time::sleep(WATCH_POLL) => {}
-                }
-            }
+            let app2 = app.clone();
+            crate::events::follow(&app, q, tx, move |ev| {
+                // Only the nodes the caller sees, by the grants as they are
+                // now (a pool granted later shows from then on).
+                let (node, msg) = event_to_pb(ev)?;
+                (sees(&app2, &scope, &node) && only.as_ref().is_none_or(|only| only == &node.id)).then_some(msg)
+            })
+            .await
         });
         Ok(Response::new(crate::stream::idle_limited(rx, self.app.config.stream_idle_timeout)))
     }

@@ -1,5 +1,11 @@
 //! The HTTP side: request to message, in-process gRPC call, message (or SSE
 //! stream of messages) to JSON.
+//!
+//! Resumable streams: a streamed message with a top-level `sequence` field
+//! carries it as its SSE `id` (when not 0), and a `Last-Event-ID` header on
+//! a streaming route whose request has a top-level `since_sequence` sets it
+//! (over any `since_sequence` in the query: a reconnecting EventSource
+//! repeats its first URL).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -12,12 +18,17 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderValue, StatusCode};
 use http_body_util::BodyExt;
 use prost::Message;
-use prost_reflect::{DeserializeOptions, DynamicMessage, Kind, MessageDescriptor};
+use prost_reflect::{DeserializeOptions, DynamicMessage, Kind, MessageDescriptor, ReflectMessage};
 use serde_json::{Map, Value, json};
 use tether_types::ErrorCode;
 use tower::ServiceExt;
 
 use crate::routes::{BodyRule, Bridge, Route};
+
+/// The streamed message's field that is its SSE `id`.
+pub const SSE_ID_FIELD: &str = "sequence";
+/// The streaming request's field that `Last-Event-ID` sets.
+pub const RESUME_FIELD: &str = "since_sequence";
 
 /// Largest request body accepted, in bytes.
 const MAX_BODY: usize = 1024 * 1024;
@@ -207,10 +218,23 @@ where
     } else {
         None
     };
-    let input = match build_input(route, &bound, parts.uri.query().unwrap_or(""), &body) {
+    let mut input = match build_input(route, &bound, parts.uri.query().unwrap_or(""), &body) {
         Ok(m) => m,
         Err(r) => return r,
     };
+    if route.server_streaming()
+        && let Some(last) = parts.headers.get("last-event-id")
+        && let Some(field) = input.descriptor().get_field_by_name(RESUME_FIELD)
+    {
+        // An empty Last-Event-ID is no resume point (the SSE spec's reset).
+        let text = last.to_str().unwrap_or("!").trim();
+        if !text.is_empty() {
+            match text.parse::<u64>() {
+                Ok(n) if n <= i64::MAX as u64 => input.set_field(&field, prost_reflect::Value::U64(n)),
+                _ => return invalid(format!("Last-Event-ID must be an event sequence number, not {text:?}")),
+            }
+        }
+    }
     // The gRPC request, through the same stack as any gRPC client's.
     let mut frame = BytesMut::with_capacity(5 + input.encoded_len());
     frame.put_u8(0);
@@ -360,8 +384,7 @@ fn sse(body: GrpcBody, desc: MessageDescriptor) -> impl IntoResponse {
                             if let Some(data) = frame.data_ref() {
                                 buf.extend_from_slice(data);
                                 match take_messages(&mut buf, &desc) {
-                                    Ok(msgs) => pending
-                                        .extend(msgs.iter().map(|m| Event::default().data(to_json(m).to_string()))),
+                                    Ok(msgs) => pending.extend(msgs.iter().map(sse_event)),
                                     Err(e) => {
                                         pending.push(error_event(13, &e));
                                         done = true;
@@ -382,6 +405,15 @@ fn sse(body: GrpcBody, desc: MessageDescriptor) -> impl IntoResponse {
         },
     );
     Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+/// One streamed message as an SSE event, with its sequence as the id.
+fn sse_event(m: &DynamicMessage) -> Event {
+    let ev = Event::default().data(to_json(m).to_string());
+    match m.descriptor().get_field_by_name(SSE_ID_FIELD).map(|f| m.get_field(&f).as_u64()) {
+        Some(Some(seq)) if seq != 0 => ev.id(seq.to_string()),
+        _ => ev,
+    }
 }
 
 fn error_event(code: i32, message: &str) -> Event {

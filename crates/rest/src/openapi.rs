@@ -64,6 +64,8 @@ fn kind_schema(kind: &Kind, wanted: &mut Vec<MessageDescriptor>, place: Place) -
             // What prost-types reads: a fraction of any length, cut at nanoseconds.
             "google.protobuf.Duration" => json!({"type": "string", "pattern": "^-?[0-9]+([.][0-9]+)?s$"}),
             "google.protobuf.Empty" => json!({"type": "object", "additionalProperties": false}),
+            // Any JSON object (an event's payload).
+            "google.protobuf.Struct" => json!({"type": "object"}),
             _ => {
                 if !wanted.iter().any(|w| w.full_name() == m.full_name()) {
                     wanted.push(m.clone());
@@ -408,6 +410,13 @@ fn operation(route: &Route, wanted: &mut Vec<MessageDescriptor>) -> Value {
             let schema = field_schema(&f, wanted, Place::Query);
             params.push(json!({"name": f.json_name(), "in": "query", "required": false, "schema": schema}));
         }
+    }
+    if route.server_streaming() && input.get_field_by_name(crate::handler::RESUME_FIELD).is_some() {
+        params.push(json!({
+            "name": "Last-Event-ID", "in": "header", "required": false,
+            "description": "Resume after this event sequence (the last SSE `id` received); wins over the query's",
+            "schema": {"type": "string", "pattern": "^[0-9]{0,18}$"},
+        }));
     }
     let mut op = Map::new();
     op.insert("operationId".into(), json!(route.method.full_name().replace('.', "_")));

@@ -4,6 +4,69 @@ use tether_types::{OrgId, ProjectId, UnixMillis};
 use crate::row::Get;
 use crate::{Result, Store, in_tx, on_read};
 
+/// An event kind the control plane writes: its payload schema (named in
+/// docs/events.md) and that schema's version. A change to a payload that
+/// removes or retypes a field is a new version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventKind {
+    pub kind: &'static str,
+    pub payload: &'static str,
+    pub version: u32,
+}
+
+/// Every kind written, by resource.
+pub const EVENT_KINDS: &[EventKind] = &[
+    EventKind { kind: "access_key.created", payload: "access_key", version: 1 },
+    EventKind { kind: "access_key.revoked", payload: "access_key", version: 1 },
+    EventKind { kind: "allocation.scheduled", payload: "allocation", version: 1 },
+    EventKind { kind: "allocation.running", payload: "allocation", version: 1 },
+    EventKind { kind: "allocation.stopping", payload: "allocation", version: 1 },
+    EventKind { kind: "allocation.finished", payload: "allocation", version: 1 },
+    EventKind { kind: "allocation.lost", payload: "allocation", version: 1 },
+    EventKind { kind: "job.submitted", payload: "job", version: 1 },
+    EventKind { kind: "job.scheduled", payload: "job", version: 1 },
+    EventKind { kind: "job.running", payload: "job", version: 1 },
+    EventKind { kind: "job.succeeded", payload: "job", version: 1 },
+    EventKind { kind: "job.retrying", payload: "job", version: 1 },
+    EventKind { kind: "job.failed", payload: "job", version: 1 },
+    EventKind { kind: "job.lost", payload: "job", version: 1 },
+    EventKind { kind: "job.cancelled", payload: "job", version: 1 },
+    EventKind { kind: "join_token.created", payload: "join_token", version: 1 },
+    EventKind { kind: "join_token.revoked", payload: "join_token", version: 1 },
+    EventKind { kind: "node.registered", payload: "node", version: 1 },
+    EventKind { kind: "node.updated", payload: "node", version: 1 },
+    EventKind { kind: "node.status_changed", payload: "node", version: 1 },
+    EventKind { kind: "node.deregistered", payload: "node", version: 1 },
+    EventKind { kind: "node.desired_state_changed", payload: "node", version: 1 },
+    EventKind { kind: "node.desired_state_acked", payload: "node", version: 1 },
+    EventKind { kind: "node.desired_state_rejected", payload: "node", version: 1 },
+    EventKind { kind: "node.drain_completed", payload: "node", version: 1 },
+    EventKind { kind: "organization.created", payload: "organization", version: 1 },
+    EventKind { kind: "organization.updated", payload: "organization", version: 1 },
+    EventKind { kind: "organization.deleted", payload: "organization", version: 1 },
+    EventKind { kind: "pool.granted", payload: "pool_grant", version: 1 },
+    EventKind { kind: "pool.revoked", payload: "pool_grant", version: 1 },
+    EventKind { kind: "project.created", payload: "project", version: 1 },
+    EventKind { kind: "project.updated", payload: "project", version: 1 },
+    EventKind { kind: "project.quota_set", payload: "project", version: 1 },
+    EventKind { kind: "project.deleted", payload: "project", version: 1 },
+    EventKind { kind: "root_key.rotated", payload: "root_key", version: 1 },
+    EventKind { kind: "secret.put", payload: "secret", version: 1 },
+    EventKind { kind: "secret.deleted", payload: "secret", version: 1 },
+    EventKind { kind: "secret.resealed", payload: "secret", version: 1 },
+    EventKind { kind: "token.created", payload: "token", version: 1 },
+    EventKind { kind: "token.revoked", payload: "token", version: 1 },
+    EventKind { kind: "workload.created", payload: "workload", version: 1 },
+    EventKind { kind: "workload.updated", payload: "workload", version: 1 },
+    EventKind { kind: "workload.scaled", payload: "workload", version: 1 },
+    EventKind { kind: "workload.deleted", payload: "workload", version: 1 },
+];
+
+/// The kind's description, if it is one this control plane writes.
+pub fn event_kind(kind: &str) -> Option<&'static EventKind> {
+    EVENT_KINDS.iter().find(|k| k.kind == kind)
+}
+
 /// One entry of the append-only event log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
@@ -70,6 +133,7 @@ pub fn current_actor() -> Option<Actor> {
 /// dedicated node's project).
 macro_rules! append_event {
     ($tx:expr, $at:expr, $project:expr, $kind:expr, $subject:expr, $payload:expr) => {{
+        debug_assert!($crate::events::event_kind($kind).is_some(), "event kind {} is not in EVENT_KINDS", $kind);
         let seq: i64 = sqlx::query_scalar(
             "INSERT INTO events (at, project_id, kind, subject, payload, org_id, principal, principal_role)
              VALUES ($1, $2, $3, $4, $5, (SELECT org_id FROM projects WHERE id = $2), $6, $7) RETURNING seq",
@@ -87,6 +151,7 @@ macro_rules! append_event {
         seq
     }};
     ($tx:expr, $at:expr, $org:expr, $project:expr, $kind:expr, $subject:expr, $payload:expr) => {{
+        debug_assert!($crate::events::event_kind($kind).is_some(), "event kind {} is not in EVENT_KINDS", $kind);
         let seq: i64 = sqlx::query_scalar(
             "INSERT INTO events (at, org_id, project_id, kind, subject, payload, principal, principal_role)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING seq",
@@ -151,7 +216,31 @@ pub struct EventQuery {
 
 impl EventQuery {
     pub fn new(scope: EventScope, after: i64) -> Self {
-        EventQuery { scope, after, kind_prefix: String::new(), subject: None, principal: None, from_at: None, until_at: None }
+        EventQuery {
+            scope,
+            after,
+            kind_prefix: String::new(),
+            subject: None,
+            principal: None,
+            from_at: None,
+            until_at: None,
+        }
+    }
+
+    /// Whether `e` is one [`Store::events_query`] would answer (its
+    /// sequence aside): for readers that filter events already in memory.
+    pub fn matches(&self, e: &Event) -> bool {
+        let in_scope = match &self.scope {
+            EventScope::All => true,
+            EventScope::Org(o) => e.org_id.as_ref() == Some(o),
+            EventScope::Project(p) => e.project_id.as_ref() == Some(p),
+        };
+        in_scope
+            && e.kind.starts_with(&self.kind_prefix)
+            && self.subject.as_ref().is_none_or(|s| s == &e.subject)
+            && self.principal.as_ref().is_none_or(|p| e.actor.as_ref().is_some_and(|a| &a.principal == p))
+            && self.from_at.is_none_or(|t| e.at >= t)
+            && self.until_at.is_none_or(|t| e.at < t)
     }
 }
 
@@ -165,7 +254,10 @@ impl Store {
         after: i64,
         limit: u32,
     ) -> Result<Vec<Event>> {
-        let q = EventQuery { kind_prefix: kind_prefix.into(), ..EventQuery::new(EventScope::Project(project.clone()), after) };
+        let q = EventQuery {
+            kind_prefix: kind_prefix.into(),
+            ..EventQuery::new(EventScope::Project(project.clone()), after)
+        };
         self.events_query(&q, limit).await
     }
 

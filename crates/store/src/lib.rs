@@ -30,7 +30,9 @@ mod tests;
 
 pub use access_keys::AccessKeyRecord;
 pub use error::{Failure, StoreError};
-pub use events::{Actor, Event, EventQuery, EventScope, audited, current_actor, set_actor};
+pub use events::{
+    Actor, EVENT_KINDS, Event, EventKind, EventQuery, EventScope, audited, current_actor, event_kind, set_actor,
+};
 pub use health::{DbHealth, PROBE_TIMEOUT};
 pub use http_agents::{HttpAgent, NONCE_RETENTION_MS};
 pub use nodes::{NodeEnroll, NodeFilter, NodePage, NodeScope, OpenedSession, SessionOpen, StatusChange};

@@ -2,6 +2,7 @@
 //! tables for people and proto3 JSON (`-o json`) for scripts.
 
 mod access_keys;
+mod events;
 mod jobs;
 mod nodes;
 mod output;
@@ -83,6 +84,9 @@ enum Cmd {
     /// Sealed secrets (sealed here, to the nodes' keys).
     #[command(subcommand)]
     Secrets(secrets::SecretsCmd),
+    /// The event log: list and watch.
+    #[command(subcommand)]
+    Events(events::EventsCmd),
     /// Agent join tokens.
     #[command(name = "join-tokens", subcommand)]
     JoinTokens(JoinTokensCmd),
@@ -127,6 +131,12 @@ impl Clients {
     }
     fn projects(&self) -> ProjectServiceClient<Svc> {
         ProjectServiceClient::with_interceptor(self.channel.clone(), self.bearer.clone())
+    }
+    fn events(&self) -> tether_proto::pb::event_service_client::EventServiceClient<Svc> {
+        tether_proto::pb::event_service_client::EventServiceClient::with_interceptor(
+            self.channel.clone(),
+            self.bearer.clone(),
+        )
     }
     fn secrets(&self) -> tether_proto::pb::secret_service_client::SecretServiceClient<Svc> {
         tether_proto::pb::secret_service_client::SecretServiceClient::with_interceptor(
@@ -213,6 +223,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Tokens(cmd) => tokens::tokens(&c, &out, cmd).await,
         Cmd::AccessKeys(cmd) => access_keys::run(&c, &out, cmd).await,
         Cmd::Secrets(cmd) => secrets::run(&c, &out, cmd).await,
+        Cmd::Events(cmd) => events::run(&c, &out, cmd).await,
         Cmd::JoinTokens(cmd) => tokens::join_tokens(&c, &out, cmd).await,
         Cmd::Placement(cmd) => placement::run(&c, &out, cmd).await,
         Cmd::Orgs(cmd) => tenants::orgs(&c, &out, cmd).await,

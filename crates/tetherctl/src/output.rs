@@ -272,6 +272,41 @@ impl Out {
         let _ = std::io::stdout().flush();
     }
 
+    pub fn events(&self, r: &pb::ListEventsResponse) {
+        if self.json(r, "tether.v1.ListEventsResponse") {
+            return;
+        }
+        table(
+            &["SEQ", "TIME", "KIND", "SUBJECT", "PRINCIPAL"],
+            r.events
+                .iter()
+                .map(|e| {
+                    vec![
+                        e.sequence.to_string(),
+                        ts(&e.time),
+                        e.kind.clone(),
+                        e.subject.clone(),
+                        if e.principal.is_empty() { "-".into() } else { e.principal.clone() },
+                    ]
+                })
+                .collect(),
+        );
+        if r.next_sequence != 0 {
+            println!("more: --after {}", r.next_sequence);
+        }
+    }
+
+    /// One watched event, as it arrives: a line of JSON with `-o json`.
+    pub fn event(&self, e: &pb::WatchEventsResponse) {
+        if self.format != Format::Table {
+            println!("{}", to_json(e, "tether.v1.WatchEventsResponse"));
+        } else {
+            let ev = e.event.clone().unwrap_or_default();
+            println!("{:>6}  {:<24} {:<26} {}", e.sequence, ts(&ev.time), ev.kind, ev.subject);
+        }
+        let _ = std::io::stdout().flush();
+    }
+
     pub fn jobs(&self, r: &pb::ListJobsResponse) {
         if self.json(r, "tether.v1.ListJobsResponse") {
             return;
