@@ -12,12 +12,14 @@ use crate::harness::*;
 
 both_backends!(background_tasks_are_listed_over_grpc_and_rest, a_job_row_that_does_not_decode_is_skipped);
 
-const TASKS: [&str; 7] = [
+const TASKS: [&str; 9] = [
     "database_probe",
     "liveness",
     "lease_flush",
     "placement",
     "secret_reseal",
+    "event_tail",
+    "event_retention",
     "node_snapshot_refresh",
     "revocation_refresh",
 ];
@@ -58,7 +60,11 @@ async fn background_tasks_are_listed_over_grpc_and_rest(backend: Backend) {
         assert_eq!(t.consecutive_failures, 0, "{t:?}");
         assert!(t.last_started_at.is_some() && t.last_duration.is_some() && t.period.is_some(), "{t:?}");
         assert!(!t.description.is_empty(), "{t:?}");
-        assert_eq!(t.leader_only, ["placement", "secret_reseal"].contains(&t.name.as_str()), "{t:?}");
+        assert_eq!(
+            t.leader_only,
+            ["placement", "secret_reseal", "event_retention"].contains(&t.name.as_str()),
+            "{t:?}"
+        );
     }
 
     let (status, body) = rest_tasks(&cp, &cp.admin_token).await;

@@ -13,6 +13,8 @@ mod admin;
 #[cfg(test)]
 mod edge;
 #[cfg(test)]
+mod events;
+#[cfg(test)]
 mod faults;
 #[cfg(test)]
 mod harness;

@@ -244,6 +244,9 @@ impl World {
                 Named { foreign: json!({"name": "b-secret"}), own: json!({"name": "a-secret"}) }
             }
             "ListBackgroundTasks" => Unnamed(json!({})),
+            "ListEvents" => Listing(json!({"pageSize": 1000})),
+            // Everything A's log holds, as it streams past.
+            "WatchEvents" => Listing(json!({"sinceSequence": "1"})),
             "CreateOrganization" => Unnamed(json!({"name": "made-in-matrix"})),
             "GetOrganization" | "DeleteOrganization" | "ListPoolGrants" | "ListOrganizationJoinTokens" => {
                 Named { foreign: json!({"organizationId": w.org2}), own: json!({"organizationId": w.org1}) }

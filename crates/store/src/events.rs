@@ -51,9 +51,9 @@ pub const EVENT_KINDS: &[EventKind] = &[
     EventKind { kind: "project.quota_set", payload: "project", version: 1 },
     EventKind { kind: "project.deleted", payload: "project", version: 1 },
     EventKind { kind: "root_key.rotated", payload: "root_key", version: 1 },
-    EventKind { kind: "secret.put", payload: "secret", version: 1 },
-    EventKind { kind: "secret.deleted", payload: "secret", version: 1 },
-    EventKind { kind: "secret.resealed", payload: "secret", version: 1 },
+    EventKind { kind: "secret.put", payload: "secret_version", version: 1 },
+    EventKind { kind: "secret.deleted", payload: "secret_deletion", version: 1 },
+    EventKind { kind: "secret.resealed", payload: "secret_copy", version: 1 },
     EventKind { kind: "token.created", payload: "token", version: 1 },
     EventKind { kind: "token.revoked", payload: "token", version: 1 },
     EventKind { kind: "workload.created", payload: "workload", version: 1 },
@@ -289,7 +289,7 @@ impl Store {
             EventScope::Project(p) => push(&mut sql, " AND project_id = ?", p.to_string()),
         }
         if !q.kind_prefix.is_empty() {
-            let pattern = format!("{}%", q.kind_prefix.replace('\\', "").replace('%', "").replace('_', "\\_"));
+            let pattern = format!("{}%", q.kind_prefix.replace(['\\', '%'], "").replace('_', "\\_"));
             push(&mut sql, " AND kind LIKE ? ESCAPE '\\'", pattern);
         }
         if let Some(s) = &q.subject {
@@ -369,5 +369,27 @@ impl Store {
             let v: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM events").fetch_one(pool).await?;
             Ok(v.unwrap_or(0))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// docs/events.md describes every kind with its payload schema and
+    /// version, and every schema the kinds name.
+    #[test]
+    fn every_kind_is_documented() {
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/events.md")).unwrap();
+        for k in EVENT_KINDS {
+            let row = format!("| `{}` | [`{}`](#{}) | {} |", k.kind, k.payload, k.payload.replace('_', "-"), k.version);
+            assert!(doc.contains(&row), "docs/events.md lacks the row {row}");
+            let section = format!("### `{}`", k.payload);
+            assert!(doc.contains(&section), "docs/events.md lacks the section {section}");
+        }
+        let mut names: Vec<_> = EVENT_KINDS.iter().map(|k| k.kind).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), EVENT_KINDS.len(), "a kind listed twice");
     }
 }

@@ -148,7 +148,16 @@ impl Store {
                     .bind(now)
                     .execute(&mut *tx)
                     .await?;
-                let payload = serde_json::json!({"org_id": org_id, "name": DEFAULT}).to_string();
+                // The same payload schemas as any organisation's and project's.
+                let org = Organization {
+                    id: org_id.clone(),
+                    name: DEFAULT.into(),
+                    description: String::new(),
+                    labels: Default::default(),
+                    created_at: now,
+                    updated_at: now,
+                };
+                let payload = to_json(&org);
                 append_event!(
                     tx,
                     now,
@@ -158,8 +167,17 @@ impl Store {
                     org_id.as_str(),
                     payload
                 );
-                let payload =
-                    serde_json::json!({"project_id": project_id, "org_id": org_id, "name": DEFAULT}).to_string();
+                let project = Project {
+                    id: project_id.clone(),
+                    org_id: org_id.clone(),
+                    name: DEFAULT.into(),
+                    description: String::new(),
+                    labels: Default::default(),
+                    quota: Default::default(),
+                    created_at: now,
+                    updated_at: now,
+                };
+                let payload = to_json(&project);
                 append_event!(tx, now, Some(project_id.as_str()), "project.created", project_id.as_str(), payload);
                 return Ok(Bootstrap { org_id: org_id.clone(), project_id: project_id.clone(), created: true });
             }
