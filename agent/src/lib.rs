@@ -6,6 +6,7 @@ mod backoff;
 mod fence;
 mod host;
 mod journal;
+pub mod report;
 mod runner;
 mod secrets;
 mod session;

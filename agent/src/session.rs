@@ -80,6 +80,10 @@ pub struct Agent {
     seq: u64,
     /// The beat interval the control plane chose last.
     interval: Duration,
+    /// What the node's applications report (see [`crate::report`]).
+    reports: crate::report::Reports,
+    /// The report version this session sent last (u64::MAX: none yet).
+    report_sent: u64,
 }
 
 /// An endpoint for `url`: TLS for https (trusting `ca`, else the web PKI
@@ -203,6 +207,10 @@ impl Agent {
         let runner = Runner::open(&config.state_dir, keyring).map_err(AgentError::State)?;
         let fence = Arc::new(Fence::new());
         tokio::spawn(crate::fence::watchdog(fence.clone(), runner.clone(), shutdown.clone()));
+        let reports = crate::report::Reports::default();
+        crate::report::serve(&config.state_dir, reports.clone(), shutdown.clone())
+            .await
+            .map_err(|e| AgentError::Config(format!("the report socket in {}: {e}", config.state_dir.display())))?;
         tracing::info!(
             node_id = identity.node_id,
             generation = identity.generation,
@@ -222,6 +230,8 @@ impl Agent {
             sampler: Sampler::new(),
             seq: 0,
             interval: Duration::from_secs(5),
+            reports,
+            report_sent: u64::MAX,
         })
     }
 
@@ -271,6 +281,9 @@ impl Agent {
             Err(e) => return Ok(End::Retry(format!("connect: {e}"))),
         };
         let client = client(channel, &self.identity.credential);
+        // A new session's first beat carries the report again, even empty
+        // (the control plane then drops what an earlier process reported).
+        self.report_sent = u64::MAX;
         let result = self.session_loop(client, sent_capabilities, applied_version).await;
         self.runner.detach();
         result
@@ -286,6 +299,10 @@ impl Agent {
             memory_used_mb: mem,
             disk_used_mb: disk,
             running_allocations: self.runner.running(),
+            report: self.reports.changed_since(self.report_sent).map(|(r, version)| {
+                self.report_sent = version;
+                tether_proto::pb::NodeReport { reported_at: None, ..r.to_pb(0) }
+            }),
         };
         self.fence.sent(self.seq);
         agent_pb::HeartbeatRequest { msg: Some(heartbeat_request::Msg::Beat(beat)) }

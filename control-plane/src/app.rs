@@ -28,6 +28,8 @@ pub struct App {
     pub admission: tokio::sync::Semaphore,
     pub ready: AtomicBool,
     pub hub: fleet::hub::JobsHub,
+    /// Stream nodes' latest reports, in memory.
+    pub node_reports: fleet::reports::NodeReports,
     /// What writes wake (the work pass, log followers): raised through
     /// [`Effects`], never directly.
     pub signals: Signals,
@@ -45,6 +47,12 @@ impl App {
     /// Collects the consequences of the writes that follow; they are
     /// performed when it is dropped (see [`crate::effects`]).
     pub fn effects(&self) -> Effects<'_> {
-        Effects::new(Parts { notify: &self.notify, hub: &self.hub, registry: &self.registry, signals: &self.signals })
+        Effects::new(Parts {
+            notify: &self.notify,
+            hub: &self.hub,
+            registry: &self.registry,
+            reports: &self.node_reports,
+            signals: &self.signals,
+        })
     }
 }

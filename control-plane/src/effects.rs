@@ -73,6 +73,7 @@ pub struct Parts<'a> {
     pub notify: &'a Notifier,
     pub hub: &'a JobsHub,
     pub registry: &'a Registry,
+    pub reports: &'a crate::fleet::reports::NodeReports,
     pub signals: &'a Signals,
 }
 
@@ -159,7 +160,10 @@ impl<'a> Effects<'a> {
                     p.registry.push(&node, d.to_pb());
                 }
                 Action::Resync(node) => p.registry.resync(&node),
-                Action::Forget(node) => p.registry.remove(&node),
+                Action::Forget(node) => {
+                    p.registry.remove(&node);
+                    p.reports.remove(&node);
+                }
             }
         }
         for s in [Signal::Placement, Signal::JobOutput, Signal::Reseal] {
@@ -199,7 +203,8 @@ mod tests {
             &tokio_util::task::TaskTracker::new(),
         );
         let signals = Signals::default();
-        let parts = || Parts { notify: &notify, hub: &hub, registry: &registry, signals: &signals };
+        let reports = crate::fleet::reports::NodeReports::default();
+        let parts = || Parts { notify: &notify, hub: &hub, registry: &registry, reports: &reports, signals: &signals };
         let mut watcher = notify.subscribe();
         let placement = signals.placement();
 

@@ -229,6 +229,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         tasks: tasks.clone(),
         ready: AtomicBool::new(true),
         hub: fleet::hub::JobsHub::default(),
+        node_reports: Default::default(),
         signals: Default::default(),
         placement_cursor: Default::default(),
         nodes: Default::default(),

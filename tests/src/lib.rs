@@ -29,6 +29,8 @@ mod readme;
 #[cfg(test)]
 mod registry;
 #[cfg(test)]
+mod reports;
+#[cfg(test)]
 mod rest;
 #[cfg(test)]
 mod sdk;

@@ -50,6 +50,7 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
         "Items a background task skipped because they do not decode, by task"
     );
     describe_histogram!("tether_background_task_seconds", "Time of one background task activation, by task");
+    describe_counter!("tether_events_pruned_total", "Events removed by retention");
     // Documented series exist from the start, at zero.
     metrics::gauge!("tether_agents_connected").set(0.0);
     for c in [
@@ -62,6 +63,7 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
         "tether_allocations_placed_total",
         "tether_allocations_lost_total",
         "tether_lease_flush_rows_total",
+        "tether_events_pruned_total",
     ] {
         metrics::counter!(c).increment(0);
     }
@@ -219,5 +221,7 @@ async fn readyz(State(s): State<HttpState>) -> (StatusCode, String) {
 }
 
 async fn metrics_text(State(s): State<HttpState>) -> ([(axum::http::HeaderName, &'static str); 1], String) {
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.prometheus.render())
+    let mut text = s.prometheus.render();
+    text.push_str(&s.app.node_reports.render(crate::fleet::reports::MAX_SERIES));
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

@@ -260,6 +260,13 @@ async fn heartbeat_session(
                         };
                         match Box::pin(app.registry.beat(&session, usage)).await {
                             crate::fleet::registry::Beat::Counted => {
+                                if let Some(r) = &b.report {
+                                    match tether_types::NodeReport::from_pb(r) {
+                                        Ok(r) if r == tether_types::NodeReport::default() => app.node_reports.remove(&session.node),
+                                        Ok(r) => app.node_reports.put(&session.node, r, crate::app::now_ms()),
+                                        Err(e) => tracing::warn!(error = %e, "the node's report was refused"),
+                                    }
+                                }
                                 // Best effort: a full queue means the agent is not
                                 // reading; a later ack covers this beat too.
                                 let _ = tx.try_send(Ok(agent_pb::HeartbeatResponse {

@@ -160,6 +160,8 @@ impl pb::node_service_server::NodeService for NodeApi {
             // Checked when it arrived: read back as it was stored (a row that
             // no longer decodes is skipped).
             node.report = serde_json::from_str::<tether_types::NodeReport>(&json).ok().map(|r| r.to_pb(at));
+        } else if let Some((r, at)) = self.app.node_reports.get(&n.id) {
+            node.report = Some(r.to_pb(at));
         }
         Ok(Response::new(pb::GetNodeResponse { node: Some(node) }))
     }

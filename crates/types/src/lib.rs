@@ -12,7 +12,7 @@ mod ids;
 mod labels;
 mod lifecycle;
 mod node;
-mod report;
+pub mod report;
 pub mod secret;
 mod tenancy;
 mod time;
