@@ -52,6 +52,10 @@ pub struct Config {
     #[arg(long, env = "TETHER_DOWN_AFTER", default_value = "60s", value_parser = humantime::parse_duration)]
     pub down_after: Duration,
 
+    /// A node `down` for longer than this is deregistered (0s: never).
+    #[arg(long, env = "TETHER_STALE_NODE_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub stale_node_ttl: Duration,
+
     /// How often coarse leases (last seen) are written to the database.
     #[arg(long, env = "TETHER_LEASE_FLUSH_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub lease_flush_interval: Duration,
@@ -214,6 +218,7 @@ struct FileConfig {
     heartbeat_jitter: Option<String>,
     heartbeat_grace: Option<String>,
     down_after: Option<String>,
+    stale_node_ttl: Option<String>,
     lease_flush_interval: Option<String>,
     max_message_bytes: Option<usize>,
     http_header_timeout: Option<String>,
@@ -295,6 +300,7 @@ impl Config {
         take!(heartbeat_jitter, duration);
         take!(heartbeat_grace, duration);
         take!(down_after, duration);
+        take!(stale_node_ttl, duration);
         take!(lease_flush_interval, duration);
         take!(max_message_bytes);
         take!(http_header_timeout, duration);

@@ -147,6 +147,18 @@ fn register_tasks(driver: &background::Driver, app: &Arc<App>, registry: &Arc<fl
             keep: app.config.event_retention_count,
         },
     );
+    if !app.config.stale_node_ttl.is_zero() {
+        driver.register(
+            Spec {
+                name: "stale_nodes",
+                description: "deregisters nodes down for longer than --stale-node-ttl",
+                period: background::stale_nodes_period(app.config.stale_node_ttl),
+                wake: None,
+                leader_only: true,
+            },
+            StaleNodes { app: app.clone(), ttl: app.config.stale_node_ttl },
+        );
+    }
     driver.register(
         Spec {
             name: "node_snapshot_refresh",

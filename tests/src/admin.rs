@@ -12,7 +12,7 @@ use crate::harness::*;
 
 both_backends!(background_tasks_are_listed_over_grpc_and_rest, a_job_row_that_does_not_decode_is_skipped);
 
-const TASKS: [&str; 9] = [
+const TASKS: [&str; 10] = [
     "database_probe",
     "liveness",
     "lease_flush",
@@ -20,6 +20,7 @@ const TASKS: [&str; 9] = [
     "secret_reseal",
     "event_tail",
     "event_retention",
+    "stale_nodes",
     "node_snapshot_refresh",
     "revocation_refresh",
 ];
@@ -62,7 +63,7 @@ async fn background_tasks_are_listed_over_grpc_and_rest(backend: Backend) {
         assert!(!t.description.is_empty(), "{t:?}");
         assert_eq!(
             t.leader_only,
-            ["placement", "secret_reseal", "event_retention"].contains(&t.name.as_str()),
+            ["placement", "secret_reseal", "event_retention", "stale_nodes"].contains(&t.name.as_str()),
             "{t:?}"
         );
     }

@@ -17,6 +17,7 @@ both_backends!(
     second_agent_process_supersedes_the_first,
     bad_input_is_refused_and_changes_nothing,
     watch_nodes_delivers_changes_in_order,
+    nodes_down_past_the_stale_ttl_are_deregistered,
 );
 
 async fn three_agents_enrol_and_show_ready(backend: Backend) {
@@ -501,4 +502,34 @@ async fn watch_nodes_delivers_changes_in_order(backend: Backend) {
     assert_eq!(first.r#type, NodeEventType::Added as i32);
     assert_eq!(first.node.unwrap().capabilities.unwrap().hostname, "late");
     drop(late);
+}
+
+/// A node `down` for longer than `--stale-node-ttl` is deregistered by the
+/// control plane itself (an event with no principal); a node that is merely
+/// left is kept.
+async fn nodes_down_past_the_stale_ttl_are_deregistered(backend: Backend) {
+    let opts = Options {
+        down_after: Duration::from_secs(2),
+        extra_args: vec!["--stale-node-ttl".into(), "1s".into()],
+        ..Options::default()
+    };
+    let cp = ControlPlane::start_opts(backend, opts).await;
+    let killed = Agent::start(&cp, "stale", &[]);
+    let mut left = Agent::start(&cp, "left", &[]);
+    let killed_id = killed.node_id().await;
+    let left_id = left.node_id().await;
+    cp.wait_nodes(2, NodeStatus::Ready, Duration::from_secs(20)).await;
+    left.signal(libc::SIGTERM);
+    assert!(left.wait(Duration::from_secs(10)).await.success());
+    killed.signal(libc::SIGKILL);
+    let gone = eventually(Duration::from_secs(30), "the down node deregistered", || async {
+        let ids: Vec<String> = cp.list_nodes().await.into_iter().map(|n| n.node_id).collect();
+        (!ids.contains(&killed_id)).then_some(ids)
+    })
+    .await;
+    assert!(gone.contains(&left_id), "a left node is not down: it stays {gone:?}");
+    let rows = cp.sql_pairs("SELECT kind, COALESCE(principal, '-') FROM events WHERE kind IN ('node.status_changed', 'node.deregistered') ORDER BY seq").await;
+    assert_eq!(rows.last().map(|(k, p)| (k.as_str(), p.as_str())), Some(("node.deregistered", "-")), "{rows:?}");
+    let statuses = cp.sql_i64(&format!("SELECT COUNT(*) FROM events WHERE kind = 'node.status_changed' AND subject = '{killed_id}' AND payload LIKE '%\"down\"%'")).await;
+    assert!(statuses >= 1, "it was down first");
 }

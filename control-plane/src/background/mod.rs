@@ -13,6 +13,7 @@
 
 mod events;
 mod reseal;
+mod stale_nodes;
 mod tasks;
 
 use std::future::Future;
@@ -26,6 +27,7 @@ use tokio_util::task::TaskTracker;
 
 pub use events::{EventRetention, EventTailFill};
 pub use reseal::Reseal;
+pub use stale_nodes::{StaleNodes, period as stale_nodes_period};
 pub use tasks::{LeaseFlush, Liveness, NodeSnapshotRefresh, PROBE_PERIOD, Placement, Probe, RevocationRefresh};
 
 /// What one activation did.
