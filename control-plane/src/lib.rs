@@ -40,6 +40,7 @@ use tether_proto::pb::organization_service_server::OrganizationServiceServer;
 use tether_proto::pb::placement_service_server::PlacementServiceServer;
 use tether_proto::pb::project_service_server::ProjectServiceServer;
 use tether_proto::pb::secret_service_server::SecretServiceServer;
+use tether_proto::pb::settings_service_server::SettingsServiceServer;
 use tether_proto::pb::tenancy_service_server::TenancyServiceServer;
 use tether_proto::pb::workload_service_server::WorkloadServiceServer;
 use tokio::net::TcpListener;
@@ -147,18 +148,17 @@ fn register_tasks(driver: &background::Driver, app: &Arc<App>, registry: &Arc<fl
             keep: app.config.event_retention_count,
         },
     );
-    if !app.config.stale_node_ttl.is_zero() {
-        driver.register(
-            Spec {
-                name: "stale_nodes",
-                description: "deregisters nodes down for longer than --stale-node-ttl",
-                period: background::stale_nodes_period(app.config.stale_node_ttl),
-                wake: None,
-                leader_only: true,
-            },
-            StaleNodes { app: app.clone(), ttl: app.config.stale_node_ttl },
-        );
-    }
+    driver.register(
+        Spec {
+            name: "stale_nodes",
+            description: "deregisters nodes down for longer than their organisation's stale-node TTL \
+                          (settings, else --stale-node-ttl)",
+            period: background::STALE_NODES_PERIOD,
+            wake: None,
+            leader_only: true,
+        },
+        StaleNodes { app: app.clone() },
+    );
     driver.register(
         Spec {
             name: "node_snapshot_refresh",
@@ -331,6 +331,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     serve!(AccessKeyServiceServer, services::access_keys::AccessKeyApi::new(app.clone()));
     serve!(SecretServiceServer, services::secrets::SecretApi::new(app.clone()));
     serve!(EventServiceServer, services::events::EventApi::new(app.clone()));
+    serve!(SettingsServiceServer, services::settings::SettingsApi::new(app.clone()));
     serve!(AdminServiceServer, services::admin::AdminApi::new(app.clone(), task_statuses));
     for name in serving {
         health_reporter.set_service_status(name, tonic_health::ServingStatus::Serving).await;

@@ -18,6 +18,7 @@ both_backends!(
     bad_input_is_refused_and_changes_nothing,
     watch_nodes_delivers_changes_in_order,
     nodes_down_past_the_stale_ttl_are_deregistered,
+    runtime_settings_take_effect_without_a_restart,
 );
 
 async fn three_agents_enrol_and_show_ready(backend: Backend) {
@@ -532,4 +533,80 @@ async fn nodes_down_past_the_stale_ttl_are_deregistered(backend: Backend) {
     assert_eq!(rows.last().map(|(k, p)| (k.as_str(), p.as_str())), Some(("node.deregistered", "-")), "{rows:?}");
     let statuses = cp.sql_i64(&format!("SELECT COUNT(*) FROM events WHERE kind = 'node.status_changed' AND subject = '{killed_id}' AND payload LIKE '%\"down\"%'")).await;
     assert!(statuses >= 1, "it was down first");
+}
+
+/// An organisation's settings change a loop's threshold without a restart:
+/// with `--stale-node-ttl 0s` (never) down nodes stay, until the settings
+/// set a TTL; each update is versioned, an event naming who made it, and
+/// a stale or invalid update changes nothing.
+async fn runtime_settings_take_effect_without_a_restart(backend: Backend) {
+    let opts = Options {
+        down_after: Duration::from_secs(2),
+        extra_args: vec!["--stale-node-ttl".into(), "0s".into()],
+        ..Options::default()
+    };
+    let cp = ControlPlane::start_opts(backend, opts).await;
+    let agent = Agent::start(&cp, "kept", &[]);
+    let node_id = agent.node_id().await;
+    cp.wait_nodes(1, NodeStatus::Ready, Duration::from_secs(20)).await;
+    let org = cp.list_nodes().await[0].organization_id.clone();
+    let admin = cp.admin_token.clone();
+
+    let (code, out, err) = tetherctl(&cp, &admin, &["settings", "get", "--org", &org]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("version         0") && out.contains("in effect: never"), "{out}");
+
+    // Down, and kept (the default is never).
+    agent.signal(libc::SIGKILL);
+    cp.wait_nodes(1, NodeStatus::Down, Duration::from_secs(20)).await;
+    // Two activations of stale_nodes after it went down: it is kept.
+    let activations = || async {
+        let tasks =
+            cp.admin_as(Some(&cp.admin_token)).await.list_background_tasks(pb::ListBackgroundTasksRequest {}).await;
+        tasks.unwrap().into_inner().tasks.into_iter().find(|t| t.name == "stale_nodes").unwrap().activations
+    };
+    let seen = activations().await;
+    eventually(Duration::from_secs(15), "two more stale_nodes rounds", || async {
+        (activations().await >= seen + 2).then_some(())
+    })
+    .await;
+    assert_eq!(cp.list_nodes().await.len(), 1, "kept while no TTL is set");
+
+    // Invalid and stale updates are refused and change nothing.
+    let (code, _, err) =
+        tetherctl(&cp, &admin, &["settings", "set", "--org", &org, "--stale-node-ttl", "400days"]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("stale_node_ttl must be at most"), "{err}");
+    let mut settings = tether_proto::pb::settings_service_client::SettingsServiceClient::with_interceptor(
+        cp.channel().await,
+        bearer(Some(&admin)),
+    );
+    let stale = settings
+        .update_settings(pb::UpdateSettingsRequest {
+            organization_id: org.clone(),
+            settings: None,
+            expected_version: 7,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(stale.code(), tonic::Code::Aborted, "{stale:?}");
+    let now =
+        settings.get_settings(pb::GetSettingsRequest { organization_id: org.clone() }).await.unwrap().into_inner();
+    assert_eq!(now.version, 0, "refused updates changed nothing");
+
+    // Set a TTL: in effect within one period, no restart.
+    let (code, out, err) = tetherctl(&cp, &admin, &["settings", "set", "--org", &org, "--stale-node-ttl", "1s"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("version         1") && out.contains("stale-node-ttl  1s (in effect: 1s)"), "{out}");
+    eventually(Duration::from_secs(15), "the down node deregistered", || async {
+        cp.list_nodes().await.iter().all(|n| n.node_id != node_id).then_some(())
+    })
+    .await;
+    let rows = cp
+        .sql_pairs("SELECT kind, COALESCE(principal, '-') FROM events WHERE kind IN ('settings.updated', 'node.deregistered') ORDER BY seq")
+        .await;
+    let kinds: Vec<&str> = rows.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(kinds, ["settings.updated", "node.deregistered"], "{rows:?}");
+    assert!(rows[0].1.starts_with("tok-"), "the update names who made it: {rows:?}");
+    assert_eq!(rows[1].1, "-", "the control plane's own work");
 }

@@ -185,6 +185,7 @@ async fn every_annotated_rpc_answers_over_rest(backend: Backend) {
             }
             "/tether.v1.OrganizationService/CreateOrganizationJoinToken" => json!({"pool": "gpu"}),
             "/tether.v1.ProjectService/CreateProject" => json!({"name": "made-by-rest"}),
+            "/tether.v1.SettingsService/UpdateSettings" => json!({"settings": {"fleet": {"staleNodeTtl": "3600s"}}}),
             "/tether.v1.ProjectService/UpdateProject" => json!({"description": "described by rest"}),
             "/tether.v1.ProjectService/SetProjectQuota" => json!({"quota": {"cpuMillis": "1000"}}),
             _ => return None,
@@ -200,7 +201,9 @@ async fn every_annotated_rpc_answers_over_rest(backend: Backend) {
         )
     });
     for r in routes {
-        let mut path = if r.grpc_path.starts_with("/tether.v1.OrganizationService/") {
+        let mut path = if r.grpc_path.starts_with("/tether.v1.OrganizationService/")
+            || r.grpc_path.starts_with("/tether.v1.SettingsService/")
+        {
             fill(&r.template, &org_ids)
         } else if r.grpc_path.starts_with("/tether.v1.ProjectService/") {
             fill(&r.template, &project_ids)

@@ -245,6 +245,13 @@ impl World {
             }
             "ListBackgroundTasks" => Unnamed(json!({})),
             "ListEvents" => Listing(json!({"pageSize": 1000})),
+            "GetSettings" => {
+                Named { foreign: json!({"organizationId": w.org2}), own: json!({"organizationId": w.org1}) }
+            }
+            "UpdateSettings" => Named {
+                foreign: json!({"organizationId": w.org2, "settings": {"fleet": {"keepDownNodes": true}}}),
+                own: json!({"organizationId": w.org1, "settings": {"fleet": {"keepDownNodes": true}}}),
+            },
             // Everything A's log holds, as it streams past.
             "WatchEvents" => Listing(json!({"sinceSequence": "1"})),
             "CreateOrganization" => Unnamed(json!({"name": "made-in-matrix"})),

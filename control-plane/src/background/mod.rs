@@ -27,7 +27,7 @@ use tokio_util::task::TaskTracker;
 
 pub use events::{EventRetention, EventTailFill};
 pub use reseal::Reseal;
-pub use stale_nodes::{StaleNodes, period as stale_nodes_period};
+pub use stale_nodes::{STALE_NODES_PERIOD, StaleNodes};
 pub use tasks::{LeaseFlush, Liveness, NodeSnapshotRefresh, PROBE_PERIOD, Placement, Probe, RevocationRefresh};
 
 /// What one activation did.

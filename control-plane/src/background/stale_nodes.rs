@@ -1,6 +1,9 @@
-//! Deregisters nodes that have been `down` for longer than
-//! `--stale-node-ttl` (as Nomad collects dead nodes): their work was lost
-//! when they went down, and a machine that comes back enrols again.
+//! Deregisters nodes that have been `down` for longer than their
+//! organisation's stale-node TTL (its runtime settings, else
+//! `--stale-node-ttl`), as Nomad collects dead nodes: their work was lost
+//! when they went down, and a machine that comes back enrols again. The
+//! settings are read at every activation, so a change takes effect within
+//! one period.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,13 +15,10 @@ use crate::app::{App, now_ms};
 
 pub struct StaleNodes {
     pub app: Arc<App>,
-    pub ttl: Duration,
 }
 
-/// How often to look: often enough to honour a short TTL, at most a minute.
-pub fn period(ttl: Duration) -> Duration {
-    (ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(60))
-}
+/// How often it looks (one read of the settings; the nodes are in memory).
+pub const STALE_NODES_PERIOD: Duration = Duration::from_secs(1);
 
 impl BackgroundTask for StaleNodes {
     fn activate(&mut self) -> ActivationFuture<'_> {
@@ -27,11 +27,20 @@ impl BackgroundTask for StaleNodes {
                 Ok(s) => s,
                 Err(e) => return Activation::Failed(Box::new(e)),
             };
-            let before = now_ms().saturating_sub(i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX));
+            let settings = match self.app.store.org_settings_all().await {
+                Ok(s) => s,
+                Err(e) => return Activation::Failed(Box::new(e)),
+            };
+            let defaults = crate::services::settings::defaults(&self.app);
+            let now = now_ms();
             let stale: Vec<_> = snap
                 .nodes
                 .iter()
-                .filter(|n| n.status == NodeStatus::Down && n.status_changed_at < before)
+                .filter(|n| n.status == NodeStatus::Down)
+                .filter(|n| {
+                    let ttl = settings.get(&n.org_id).map_or(defaults.stale_node_ttl, |s| s.stale_node_ttl(&defaults));
+                    ttl.is_some_and(|t| n.status_changed_at < now.saturating_sub(t.as_millis() as i64))
+                })
                 .map(|n| n.id.clone())
                 .collect();
             let (mut removed, mut skipped) = (0u64, 0u64);

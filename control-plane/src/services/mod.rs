@@ -13,6 +13,7 @@ pub mod organizations;
 pub mod placement;
 pub mod projects;
 pub mod secrets;
+pub mod settings;
 pub mod tenancy;
 pub mod workloads;
 

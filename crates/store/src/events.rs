@@ -54,6 +54,7 @@ pub const EVENT_KINDS: &[EventKind] = &[
     EventKind { kind: "secret.put", payload: "secret_version", version: 1 },
     EventKind { kind: "secret.deleted", payload: "secret_deletion", version: 1 },
     EventKind { kind: "secret.resealed", payload: "secret_copy", version: 1 },
+    EventKind { kind: "settings.updated", payload: "settings", version: 1 },
     EventKind { kind: "token.created", payload: "token", version: 1 },
     EventKind { kind: "token.revoked", payload: "token", version: 1 },
     EventKind { kind: "workload.created", payload: "workload", version: 1 },

@@ -20,6 +20,7 @@ mod root_keys;
 mod row;
 mod secrets;
 mod settings;
+pub use settings::OrgSettingsRecord;
 mod tenancy;
 mod tokens;
 mod work;

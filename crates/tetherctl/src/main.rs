@@ -8,6 +8,7 @@ mod nodes;
 mod output;
 mod placement;
 mod secrets;
+mod settings;
 mod spec;
 mod tenants;
 mod tokens;
@@ -84,6 +85,9 @@ enum Cmd {
     /// Sealed secrets (sealed here, to the nodes' keys).
     #[command(subcommand)]
     Secrets(secrets::SecretsCmd),
+    /// An organisation's runtime settings.
+    #[command(subcommand)]
+    Settings(settings::SettingsCmd),
     /// The event log: list and watch.
     #[command(subcommand)]
     Events(events::EventsCmd),
@@ -131,6 +135,12 @@ impl Clients {
     }
     fn projects(&self) -> ProjectServiceClient<Svc> {
         ProjectServiceClient::with_interceptor(self.channel.clone(), self.bearer.clone())
+    }
+    fn settings(&self) -> tether_proto::pb::settings_service_client::SettingsServiceClient<Svc> {
+        tether_proto::pb::settings_service_client::SettingsServiceClient::with_interceptor(
+            self.channel.clone(),
+            self.bearer.clone(),
+        )
     }
     fn events(&self) -> tether_proto::pb::event_service_client::EventServiceClient<Svc> {
         tether_proto::pb::event_service_client::EventServiceClient::with_interceptor(
@@ -224,6 +234,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::AccessKeys(cmd) => access_keys::run(&c, &out, cmd).await,
         Cmd::Secrets(cmd) => secrets::run(&c, &out, cmd).await,
         Cmd::Events(cmd) => events::run(&c, &out, cmd).await,
+        Cmd::Settings(cmd) => settings::run(&c, &out, cmd).await,
         Cmd::JoinTokens(cmd) => tokens::join_tokens(&c, &out, cmd).await,
         Cmd::Placement(cmd) => placement::run(&c, &out, cmd).await,
         Cmd::Orgs(cmd) => tenants::orgs(&c, &out, cmd).await,

@@ -272,6 +272,25 @@ impl Out {
         let _ = std::io::stdout().flush();
     }
 
+    pub fn settings(&self, r: &pb::GetSettingsResponse) {
+        if self.json(r, "tether.v1.GetSettingsResponse") {
+            return;
+        }
+        let fleet = |s: &Option<pb::Settings>| s.as_ref().and_then(|s| s.fleet).unwrap_or_default();
+        let ttl = |f: &pb::FleetSettings| match (&f.stale_node_ttl, f.keep_down_nodes) {
+            (_, true) => "never".to_string(),
+            (Some(d), _) => {
+                humantime::format_duration(std::time::Duration::new(d.seconds.max(0) as u64, 0)).to_string()
+            }
+            (None, _) => "default".to_string(),
+        };
+        println!("version         {}", r.version);
+        if r.version > 0 {
+            println!("updated         {} by {}", ts(&r.updated_at), r.updated_by);
+        }
+        println!("stale-node-ttl  {} (in effect: {})", ttl(&fleet(&r.settings)), ttl(&fleet(&r.effective)));
+    }
+
     pub fn events(&self, r: &pb::ListEventsResponse) {
         if self.json(r, "tether.v1.ListEventsResponse") {
             return;

@@ -14,6 +14,7 @@ mod lifecycle;
 mod node;
 pub mod report;
 pub mod secret;
+pub mod settings;
 mod tenancy;
 mod time;
 mod work;

@@ -1,0 +1,90 @@
+//! `tetherctl settings`: an organisation's runtime settings.
+
+use clap::Subcommand;
+use tether_proto::pb;
+
+use crate::Clients;
+use crate::output::Out;
+
+#[derive(Subcommand)]
+pub(crate) enum SettingsCmd {
+    /// The settings as stored and in effect, with their version.
+    Get {
+        /// The organisation (default: the token's).
+        #[arg(long)]
+        org: Option<String>,
+    },
+    /// Change some settings; the others stay. Refused if someone else
+    /// changed them since they were read.
+    Set {
+        #[arg(long)]
+        org: Option<String>,
+        /// Deregister nodes down for longer than this (e.g. 6h).
+        #[arg(long, conflicts_with_all = ["keep_down_nodes", "default_stale_node_ttl"])]
+        stale_node_ttl: Option<humantime::Duration>,
+        /// Never deregister down nodes.
+        #[arg(long)]
+        keep_down_nodes: bool,
+        /// Back to the control plane's --stale-node-ttl.
+        #[arg(long, conflicts_with = "keep_down_nodes")]
+        default_stale_node_ttl: bool,
+    },
+}
+
+async fn org_of(c: &Clients, org: Option<String>) -> anyhow::Result<String> {
+    if let Some(o) = org {
+        return Ok(o);
+    }
+    let me = c.tenancy().who_am_i(pb::WhoAmIRequest {}).await?.into_inner();
+    anyhow::ensure!(!me.organization_id.is_empty(), "this token spans organisations: name one with --org");
+    Ok(me.organization_id)
+}
+
+pub(crate) async fn run(c: &Clients, out: &Out, cmd: SettingsCmd) -> anyhow::Result<i32> {
+    match cmd {
+        SettingsCmd::Get { org } => {
+            let organization_id = org_of(c, org).await?;
+            let r = c.settings().get_settings(pb::GetSettingsRequest { organization_id }).await?.into_inner();
+            out.settings(&r);
+        }
+        SettingsCmd::Set { org, stale_node_ttl, keep_down_nodes, default_stale_node_ttl } => {
+            let organization_id = org_of(c, org).await?;
+            let now = c
+                .settings()
+                .get_settings(pb::GetSettingsRequest { organization_id: organization_id.clone() })
+                .await?
+                .into_inner();
+            let mut settings = now.settings.unwrap_or_default();
+            let fleet = settings.fleet.get_or_insert_with(Default::default);
+            if let Some(t) = stale_node_ttl {
+                fleet.stale_node_ttl = Some(prost_types::Duration::try_from(*t)?);
+                fleet.keep_down_nodes = false;
+            }
+            if keep_down_nodes {
+                fleet.keep_down_nodes = true;
+            }
+            if default_stale_node_ttl {
+                fleet.stale_node_ttl = None;
+                fleet.keep_down_nodes = false;
+            }
+            let r = c
+                .settings()
+                .update_settings(pb::UpdateSettingsRequest {
+                    organization_id,
+                    settings: Some(settings),
+                    // 0 before the first update: over any.
+                    expected_version: now.version,
+                })
+                .await?
+                .into_inner();
+            out.settings(&pb::GetSettingsResponse {
+                settings: r.settings,
+                effective: r.effective,
+                version: r.version,
+                updated_at: r.updated_at,
+                updated_by: r.updated_by,
+            });
+        }
+    }
+    Ok(0)
+}
