@@ -286,11 +286,23 @@ pub async fn pass(app: &App, state: &mut PassState) -> Result<PassSummary, Store
 
     if !new_allocs.is_empty() {
         // The messages first (they read the secrets' copies): once placed,
-        // an allocation must be sent.
+        // an allocation must be sent. One whose node lost a copy since the
+        // pass read the holders (a delete raced it) is not placed: its job
+        // stays pending, and the next pass says why.
         let mut msgs = Vec::with_capacity(new_allocs.len());
-        for (a, exec, restart) in &new_allocs {
-            msgs.push(new_assignment(app, a, exec, *restart).await?);
+        let mut placeable = Vec::with_capacity(new_allocs.len());
+        for (a, exec, restart) in new_allocs {
+            let msg = new_assignment(app, &a, &exec, restart).await?;
+            if let tether_types::Command::Assign(asg) = &msg
+                && asg.secrets.iter().any(|s| s.ciphertext.is_empty())
+            {
+                tracing::debug!(alloc = %a.key, node_id = %a.node_id, "a secret's copy is gone since the pass began: not placed");
+                continue;
+            }
+            msgs.push(msg);
+            placeable.push((a, exec, restart));
         }
+        let new_allocs = placeable;
         let allocs: Vec<Allocation> = new_allocs.iter().map(|(a, _, _)| a.clone()).collect();
         // Durable before sent.
         let stored: HashSet<AllocKey> =

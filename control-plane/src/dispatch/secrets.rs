@@ -52,8 +52,10 @@ impl Holders {
 }
 
 /// The copies of `refs` sealed to `node`, each at the version it resolves
-/// to now. A secret the node holds no copy of goes with an empty copy: the
-/// agent fails the attempt naming it (a delete raced the placement).
+/// to now. A secret the node holds no copy of goes with an empty copy: a
+/// new placement with one is not made (see `dispatch::pass`); an assignment
+/// sent again on a reconnect carries it, and the agent fails the attempt
+/// naming the secret (a delete raced the placement).
 pub(super) async fn sealed_for(
     app: &App,
     project: &ProjectId,
