@@ -61,7 +61,8 @@ async fn list_all(ev: &mut EventServiceClient<Authed>, kind_prefix: &str, org: &
                 kind_prefix: kind_prefix.into(),
                 organization_id: org.into(),
                 after_sequence: after,
-                page_size: 3,
+                // A small first page (paging works), then large ones.
+                page_size: if out.is_empty() { 3 } else { 1000 },
                 ..Default::default()
             })
             .await
@@ -194,8 +195,12 @@ async fn watchers_resume_exactly_once(backend: Backend) {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("join_token.created") && out.contains(&all[0].to_string()), "{out}");
 
-    // After a restart the tail starts at the head: a resume from N is
-    // served from the database, then from the tail, still exactly once.
+    // More than one database page (500) after N, then a restart: the tail
+    // starts at the head, so a resume from N is served from the database
+    // in pages, then from the tail, still exactly once.
+    make_events(&cp, 600).await;
+    let all: Vec<u64> = seqs(&list_all(&mut ev, KIND, "", n).await);
+    assert_eq!(all.len(), 7 + 600);
     cp.stop(libc::SIGTERM).await;
     cp.restart().await;
     let mut ev = events(&cp).await;
