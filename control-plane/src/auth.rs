@@ -529,7 +529,7 @@ impl Authenticator {
             let leaf = certs.first().ok_or_else(|| status(Error::unauthenticated("no client certificate")))?;
             let cert = tether_auth::pki::node_cert(leaf)
                 .map_err(|e| status(Error::unauthenticated(format!("the client certificate: {e}"))))?;
-            if cert.not_after <= crate::app::now_ms() {
+            if cert.not_after <= now_ms() {
                 return Err(status(Error::unauthenticated("the client certificate has expired")));
             }
             tether_store::set_actor(tether_store::Actor::new(cert.node.as_str(), "agent"));

@@ -16,7 +16,7 @@ use tether_types::Error;
 use tokio::sync::watch;
 use tonic::Status;
 
-use crate::services::store_status;
+use crate::status::store_status;
 use crate::stream::StreamTx;
 
 /// Events kept in memory: about a few MiB.
@@ -103,7 +103,7 @@ impl EventTail {
 /// FAILED_PRECONDITION for a cursor below what retention kept.
 pub fn pruned(after: i64, floor: i64, oldest: Option<i64>) -> Status {
     let oldest = oldest.map_or_else(|| "none: the log is empty".to_string(), |s| s.to_string());
-    crate::services::status(Error::precondition(format!(
+    crate::status::status(Error::precondition(format!(
         "events after sequence {after} are no longer held (retention removed up to {floor}); \
          the oldest sequence still held is {oldest}: list from there and watch again"
     )))
@@ -118,12 +118,13 @@ pub async fn check_resumable(store: &Store, after: i64) -> Result<(), Status> {
 /// Sends every event matching `q` after `q.after`, as `to_msg` makes it
 /// (None: skip), until the receiver goes or the control plane shuts down.
 pub async fn follow<T: Send + 'static>(
-    app: &crate::app::App,
+    tail: &EventTail,
+    store: &Store,
+    shutdown: &tokio_util::sync::CancellationToken,
     mut q: EventQuery,
     tx: StreamTx<T>,
     mut to_msg: impl FnMut(&Event) -> Option<T>,
 ) {
-    let tail = &app.events;
     let mut changed = tail.head.subscribe();
     loop {
         // Seen: a later head wakes the wait below.
@@ -135,7 +136,7 @@ pub async fn follow<T: Send + 'static>(
                 // committed, so a short page reaches at least that far.
                 let known = tail.head();
                 let before = q.after;
-                let page = match app.store.events_query(&q, PAGE).await {
+                let page = match store.events_query(&q, PAGE).await {
                     Ok(p) => p,
                     Err(e) => {
                         let _ = tx.send(Err(store_status(e))).await;
@@ -143,7 +144,7 @@ pub async fn follow<T: Send + 'static>(
                     }
                 };
                 // Retention may have removed events this page should hold.
-                match app.store.events_bounds().await {
+                match store.events_bounds().await {
                     Ok((floor, oldest)) if before < floor => {
                         let _ = tx.send(Err(pruned(before, floor, oldest))).await;
                         return;
@@ -177,7 +178,7 @@ pub async fn follow<T: Send + 'static>(
         }
         tokio::select! {
             biased;
-            _ = app.shutdown.cancelled() => {
+            _ = shutdown.cancelled() => {
                 let _ = tx
                     .send(Err(Status::unavailable("control plane is shutting down; resume with since_sequence")))
                     .await;

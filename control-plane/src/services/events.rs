@@ -164,7 +164,7 @@ impl pb::event_service_server::EventService for EventApi {
         let (tx, rx) = crate::stream::channel(64);
         let app = self.app.clone();
         self.app.tasks.spawn(async move {
-            crate::events::follow(&app, q, tx, |e| {
+            crate::events::follow(&app.events, &app.store, &app.shutdown, q, tx, |e| {
                 Some(pb::WatchEventsResponse { sequence: e.seq as u64, event: Some(to_pb(e)) })
             })
             .await

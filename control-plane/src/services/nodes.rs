@@ -218,7 +218,7 @@ impl pb::node_service_server::NodeService for NodeApi {
         };
         self.app.tasks.spawn(async move {
             let app2 = app.clone();
-            crate::events::follow(&app, q, tx, move |ev| {
+            crate::events::follow(&app.events, &app.store, &app.shutdown, q, tx, move |ev| {
                 // Only the nodes the caller sees, by the grants as they are
                 // now (a pool granted later shows from then on).
                 let (node, msg) = event_to_pb(ev)?;
