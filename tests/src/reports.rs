@@ -100,6 +100,11 @@ async fn applications_report_through_the_agent(backend: Backend) {
     assert_eq!((r.gauges["error_rate"], r.counters["requests"]), (0.25, 100.0));
     assert_eq!(r.backup_status, "ok");
     assert!(r.reported_at.is_some());
+    let (code, out, err) = tetherctl(&cp, &cp.admin_token, &["nodes", "get", &node]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("health      failing: database unreachable"), "{out}");
+    assert!(out.contains("gauges      error_rate=0.25, queue_depth=7"), "{out}");
+    assert!(out.contains("counters    requests=100"), "{out}");
     let (status, body) = cp.http_get_as(&format!("/v1/nodes/{node}"), &cp.admin_token, 0).await;
     assert_eq!(status, 200, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();

@@ -253,6 +253,23 @@ impl Out {
         for (k, v) in rows {
             println!("{k:<11} {v}");
         }
+        if let Some(r) = &n.report {
+            let mut health = if r.health.is_empty() { "-".to_string() } else { r.health.clone() };
+            if !r.health_message.is_empty() {
+                health = format!("{health}: {}", r.health_message);
+            }
+            let figures = |m: &std::collections::HashMap<String, f64>| {
+                let mut v: Vec<_> = m.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                v.sort();
+                if v.is_empty() { "-".to_string() } else { v.join(", ") }
+            };
+            println!("{:<11} {health} (reported {})", "health", ts(&r.reported_at));
+            println!("{:<11} {}", "gauges", figures(&r.gauges));
+            println!("{:<11} {}", "counters", figures(&r.counters));
+            for a in &r.alerts {
+                println!("{:<11} {}: {}", "alert", a.level, a.message);
+            }
+        }
     }
 
     pub fn node_event(&self, e: &pb::WatchNodesResponse) {
