@@ -1,41 +1,31 @@
 //! The HTTP side: request to message, in-process gRPC call, message (or SSE
 //! stream of messages) to JSON.
-//!
-//! Resumable streams: a streamed message with a top-level `sequence` field
-//! carries it as its SSE `id` (when not 0), and a `Last-Event-ID` header on
-//! a streaming route whose request has a top-level `since_sequence` sets it
-//! (over any `since_sequence` in the query: a reconnecting EventSource
-//! repeats its first URL).
+//! Streams are served by [`crate::sse`].
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderValue, StatusCode};
 use http_body_util::BodyExt;
 use prost::Message;
-use prost_reflect::{DeserializeOptions, DynamicMessage, Kind, MessageDescriptor, ReflectMessage};
+use prost_reflect::{DeserializeOptions, DynamicMessage, Kind, MessageDescriptor};
 use serde_json::{Map, Value, json};
 use tether_types::ErrorCode;
 use tower::ServiceExt;
 
 use crate::routes::{BodyRule, Bridge, Route};
-
-/// The streamed message's field that is its SSE `id`.
-pub const SSE_ID_FIELD: &str = "sequence";
-/// The streaming request's field that `Last-Event-ID` sets.
-pub const RESUME_FIELD: &str = "since_sequence";
+use crate::strict::{is_blank_json, strict_json};
 
 /// Largest request body accepted, in bytes.
 const MAX_BODY: usize = 1024 * 1024;
 /// Largest response message accepted from the gRPC side.
 const MAX_MESSAGE: usize = 8 * 1024 * 1024;
 
-type GrpcBody = tonic::body::Body;
+pub(crate) type GrpcBody = tonic::body::Body;
 
 /// What the REST routes call: the same tonic service stack that serves gRPC.
 pub trait Grpc:
@@ -223,17 +213,9 @@ where
         Err(r) => return r,
     };
     if route.server_streaming()
-        && let Some(last) = parts.headers.get("last-event-id")
-        && let Some(field) = input.descriptor().get_field_by_name(RESUME_FIELD)
+        && let Err(e) = crate::sse::resume_from(&mut input, &parts.headers)
     {
-        // An empty Last-Event-ID is no resume point (the SSE spec's reset).
-        let text = last.to_str().unwrap_or("!").trim();
-        if !text.is_empty() {
-            match text.parse::<u64>() {
-                Ok(n) if n <= i64::MAX as u64 => input.set_field(&field, prost_reflect::Value::U64(n)),
-                _ => return invalid(format!("Last-Event-ID must be an event sequence number, not {text:?}")),
-            }
-        }
+        return invalid(e);
     }
     // The gRPC request, through the same stack as any gRPC client's.
     let mut frame = BytesMut::with_capacity(5 + input.encoded_len());
@@ -276,7 +258,7 @@ where
     }
     let output = route.method.output();
     if route.server_streaming() {
-        sse(resp.into_body(), output).into_response()
+        crate::sse::stream(resp.into_body(), output).into_response()
     } else {
         unary(resp.into_body(), output).await
     }
@@ -285,7 +267,7 @@ where
 /// The gRPC status in `h`: its numeric code, our code for it (the exact one
 /// when the service named it, since two codes can share a gRPC code), and
 /// the message.
-fn grpc_status(h: &http::HeaderMap) -> Option<(i32, Option<ErrorCode>, String)> {
+pub(crate) fn grpc_status(h: &http::HeaderMap) -> Option<(i32, Option<ErrorCode>, String)> {
     let code = h.get("grpc-status")?.to_str().ok()?.parse().ok()?;
     let exact = h
         .get(ErrorCode::METADATA_KEY)
@@ -301,12 +283,12 @@ fn percent_decode(s: &str) -> String {
     crate::routes::percent_decode(s, false).unwrap_or_default()
 }
 
-fn to_json(m: &DynamicMessage) -> Value {
+pub(crate) fn to_json(m: &DynamicMessage) -> Value {
     serde_json::to_value(m).unwrap_or(Value::Null)
 }
 
 /// Takes whole gRPC messages off the front of `buf`.
-fn take_messages(buf: &mut BytesMut, desc: &MessageDescriptor) -> Result<Vec<DynamicMessage>, String> {
+pub(crate) fn take_messages(buf: &mut BytesMut, desc: &MessageDescriptor) -> Result<Vec<DynamicMessage>, String> {
     let mut out = Vec::new();
     while buf.len() >= 5 {
         let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
@@ -358,78 +340,6 @@ async fn unary(mut body: GrpcBody, desc: MessageDescriptor) -> Response {
         Ok(msgs) => error(13, &format!("expected one response message, got {}", msgs.len())),
         Err(e) => error(13, &e),
     }
-}
-
-fn sse(body: GrpcBody, desc: MessageDescriptor) -> impl IntoResponse {
-    let stream = futures_util::stream::unfold(
-        (body, BytesMut::new(), Vec::<Event>::new(), false),
-        move |(mut body, mut buf, mut pending, mut done)| {
-            let desc = desc.clone();
-            async move {
-                loop {
-                    if !pending.is_empty() {
-                        let ev = pending.remove(0);
-                        return Some((Ok::<_, Infallible>(ev), (body, buf, pending, done)));
-                    }
-                    if done {
-                        return None;
-                    }
-                    match body.frame().await {
-                        None => done = true,
-                        Some(Err(e)) => {
-                            pending.push(error_event(14, &format!("the stream failed: {e}")));
-                            done = true;
-                        }
-                        Some(Ok(frame)) => {
-                            if let Some(data) = frame.data_ref() {
-                                buf.extend_from_slice(data);
-                                match take_messages(&mut buf, &desc) {
-                                    Ok(msgs) => pending.extend(msgs.iter().map(sse_event)),
-                                    Err(e) => {
-                                        pending.push(error_event(13, &e));
-                                        done = true;
-                                    }
-                                }
-                            } else if let Some(t) = frame.trailers_ref() {
-                                if let Some((code, ours, msg)) = grpc_status(t)
-                                    && code != 0
-                                {
-                                    pending.push(error_event_as(ours, &msg));
-                                }
-                                done = true;
-                            }
-                        }
-                    }
-                }
-            }
-        },
-    );
-    Sse::new(stream).keep_alive(KeepAlive::default())
-}
-
-/// One streamed message as an SSE event, with its sequence as the id.
-fn sse_event(m: &DynamicMessage) -> Event {
-    let ev = Event::default().data(to_json(m).to_string());
-    match m.descriptor().get_field_by_name(SSE_ID_FIELD).map(|f| m.get_field(&f).as_u64()) {
-        Some(Some(seq)) if seq != 0 => ev.id(seq.to_string()),
-        _ => ev,
-    }
-}
-
-fn error_event(code: i32, message: &str) -> Event {
-    error_event_as(ErrorCode::from_grpc(code), message)
-}
-
-fn error_event_as(code: Option<ErrorCode>, message: &str) -> Event {
-    let name = code.map(ErrorCode::as_str).unwrap_or("unknown");
-    Event::default().event("error").data(json!({"code": name, "message": message}).to_string())
-}
-
-/// A body of JSON whitespace alone (space, tab, LF, CR): no body, for a
-/// method that takes none. Other ASCII blanks (form feed, for one) are not
-/// JSON whitespace.
-fn is_blank_json(body: &[u8]) -> bool {
-    body.iter().all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
 }
 
 /// Builds the request message from the path bindings, the query string and
@@ -547,72 +457,6 @@ fn kind_name(k: &prost_reflect::Kind) -> &'static str {
     }
 }
 
-/// Parses JSON, refusing an object that names a key twice (plain parsers
-/// keep the last, so `{"spec": 5, "spec": {...}}` would pass).
-fn strict_json(body: &[u8]) -> Result<Value, serde_json::Error> {
-    serde_json::from_slice::<Strict>(body).map(|s| s.0)
-}
-
-struct Strict(Value);
-
-impl<'de> serde::Deserialize<'de> for Strict {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(StrictVisitor).map(Strict)
-    }
-}
-
-struct StrictVisitor;
-
-impl<'de> serde::de::Visitor<'de> for StrictVisitor {
-    type Value = Value;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a JSON value")
-    }
-    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
-        Ok(Value::Bool(v))
-    }
-    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
-        Ok(serde_json::Number::from_f64(v).map(Value::Number).unwrap_or(Value::Null))
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::String(v.to_owned()))
-    }
-    fn visit_string<E>(self, v: String) -> Result<Value, E> {
-        Ok(Value::String(v))
-    }
-    fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-    fn visit_none<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut out = Vec::new();
-        while let Some(Strict(v)) = seq.next_element()? {
-            out.push(v);
-        }
-        Ok(Value::Array(out))
-    }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut out = Map::new();
-        while let Some(k) = map.next_key::<String>()? {
-            if out.contains_key(&k) {
-                return Err(serde::de::Error::custom(format!("duplicate key {k:?}")));
-            }
-            let Strict(v) = map.next_value()?;
-            out.insert(k, v);
-        }
-        Ok(Value::Object(out))
-    }
-}
-
 /// Sets a (possibly dotted) field from a string, typed per the descriptor.
 #[allow(clippy::result_large_err)]
 fn set_path(
@@ -670,39 +514,4 @@ fn set_path(
         return Ok(());
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod strict_tests {
-    use super::*;
-
-    #[test]
-    fn only_json_whitespace_is_an_empty_body() {
-        for blank in [&b""[..], b" ", b"\t\r\n "] {
-            assert!(is_blank_json(blank), "{blank:?}");
-        }
-        // Form feed and the other ASCII blanks Rust counts as whitespace are
-        // not JSON whitespace (schemathesis sent "\x0c" and got 200).
-        for not_blank in [&b"\x0c"[..], b" \x0c", b"\x0b", b"{}"] {
-            assert!(!is_blank_json(not_blank), "{not_blank:?}");
-            assert!(strict_json(not_blank).is_err() || not_blank == b"{}");
-        }
-        for blank in [&b" "[..], b"\r"] {
-            assert!(strict_json(blank).is_err(), "whitespace alone is not a JSON text: {blank:?}");
-        }
-    }
-
-    #[test]
-    fn duplicate_keys_are_refused_at_any_depth() {
-        assert_eq!(
-            strict_json(br#"{"a": [1, {"b": null}], "c": 1.5}"#).unwrap(),
-            json!({"a": [1, {"b": null}], "c": 1.5})
-        );
-        let e = strict_json(br#"{"spec": 5, "spec": {}}"#).unwrap_err();
-        assert!(e.to_string().contains("duplicate key \"spec\""), "{e}");
-        assert!(strict_json(br#"{"a": [{"x": 1, "x": 2}]}"#).is_err());
-        assert!(strict_json(br#"{"a": 1,}"#).is_err(), "still strict JSON");
-        assert_eq!(strict_json(b"18446744073709551615").unwrap(), json!(u64::MAX));
-        assert!(strict_json(b"18446744073709551616").unwrap().as_u64().is_none(), "2^64 parses as a float");
-    }
 }

@@ -13,6 +13,8 @@
 mod handler;
 mod openapi;
 mod routes;
+mod sse;
+mod strict;
 
 pub use handler::{SignedAuth, SignedCall, domain_error, json_error, router};
 pub use openapi::openapi;

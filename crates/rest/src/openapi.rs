@@ -411,7 +411,7 @@ fn operation(route: &Route, wanted: &mut Vec<MessageDescriptor>) -> Value {
             params.push(json!({"name": f.json_name(), "in": "query", "required": false, "schema": schema}));
         }
     }
-    if route.server_streaming() && input.get_field_by_name(crate::handler::RESUME_FIELD).is_some() {
+    if route.server_streaming() && input.get_field_by_name(crate::sse::RESUME_FIELD).is_some() {
         params.push(json!({
             "name": "Last-Event-ID", "in": "header", "required": false,
             "description": "Resume after this event sequence (the last SSE `id` received); wins over the query's",

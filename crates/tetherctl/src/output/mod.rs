@@ -1,4 +1,8 @@
-//! Tables for people, proto3 JSON for scripts.
+//! Tables for people, proto3 JSON for scripts. The records of newer
+//! services print from their own files here.
+
+mod events;
+mod secrets;
 
 use std::io::Write;
 use std::sync::LazyLock;
@@ -289,60 +293,6 @@ impl Out {
         let _ = std::io::stdout().flush();
     }
 
-    pub fn settings(&self, r: &pb::GetSettingsResponse) {
-        if self.json(r, "tether.v1.GetSettingsResponse") {
-            return;
-        }
-        let fleet = |s: &Option<pb::Settings>| s.as_ref().and_then(|s| s.fleet).unwrap_or_default();
-        let ttl = |f: &pb::FleetSettings| match (&f.stale_node_ttl, f.keep_down_nodes) {
-            (_, true) => "never".to_string(),
-            (Some(d), _) => {
-                humantime::format_duration(std::time::Duration::new(d.seconds.max(0) as u64, 0)).to_string()
-            }
-            (None, _) => "default".to_string(),
-        };
-        println!("version         {}", r.version);
-        if r.version > 0 {
-            println!("updated         {} by {}", ts(&r.updated_at), r.updated_by);
-        }
-        println!("stale-node-ttl  {} (in effect: {})", ttl(&fleet(&r.settings)), ttl(&fleet(&r.effective)));
-    }
-
-    pub fn events(&self, r: &pb::ListEventsResponse) {
-        if self.json(r, "tether.v1.ListEventsResponse") {
-            return;
-        }
-        table(
-            &["SEQ", "TIME", "KIND", "SUBJECT", "PRINCIPAL"],
-            r.events
-                .iter()
-                .map(|e| {
-                    vec![
-                        e.sequence.to_string(),
-                        ts(&e.time),
-                        e.kind.clone(),
-                        e.subject.clone(),
-                        if e.principal.is_empty() { "-".into() } else { e.principal.clone() },
-                    ]
-                })
-                .collect(),
-        );
-        if r.next_sequence != 0 {
-            println!("more: --after {}", r.next_sequence);
-        }
-    }
-
-    /// One watched event, as it arrives: a line of JSON with `-o json`.
-    pub fn event(&self, e: &pb::WatchEventsResponse) {
-        if self.format != Format::Table {
-            println!("{}", to_json(e, "tether.v1.WatchEventsResponse"));
-        } else {
-            let ev = e.event.clone().unwrap_or_default();
-            println!("{:>6}  {:<24} {:<26} {}", e.sequence, ts(&ev.time), ev.kind, ev.subject);
-        }
-        let _ = std::io::stdout().flush();
-    }
-
     pub fn jobs(&self, r: &pb::ListJobsResponse) {
         if self.json(r, "tether.v1.ListJobsResponse") {
             return;
@@ -547,44 +497,6 @@ impl Out {
                     ]
                 })
                 .collect(),
-        );
-    }
-
-    pub fn secrets(&self, r: &pb::ListSecretsResponse) {
-        if self.json(r, "tether.v1.ListSecretsResponse") {
-            return;
-        }
-        table(
-            &["NAME", "LATEST", "VERSIONS", "UPDATED"],
-            r.secrets
-                .iter()
-                .map(|s| {
-                    let versions: Vec<String> = s.versions.iter().map(ToString::to_string).collect();
-                    vec![s.name.clone(), s.latest.to_string(), versions.join(","), ts(&s.updated_at)]
-                })
-                .collect(),
-        );
-    }
-
-    pub fn secret(&self, r: &pb::GetSecretResponse) {
-        if self.json(r, "tether.v1.GetSecretResponse") {
-            return;
-        }
-        let s = r.secret.clone().unwrap_or_default();
-        println!("name:       {}", s.name);
-        println!("version:    {}", s.version);
-        println!("created:    {}", ts(&s.created_at));
-        println!("created by: {}", s.created_by);
-        println!("sealed to:  {}", s.sealed_to.join(", "));
-    }
-
-    pub fn secret_recipients(&self, r: &pb::ListSecretRecipientsResponse) {
-        if self.json(r, "tether.v1.ListSecretRecipientsResponse") {
-            return;
-        }
-        table(
-            &["NODE", "PUBLIC KEY"],
-            r.recipients.iter().map(|x| vec![x.node_id.clone(), tether_auth::hex_encode(&x.public_key)]).collect(),
         );
     }
 
