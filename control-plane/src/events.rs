@@ -68,18 +68,22 @@ impl EventTail {
             let page = store.events_query(&EventQuery::new(EventScope::All, after), PAGE).await?;
             let Some(last) = page.last().map(|e| e.seq) else { return Ok(added) };
             added += page.len();
-            {
-                let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
-                st.ring.extend(page.into_iter().map(Arc::new));
-                while st.ring.len() > self.capacity {
-                    if let Some(old) = st.ring.pop_front() {
-                        st.floor = old.seq;
-                    }
-                }
-            }
+            self.push(page);
             self.head.send_replace(last);
             if added >= self.capacity {
                 return Ok(added);
+            }
+        }
+    }
+
+    /// Appends events read in sequence order, dropping the oldest past
+    /// the capacity (the floor rises with them).
+    fn push(&self, events: Vec<Event>) {
+        let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
+        st.ring.extend(events.into_iter().map(Arc::new));
+        while st.ring.len() > self.capacity {
+            if let Some(old) = st.ring.pop_front() {
+                st.floor = old.seq;
             }
         }
     }
@@ -194,8 +198,8 @@ pub async fn follow<T: Send + 'static>(
 mod tests {
     use super::*;
 
-    fn ev(seq: i64) -> Arc<Event> {
-        Arc::new(Event {
+    fn ev(seq: i64) -> Event {
+        Event {
             seq,
             at: seq,
             org_id: None,
@@ -204,19 +208,12 @@ mod tests {
             subject: String::new(),
             payload: serde_json::Value::Null,
             actor: None,
-        })
+        }
     }
 
     fn tail_with(head: i64, seqs: &[i64], capacity: usize) -> EventTail {
         let t = EventTail::new(head, capacity);
-        {
-            let mut st = t.state.write().unwrap();
-            st.ring.extend(seqs.iter().map(|&s| ev(s)));
-            while st.ring.len() > capacity {
-                let old = st.ring.pop_front().unwrap();
-                st.floor = old.seq;
-            }
-        }
+        t.push(seqs.iter().map(|&s| ev(s)).collect());
         t
     }
 

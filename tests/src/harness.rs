@@ -705,12 +705,14 @@ fn tail(s: &str, n: usize) -> String {
 
 /// Runs tetherctl against `cp` with `token`: (exit code, stdout, stderr).
 pub async fn tetherctl(cp: &ControlPlane, token: &str, args: &[&str]) -> (i32, String, String) {
-    let out = tokio::process::Command::new(bin_dir().join("tetherctl"))
-        .args(["--addr", &cp.url(), "--token", token])
-        .args(args)
-        .output()
-        .await
-        .unwrap();
+    let mut all = vec!["--addr".to_string(), cp.url(), "--token".into(), token.into()];
+    all.extend(args.iter().map(|a| a.to_string()));
+    run_bin("tetherctl", &all).await
+}
+
+/// Runs one of the workspace's binaries to its end: exit code, stdout, stderr.
+pub async fn run_bin(name: &str, args: &[impl AsRef<std::ffi::OsStr>]) -> (i32, String, String) {
+    let out = tokio::process::Command::new(bin_dir().join(name)).args(args).output().await.unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -19,19 +19,9 @@ both_backends!(applications_report_through_the_agent);
 const TWO_BEATS: Duration = Duration::from_secs(2 * INTERVAL.as_secs() + 10);
 
 async fn agent_report(agent: &Agent, args: &[&str]) -> (i32, String, String) {
-    let out = tokio::process::Command::new(bin_dir().join("tether-agent"))
-        .arg("report")
-        .arg("--state-dir")
-        .arg(&agent.state_dir)
-        .args(args)
-        .output()
-        .await
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let mut all = vec!["report".into(), "--state-dir".into(), agent.state_dir.clone().into_os_string()];
+    all.extend(args.iter().map(std::ffi::OsString::from));
+    run_bin("tether-agent", &all).await
 }
 
 async fn report_of(cp: &ControlPlane, node: &str) -> Option<pb::NodeReport> {

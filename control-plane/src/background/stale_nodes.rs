@@ -27,16 +27,19 @@ impl BackgroundTask for StaleNodes {
                 Ok(s) => s,
                 Err(e) => return Activation::Failed(Box::new(e)),
             };
+            let down: Vec<_> = snap.nodes.iter().filter(|n| n.status == NodeStatus::Down).collect();
+            if down.is_empty() {
+                // Nothing could be stale: no read of the settings.
+                return Activation::Done(String::new());
+            }
             let settings = match self.app.store.org_settings_all().await {
                 Ok(s) => s,
                 Err(e) => return Activation::Failed(Box::new(e)),
             };
             let defaults = crate::services::settings::defaults(&self.app);
             let now = now_ms();
-            let stale: Vec<_> = snap
-                .nodes
-                .iter()
-                .filter(|n| n.status == NodeStatus::Down)
+            let stale: Vec<_> = down
+                .into_iter()
                 .filter(|n| {
                     let ttl = settings.get(&n.org_id).map_or(defaults.stale_node_ttl, |s| s.stale_node_ttl(&defaults));
                     ttl.is_some_and(|t| n.status_changed_at < now.saturating_sub(t.as_millis() as i64))

@@ -217,12 +217,12 @@ impl pb::node_service_server::NodeService for NodeApi {
             ..tether_store::EventQuery::new(tether_store::EventScope::Org(org), cursor)
         };
         self.app.tasks.spawn(async move {
-            let app2 = app.clone();
+            let app = &app;
             crate::events::follow(&app.events, &app.store, &app.shutdown, q, tx, move |ev| {
                 // Only the nodes the caller sees, by the grants as they are
                 // now (a pool granted later shows from then on).
                 let (node, msg) = event_to_pb(ev)?;
-                (sees(&app2, &scope, &node) && only.as_ref().is_none_or(|only| only == &node.id)).then_some(msg)
+                (sees(app, &scope, &node) && only.as_ref().is_none_or(|only| only == &node.id)).then_some(msg)
             })
             .await
         });

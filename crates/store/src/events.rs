@@ -246,30 +246,6 @@ impl EventQuery {
 }
 
 impl Store {
-    /// Events after `after` (exclusive) of one project whose kind starts with
-    /// `kind_prefix`, oldest first, at most `limit`.
-    pub async fn events_since(
-        &self,
-        project: &ProjectId,
-        kind_prefix: &str,
-        after: i64,
-        limit: u32,
-    ) -> Result<Vec<Event>> {
-        let q = EventQuery {
-            kind_prefix: kind_prefix.into(),
-            ..EventQuery::new(EventScope::Project(project.clone()), after)
-        };
-        self.events_query(&q, limit).await
-    }
-
-    /// Events after `after` (exclusive) about one organisation (its own and
-    /// its projects') whose kind starts with `kind_prefix`, oldest first, at
-    /// most `limit`.
-    pub async fn org_events_since(&self, org: &OrgId, kind_prefix: &str, after: i64, limit: u32) -> Result<Vec<Event>> {
-        let q = EventQuery { kind_prefix: kind_prefix.into(), ..EventQuery::new(EventScope::Org(org.clone()), after) };
-        self.events_query(&q, limit).await
-    }
-
     /// One page of the log for `ListEvents` and catching-up watchers:
     /// events after `q.after` in `q.scope` matching the filters, oldest
     /// first, at most `limit`.

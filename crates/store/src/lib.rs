@@ -53,7 +53,7 @@ static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migr
 
 /// The key of the PostgreSQL advisory lock that orders event appends: held
 /// for the rest of each writing transaction, so event sequence numbers become
-/// visible in commit order and `events_since` never skips one.
+/// visible in commit order and `events_query` never skips one.
 const PG_EVENT_ORDER_LOCK: i64 = 0x7465_7468_6572_0001;
 
 #[derive(Clone)]

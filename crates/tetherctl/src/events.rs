@@ -53,6 +53,18 @@ pub(crate) enum EventsCmd {
     },
 }
 
+impl Filter {
+    /// (kind_prefix, subject, principal, organization_id), as both requests take them.
+    fn fields(self) -> (String, String, String, String) {
+        (
+            self.kind.unwrap_or_default(),
+            self.subject.unwrap_or_default(),
+            self.principal.unwrap_or_default(),
+            self.org.unwrap_or_default(),
+        )
+    }
+}
+
 fn timestamp(t: Option<humantime::Timestamp>) -> Option<prost_types::Timestamp> {
     t.map(|t| prost_types::Timestamp::from(std::time::SystemTime::from(t)))
 }
@@ -60,13 +72,14 @@ fn timestamp(t: Option<humantime::Timestamp>) -> Option<prost_types::Timestamp> 
 pub(crate) async fn run(c: &Clients, out: &Out, cmd: EventsCmd) -> anyhow::Result<i32> {
     match cmd {
         EventsCmd::List { filter, after, since_time, until_time, limit } => {
+            let (kind_prefix, subject, principal, organization_id) = filter.fields();
             let r = c
                 .events()
                 .list_events(pb::ListEventsRequest {
-                    kind_prefix: filter.kind.unwrap_or_default(),
-                    subject: filter.subject.unwrap_or_default(),
-                    principal: filter.principal.unwrap_or_default(),
-                    organization_id: filter.org.unwrap_or_default(),
+                    kind_prefix,
+                    subject,
+                    principal,
+                    organization_id,
                     start_time: timestamp(since_time),
                     end_time: timestamp(until_time),
                     after_sequence: after,
@@ -77,13 +90,14 @@ pub(crate) async fn run(c: &Clients, out: &Out, cmd: EventsCmd) -> anyhow::Resul
             out.events(&r);
         }
         EventsCmd::Watch { filter, since, count } => {
+            let (kind_prefix, subject, principal, organization_id) = filter.fields();
             let mut s = c
                 .events()
                 .watch_events(pb::WatchEventsRequest {
-                    kind_prefix: filter.kind.unwrap_or_default(),
-                    subject: filter.subject.unwrap_or_default(),
-                    principal: filter.principal.unwrap_or_default(),
-                    organization_id: filter.org.unwrap_or_default(),
+                    kind_prefix,
+                    subject,
+                    principal,
+                    organization_id,
                     since_sequence: since,
                 })
                 .await?

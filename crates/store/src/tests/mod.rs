@@ -116,6 +116,31 @@ async fn project(store: &Store) -> ProjectId {
     store.bootstrap(id(OrgId::from_random, 1), id(ProjectId::from_random, 2), 1_000).await.unwrap().project_id
 }
 
+/// Events of one project after `after` whose kind starts with `kind_prefix`.
+async fn events_since(
+    store: &Store,
+    project: &ProjectId,
+    kind_prefix: &str,
+    after: i64,
+    limit: u32,
+) -> crate::Result<Vec<Event>> {
+    let q =
+        EventQuery { kind_prefix: kind_prefix.into(), ..EventQuery::new(EventScope::Project(project.clone()), after) };
+    store.events_query(&q, limit).await
+}
+
+/// Events about one organisation (its projects' included) after `after`.
+async fn org_events_since(
+    store: &Store,
+    org: &OrgId,
+    kind_prefix: &str,
+    after: i64,
+    limit: u32,
+) -> crate::Result<Vec<Event>> {
+    let q = EventQuery { kind_prefix: kind_prefix.into(), ..EventQuery::new(EventScope::Org(org.clone()), after) };
+    store.events_query(&q, limit).await
+}
+
 /// The organisation [`project`] belongs to.
 fn org() -> OrgId {
     id(OrgId::from_random, 1)

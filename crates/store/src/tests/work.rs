@@ -227,7 +227,7 @@ pub(super) async fn writes_answer_their_last_event_sequence(store: Store) {
     let head = store.events_head().await.unwrap();
     assert_eq!(submitted.seq, Some(head), "two submissions, two events: the later one's sequence");
     let subjects: Vec<String> =
-        store.events_since(&p, "job.", head - 2, 10).await.unwrap().into_iter().map(|e| e.subject).collect();
+        events_since(&store, &p, "job.", head - 2, 10).await.unwrap().into_iter().map(|e| e.subject).collect();
     assert_eq!(subjects, [a.id.to_string(), b.id.to_string()]);
 
     let placed = store.allocations_place(&[attempt(&a, &node, 1)], 2_000).await.unwrap();
