@@ -16,6 +16,7 @@ mod events;
 mod health;
 mod http_agents;
 mod nodes;
+mod pools;
 mod root_keys;
 mod row;
 mod secrets;

@@ -12,6 +12,7 @@ mod ids;
 mod labels;
 mod lifecycle;
 mod node;
+pub mod pool;
 pub mod report;
 pub mod secret;
 pub mod settings;

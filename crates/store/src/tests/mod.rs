@@ -13,12 +13,14 @@ use crate::*;
 mod errors;
 mod events;
 mod fleet;
+mod pools;
 mod secrets;
 mod work;
 
 use errors::*;
 use events::*;
 use fleet::*;
+use pools::*;
 use secrets::*;
 use work::*;
 
@@ -106,6 +108,7 @@ suite!(
     writes_answer_their_last_event_sequence,
     secrets_versions_copies_and_deletes,
     events_filter_page_and_prune,
+    pools_scale_requests_and_events,
 );
 
 fn id<T>(f: fn([u8; 10]) -> T, n: u8) -> T {
