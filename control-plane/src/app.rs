@@ -33,6 +33,8 @@ pub struct App {
     /// What writes wake (the work pass, log followers): raised through
     /// [`Effects`], never directly.
     pub signals: Signals,
+    /// Pools' providers (webhooks, registered commands).
+    pub providers: crate::pools::provider::Providers,
     /// Job submissions, written by group commit.
     pub submits: writers::Submits,
     /// Agents' started/finished reports, written by group commit.

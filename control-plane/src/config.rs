@@ -120,6 +120,12 @@ pub struct Config {
     #[arg(long, env = "TETHER_EVENT_RETENTION_INTERVAL", default_value = "1m", value_parser = humantime::parse_duration)]
     pub event_retention_interval: Duration,
 
+    /// A command pools may name as their provider, `NAME=PATH` (repeat for
+    /// more). It runs on this host with the request as JSON on its standard
+    /// input; only the commands named here can run.
+    #[arg(long = "pool-command", env = "TETHER_POOL_COMMANDS", value_delimiter = ',')]
+    pub pool_command: Vec<String>,
+
     /// The region SigV4-signed requests name in their credential scope
     /// (service `tether`).
     #[arg(long, env = "TETHER_SIGV4_REGION", default_value = "local")]
@@ -234,6 +240,7 @@ struct FileConfig {
     event_retention_count: Option<u64>,
     event_retention_interval: Option<String>,
     sigv4_region: Option<String>,
+    pool_command: Option<Vec<String>>,
     internal_token_file: Option<PathBuf>,
     replica_id: Option<String>,
     tls: Option<String>,
@@ -316,6 +323,7 @@ impl Config {
         take!(event_retention_count);
         take!(event_retention_interval, duration);
         take!(sigv4_region);
+        take!(pool_command);
         take!(internal_token_file);
         take!(replica_id);
         take!(tls);

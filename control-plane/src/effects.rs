@@ -30,6 +30,8 @@ pub enum Signal {
     JobOutput,
     /// The reseal task: a secret version or a node that may lack a copy.
     Reseal,
+    /// The pools loop: a desired count, a pool or a pool's node changed.
+    Pools,
 }
 
 /// One wake-up per [`Signal`]. A background task is handed its signal's
@@ -39,6 +41,7 @@ pub struct Signals {
     placement: Arc<Notify>,
     job_output: Notify,
     reseal: Arc<Notify>,
+    pools: Arc<Notify>,
 }
 
 impl Signals {
@@ -53,6 +56,11 @@ impl Signals {
         self.reseal.clone()
     }
 
+    /// The wake-up of the pools loop (coalescing).
+    pub fn pools(&self) -> Arc<Notify> {
+        self.pools.clone()
+    }
+
     /// A future that completes at the next [`Signal::JobOutput`]; create it
     /// before reading so that nothing in between is missed.
     pub fn job_output(&self) -> tokio::sync::futures::Notified<'_> {
@@ -64,6 +72,7 @@ impl Signals {
             Signal::Placement => self.placement.notify_one(),
             Signal::JobOutput => self.job_output.notify_waiters(),
             Signal::Reseal => self.reseal.notify_one(),
+            Signal::Pools => self.pools.notify_one(),
         }
     }
 }

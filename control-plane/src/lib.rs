@@ -18,6 +18,7 @@ mod events;
 mod fleet;
 mod notify;
 mod ops;
+mod pools;
 mod server;
 mod services;
 mod status;
@@ -41,6 +42,7 @@ use tether_proto::pb::placement_service_server::PlacementServiceServer;
 use tether_proto::pb::project_service_server::ProjectServiceServer;
 use tether_proto::pb::secret_service_server::SecretServiceServer;
 use tether_proto::pb::settings_service_server::SettingsServiceServer;
+use tether_proto::pb::pool_service_server::PoolServiceServer;
 use tether_proto::pb::tenancy_service_server::TenancyServiceServer;
 use tether_proto::pb::workload_service_server::WorkloadServiceServer;
 use tokio::net::TcpListener;
@@ -161,6 +163,27 @@ fn register_tasks(driver: &background::Driver, app: &Arc<App>, registry: &Arc<fl
     );
     driver.register(
         Spec {
+            name: "pools",
+            description: "asks pools' providers for the difference between desired and present nodes, drains \
+                          nodes before their removal, and tracks each request to fulfilled or failed",
+            period: Duration::from_secs(1),
+            wake: Some(app.signals.pools()),
+            leader_only: true,
+        },
+        PoolsTask(app.clone()),
+    );
+    driver.register(
+        Spec {
+            name: "autoscaler",
+            description: "moves autoscaled pools' desired counts by their metric, within limits, steps and cooldown",
+            period: Duration::from_secs(1),
+            wake: None,
+            leader_only: true,
+        },
+        AutoscalerTask { app: app.clone(), state: Default::default() },
+    );
+    driver.register(
+        Spec {
             name: "node_snapshot_refresh",
             description: "reads every node row again, for changes made elsewhere",
             period: fleet::snapshot::NODES_MAX_AGE,
@@ -243,6 +266,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         hub: fleet::hub::JobsHub::default(),
         node_reports: Default::default(),
         signals: Default::default(),
+        providers: pools::provider::Providers::new(pools::provider::parse_commands(&config.pool_command)?)?,
         placement_cursor: Default::default(),
         nodes: Default::default(),
         reports: writers::report_batcher(store.clone(), &tasks, shutdown.clone()),
@@ -332,6 +356,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     serve!(SecretServiceServer, services::secrets::SecretApi::new(app.clone()));
     serve!(EventServiceServer, services::events::EventApi::new(app.clone()));
     serve!(SettingsServiceServer, services::settings::SettingsApi::new(app.clone()));
+    serve!(PoolServiceServer, services::pools::PoolApi::new(app.clone()));
     serve!(AdminServiceServer, services::admin::AdminApi::new(app.clone(), task_statuses));
     for name in serving {
         health_reporter.set_service_status(name, tonic_health::ServingStatus::Serving).await;

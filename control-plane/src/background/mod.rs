@@ -12,6 +12,7 @@
 //! A new loop is a new file here and one `register` call in `lib.rs`.
 
 mod events;
+mod pools;
 mod reseal;
 mod stale_nodes;
 mod tasks;
@@ -26,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use events::{EventRetention, EventTailFill};
+pub use pools::{AutoscalerTask, PoolsTask};
 pub use reseal::Reseal;
 pub use stale_nodes::{STALE_NODES_PERIOD, StaleNodes};
 pub use tasks::{LeaseFlush, Liveness, NodeSnapshotRefresh, PROBE_PERIOD, Placement, Probe, RevocationRefresh};

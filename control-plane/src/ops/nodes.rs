@@ -133,6 +133,8 @@ pub async fn enroll(app: &App, e: &NodeEnroll) -> Result<Node, StoreError> {
     app.registry.enrolled(&node);
     // A new recipient of its project's secrets.
     fx.wake(Signal::Reseal);
+    // A node that may be joining for a pool's request.
+    fx.wake(Signal::Pools);
     Ok(node)
 }
 

@@ -11,6 +11,7 @@ pub mod jobs;
 pub mod nodes;
 pub mod organizations;
 pub mod placement;
+pub mod pools;
 pub mod projects;
 pub mod secrets;
 pub mod settings;
