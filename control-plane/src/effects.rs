@@ -34,6 +34,9 @@ pub enum Signal {
     Pools,
 }
 
+/// Every [`Signal`], in declaration order.
+const ALL_SIGNALS: [Signal; 4] = [Signal::Placement, Signal::JobOutput, Signal::Reseal, Signal::Pools];
+
 /// One wake-up per [`Signal`]. A background task is handed its signal's
 /// `Notify` when it is registered.
 #[derive(Default)]
@@ -94,7 +97,7 @@ pub struct Effects<'a> {
     /// The highest event sequence number committed.
     seq: Option<i64>,
     actions: Vec<Action>,
-    wake: [bool; 3],
+    wake: [bool; ALL_SIGNALS.len()],
 }
 
 enum Action {
@@ -106,7 +109,7 @@ enum Action {
 
 impl<'a> Effects<'a> {
     pub fn new(parts: Parts<'a>) -> Self {
-        Effects { parts, seq: None, actions: Vec::new(), wake: [false; 3] }
+        Effects { parts, seq: None, actions: Vec::new(), wake: [false; ALL_SIGNALS.len()] }
     }
 
     /// Takes a committed write's value and remembers the events it appended.
@@ -175,7 +178,7 @@ impl<'a> Effects<'a> {
                 }
             }
         }
-        for s in [Signal::Placement, Signal::JobOutput, Signal::Reseal] {
+        for s in ALL_SIGNALS {
             if std::mem::take(&mut self.wake[s as usize]) {
                 p.signals.raise(s);
             }

@@ -39,10 +39,10 @@ use tether_proto::pb::job_service_server::JobServiceServer;
 use tether_proto::pb::node_service_server::NodeServiceServer;
 use tether_proto::pb::organization_service_server::OrganizationServiceServer;
 use tether_proto::pb::placement_service_server::PlacementServiceServer;
+use tether_proto::pb::pool_service_server::PoolServiceServer;
 use tether_proto::pb::project_service_server::ProjectServiceServer;
 use tether_proto::pb::secret_service_server::SecretServiceServer;
 use tether_proto::pb::settings_service_server::SettingsServiceServer;
-use tether_proto::pb::pool_service_server::PoolServiceServer;
 use tether_proto::pb::tenancy_service_server::TenancyServiceServer;
 use tether_proto::pb::workload_service_server::WorkloadServiceServer;
 use tokio::net::TcpListener;
@@ -176,7 +176,9 @@ fn register_tasks(driver: &background::Driver, app: &Arc<App>, registry: &Arc<fl
         Spec {
             name: "autoscaler",
             description: "moves autoscaled pools' desired counts by their metric, within limits, steps and cooldown",
-            period: Duration::from_secs(1),
+            // A pool's own period is at least this (each pool is decided
+            // at its period; this is how often the task looks).
+            period: pools::autoscale::TICK,
             wake: None,
             leader_only: true,
         },

@@ -25,7 +25,11 @@ mod loadgen;
 #[cfg(test)]
 mod output;
 #[cfg(test)]
+mod pools;
+#[cfg(test)]
 mod readme;
+#[cfg(test)]
+mod receiver;
 #[cfg(test)]
 mod registry;
 #[cfg(test)]

@@ -24,6 +24,10 @@ use tether_types::{JobStatus, OrgId};
 use super::Facts;
 use crate::app::{App, now_ms};
 
+/// How often the autoscaler looks for pools due a decision: the shortest
+/// period that takes effect.
+pub const TICK: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// What the autoscaler measured of a pool.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Measure {
@@ -35,8 +39,19 @@ pub struct Measure {
 pub enum Decision {
     /// Nothing to change.
     Steady,
-    Scale { to: u32, wanted: u32, value: f64, canary: bool, reason: String },
-    Hold { wanted: u32, value: f64, reason: &'static str, detail: String },
+    Scale {
+        to: u32,
+        wanted: u32,
+        value: f64,
+        canary: bool,
+        reason: String,
+    },
+    Hold {
+        wanted: u32,
+        value: f64,
+        reason: &'static str,
+        detail: String,
+    },
 }
 
 pub const fn metric_name(m: AutoscaleMetric) -> &'static str {
@@ -88,9 +103,19 @@ pub fn decide(pool: &Pool, a: &Autoscale, f: &Facts, m: Measure, c: Circumstance
     let target = pool.spec.clamp(wanted);
     if target == desired {
         return if wanted > desired && desired >= pool.spec.max {
-            Decision::Hold { wanted, value, reason: "at_max", detail: format!("the pool is at its max of {}", pool.spec.max) }
+            Decision::Hold {
+                wanted,
+                value,
+                reason: "at_max",
+                detail: format!("the pool is at its max of {}", pool.spec.max),
+            }
         } else if wanted < desired && desired <= pool.spec.min {
-            Decision::Hold { wanted, value, reason: "at_min", detail: format!("the pool is at its min of {}", pool.spec.min) }
+            Decision::Hold {
+                wanted,
+                value,
+                reason: "at_min",
+                detail: format!("the pool is at its min of {}", pool.spec.min),
+            }
         } else {
             Decision::Steady
         };
@@ -109,7 +134,12 @@ pub fn decide(pool: &Pool, a: &Autoscale, f: &Facts, m: Measure, c: Circumstance
         return Decision::Hold { wanted, value, reason: "cooldown", detail: format!("{left} ms of cooldown left") };
     }
     if c.provider_failing && target > desired {
-        return Decision::Hold { wanted, value, reason: "provider_failing", detail: "the provider's last request failed".into() };
+        return Decision::Hold {
+            wanted,
+            value,
+            reason: "provider_failing",
+            detail: "the provider's last request failed".into(),
+        };
     }
     let metric = metric_name(a.metric);
     if target > desired {
@@ -181,7 +211,10 @@ impl Autoscaler {
                 .filter(|j| j.status == JobStatus::Pending && now - j.updated_at >= a.pending_after_ms as i64)
                 .filter(|j| j.spec.constraints.pool.is_empty() || j.spec.constraints.pool == pool.name)
                 .filter(|j| {
-                    tenants.access.get(&j.project_id).is_some_and(|acc| acc.org == pool.org_id && acc.pools.contains(&pool.name))
+                    tenants
+                        .access
+                        .get(&j.project_id)
+                        .is_some_and(|acc| acc.org == pool.org_id && acc.pools.contains(&pool.name))
                 })
                 .count() as u32;
             let recent = app.store.scale_requests(&pool.org_id, &pool.name, 16).await?;
@@ -199,7 +232,8 @@ impl Autoscaler {
                             "name": pool.name, "desired": pool.desired, "wanted": wanted, "reason": reason,
                             "detail": detail, "metric": metric, "value": value,
                         });
-                        let c = app.store.pool_event(&pool.org_id, &pool.name, "pool.autoscale_held", payload, now).await?;
+                        let c =
+                            app.store.pool_event(&pool.org_id, &pool.name, "pool.autoscale_held", payload, now).await?;
                         app.effects().commit(c);
                         did.push(format!("{} held ({reason})", pool.name));
                     }
@@ -217,7 +251,9 @@ impl Autoscaler {
                             did.push(format!("{} {} -> {to}", pool.name, pool.desired));
                         }
                         // Changed meanwhile (an operator, a limit): decided again next period.
-                        Err(StoreError::Domain(e)) => tracing::info!(pool = %pool.name, error = %e.message, "autoscale skipped"),
+                        Err(StoreError::Domain(e)) => {
+                            tracing::info!(pool = %pool.name, error = %e.message, "autoscale skipped")
+                        }
                         Err(e) => return Err(e),
                     }
                 }

@@ -18,9 +18,9 @@ use tether_types::{Allocation, DesiredNodeState, Node, NodeId, NodeStatus, OrgId
 
 /// The organisation's shared nodes in `pool` that have not left.
 pub fn members<'a>(nodes: &'a [Node], org: &'a OrgId, pool: &'a str) -> impl Iterator<Item = &'a Node> + 'a {
-    nodes.iter().filter(move |n| {
-        &n.org_id == org && n.project_id.is_none() && n.pool == pool && n.status != NodeStatus::Left
-    })
+    nodes
+        .iter()
+        .filter(move |n| &n.org_id == org && n.project_id.is_none() && n.pool == pool && n.status != NodeStatus::Left)
 }
 
 /// Ready and taking work.

@@ -49,8 +49,7 @@ impl CallNode {
 pub fn parse_commands(specs: &[String]) -> anyhow::Result<HashMap<String, PathBuf>> {
     let mut out = HashMap::new();
     for s in specs {
-        let (name, path) =
-            s.split_once('=').ok_or_else(|| anyhow::anyhow!("--pool-command {s:?} is not NAME=PATH"))?;
+        let (name, path) = s.split_once('=').ok_or_else(|| anyhow::anyhow!("--pool-command {s:?} is not NAME=PATH"))?;
         let ok = !name.is_empty()
             && name.len() <= 63
             && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
@@ -202,7 +201,10 @@ mod tests {
         };
         p.call(&Provider::Command { name: "s".into() }, &call).await.unwrap();
         let got: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
-        assert_eq!((got["pool"].as_str(), got["action"].as_str(), got["count"].as_u64()), (Some("gpu"), Some("add"), Some(2)));
+        assert_eq!(
+            (got["pool"].as_str(), got["action"].as_str(), got["count"].as_u64()),
+            (Some("gpu"), Some("add"), Some(2))
+        );
         call.action = ScaleAction::Remove;
         let err = p.call(&Provider::Command { name: "s".into() }, &call).await.unwrap_err();
         assert!(err.ends_with("no capacity for 2"), "{err}");

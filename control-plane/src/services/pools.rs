@@ -52,8 +52,7 @@ impl PoolApi {
         let open = app.store.scale_requests_open().await.map_err(store_status)?;
         let mut out = Vec::new();
         for p in pools {
-            let mine: Vec<&ScaleRequest> =
-                open.iter().filter(|r| r.org_id == p.org_id && r.pool == p.name).collect();
+            let mine: Vec<&ScaleRequest> = open.iter().filter(|r| r.org_id == p.org_id && r.pool == p.name).collect();
             let f = facts(p, &snap.nodes, &active, &mine);
             let recent = app.store.scale_requests(&p.org_id, &p.name, 1).await.map_err(store_status)?;
             out.push((to_pb(p, &f, crate::pools::provider_error(&recent)), mine.into_iter().cloned().collect()));
@@ -113,7 +112,8 @@ impl pb::pool_service_server::PoolService for PoolApi {
         let req = req.into_inner();
         let spec = PoolSpec::from_pb(req.spec.as_ref(), None).map_err(status)?;
         self.check_provider(&spec)?;
-        let c = self.app.store.pool_create(&org, &req.name, &spec, req.desired, now_ms()).await.map_err(store_status)?;
+        let c =
+            self.app.store.pool_create(&org, &req.name, &spec, req.desired, now_ms()).await.map_err(store_status)?;
         let p = self.app.effects().commit(c);
         self.app.signals.pools().notify_one();
         tracing::info!(organization = %org, pool = %p.name, desired = p.desired, "pool created");
@@ -132,7 +132,13 @@ impl pb::pool_service_server::PoolService for PoolApi {
         let c = self
             .app
             .store
-            .pool_update(&org, &req.name, req.expected_version, move |stored| PoolSpec::from_pb(spec.as_ref(), Some(stored)), now_ms())
+            .pool_update(
+                &org,
+                &req.name,
+                req.expected_version,
+                move |stored| PoolSpec::from_pb(spec.as_ref(), Some(stored)),
+                now_ms(),
+            )
             .await
             .map_err(store_status)?;
         let p = self.app.effects().commit(c);
@@ -184,7 +190,10 @@ impl pb::pool_service_server::PoolService for PoolApi {
         Ok(Response::new(pb::ScalePoolResponse { pool: Some(self.view(&p).await?) }))
     }
 
-    async fn delete_pool(&self, req: Request<pb::DeletePoolRequest>) -> Result<Response<pb::DeletePoolResponse>, Status> {
+    async fn delete_pool(
+        &self,
+        req: Request<pb::DeletePoolRequest>,
+    ) -> Result<Response<pb::DeletePoolResponse>, Status> {
         let org = self.org(&req, &req.get_ref().organization_id, OrgRole::Admin)?;
         let c = self.app.store.pool_delete(&org, &req.get_ref().name, now_ms()).await.map_err(store_status)?;
         let p = self.app.effects().commit(c);

@@ -7,6 +7,7 @@ mod jobs;
 mod nodes;
 mod output;
 mod placement;
+mod pools;
 mod secrets;
 mod settings;
 mod spec;
@@ -85,6 +86,9 @@ enum Cmd {
     /// Sealed secrets (sealed here, to the nodes' keys).
     #[command(subcommand)]
     Secrets(secrets::SecretsCmd),
+    /// An organisation's pools: desired counts, providers, autoscaling.
+    #[command(subcommand)]
+    Pools(pools::PoolsCmd),
     /// An organisation's runtime settings.
     #[command(subcommand)]
     Settings(settings::SettingsCmd),
@@ -138,6 +142,12 @@ impl Clients {
     }
     fn settings(&self) -> tether_proto::pb::settings_service_client::SettingsServiceClient<Svc> {
         tether_proto::pb::settings_service_client::SettingsServiceClient::with_interceptor(
+            self.channel.clone(),
+            self.bearer.clone(),
+        )
+    }
+    fn pools(&self) -> tether_proto::pb::pool_service_client::PoolServiceClient<Svc> {
+        tether_proto::pb::pool_service_client::PoolServiceClient::with_interceptor(
             self.channel.clone(),
             self.bearer.clone(),
         )
@@ -235,6 +245,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Secrets(cmd) => secrets::run(&c, &out, cmd).await,
         Cmd::Events(cmd) => events::run(&c, &out, cmd).await,
         Cmd::Settings(cmd) => settings::run(&c, &out, cmd).await,
+        Cmd::Pools(cmd) => pools::run(&c, &out, cmd).await,
         Cmd::JoinTokens(cmd) => tokens::join_tokens(&c, &out, cmd).await,
         Cmd::Placement(cmd) => placement::run(&c, &out, cmd).await,
         Cmd::Orgs(cmd) => tenants::orgs(&c, &out, cmd).await,

@@ -31,7 +31,7 @@ pub(crate) enum SettingsCmd {
     },
 }
 
-async fn org_of(c: &Clients, org: Option<String>) -> anyhow::Result<String> {
+pub(crate) async fn org_of(c: &Clients, org: Option<String>) -> anyhow::Result<String> {
     if let Some(o) = org {
         return Ok(o);
     }

@@ -30,7 +30,7 @@ pub(super) async fn pools_scale_requests_and_events(store: Store) {
     assert_eq!((scaled.desired, from, scaled.scaled_at), (3, 5, 2_000));
     let err = store.pool_scale(&org, "gpu", 6, "", serde_json::json!({}), 2_001).await.unwrap_err();
     assert_eq!(Error::from(err).code, ErrorCode::FailedPrecondition);
-    store.pool_create(&org, "bare", &PoolSpec { provider: None, ..spec(0, 3) }, 0, 2_002).await.unwrap();
+    let _ = store.pool_create(&org, "bare", &PoolSpec { provider: None, ..spec(0, 3) }, 0, 2_002).await.unwrap();
     let err = store.pool_scale(&org, "bare", 1, "", serde_json::json!({}), 2_003).await.unwrap_err();
     assert!(Error::from(err).message.contains("no provider"));
 
@@ -60,13 +60,13 @@ pub(super) async fn pools_scale_requests_and_events(store: Store) {
         updated_at: 4_000,
         deadline: 64_000,
     };
-    store.scale_request_put(&r, Some("pool.scale_requested")).await.unwrap();
+    let _ = store.scale_request_put(&r, Some("pool.scale_requested")).await.unwrap();
     let r2 = ScaleRequest { id: "sr-2".into(), action: ScaleAction::Remove, created_at: 4_100, ..r.clone() };
-    store.scale_request_put(&r2, None).await.unwrap();
+    let _ = store.scale_request_put(&r2, None).await.unwrap();
     r.state = ScaleState::Fulfilled;
     r.nodes = vec![id(NodeId::from_random, 7)];
     r.updated_at = 5_000;
-    store.scale_request_put(&r, Some("pool.scale_fulfilled")).await.unwrap();
+    let _ = store.scale_request_put(&r, Some("pool.scale_fulfilled")).await.unwrap();
     let all = store.scale_requests(&org, "gpu", 10).await.unwrap();
     assert_eq!(all.iter().map(|x| x.id.as_str()).collect::<Vec<_>>(), ["sr-2", "sr-1"]);
     assert_eq!(all[1], r);
@@ -92,7 +92,7 @@ pub(super) async fn pools_scale_requests_and_events(store: Store) {
     );
 
     // Delete takes the requests with it.
-    store.pool_delete(&org, "gpu", 6_000).await.unwrap();
+    let _ = store.pool_delete(&org, "gpu", 6_000).await.unwrap();
     assert_eq!(store.pool_get(&org, "gpu").await.unwrap(), None);
     assert!(store.scale_requests_open().await.unwrap().is_empty());
     let err = store.pool_delete(&org, "gpu", 6_001).await.unwrap_err();

@@ -2,6 +2,7 @@
 //! services print from their own files here.
 
 mod events;
+mod pools;
 mod secrets;
 
 use std::io::Write;
