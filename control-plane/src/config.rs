@@ -126,6 +126,12 @@ pub struct Config {
     #[arg(long = "pool-command", env = "TETHER_POOL_COMMANDS", value_delimiter = ',')]
     pub pool_command: Vec<String>,
 
+    /// Where pools' webhooks may be sent: networks (CIDR) that an address in
+    /// the URL must be in, and host names that a name must be (others are
+    /// refused without being resolved). Unset: anywhere.
+    #[arg(long = "webhook-allow", env = "TETHER_WEBHOOK_ALLOW", value_delimiter = ',')]
+    pub webhook_allow: Vec<String>,
+
     /// The region SigV4-signed requests name in their credential scope
     /// (service `tether`).
     #[arg(long, env = "TETHER_SIGV4_REGION", default_value = "local")]
@@ -241,6 +247,7 @@ struct FileConfig {
     event_retention_interval: Option<String>,
     sigv4_region: Option<String>,
     pool_command: Option<Vec<String>>,
+    webhook_allow: Option<Vec<String>>,
     internal_token_file: Option<PathBuf>,
     replica_id: Option<String>,
     tls: Option<String>,
@@ -324,6 +331,7 @@ impl Config {
         take!(event_retention_interval, duration);
         take!(sigv4_region);
         take!(pool_command);
+        take!(webhook_allow);
         take!(internal_token_file);
         take!(replica_id);
         take!(tls);

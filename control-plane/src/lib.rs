@@ -268,7 +268,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         hub: fleet::hub::JobsHub::default(),
         node_reports: Default::default(),
         signals: Default::default(),
-        providers: pools::provider::Providers::new(pools::provider::parse_commands(&config.pool_command)?)?,
+        providers: pools::provider::Providers::new(
+            pools::provider::parse_commands(&config.pool_command)?,
+            pools::provider::Allow::parse(&config.webhook_allow)?,
+        )?,
         placement_cursor: Default::default(),
         nodes: Default::default(),
         reports: writers::report_batcher(store.clone(), &tasks, shutdown.clone()),

@@ -12,7 +12,7 @@ use crate::harness::*;
 
 both_backends!(background_tasks_are_listed_over_grpc_and_rest, a_job_row_that_does_not_decode_is_skipped);
 
-const TASKS: [&str; 10] = [
+const TASKS: [&str; 12] = [
     "database_probe",
     "liveness",
     "lease_flush",
@@ -21,6 +21,8 @@ const TASKS: [&str; 10] = [
     "event_tail",
     "event_retention",
     "stale_nodes",
+    "pools",
+    "autoscaler",
     "node_snapshot_refresh",
     "revocation_refresh",
 ];
@@ -63,7 +65,8 @@ async fn background_tasks_are_listed_over_grpc_and_rest(backend: Backend) {
         assert!(!t.description.is_empty(), "{t:?}");
         assert_eq!(
             t.leader_only,
-            ["placement", "secret_reseal", "event_retention", "stale_nodes"].contains(&t.name.as_str()),
+            ["placement", "secret_reseal", "event_retention", "stale_nodes", "pools", "autoscaler"]
+                .contains(&t.name.as_str()),
             "{t:?}"
         );
     }

@@ -292,6 +292,9 @@ impl ControlPlane {
             .arg(format!("{}ms", self.opts.down_after.as_millis()))
             .arg("--lease-flush-interval")
             .arg("1s")
+            // Webhooks (pool providers) only to what the tests serve.
+            .arg("--webhook-allow")
+            .arg("127.0.0.0/8")
             .args(&self.opts.extra_args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

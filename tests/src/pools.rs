@@ -172,6 +172,24 @@ async fn scale_through_a_webhook_and_drain_before_removal(backend: Backend) {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    // And a webhook goes only where --webhook-allow lets it (the harness
+    // allows 127.0.0.0/8): a name not listed is refused unresolved.
+    let elsewhere = pb::PoolProvider {
+        webhook: Some(pb::WebhookProvider { url: "http://scaler.example/x".into(), ..Default::default() }),
+        command: None,
+    };
+    let err = w
+        .pools
+        .create_pool(pb::CreatePoolRequest {
+            organization_id: w.org.clone(),
+            name: "burst".into(),
+            spec: Some(pb::PoolSpec { provider: Some(elsewhere), ..Default::default() }),
+            desired: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("not allowed"), "{err:?}");
     let created = w
         .pools
         .create_pool(pb::CreatePoolRequest {

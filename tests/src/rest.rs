@@ -100,7 +100,8 @@ async fn every_annotated_rpc_answers_over_rest(backend: Backend) {
     assert_eq!(s, 200, "{ojt}");
     assert_eq!(ojt["joinToken"]["pool"], "default");
     let spare_join_token = ojt["joinToken"]["joinTokenId"].as_str().unwrap().to_owned();
-    let org_ids = [("organization_id", spare_org.as_str()), ("join_token_id", spare_join_token.as_str())];
+    let org_ids =
+        [("organization_id", spare_org.as_str()), ("join_token_id", spare_join_token.as_str()), ("name", "rest-pool")];
     let project_ids = [("project_id", spare_project.as_str())];
     let ids = [
         ("token_id", token_id.as_str()),
@@ -185,6 +186,13 @@ async fn every_annotated_rpc_answers_over_rest(backend: Backend) {
             }
             "/tether.v1.OrganizationService/CreateOrganizationJoinToken" => json!({"pool": "gpu"}),
             "/tether.v1.ProjectService/CreateProject" => json!({"name": "made-by-rest"}),
+            "/tether.v1.PoolService/CreatePool" => {
+                json!({"name": "rest-pool", "spec": {"max": 3, "provider": {"webhook": {"url": "http://127.0.0.1:9/x"}}}})
+            }
+            "/tether.v1.PoolService/UpdatePool" => {
+                json!({"spec": {"max": 4, "provider": {"webhook": {"url": "http://127.0.0.1:9/x"}}}})
+            }
+            "/tether.v1.PoolService/ScalePool" => json!({"desired": 0}),
             "/tether.v1.SettingsService/UpdateSettings" => json!({"settings": {"fleet": {"staleNodeTtl": "3600s"}}}),
             "/tether.v1.ProjectService/UpdateProject" => json!({"description": "described by rest"}),
             "/tether.v1.ProjectService/SetProjectQuota" => json!({"quota": {"cpuMillis": "1000"}}),
@@ -203,6 +211,7 @@ async fn every_annotated_rpc_answers_over_rest(backend: Backend) {
     for r in routes {
         let mut path = if r.grpc_path.starts_with("/tether.v1.OrganizationService/")
             || r.grpc_path.starts_with("/tether.v1.SettingsService/")
+            || r.grpc_path.starts_with("/tether.v1.PoolService/")
         {
             fill(&r.template, &org_ids)
         } else if r.grpc_path.starts_with("/tether.v1.ProjectService/") {

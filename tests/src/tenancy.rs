@@ -121,6 +121,11 @@ fn required_roles() -> HashMap<String, String> {
     out
 }
 
+/// A managed pool whose provider is never called (nothing scales it up).
+fn pool_spec() -> Value {
+    json!({"max": 3, "provider": {"webhook": {"url": "http://127.0.0.1:9/scale"}}})
+}
+
 /// The roles tokens are minted with, lowest first in each line.
 const ROLES: [&str; 7] = ["viewer", "support", "operator", "admin", "org-viewer", "org-admin", "platform-admin"];
 
@@ -251,6 +256,23 @@ impl World {
             "UpdateSettings" => Named {
                 foreign: json!({"organizationId": w.org2, "settings": {"fleet": {"keepDownNodes": true}}}),
                 own: json!({"organizationId": w.org1, "settings": {"fleet": {"keepDownNodes": true}}}),
+            },
+            "CreatePool" => Named {
+                foreign: json!({"organizationId": w.org2, "name": "intruder", "spec": pool_spec()}),
+                own: json!({"organizationId": w.org1, "name": "made-in-matrix", "spec": pool_spec()}),
+            },
+            "UpdatePool" => Named {
+                foreign: json!({"organizationId": w.org2, "name": "matrix", "spec": pool_spec()}),
+                own: json!({"organizationId": w.org1, "name": "matrix", "spec": pool_spec()}),
+            },
+            "GetPool" | "DeletePool" | "ListScaleRequests" => Named {
+                foreign: json!({"organizationId": w.org2, "name": "matrix"}),
+                own: json!({"organizationId": w.org1, "name": "matrix"}),
+            },
+            "ListPools" => Named { foreign: json!({"organizationId": w.org2}), own: json!({"organizationId": w.org1}) },
+            "ScalePool" => Named {
+                foreign: json!({"organizationId": w.org2, "name": "matrix", "desired": 0}),
+                own: json!({"organizationId": w.org1, "name": "matrix", "desired": 0}),
             },
             // Everything A's log holds, as it streams past.
             "WatchEvents" => Listing(json!({"sinceSequence": "1"})),
@@ -478,6 +500,13 @@ async fn every_rpc_keeps_tenants_apart_and_asks_its_role(backend: Backend) {
             {"nodeId": node, "enc": b64.encode(s.enc), "ciphertext": b64.encode(s.ciphertext), "publicKey": b64.encode(&key)}
         ]})
     };
+    // A pool of org1's, for the pool RPCs' own cases.
+    d.ok(
+        "tether.v1.PoolService/CreatePool",
+        &platform,
+        json!({"organizationId": org1, "name": "matrix", "spec": pool_spec()}),
+    )
+    .await;
     let w = World {
         a_sealed,
         a_access_key,

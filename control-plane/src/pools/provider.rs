@@ -61,14 +61,86 @@ pub fn parse_commands(specs: &[String]) -> anyhow::Result<HashMap<String, PathBu
     Ok(out)
 }
 
+/// Where webhooks may be sent (`--webhook-allow`): IP networks, which an
+/// address in the URL must be in, and host names, which a name in the URL
+/// must be (a name not listed is refused without being resolved). Empty:
+/// anywhere.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Allow {
+    nets: Vec<(std::net::IpAddr, u8)>,
+    hosts: std::collections::HashSet<String>,
+}
+
+impl Allow {
+    pub fn parse(specs: &[String]) -> anyhow::Result<Self> {
+        let mut a = Allow::default();
+        for s in specs.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+            let (addr, bits) = match s.split_once('/') {
+                Some((ip, bits)) => (ip, Some(bits)),
+                None => (s, None),
+            };
+            match addr.parse::<std::net::IpAddr>() {
+                Ok(ip) => {
+                    let max = if ip.is_ipv4() { 32 } else { 128 };
+                    let bits = match bits {
+                        Some(b) => b.parse::<u8>().ok().filter(|b| *b <= max),
+                        None => Some(max),
+                    };
+                    let bits = bits.ok_or_else(|| anyhow::anyhow!("--webhook-allow {s:?}: bad prefix length"))?;
+                    a.nets.push((ip, bits));
+                }
+                Err(_) if bits.is_none() && !s.contains(['/', ':', ' ']) => {
+                    a.hosts.insert(s.to_ascii_lowercase());
+                }
+                Err(_) => anyhow::bail!("--webhook-allow {s:?} is neither a network (CIDR) nor a host name"),
+            }
+        }
+        Ok(a)
+    }
+
+    fn contains_ip(&self, ip: std::net::IpAddr) -> bool {
+        self.nets.iter().any(|&(net, bits)| match (net, ip) {
+            (std::net::IpAddr::V4(n), std::net::IpAddr::V4(i)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
+                u32::from(n) & mask == u32::from(i) & mask
+            }
+            (std::net::IpAddr::V6(n), std::net::IpAddr::V6(i)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(bits)).unwrap_or(0);
+                u128::from(n) & mask == u128::from(i) & mask
+            }
+            _ => false,
+        })
+    }
+
+    /// Whether a webhook may go to `url`.
+    pub fn check(&self, url: &str) -> Result<(), String> {
+        if self.nets.is_empty() && self.hosts.is_empty() {
+            return Ok(());
+        }
+        let u = reqwest::Url::parse(url).map_err(|e| format!("webhook URL {url:?}: {e}"))?;
+        let ok = match u.host() {
+            Some(url::Host::Ipv4(ip)) => self.contains_ip(ip.into()),
+            Some(url::Host::Ipv6(ip)) => self.contains_ip(ip.into()),
+            Some(url::Host::Domain(d)) => self.hosts.contains(&d.to_ascii_lowercase()),
+            None => false,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("webhook host {:?} is not allowed here (--webhook-allow)", u.host_str().unwrap_or("")))
+        }
+    }
+}
+
 /// Calls providers.
 pub struct Providers {
     http: reqwest::Client,
     commands: HashMap<String, PathBuf>,
+    allow: Allow,
 }
 
 impl Providers {
-    pub fn new(commands: HashMap<String, PathBuf>) -> anyhow::Result<Self> {
+    pub fn new(commands: HashMap<String, PathBuf>, allow: Allow) -> anyhow::Result<Self> {
         // reqwest is built without a crypto provider: the process's (ring).
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
@@ -77,7 +149,12 @@ impl Providers {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("tether-control-plane/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(Providers { http, commands })
+        Ok(Providers { http, commands, allow })
+    }
+
+    /// Whether a webhook may go to `url` (`--webhook-allow`).
+    pub fn webhook_allowed(&self, url: &str) -> Result<(), String> {
+        self.allow.check(url)
     }
 
     /// Whether a command provider's name is registered.
@@ -100,6 +177,7 @@ impl Providers {
     }
 
     async fn webhook(&self, url: &str, token: &str, call: &Call<'_>) -> Result<(), String> {
+        self.allow.check(url)?;
         let mut req = self.http.post(url).json(call).header("Idempotency-Key", call.request_id);
         if !token.is_empty() {
             req = req.bearer_auth(token);
@@ -175,6 +253,27 @@ mod tests {
         assert!(parse_commands(&["a=/x".into(), "a=/y".into()]).is_err());
     }
 
+    #[test]
+    fn webhooks_go_only_where_allowed() {
+        let any = Allow::parse(&[]).unwrap();
+        assert!(any.check("http://example.com/x").is_ok());
+        let a = Allow::parse(&["127.0.0.0/8".into(), "::1".into(), "Scaler.internal".into()]).unwrap();
+        assert!(a.check("http://127.0.0.1:9000/scale").is_ok());
+        assert!(a.check("http://127.255.0.1/").is_ok());
+        assert!(a.check("http://[::1]:80/").is_ok());
+        assert!(a.check("https://scaler.INTERNAL/hook").is_ok());
+        assert!(a.check("http://128.0.0.1/").is_err());
+        assert!(a.check("http://[::2]/").is_err());
+        assert!(a.check("http://example.com/").unwrap_err().contains("not allowed"));
+        assert!(
+            a.check("http://2130706433/").is_ok(),
+            "a decimal IPv4 is an address: {:?}",
+            a.check("http://2130706433/")
+        );
+        assert!(Allow::parse(&["10.0.0.0/33".into()]).is_err());
+        assert!(Allow::parse(&["a b".into()]).is_err());
+    }
+
     #[tokio::test]
     async fn a_command_gets_the_call_and_its_failure_is_its_last_line() {
         let dir = tempfile::tempdir().unwrap();
@@ -190,7 +289,7 @@ mod tests {
         .unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let p = Providers::new([("s".to_owned(), script)].into()).unwrap();
+        let p = Providers::new([("s".to_owned(), script)].into(), Allow::default()).unwrap();
         let mut call = Call {
             pool: "gpu",
             organization_id: "org-1",

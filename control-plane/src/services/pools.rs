@@ -31,8 +31,12 @@ impl PoolApi {
         Ok(org)
     }
 
-    /// Refuses a command provider this control plane has not registered.
+    /// Refuses a command provider this control plane has not registered,
+    /// and a webhook to a host `--webhook-allow` leaves out.
     fn check_provider(&self, spec: &PoolSpec) -> Result<(), Status> {
+        if let Some(Provider::Webhook { url, .. }) = &spec.provider {
+            self.app.providers.webhook_allowed(url).map_err(|e| status(Error::precondition(e)))?;
+        }
         if let Some(Provider::Command { name }) = &spec.provider
             && !self.app.providers.has_command(name)
         {
