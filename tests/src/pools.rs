@@ -324,7 +324,7 @@ async fn scale_through_a_webhook_and_drain_before_removal(backend: Backend) {
         get_pool(&w, "burst").await.requests.into_iter().find(|r| r.state == pb::ScaleRequestState::Draining as i32)
     })
     .await;
-    assert_eq!(draining.node_ids, [busy.clone()]);
+    assert_eq!(draining.node_ids, std::slice::from_ref(&busy));
     let call = hook.next(Duration::from_secs(30)).await;
     assert_eq!(call.body["action"].as_str(), Some("remove"));
     let j = job(&cp, &job_id).await;

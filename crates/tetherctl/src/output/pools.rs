@@ -5,7 +5,7 @@ use tether_proto::pb;
 use super::{Out, short, table, ts};
 
 fn res(r: &Option<pb::Resources>) -> (i64, i64) {
-    let r = r.clone().unwrap_or_default();
+    let r = r.unwrap_or_default();
     (r.cpu_millis, r.memory_mb)
 }
 
