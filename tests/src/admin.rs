@@ -38,7 +38,7 @@ async fn tasks(cp: &ControlPlane) -> Vec<pb::BackgroundTask> {
 }
 
 async fn rest_tasks(cp: &ControlPlane, token: &str) -> (u16, Value) {
-    let resp = reqwest::Client::new()
+    let resp = crate::harness::http_client()
         .get(format!("http://{}/v1/background-tasks", cp.http_addr))
         .bearer_auth(token)
         .send()

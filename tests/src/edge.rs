@@ -63,7 +63,7 @@ async fn flood() {
         tokens.push(tenancy.create_token(req).await.unwrap().into_inner().token);
     }
     let (flooder, other) = (tokens[0].clone(), tokens[1].clone());
-    let http = reqwest::Client::new();
+    let http = crate::harness::http_client();
     let url = format!("http://{}/v1/jobs", cp.http_addr);
     let started = std::time::Instant::now();
     // 200 calls a second for 2 s, each in its own task: ten times the limit.
@@ -170,7 +170,7 @@ async fn rest(
     path: &str,
     body: Option<Value>,
 ) -> (u16, reqwest::header::HeaderMap, Value) {
-    let mut req = reqwest::Client::new()
+    let mut req = crate::harness::http_client()
         .request(method.parse().unwrap(), format!("http://{}{path}", cp.http_addr))
         .bearer_auth(&cp.admin_token);
     if let Some(b) = body {
@@ -251,7 +251,7 @@ async fn malformed_input_is_refused_and_changes_nothing(backend: Backend) {
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
 
     // A key named twice is refused (a plain parser would keep the last).
-    let resp = reqwest::Client::new()
+    let resp = crate::harness::http_client()
         .post(format!("http://{}/v1/jobs", cp.http_addr))
         .bearer_auth(&cp.admin_token)
         .header("content-type", "application/json")

@@ -82,7 +82,7 @@ fn seqs(events: &[pb::Event]) -> Vec<u64> {
 
 /// SSE events (id, data) from `/v1/events:watch`, `n` of them.
 async fn sse(cp: &ControlPlane, last_event_id: u64, n: usize) -> Vec<(u64, Value)> {
-    let resp = reqwest::Client::new()
+    let resp = crate::harness::http_client()
         .get(format!("http://{}/v1/events:watch?kindPrefix={KIND}&sinceSequence=1", cp.http_addr))
         .bearer_auth(&cp.admin_token)
         .header("Last-Event-ID", last_event_id.to_string())
@@ -258,7 +258,7 @@ async fn retention_refuses_what_it_removed(backend: Backend) {
     let named: u64 = err.message().split("still held is ").nth(1).unwrap().split(':').next().unwrap().parse().unwrap();
     assert!(named >= oldest, "{named} < {oldest}");
     // SSE: the same, as a JSON error before the stream opens.
-    let resp = reqwest::Client::new()
+    let resp = crate::harness::http_client()
         .get(format!("http://{}/v1/events:watch", cp.http_addr))
         .bearer_auth(&cp.admin_token)
         .header("Last-Event-ID", "1")
@@ -275,7 +275,7 @@ async fn retention_refuses_what_it_removed(backend: Backend) {
     let m = tokio::time::timeout(WAIT, s.get_mut().message()).await.unwrap().unwrap().unwrap();
     assert!(m.sequence > last);
     // Bad resume points are refused clearly.
-    let resp = reqwest::Client::new()
+    let resp = crate::harness::http_client()
         .get(format!("http://{}/v1/events:watch", cp.http_addr))
         .bearer_auth(&cp.admin_token)
         .header("Last-Event-ID", "yesterday")

@@ -171,6 +171,14 @@ where
 
 pub type Authed = InterceptedService<Channel, Bearer>;
 
+/// A plain-HTTP client. In the workspace's one build reqwest carries the
+/// control plane's rustls feature (without a provider), so ring is
+/// installed as the process's provider first.
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
 pub fn bearer(token: Option<&str>) -> Bearer {
     Bearer::new(token).expect("ASCII token")
 }
@@ -518,7 +526,7 @@ impl ControlPlane {
     /// GET with a bearer token; a stream (SSE) is read for `listen_ms`.
     pub async fn http_get_as(&self, path: &str, token: &str, listen_ms: u64) -> (u16, String) {
         use futures_util::StreamExt;
-        let resp = reqwest::Client::new()
+        let resp = crate::harness::http_client()
             .get(format!("http://{}{path}", self.http_addr))
             .bearer_auth(token)
             .send()
@@ -536,7 +544,7 @@ impl ControlPlane {
 
     /// POST a JSON body with a bearer token.
     pub async fn http_post_as(&self, path: &str, token: &str, body: &str) -> (u16, String) {
-        let resp = reqwest::Client::new()
+        let resp = crate::harness::http_client()
             .post(format!("http://{}{path}", self.http_addr))
             .bearer_auth(token)
             .header("content-type", "application/json")

@@ -58,7 +58,7 @@ impl<'a> Post<'a> {
     }
 
     async fn send(&self, cp: &ControlPlane) -> (u16, String) {
-        let resp = reqwest::Client::new()
+        let resp = crate::harness::http_client()
             .post(format!("http://{}/v1/agent/heartbeat", cp.http_addr))
             .header("content-type", "application/json")
             .header("x-tether-node", self.node)

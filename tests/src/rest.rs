@@ -22,7 +22,11 @@ struct Rest {
 
 impl Rest {
     fn new(cp: &ControlPlane) -> Rest {
-        Rest { base: format!("http://{}", cp.http_addr), token: cp.admin_token.clone(), http: reqwest::Client::new() }
+        Rest {
+            base: format!("http://{}", cp.http_addr),
+            token: cp.admin_token.clone(),
+            http: crate::harness::http_client(),
+        }
     }
 
     async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {

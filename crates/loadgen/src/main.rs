@@ -239,6 +239,9 @@ async fn rest_vs_grpc(addr: &str, token: &str, http: &str, calls: usize) -> anyh
     let channel = Channel::from_shared(addr.to_owned())?.connect().await?;
     let bearer = Bearer::new(Some(token))?;
     let mut grpc = TenancyServiceClient::with_interceptor(channel, bearer);
+    // In the workspace's one build reqwest has rustls without a provider
+    // (the control plane's feature): ring, as everywhere else.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let rest = reqwest::Client::builder().pool_max_idle_per_host(1).build()?;
     let url = format!("{}/v1/whoami", http.trim_end_matches('/'));
     let auth = format!("Bearer {}", token.trim());

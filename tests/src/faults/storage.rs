@@ -211,7 +211,7 @@ pub(super) async fn full_disk() {
     assert_eq!(code, 503);
     assert!(body.contains("storage is full"), "{body}");
     // REST says 507, with the error as JSON.
-    let resp = reqwest::Client::new()
+    let resp = crate::harness::http_client()
         .post(format!("http://{}/v1/jobs", cp.http_addr))
         .bearer_auth(&cp.admin_token)
         .json(&serde_json::json!({"spec": {"driver": "exec", "exec": {"command": "/bin/true"}}}))
