@@ -28,6 +28,11 @@ impl PoolApi {
         let who = self.app.auth.caller(req)?;
         let org = OrgId::parse(id).map_err(status)?;
         who.in_org(&org, role)?;
+        // A platform administrator may name any organisation: a deleted
+        // one (or one never made) is not found, as for everyone else.
+        if !self.app.auth.tenants.get().org_exists(&org) {
+            return Err(status(Error::not_found(format!("organisation {org} not found"))));
+        }
         Ok(org)
     }
 

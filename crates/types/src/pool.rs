@@ -59,8 +59,10 @@ pub struct Autoscale {
     pub canary_percent: u32,
 }
 
+/// Milliseconds, rounded up: a duration the rules let through (more than
+/// zero) never becomes zero, which the answer could not state.
 fn ms(d: Option<&prost_types::Duration>, default: Duration) -> u64 {
-    d.map_or(default, duration_from_pb).as_millis() as u64
+    d.map_or(default, duration_from_pb).as_nanos().div_ceil(1_000_000) as u64
 }
 
 fn dur(ms: u64) -> Option<prost_types::Duration> {
@@ -332,6 +334,11 @@ mod tests {
             ..Default::default()
         };
         assert!(PoolSpec::from_pb(Some(&auto), None).unwrap_err().message.contains("provider"));
+        let tiny = pb::PoolSpec {
+            drain_timeout: Some(prost_types::Duration { seconds: 0, nanos: 100 }),
+            ..Default::default()
+        };
+        assert_eq!(PoolSpec::from_pb(Some(&tiny), None).unwrap().drain_timeout_ms, 1, "rounded up, never 0");
         let round = PoolSpec::from_pb(Some(&PoolSpec { autoscale: None, ..stored.clone() }.to_pb()), Some(&stored));
         assert_eq!(round.unwrap(), stored);
     }
