@@ -10,6 +10,7 @@
 //!
 //! It does not bind sockets: the binary mounts [`router`] on its HTTP server.
 
+mod frames;
 mod handler;
 mod openapi;
 mod routes;

@@ -16,7 +16,7 @@ use prost_reflect::{DynamicMessage, MessageDescriptor, ReflectMessage};
 use serde_json::json;
 use tether_types::ErrorCode;
 
-use crate::handler::{GrpcBody, grpc_status, take_messages, to_json};
+use crate::frames::{GrpcBody, grpc_status, take_messages, to_json};
 
 /// The streamed message's field that is its SSE `id`.
 pub const SSE_ID_FIELD: &str = "sequence";
