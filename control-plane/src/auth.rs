@@ -108,6 +108,9 @@ pub struct Caller {
     pub project: Option<InProject>,
     /// The caller's organisation role in `org_id()`.
     pub org_role: Option<OrgRole>,
+    /// The tenancy records the call was authorised against: an organisation
+    /// that is not in them (deleted, never made) is not found by anyone.
+    tenants: Arc<TenantView>,
 }
 
 #[derive(Debug, Clone)]
@@ -162,7 +165,7 @@ impl Caller {
     /// Whether `org` is in the caller's scope at all (else it is NOT_FOUND
     /// to them): any for the platform, the token's or its project's own.
     pub fn sees_org(&self, org: &OrgId) -> bool {
-        self.all_orgs || self.org_id() == Some(org)
+        (self.all_orgs || self.org_id() == Some(org)) && self.tenants.org_exists(org)
     }
 
     /// At least `need` over `org`. NOT_FOUND when the organisation is not
@@ -474,7 +477,7 @@ impl Authenticator {
             None => None,
             Some(id) => Some(self.in_scope(&view, &claims, all_orgs, &id)?),
         };
-        let caller = Caller { claims, principal, all_orgs, platform, project, org_role };
+        let caller = Caller { claims, principal, all_orgs, platform, project, org_role, tenants: view };
         tether_store::set_actor(tether_store::Actor::new(caller.principal.clone(), caller.have()));
         Ok(caller)
     }

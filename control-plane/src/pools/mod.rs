@@ -28,6 +28,14 @@ pub fn is_ready(n: &Node) -> bool {
     n.status == NodeStatus::Ready && n.desired_state == DesiredNodeState::Active
 }
 
+/// Whether a member counts towards the pool's size: not down, not being
+/// drained or stopped, not taken by an open removal.
+pub fn counts(n: &Node, taken: &HashSet<NodeId>) -> bool {
+    n.status != NodeStatus::Down
+        && !matches!(n.desired_state, DesiredNodeState::Draining | DesiredNodeState::Stopped)
+        && !taken.contains(&n.id)
+}
+
 /// A pool as its loops see it.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Facts {
@@ -81,10 +89,7 @@ pub fn facts(pool: &Pool, nodes: &[Node], active: &[Allocation], open: &[&ScaleR
             add(&mut f.capacity, &capacity_of(n));
             ready_ids.insert(&n.id);
         }
-        let counts = n.status != NodeStatus::Down
-            && !matches!(n.desired_state, DesiredNodeState::Draining | DesiredNodeState::Stopped)
-            && !taken.contains(&n.id);
-        if counts {
+        if counts(n, &taken) {
             f.current += 1;
         }
     }

@@ -259,8 +259,7 @@ fn least_loaded(
     count: usize,
 ) -> Vec<NodeId> {
     let mut c: Vec<(bool, u64, u64, usize, std::cmp::Reverse<i64>, NodeId)> = members(nodes, &pool.org_id, &pool.name)
-        .filter(|n| n.status != NodeStatus::Down && !taken.contains(&n.id))
-        .filter(|n| !matches!(n.desired_state, DesiredNodeState::Draining | DesiredNodeState::Stopped))
+        .filter(|n| super::counts(n, taken))
         .map(|n| {
             let mine: Vec<&Allocation> = active.iter().filter(|a| a.node_id == n.id).collect();
             let cpu = mine.iter().map(|a| a.resources.cpu_millis).sum();

@@ -14,6 +14,9 @@ use super::{status, store_status};
 use crate::app::{App, now_ms};
 use crate::pools::{Facts, facts, members, to_pb};
 
+/// The node snapshot and the active allocations.
+type Fleet = (Arc<crate::fleet::snapshot::NodeSnapshot>, Vec<tether_types::Allocation>);
+
 pub struct PoolApi {
     app: Arc<App>,
 }
@@ -28,11 +31,6 @@ impl PoolApi {
         let who = self.app.auth.caller(req)?;
         let org = OrgId::parse(id).map_err(status)?;
         who.in_org(&org, role)?;
-        // A platform administrator may name any organisation: a deleted
-        // one (or one never made) is not found, as for everyone else.
-        if !self.app.auth.tenants.get().org_exists(&org) {
-            return Err(status(Error::not_found(format!("organisation {org} not found"))));
-        }
         Ok(org)
     }
 
@@ -52,17 +50,28 @@ impl PoolApi {
         Ok(())
     }
 
-    /// Pools with their facts (nodes, capacity, requests), and each pool's
-    /// open requests.
-    async fn views(&self, pools: &[Pool]) -> Result<Vec<(pb::Pool, Vec<ScaleRequest>)>, Status> {
+    /// What a pool's facts are computed from: the nodes and the active
+    /// allocations, read once per call.
+    async fn fleet(&self) -> Result<Fleet, Status> {
         let app = &self.app;
         let snap = app.nodes.get(&app.store).await.map_err(store_status)?;
         let active = app.store.allocations_active().await.map_err(store_status)?;
+        Ok((snap, active))
+    }
+
+    /// Pools with their facts (nodes, capacity, requests), and each pool's
+    /// open requests.
+    async fn views(
+        &self,
+        pools: &[Pool],
+        (snap, active): &Fleet,
+    ) -> Result<Vec<(pb::Pool, Vec<ScaleRequest>)>, Status> {
+        let app = &self.app;
         let open = app.store.scale_requests_open().await.map_err(store_status)?;
         let mut out = Vec::new();
         for p in pools {
             let mine: Vec<&ScaleRequest> = open.iter().filter(|r| r.org_id == p.org_id && r.pool == p.name).collect();
-            let f = facts(p, &snap.nodes, &active, &mine);
+            let f = facts(p, &snap.nodes, active, &mine);
             let recent = app.store.scale_requests(&p.org_id, &p.name, 1).await.map_err(store_status)?;
             out.push((to_pb(p, &f, crate::pools::provider_error(&recent)), mine.into_iter().cloned().collect()));
         }
@@ -70,14 +79,11 @@ impl PoolApi {
     }
 
     async fn view(&self, p: &Pool) -> Result<pb::Pool, Status> {
-        Ok(self.views(std::slice::from_ref(p)).await?.remove(0).0)
+        Ok(self.views(std::slice::from_ref(p), &self.fleet().await?).await?.remove(0).0)
     }
 
     /// A pool its nodes name without a record.
-    async fn unmanaged(&self, org: &OrgId, names: Option<&str>) -> Result<Vec<pb::Pool>, Status> {
-        let app = &self.app;
-        let snap = app.nodes.get(&app.store).await.map_err(store_status)?;
-        let active = app.store.allocations_active().await.map_err(store_status)?;
+    fn unmanaged(&self, org: &OrgId, names: Option<&str>, (snap, active): &Fleet) -> Vec<pb::Pool> {
         let found: BTreeSet<&str> = snap
             .nodes
             .iter()
@@ -85,7 +91,7 @@ impl PoolApi {
             .map(|n| n.pool.as_str())
             .filter(|p| names.is_none_or(|want| want == *p))
             .collect();
-        Ok(found
+        found
             .into_iter()
             .map(|name| {
                 let p = Pool {
@@ -98,7 +104,7 @@ impl PoolApi {
                     updated_at: 0,
                     scaled_at: 0,
                 };
-                let f: Facts = facts(&p, &snap.nodes, &active, &[]);
+                let f: Facts = facts(&p, &snap.nodes, active, &[]);
                 let mut v = to_pb(&p, &f, None);
                 v.managed = false;
                 v.spec = None;
@@ -107,7 +113,7 @@ impl PoolApi {
                 v
             })
             .filter(|v| v.nodes > 0)
-            .collect())
+            .collect()
     }
 }
 
@@ -159,15 +165,16 @@ impl pb::pool_service_server::PoolService for PoolApi {
     async fn get_pool(&self, req: Request<pb::GetPoolRequest>) -> Result<Response<pb::GetPoolResponse>, Status> {
         let org = self.org(&req, &req.get_ref().organization_id, OrgRole::Viewer)?;
         let name = &req.get_ref().name;
+        let fleet = self.fleet().await?;
         match self.app.store.pool_get(&org, name).await.map_err(store_status)? {
             Some(p) => {
-                let (pool, open) = self.views(&[p]).await?.remove(0);
+                let (pool, open) = self.views(&[p], &fleet).await?.remove(0);
                 Ok(Response::new(pb::GetPoolResponse {
                     pool: Some(pool),
                     requests: open.iter().map(ScaleRequest::to_pb).collect(),
                 }))
             }
-            None => match self.unmanaged(&org, Some(name)).await?.pop() {
+            None => match self.unmanaged(&org, Some(name), &fleet).pop() {
                 Some(pool) => Ok(Response::new(pb::GetPoolResponse { pool: Some(pool), requests: vec![] })),
                 None => Err(status(Error::not_found(format!("pool {name} of organisation {org} not found")))),
             },
@@ -177,9 +184,10 @@ impl pb::pool_service_server::PoolService for PoolApi {
     async fn list_pools(&self, req: Request<pb::ListPoolsRequest>) -> Result<Response<pb::ListPoolsResponse>, Status> {
         let org = self.org(&req, &req.get_ref().organization_id, OrgRole::Viewer)?;
         let records = self.app.store.pool_list(Some(&org)).await.map_err(store_status)?;
-        let mut pools: Vec<pb::Pool> = self.views(&records).await?.into_iter().map(|(p, _)| p).collect();
+        let fleet = self.fleet().await?;
+        let mut pools: Vec<pb::Pool> = self.views(&records, &fleet).await?.into_iter().map(|(p, _)| p).collect();
         let named: BTreeSet<String> = records.iter().map(|p| p.name.clone()).collect();
-        pools.extend(self.unmanaged(&org, None).await?.into_iter().filter(|p| !named.contains(&p.name)));
+        pools.extend(self.unmanaged(&org, None, &fleet).into_iter().filter(|p| !named.contains(&p.name)));
         pools.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(Response::new(pb::ListPoolsResponse { pools }))
     }
