@@ -36,11 +36,16 @@ struct Inner {
     sent: VecDeque<(u64, Instant)>,
     /// When the newest acknowledged beat was sent.
     acked_sent_at: Instant,
+    /// The round trip of the newest beat acknowledged since the last
+    /// [`Fence::take_rtt`].
+    rtt: Option<Duration>,
 }
 
 impl Fence {
     pub fn new() -> Fence {
-        Fence { inner: Mutex::new(Inner { after: None, sent: VecDeque::new(), acked_sent_at: Instant::now() }) }
+        Fence {
+            inner: Mutex::new(Inner { after: None, sent: VecDeque::new(), acked_sent_at: Instant::now(), rtt: None }),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -68,10 +73,19 @@ impl Fence {
                 break;
             }
             i.sent.pop_front();
-            if s == seq && at > i.acked_sent_at {
-                i.acked_sent_at = at;
+            if s == seq {
+                i.rtt = Some(at.elapsed());
+                if at > i.acked_sent_at {
+                    i.acked_sent_at = at;
+                }
             }
         }
+    }
+
+    /// The round trip of the newest beat acknowledged since the last call,
+    /// for the next beat to report.
+    pub fn take_rtt(&self) -> Option<Duration> {
+        self.lock().rtt.take()
     }
 
     /// When running job attempts must be given up, if no newer beat is
@@ -121,7 +135,10 @@ mod tests {
         // Beat 1's ack arrives late: the deadline counts from when beat 1 left.
         f.acked(1);
         assert_eq!(f.deadline(), Some(start + Duration::from_secs(5)));
+        assert_eq!(f.take_rtt(), Some(Duration::from_secs(4)), "sent at 0, acknowledged at 4");
+        assert_eq!(f.take_rtt(), None, "reported once");
         f.acked(2);
+        assert_eq!(f.take_rtt(), Some(Duration::from_secs(3)));
         assert_eq!(f.deadline(), Some(start + Duration::from_secs(6)));
         // A stale or unknown ack never moves it back or forward.
         f.acked(1);

@@ -299,6 +299,7 @@ impl Agent {
             memory_used_mb: mem,
             disk_used_mb: disk,
             running_allocations: self.runner.running(),
+            rtt: self.fence.take_rtt().map(tether_types::duration_to_pb),
             report: self.reports.changed_since(self.report_sent).map(|(r, version)| {
                 self.report_sent = version;
                 tether_proto::pb::NodeReport { reported_at: None, ..r.to_pb(0) }

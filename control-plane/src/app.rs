@@ -41,6 +41,8 @@ pub struct App {
     pub reports: writers::Reports,
     /// Every node row, read again only when it may have changed.
     pub nodes: fleet::snapshot::NodeCache,
+    /// Nodes' reliability scores and automatic quarantine's holds.
+    pub scores: crate::scoring::ScoreBoard,
     /// Where the scheduler's candidate scan resumes in the next pass.
     pub placement_cursor: std::sync::atomic::AtomicUsize,
 }

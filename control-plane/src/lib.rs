@@ -19,6 +19,7 @@ mod fleet;
 mod notify;
 mod ops;
 mod pools;
+mod scoring;
 mod server;
 mod services;
 mod status;
@@ -35,6 +36,7 @@ use tether_proto::agent_pb::agent_service_server::AgentServiceServer;
 use tether_proto::pb::access_key_service_server::AccessKeyServiceServer;
 use tether_proto::pb::admin_service_server::AdminServiceServer;
 use tether_proto::pb::event_service_server::EventServiceServer;
+use tether_proto::pb::insights_service_server::InsightsServiceServer;
 use tether_proto::pb::job_service_server::JobServiceServer;
 use tether_proto::pb::node_service_server::NodeServiceServer;
 use tether_proto::pb::organization_service_server::OrganizationServiceServer;
@@ -186,6 +188,27 @@ fn register_tasks(driver: &background::Driver, app: &Arc<App>, registry: &Arc<fl
     );
     driver.register(
         Spec {
+            name: "scoring",
+            description: "scores every node's reliability from its heartbeats, job outcomes, uptime and flaps",
+            period: background::SCORING_PERIOD,
+            wake: None,
+            leader_only: false,
+        },
+        background::ScoringTask { app: app.clone(), state: Default::default() },
+    );
+    driver.register(
+        Spec {
+            name: "quarantine",
+            description: "quarantines nodes whose score falls below their organisation's threshold and releases \
+                          them after probation, where the organisation enabled it",
+            period: background::SCORING_PERIOD,
+            wake: None,
+            leader_only: true,
+        },
+        background::QuarantineTask { app: app.clone(), state: Default::default() },
+    );
+    driver.register(
+        Spec {
             name: "node_snapshot_refresh",
             description: "reads every node row again, for changes made elsewhere",
             period: fleet::snapshot::NODES_MAX_AGE,
@@ -272,6 +295,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             pools::provider::parse_commands(&config.pool_command)?,
             pools::provider::Allow::parse(&config.webhook_allow)?,
         )?,
+        scores: Default::default(),
         placement_cursor: Default::default(),
         nodes: Default::default(),
         reports: writers::report_batcher(store.clone(), &tasks, shutdown.clone()),
@@ -362,6 +386,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     serve!(EventServiceServer, services::events::EventApi::new(app.clone()));
     serve!(SettingsServiceServer, services::settings::SettingsApi::new(app.clone()));
     serve!(PoolServiceServer, services::pools::PoolApi::new(app.clone()));
+    serve!(InsightsServiceServer, services::insights::InsightsApi::new(app.clone()));
     serve!(AdminServiceServer, services::admin::AdminApi::new(app.clone(), task_statuses));
     for name in serving {
         health_reporter.set_service_status(name, tonic_health::ServingStatus::Serving).await;

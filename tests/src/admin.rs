@@ -12,7 +12,7 @@ use crate::harness::*;
 
 both_backends!(background_tasks_are_listed_over_grpc_and_rest, a_job_row_that_does_not_decode_is_skipped);
 
-const TASKS: [&str; 12] = [
+const TASKS: [&str; 14] = [
     "database_probe",
     "liveness",
     "lease_flush",
@@ -23,6 +23,8 @@ const TASKS: [&str; 12] = [
     "stale_nodes",
     "pools",
     "autoscaler",
+    "scoring",
+    "quarantine",
     "node_snapshot_refresh",
     "revocation_refresh",
 ];
@@ -65,7 +67,7 @@ async fn background_tasks_are_listed_over_grpc_and_rest(backend: Backend) {
         assert!(!t.description.is_empty(), "{t:?}");
         assert_eq!(
             t.leader_only,
-            ["placement", "secret_reseal", "event_retention", "stale_nodes", "pools", "autoscaler"]
+            ["placement", "secret_reseal", "event_retention", "stale_nodes", "pools", "autoscaler", "quarantine"]
                 .contains(&t.name.as_str()),
             "{t:?}"
         );

@@ -169,6 +169,28 @@ where
     }
 }
 
+/// An event's payload as JSON.
+pub fn event_payload(e: &pb::Event) -> serde_json::Value {
+    use serde_json::Value;
+    fn value(v: &prost_types::Value) -> Value {
+        use prost_types::value::Kind;
+        match &v.kind {
+            // Struct numbers are doubles; whole ones read as integers.
+            Some(Kind::NumberValue(n)) if n.fract() == 0.0 && *n >= 0.0 => serde_json::json!(*n as u64),
+            Some(Kind::NumberValue(n)) => serde_json::json!(n),
+            Some(Kind::StringValue(s)) => Value::String(s.clone()),
+            Some(Kind::BoolValue(b)) => Value::Bool(*b),
+            Some(Kind::StructValue(s)) => object(s),
+            Some(Kind::ListValue(l)) => Value::Array(l.values.iter().map(value).collect()),
+            Some(Kind::NullValue(_)) | None => Value::Null,
+        }
+    }
+    fn object(s: &prost_types::Struct) -> Value {
+        Value::Object(s.fields.iter().map(|(k, v)| (k.clone(), value(v))).collect())
+    }
+    e.payload.as_ref().map_or(Value::Null, object)
+}
+
 pub type Authed = InterceptedService<Channel, Bearer>;
 
 /// A plain-HTTP client. In the workspace's one build reqwest carries the

@@ -37,6 +37,8 @@ mod reports;
 #[cfg(test)]
 mod rest;
 #[cfg(test)]
+mod scoring;
+#[cfg(test)]
 mod sdk;
 #[cfg(test)]
 mod secrets;

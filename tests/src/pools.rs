@@ -129,26 +129,6 @@ async fn pool_events(cp: &ControlPlane, org: &str) -> Vec<pb::Event> {
     .events
 }
 
-fn payload(e: &pb::Event) -> Value {
-    fn value(v: &prost_types::Value) -> Value {
-        use prost_types::value::Kind;
-        match &v.kind {
-            // Struct numbers are doubles; whole ones read as integers.
-            Some(Kind::NumberValue(n)) if n.fract() == 0.0 && *n >= 0.0 => serde_json::json!(*n as u64),
-            Some(Kind::NumberValue(n)) => serde_json::json!(n),
-            Some(Kind::StringValue(s)) => Value::String(s.clone()),
-            Some(Kind::BoolValue(b)) => Value::Bool(*b),
-            Some(Kind::StructValue(s)) => object(s),
-            Some(Kind::ListValue(l)) => Value::Array(l.values.iter().map(value).collect()),
-            Some(Kind::NullValue(_)) | None => Value::Null,
-        }
-    }
-    fn object(s: &prost_types::Struct) -> Value {
-        Value::Object(s.fields.iter().map(|(k, v)| (k.clone(), value(v))).collect())
-    }
-    e.payload.as_ref().map_or(Value::Null, object)
-}
-
 async fn scale_through_a_webhook_and_drain_before_removal(backend: Backend) {
     let cp = ControlPlane::start(backend).await;
     let hook = Receiver::start().await;
@@ -348,7 +328,10 @@ async fn scale_through_a_webhook_and_drain_before_removal(backend: Backend) {
     for k in ["pool.created", "pool.scaled", "pool.scale_requested", "pool.scale_submitted", "pool.scale_fulfilled"] {
         assert!(kinds.contains(&k), "{k} in {kinds:?}");
     }
-    assert!(evs.iter().all(|e| !serde_json::to_string(&payload(e)).unwrap().contains(TOKEN)), "no event has the token");
+    assert!(
+        evs.iter().all(|e| !serde_json::to_string(&event_payload(e)).unwrap().contains(TOKEN)),
+        "no event has the token"
+    );
     let submitted = evs.iter().rfind(|e| e.kind == "pool.scale_submitted").unwrap().sequence;
     let mut ev = EventServiceClient::with_interceptor(cp.channel().await, bearer(Some(&cp.admin_token)));
     let job_done = ev
@@ -411,7 +394,7 @@ async fn autoscaling_grows_for_pending_jobs_and_shrinks_when_idle(backend: Backe
         pool_events(&cp, &w.org)
             .await
             .iter()
-            .any(|e| e.kind == "pool.autoscale_held" && payload(e)["reason"] == "at_max")
+            .any(|e| e.kind == "pool.autoscale_held" && event_payload(e)["reason"] == "at_max")
             .then_some(())
     })
     .await;
@@ -448,7 +431,7 @@ async fn autoscaling_grows_for_pending_jobs_and_shrinks_when_idle(backend: Backe
     // Both decisions are events with their reasons and figures; what was
     // wanted and not done (more than max, requests open, cooldown) too.
     let evs = pool_events(&cp, &w.org).await;
-    let scaled: Vec<Value> = evs.iter().filter(|e| e.kind == "pool.scaled").map(payload).collect();
+    let scaled: Vec<Value> = evs.iter().filter(|e| e.kind == "pool.scaled").map(event_payload).collect();
     assert_eq!(scaled.len(), 2, "{scaled:?}");
     assert_eq!((scaled[0]["from"].as_u64(), scaled[0]["to"].as_u64()), (Some(0), Some(2)), "{scaled:?}");
     assert_eq!((scaled[0]["by"].as_str(), scaled[0]["metric"].as_str()), (Some("autoscaler"), Some("pending_jobs")));
@@ -461,7 +444,7 @@ async fn autoscaling_grows_for_pending_jobs_and_shrinks_when_idle(backend: Backe
     let held: Vec<String> = evs
         .iter()
         .filter(|e| e.kind == "pool.autoscale_held")
-        .map(|e| payload(e)["reason"].as_str().unwrap().to_owned())
+        .map(|e| event_payload(e)["reason"].as_str().unwrap().to_owned())
         .collect();
     assert!(held.iter().any(|r| r == "at_max"), "{held:?}");
     assert!(held.iter().any(|r| r == "cooldown"), "{held:?}");

@@ -200,6 +200,8 @@ impl World {
             "ListNodes" => Listing(json!({})),
             "GetNode" => Named { foreign: json!({"nodeId": w.b_nodes[0]}), own: json!({"nodeId": w.a_node}) },
             "WatchNodes" => Listing(json!({"sendInitial": true})),
+            "GetNodeInsights" => Named { foreign: json!({"nodeId": w.b_nodes[0]}), own: json!({"nodeId": w.a_node}) },
+            "ListNodeRisk" => Listing(json!({"limit": 1000})),
             "SetDesiredState" => Named {
                 foreign: json!({"nodeId": w.b_nodes[0], "state": "DESIRED_NODE_STATE_PAUSED"}),
                 own: json!({"nodeId": w.a_node, "state": "DESIRED_NODE_STATE_PAUSED"}),

@@ -14,6 +14,7 @@
 mod events;
 mod pools;
 mod reseal;
+mod scoring;
 mod stale_nodes;
 mod tasks;
 
@@ -29,6 +30,7 @@ use tokio_util::task::TaskTracker;
 pub use events::{EventRetention, EventTailFill};
 pub use pools::{AutoscalerTask, PoolsTask};
 pub use reseal::Reseal;
+pub use scoring::{QuarantineTask, SCORING_PERIOD, ScoringTask};
 pub use stale_nodes::{STALE_NODES_PERIOD, StaleNodes};
 pub use tasks::{LeaseFlush, Liveness, NodeSnapshotRefresh, PROBE_PERIOD, Placement, Probe, RevocationRefresh};
 

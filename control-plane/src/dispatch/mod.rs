@@ -76,7 +76,7 @@ impl PassState {
         &mut self,
         snap: &Arc<NodeSnapshot>,
         active: &[Allocation],
-        now: i64,
+        scores: &crate::scoring::Board,
         hub: &crate::fleet::hub::JobsHub,
     ) {
         if !self.views_of.as_ref().is_some_and(|s| Arc::ptr_eq(s, snap)) {
@@ -86,7 +86,7 @@ impl PassState {
         for (v, base) in self.views.iter_mut().zip(&snap.base_views) {
             v.ready = base.ready && hub.has(&v.id);
         }
-        apply_usage(&mut self.views, &snap.nodes, &snap.index, active, now);
+        apply_usage(&mut self.views, &snap.nodes, &snap.index, active, scores);
     }
 }
 
@@ -211,7 +211,7 @@ pub async fn pass(app: &App, state: &mut PassState) -> Result<PassSummary, Store
             })
             .collect();
         if !views_ready {
-            state.prepare_views(&snap, &active, now, &app.hub);
+            state.prepare_views(&snap, &active, &app.scores.get(), &app.hub);
             views_ready = true;
         }
         let views = &mut state.views;
@@ -255,7 +255,7 @@ pub async fn pass(app: &App, state: &mut PassState) -> Result<PassSummary, Store
         Vec::new()
     } else {
         if !views_ready {
-            state.prepare_views(&snap, &active, now, &app.hub);
+            state.prepare_views(&snap, &active, &app.scores.get(), &app.hub);
         }
         place(app, &mut state.views, &mut ledger, &reqs)
     };

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_ms;
 use crate::notify::Notifier;
+use crate::scoring::stats::BeatStats;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Liveness {
@@ -103,13 +104,23 @@ struct Entry {
     lease_dirty: bool,
     usage: Option<NodeUsage>,
     session: Option<SessionSlot>,
+    /// Its heartbeat figures, for its reliability score.
+    stats: BeatStats,
 }
 
 impl Entry {
     /// A node last heard from at `last_seen` (`last_seen_ms` on the wall
     /// clock), with no session and no figures yet.
     fn new(status: NodeStatus, last_seen: Instant, last_seen_ms: i64) -> Self {
-        Entry { status, last_seen, last_seen_ms, lease_dirty: false, usage: None, session: None }
+        Entry {
+            status,
+            last_seen,
+            last_seen_ms,
+            lease_dirty: false,
+            usage: None,
+            session: None,
+            stats: BeatStats::default(),
+        }
     }
 }
 
@@ -276,6 +287,7 @@ impl Registry {
             entry.last_seen = Instant::now();
             entry.last_seen_ms = now;
             entry.session = Some(slot);
+            entry.stats.session_opened();
         }
         if let Some((_, seq)) = events.last() {
             self.notify.committed(*seq);
@@ -284,10 +296,12 @@ impl Registry {
         Ok((session, record))
     }
 
-    /// Records a beat. A beat on a node marked unreachable brings it back; a
-    /// beat on a node declared down (its work released) closes the session
-    /// instead, so that the agent reconnects and resynchronises.
-    pub async fn beat(&self, s: &Session, usage: NodeUsage) -> Beat {
+    /// Records a beat: the agent waits `expected` between beats on average,
+    /// and measured `rtt` for an earlier one. A beat on a node marked
+    /// unreachable brings it back; a beat on a node declared down (its work
+    /// released) closes the session instead, so that the agent reconnects
+    /// and resynchronises.
+    pub async fn beat(&self, s: &Session, usage: NodeUsage, expected: Duration, rtt: Option<Duration>) -> Beat {
         let revive = {
             let mut map = self.lock();
             let Some(e) = map.get_mut(&s.node) else { return Beat::Stale };
@@ -301,6 +315,7 @@ impl Registry {
             e.last_seen_ms = now_ms();
             e.lease_dirty = true;
             e.usage = Some(usage);
+            e.stats.beat(e.last_seen, expected, rtt);
             e.status != NodeStatus::Ready
         };
         metrics::counter!("tether_heartbeats_total").increment(1);
@@ -406,6 +421,11 @@ impl Registry {
         tx.is_some_and(|tx| tx.try_send(Ok(msg)).is_ok())
     }
 
+    /// Every node's heartbeat figures, for the scoring loop.
+    pub fn stats(&self) -> Vec<(NodeId, BeatStats)> {
+        self.lock().iter().map(|(id, e)| (id.clone(), e.stats.clone())).collect()
+    }
+
     /// What this replica knows beyond the database: the latest beat figures
     /// (while a session is open here) and the exact last-seen time.
     pub fn live(&self, node: &NodeId) -> (Option<NodeUsage>, i64) {
@@ -425,6 +445,15 @@ impl Registry {
         match self.store.node_status_apply(&changes).await {
             Ok(applied) => {
                 let mut map = self.lock();
+                let now = Instant::now();
+                for c in &changes {
+                    if let Some(e) = map.get_mut(&c.id)
+                        && e.status == NodeStatus::Ready
+                        && c.status == NodeStatus::Unreachable
+                    {
+                        e.stats.flapped(now);
+                    }
+                }
                 for (node, seq) in &applied {
                     tracing::info!(node_id = %node.id, status = node.status.as_str(), "node status changed");
                     if let Some(e) = map.get_mut(&node.id) {

@@ -9,8 +9,9 @@ use tether_scheduler::NodeView;
 use tether_store::StoreError;
 use tether_types::{AllocStatus, Allocation, Error, ErrorCode, Node, NodeId, NodeStatus};
 
-/// Reliability grows to 1 over this much time ready.
-const RELIABILITY_RAMP_MS: i64 = 10 * 60 * 1000;
+/// A node without a score yet (the scoring loop has not run since it
+/// enrolled) is taken as reliable as a new node: its uptime is all it has.
+const UNSCORED_RELIABILITY: f64 = 0.7;
 
 /// The node list is read again at once when this process wrote a node, and
 /// in the background this often in any case, for writes by other processes on
@@ -160,17 +161,17 @@ pub(crate) fn base_view(n: &Node) -> NodeView {
 }
 
 /// Sets what is allocated on each node (and per group) from the active
-/// allocations, and the reliability as of `now`. `views[i]` is `nodes[i]`.
+/// allocations, and each node's reliability score from `scores`.
+/// `views[i]` is `nodes[i]`.
 pub(crate) fn apply_usage(
     views: &mut [NodeView],
     nodes: &[Node],
     index: &HashMap<NodeId, usize>,
     active: &[Allocation],
-    now: i64,
+    scores: &crate::scoring::Board,
 ) {
     for (v, n) in views.iter_mut().zip(nodes) {
-        let up_for = (now - n.status_changed_at).clamp(0, RELIABILITY_RAMP_MS);
-        v.reliability = 0.5 + 0.5 * (up_for as f64 / RELIABILITY_RAMP_MS as f64);
+        v.reliability = scores.score(&n.id).unwrap_or(UNSCORED_RELIABILITY);
         v.allocated = Default::default();
         v.groups.clear();
     }
@@ -186,10 +187,10 @@ pub(crate) fn apply_usage(
 }
 
 /// Scheduler views of `nodes` with `active` allocated on them.
-pub fn node_views(nodes: &[Node], active: &[Allocation], now: i64) -> Vec<NodeView> {
+pub fn node_views(nodes: &[Node], active: &[Allocation], scores: &crate::scoring::Board) -> Vec<NodeView> {
     let mut views: Vec<NodeView> = nodes.iter().map(base_view).collect();
     let index: HashMap<NodeId, usize> = nodes.iter().enumerate().map(|(i, n)| (n.id.clone(), i)).collect();
-    apply_usage(&mut views, nodes, &index, active, now);
+    apply_usage(&mut views, nodes, &index, active, scores);
     views
 }
 

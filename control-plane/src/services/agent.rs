@@ -258,7 +258,14 @@ async fn heartbeat_session(
                             disk_used_mb: b.disk_used_mb,
                             running_allocations: b.running_allocations,
                         };
-                        match Box::pin(app.registry.beat(&session, usage)).await {
+                        // A round trip is a duration the agent measured:
+                        // negative or absurd ones are dropped.
+                        let rtt = b
+                            .rtt
+                            .filter(|d| d.seconds >= 0 && d.nanos >= 0 && d.seconds < 3600)
+                            .map(|d| tether_types::duration_from_pb(&d));
+                        let expected = app.config.heartbeat_interval + app.config.jitter() / 2;
+                        match Box::pin(app.registry.beat(&session, usage, expected, rtt)).await {
                             crate::fleet::registry::Beat::Counted => {
                                 if let Some(r) = &b.report {
                                     match tether_types::NodeReport::from_pb(r) {

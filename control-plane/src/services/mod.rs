@@ -7,6 +7,7 @@ pub mod admin;
 pub mod agent;
 pub mod events;
 pub mod http_agent;
+pub mod insights;
 pub mod jobs;
 pub mod nodes;
 pub mod organizations;

@@ -51,7 +51,7 @@ impl NodeApi {
 
 /// Which nodes the caller sees, with at least a viewer's standing: a
 /// project's nodes when the call acts on a project, else the organisation's.
-fn scope(who: &Caller) -> Result<NodeScope, Status> {
+pub(super) fn scope(who: &Caller) -> Result<NodeScope, Status> {
     if let Some(p) = &who.project {
         who.in_project(Role::Viewer)?;
         return Ok(NodeScope::Project { org: p.org().clone(), project: p.id().clone() });
@@ -62,7 +62,7 @@ fn scope(who: &Caller) -> Result<NodeScope, Status> {
 }
 
 /// Whether a node is in `scope` as the tenancy records stand now.
-fn sees(app: &App, scope: &NodeScope, n: &Node) -> bool {
+pub(super) fn sees(app: &App, scope: &NodeScope, n: &Node) -> bool {
     match scope {
         NodeScope::Org(o) => &n.org_id == o,
         NodeScope::Project { project, .. } => {

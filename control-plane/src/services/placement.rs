@@ -8,7 +8,7 @@ use tether_types::{Constraints, Error, ProjectAccess, Resources, Role};
 use tonic::{Request, Response, Status};
 
 use super::{status, store_status};
-use crate::app::{App, now_ms};
+use crate::app::App;
 
 pub struct PlacementApi {
     app: Arc<App>,
@@ -26,7 +26,7 @@ pub async fn views(app: &App, access: &ProjectAccess) -> Result<(Vec<NodeView>, 
     let snap = app.nodes.get(&app.store).await.map_err(store_status)?;
     let nodes: Vec<_> = snap.nodes.iter().filter(|n| access.may_use(n.place())).cloned().collect();
     let active = app.store.allocations_active().await.map_err(store_status)?;
-    Ok((crate::fleet::snapshot::node_views(&nodes, &active, now_ms()), crate::dispatch::usage(&active)))
+    Ok((crate::fleet::snapshot::node_views(&nodes, &active, &app.scores.get()), crate::dispatch::usage(&active)))
 }
 
 fn objective(v: i32) -> Result<Objective, Status> {

@@ -329,7 +329,7 @@ async fn session(
             },
             _ = tokio::time::sleep_until(next_beat) => {
                 seq += 1;
-                let beat = agent_pb::Beat { seq, cpu_percent: 1.0, memory_used_mb: 100, disk_used_mb: 100, running_allocations: 0, report: None };
+                let beat = agent_pb::Beat { seq, cpu_percent: 1.0, memory_used_mb: 100, disk_used_mb: 100, running_allocations: 0, report: None, rtt: None };
                 if hb_tx.send(agent_pb::HeartbeatRequest { msg: Some(heartbeat_request::Msg::Beat(beat)) }).await.is_err() {
                     break Err(anyhow::anyhow!("heartbeat send failed"));
                 }

@@ -17,6 +17,7 @@ mod health;
 mod http_agents;
 mod nodes;
 mod pools;
+mod quarantine;
 mod root_keys;
 mod row;
 mod secrets;
@@ -38,6 +39,7 @@ pub use events::{
 pub use health::{DbHealth, PROBE_TIMEOUT};
 pub use http_agents::{HttpAgent, NONCE_RETENTION_MS};
 pub use nodes::{NodeEnroll, NodeFilter, NodePage, NodeScope, OpenedSession, SessionOpen, StatusChange};
+pub use quarantine::AutoQuarantine;
 pub use root_keys::RootKeyRecord;
 pub use row::{BadRow, Decoded};
 pub use secrets::{SecretCopy, SecretHolders, SecretSummary, SecretVersionRecord};

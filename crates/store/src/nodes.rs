@@ -7,7 +7,7 @@ use crate::events::append_event;
 use crate::row::{Get, to_json};
 use crate::{Committed, Result, Store, StoreError, in_tx, in_tx_committed, on_read};
 
-const NODE_COLS: &str =
+pub(crate) const NODE_COLS: &str =
     "id, org_id, project_id, status, desired_state, desired_state_version, capabilities, labels, pool,
      registered_at, status_changed_at, last_seen_at, session_generation, join_token_id, desired_state_reason,
      acked_desired_state_version, desired_state_nack, drain_deadline, transport";
@@ -28,6 +28,7 @@ macro_rules! append_node_event {
         )
     }};
 }
+pub(crate) use append_node_event;
 
 /// An opened session's node and the events its opening appended (kind, seq).
 pub type OpenedSession = (Node, Vec<(String, i64)>);
@@ -40,7 +41,7 @@ pub struct SessionOpen<'a> {
     pub capabilities: Option<&'a NodeCapabilities>,
 }
 
-fn node_from_row(r: &impl Get) -> Result<Node> {
+pub(crate) fn node_from_row(r: &impl Get) -> Result<Node> {
     Ok(Node {
         id: NodeId::from_trusted(r.text("id")?),
         org_id: OrgId::from_trusted(r.text("org_id")?),

@@ -152,6 +152,12 @@ impl Clients {
             self.bearer.clone(),
         )
     }
+    fn insights(&self) -> tether_proto::pb::insights_service_client::InsightsServiceClient<Svc> {
+        tether_proto::pb::insights_service_client::InsightsServiceClient::with_interceptor(
+            self.channel.clone(),
+            self.bearer.clone(),
+        )
+    }
     fn events(&self) -> tether_proto::pb::event_service_client::EventServiceClient<Svc> {
         tether_proto::pb::event_service_client::EventServiceClient::with_interceptor(
             self.channel.clone(),

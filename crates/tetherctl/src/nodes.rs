@@ -60,6 +60,13 @@ pub(crate) enum NodesCmd {
     },
     /// Lift a quarantine.
     Unquarantine { node_id: String },
+    /// The node's reliability score and what makes it.
+    Insights { node_id: String },
+    /// The riskiest nodes, lowest score first, with their reasons.
+    Risk {
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -148,6 +155,14 @@ pub(crate) async fn run(c: &Clients, out: &Out, cmd: NodesCmd) -> anyhow::Result
         NodesCmd::Stop { node_id, reason } => return set_state(c, out, node_id, D::Stopped, reason, None).await,
         NodesCmd::Quarantine { node_id, reason } => {
             return set_state(c, out, node_id, D::Quarantined, reason, None).await;
+        }
+        NodesCmd::Insights { node_id } => {
+            let r = c.insights().get_node_insights(pb::GetNodeInsightsRequest { node_id }).await?.into_inner();
+            out.insights(r.insights.as_ref().expect("insights"));
+        }
+        NodesCmd::Risk { limit } => {
+            let r = c.insights().list_node_risk(pb::ListNodeRiskRequest { limit }).await?.into_inner();
+            out.risk(&r);
         }
         NodesCmd::Unquarantine { node_id } => return set_state(c, out, node_id, D::Active, String::new(), None).await,
     }

@@ -28,7 +28,83 @@ pub(crate) enum SettingsCmd {
         /// Back to the control plane's --stale-node-ttl.
         #[arg(long, conflicts_with = "keep_down_nodes")]
         default_stale_node_ttl: bool,
+        #[command(flatten)]
+        scoring: ScoringArgs,
     },
+}
+
+/// Reliability scoring and automatic quarantine (0 or unset: the default).
+#[derive(clap::Args)]
+pub(crate) struct ScoringArgs {
+    /// Heartbeat round trips up to this cost nothing (e.g. 50ms).
+    #[arg(long)]
+    latency_target: Option<humantime::Duration>,
+    /// Ready this long without a break earns full uptime.
+    #[arg(long)]
+    uptime_ramp: Option<humantime::Duration>,
+    /// Flaps are forgotten with this half-life.
+    #[arg(long)]
+    flap_half_life: Option<humantime::Duration>,
+    /// Job attempts that finished this recently make the failure rate.
+    #[arg(long)]
+    failure_window: Option<humantime::Duration>,
+    /// Automatic quarantine on or off.
+    #[arg(long)]
+    quarantine: Option<OnOff>,
+    /// Quarantine below this score, percent.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=100))]
+    quarantine_below: Option<u32>,
+    /// Release once the score stays at or above this, percent.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=100))]
+    quarantine_release: Option<u32>,
+    /// How long the score must stay up before release.
+    #[arg(long)]
+    probation: Option<humantime::Duration>,
+    /// Most of the organisation's ready nodes held at once, percent.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=100))]
+    quarantine_max: Option<u32>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub(crate) enum OnOff {
+    On,
+    Off,
+}
+
+impl ScoringArgs {
+    fn apply(&self, s: &mut pb::Settings) -> anyhow::Result<()> {
+        let d = |v: &Option<humantime::Duration>| -> anyhow::Result<Option<prost_types::Duration>> {
+            v.map(|v| prost_types::Duration::try_from(*v).map_err(anyhow::Error::from)).transpose()
+        };
+        let sc = s.scoring.get_or_insert_with(Default::default);
+        for (arg, field) in [
+            (&self.latency_target, &mut sc.latency_target),
+            (&self.uptime_ramp, &mut sc.uptime_ramp),
+            (&self.flap_half_life, &mut sc.flap_half_life),
+            (&self.failure_window, &mut sc.failure_window),
+        ] {
+            if arg.is_some() {
+                *field = d(arg)?;
+            }
+        }
+        let q = s.quarantine.get_or_insert_with(Default::default);
+        if let Some(on) = self.quarantine {
+            q.enabled = matches!(on, OnOff::On);
+        }
+        for (arg, field) in [
+            (self.quarantine_below, &mut q.below_percent),
+            (self.quarantine_release, &mut q.release_percent),
+            (self.quarantine_max, &mut q.max_percent),
+        ] {
+            if let Some(v) = arg {
+                *field = v;
+            }
+        }
+        if self.probation.is_some() {
+            q.probation = d(&self.probation)?;
+        }
+        Ok(())
+    }
 }
 
 pub(crate) async fn org_of(c: &Clients, org: Option<String>) -> anyhow::Result<String> {
@@ -47,7 +123,7 @@ pub(crate) async fn run(c: &Clients, out: &Out, cmd: SettingsCmd) -> anyhow::Res
             let r = c.settings().get_settings(pb::GetSettingsRequest { organization_id }).await?.into_inner();
             out.settings(&r);
         }
-        SettingsCmd::Set { org, stale_node_ttl, keep_down_nodes, default_stale_node_ttl } => {
+        SettingsCmd::Set { org, stale_node_ttl, keep_down_nodes, default_stale_node_ttl, scoring } => {
             let organization_id = org_of(c, org).await?;
             let now = c
                 .settings()
@@ -67,6 +143,7 @@ pub(crate) async fn run(c: &Clients, out: &Out, cmd: SettingsCmd) -> anyhow::Res
                 fleet.stale_node_ttl = None;
                 fleet.keep_down_nodes = false;
             }
+            scoring.apply(&mut settings)?;
             let r = c
                 .settings()
                 .update_settings(pb::UpdateSettingsRequest {

@@ -133,7 +133,7 @@ async fn ready_unreachable_revive_down_resync() {
     assert_eq!(f.status().await, NodeStatus::Unreachable, "silent past the grace");
 
     // A beat brings it back.
-    assert_eq!(f.registry.beat(&s, NodeUsage::default()).await, Beat::Counted);
+    assert_eq!(f.registry.beat(&s, NodeUsage::default(), Duration::from_secs(1), None).await, Beat::Counted);
     assert_eq!(f.status().await, NodeStatus::Ready);
 
     // Silent again: unreachable, then down once silent past down_after.
@@ -146,7 +146,7 @@ async fn ready_unreachable_revive_down_resync() {
 
     // A beat on a down node does not revive it: its work was released,
     // so the session closes and the agent must resync.
-    assert_eq!(f.registry.beat(&s, NodeUsage::default()).await, Beat::Resync);
+    assert_eq!(f.registry.beat(&s, NodeUsage::default(), Duration::from_secs(1), None).await, Beat::Resync);
     assert_eq!(s.close_reason(), Some(CloseReason::Resync));
     assert!(s.cancel.is_cancelled());
     assert_eq!(f.status().await, NodeStatus::Down);
@@ -158,7 +158,7 @@ async fn beats_keep_a_node_ready() {
     let s = f.open(1).await.unwrap();
     for _ in 0..10 {
         f.after(GRACE / 2).await;
-        assert_eq!(f.registry.beat(&s, NodeUsage::default()).await, Beat::Counted);
+        assert_eq!(f.registry.beat(&s, NodeUsage::default(), Duration::from_secs(1), None).await, Beat::Counted);
     }
     assert_eq!(
         f.status().await,
@@ -177,11 +177,11 @@ async fn newer_generation_supersedes_and_older_is_fenced() {
     assert_eq!(first.close_reason(), Some(CloseReason::Superseded));
     assert!(first.cancel.is_cancelled());
     assert_eq!(
-        f.registry.beat(&first, NodeUsage::default()).await,
+        f.registry.beat(&first, NodeUsage::default(), Duration::from_secs(1), None).await,
         Beat::Stale,
         "the old session's beats are not counted"
     );
-    assert_eq!(f.registry.beat(&second, NodeUsage::default()).await, Beat::Counted);
+    assert_eq!(f.registry.beat(&second, NodeUsage::default(), Duration::from_secs(1), None).await, Beat::Counted);
     let Err(err) = f.open(1).await else { panic!("an older generation must be refused") };
     assert_eq!(err.code, ErrorCode::Aborted, "{err:?}");
     assert_eq!(second.close_reason(), None, "the current session is untouched");
@@ -210,7 +210,7 @@ async fn a_session_without_a_jobs_stream_is_closed_at_the_down_timeout() {
     // Beats keep it ready, but without a Jobs stream it cannot take work.
     for _ in 0..7 {
         f.after(GRACE / 2).await;
-        f.registry.beat(&s, NodeUsage::default()).await;
+        f.registry.beat(&s, NodeUsage::default(), Duration::from_secs(1), None).await;
     }
     assert_eq!(s.close_reason(), Some(CloseReason::NoJobsStream));
 }

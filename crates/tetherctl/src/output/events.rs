@@ -59,5 +59,23 @@ impl Out {
             println!("updated         {} by {}", ts(&r.updated_at), r.updated_by);
         }
         println!("stale-node-ttl  {} (in effect: {})", ttl(&fleet(&r.settings)), ttl(&fleet(&r.effective)));
+        let dur = |d: &Option<prost_types::Duration>| match d {
+            Some(d) => humantime::format_duration(tether_types::duration_from_pb(d)).to_string(),
+            None => "default".to_string(),
+        };
+        let pct = |v: u32| if v == 0 { "default".to_string() } else { format!("{v}%") };
+        let sc = |s: &Option<pb::Settings>| s.as_ref().and_then(|s| s.scoring).unwrap_or_default();
+        let (set, eff) = (sc(&r.settings), sc(&r.effective));
+        println!("latency-target  {} (in effect: {})", dur(&set.latency_target), dur(&eff.latency_target));
+        println!("uptime-ramp     {} (in effect: {})", dur(&set.uptime_ramp), dur(&eff.uptime_ramp));
+        println!("flap-half-life  {} (in effect: {})", dur(&set.flap_half_life), dur(&eff.flap_half_life));
+        println!("failure-window  {} (in effect: {})", dur(&set.failure_window), dur(&eff.failure_window));
+        let q = |s: &Option<pb::Settings>| s.as_ref().and_then(|s| s.quarantine).unwrap_or_default();
+        let (set, eff) = (q(&r.settings), q(&r.effective));
+        println!("quarantine      {}", if eff.enabled { "on" } else { "off" });
+        println!("  below         {} (in effect: {})", pct(set.below_percent), pct(eff.below_percent));
+        println!("  release       {} (in effect: {})", pct(set.release_percent), pct(eff.release_percent));
+        println!("  probation     {} (in effect: {})", dur(&set.probation), dur(&eff.probation));
+        println!("  max           {} (in effect: {})", pct(set.max_percent), pct(eff.max_percent));
     }
 }

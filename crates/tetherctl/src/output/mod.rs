@@ -2,6 +2,7 @@
 //! services print from their own files here.
 
 mod events;
+mod insights;
 mod pools;
 mod secrets;
 
