@@ -281,3 +281,48 @@ pub(super) async fn leases_flush_only_moves_forward(store: Store) {
         assert_eq!(got, if i % 2 == 0 { 9_000 } else { 5_000 }, "node {i}");
     }
 }
+
+pub(super) async fn auto_quarantine_holds_and_an_operator_wins(store: Store) {
+    let p = project(&store).await;
+    let jt = join_token(&store, &p, 1, 0, 10_000).await;
+    let a = store.node_enroll(&enroll(&p, &jt, 1, 2_000)).await.unwrap().value;
+    let why = serde_json::json!({"node_id": a.id, "score": 0.2});
+    // Only over the desired state version the decision saw.
+    let stale = store.auto_quarantine(&a.id, a.desired_state_version + 1, "auto", &why, 3_000).await.unwrap();
+    assert_eq!(stale.value, None);
+    assert_eq!(stale.seq, None, "nothing written");
+    let held = store.auto_quarantine(&a.id, a.desired_state_version, "auto", &why, 3_000).await.unwrap();
+    let q = held.value.expect("quarantined");
+    assert_eq!((q.desired_state, q.desired_state_reason.as_str()), (DesiredNodeState::Quarantined, "auto"));
+    let holds = store.auto_quarantines().await.unwrap();
+    assert_eq!(holds.len(), 1);
+    assert_eq!((holds[0].desired_version, holds[0].quarantined_at), (q.desired_state_version, 3_000));
+    let again = store.auto_quarantine(&a.id, q.desired_state_version, "auto", &why, 3_001).await.unwrap();
+    assert_eq!(again.value, None, "only an active node is quarantined");
+
+    // Released while no one changed it.
+    let back = store.auto_release(&a.id, &why, 4_000).await.unwrap().value.expect("released");
+    assert_eq!(back.desired_state, DesiredNodeState::Active);
+    assert!(store.auto_quarantines().await.unwrap().is_empty());
+
+    // Held again, then an operator quarantines it by hand: no release, and
+    // the hold is gone.
+    let q = store.auto_quarantine(&a.id, back.desired_state_version, "auto", &why, 5_000).await.unwrap().value.unwrap();
+    let manual =
+        store.node_set_desired(&a.id, DesiredNodeState::Quarantined, "bad disk", None, 5_500).await.unwrap().value;
+    assert!(manual.desired_state_version > q.desired_state_version);
+    assert_eq!(store.auto_release(&a.id, &why, 6_000).await.unwrap().value, None);
+    assert!(store.auto_quarantines().await.unwrap().is_empty());
+    let n = store.node_get(&a.id).await.unwrap().unwrap();
+    assert_eq!((n.desired_state, n.desired_state_reason.as_str()), (DesiredNodeState::Quarantined, "bad disk"));
+
+    // Each decision is an event; a deregistered node's hold goes with it.
+    let kinds: Vec<String> =
+        org_events_since(&store, &org(), "quarantine.", 0, 10).await.unwrap().into_iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, ["quarantine.applied", "quarantine.released", "quarantine.applied"]);
+    let _ = store.node_set_desired(&a.id, DesiredNodeState::Active, "", None, 7_000).await.unwrap();
+    let n = store.node_get(&a.id).await.unwrap().unwrap();
+    let _ = store.auto_quarantine(&a.id, n.desired_state_version, "auto", &why, 7_100).await.unwrap().value.unwrap();
+    let _ = store.node_deregister(&a.id, 8_000).await.unwrap();
+    assert!(store.auto_quarantines().await.unwrap().is_empty());
+}

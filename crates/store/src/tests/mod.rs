@@ -109,6 +109,7 @@ suite!(
     secrets_versions_copies_and_deletes,
     events_filter_page_and_prune,
     pools_scale_requests_and_events,
+    auto_quarantine_holds_and_an_operator_wins,
 );
 
 fn id<T>(f: fn([u8; 10]) -> T, n: u8) -> T {

@@ -93,6 +93,11 @@ pub(super) async fn job_lifecycle_retries_and_idempotency(store: Store) {
     );
     let page = store.job_list(&p, Some(JobStatus::Succeeded), None, None, 10).await.unwrap();
     assert_eq!(page.jobs.len(), 1);
+    // The node's outcomes, for its reliability score: one failed of two
+    // finished, both since 2_200; only the success since 2_300.
+    assert_eq!(store.node_job_outcomes(2_200).await.unwrap(), vec![(node.clone(), 2, 1)]);
+    assert_eq!(store.node_job_outcomes(2_300).await.unwrap(), vec![(node.clone(), 1, 0)]);
+    assert!(store.node_job_outcomes(2_600).await.unwrap().is_empty());
 }
 
 pub(super) async fn job_cancel_and_lost_on_down_node(store: Store) {
