@@ -8,7 +8,6 @@
 
 pub mod formula;
 pub mod quarantine;
-pub mod round;
 pub mod stats;
 
 use std::collections::HashMap;
