@@ -60,14 +60,17 @@ impl BackgroundTask for QuarantineTask {
 /// Job outcomes are read again after this long (one grouped query).
 const OUTCOMES_MAX_AGE: Duration = Duration::from_secs(15);
 
+/// Per node: job attempts finished within a window, and of them failed or lost.
+type Outcomes = HashMap<NodeId, (u64, u64)>;
+
 /// The scoring loop's state: the job outcomes last read, per failure window.
 #[derive(Default)]
 pub struct Scorer {
-    outcomes: HashMap<Duration, (Instant, HashMap<NodeId, (u64, u64)>)>,
+    outcomes: HashMap<Duration, (Instant, Outcomes)>,
 }
 
 impl Scorer {
-    async fn outcomes(&mut self, app: &App, window: Duration) -> Result<&HashMap<NodeId, (u64, u64)>, StoreError> {
+    async fn outcomes(&mut self, app: &App, window: Duration) -> Result<&Outcomes, StoreError> {
         let fresh = self.outcomes.get(&window).is_some_and(|(at, _)| at.elapsed() < OUTCOMES_MAX_AGE);
         if !fresh {
             let since = now_ms().saturating_sub(window.as_millis() as i64);
