@@ -3,7 +3,9 @@
 //! times, so its beats arrive late and their acknowledgements wait. Its
 //! score falls below its peers' with the reason in GetNodeInsights, it is
 //! quarantined automatically once its organisation enables that, new jobs
-//! go to its peers, and once it behaves it is released after probation.
+//! go to its peers, and once it behaves it is released after probation. A
+//! quarantine an operator sets over an automatic one is never released
+//! automatically.
 
 use std::time::Duration;
 
@@ -49,6 +51,30 @@ async fn quarantine_events(cp: &ControlPlane, org: &str) -> Vec<pb::Event> {
     .unwrap()
     .into_inner()
     .events
+}
+
+/// Stops the process for most of each of [`CYCLES`] cycles, so that its beats
+/// come late and their acknowledgements wait.
+async fn late_beats(pid: i32) {
+    for _ in 0..CYCLES {
+        signal(pid, libc::SIGSTOP);
+        tokio::time::sleep(STOPPED).await;
+        signal(pid, libc::SIGCONT);
+        tokio::time::sleep(RUNNING).await;
+    }
+}
+
+async fn set_desired(cp: &ControlPlane, node: &str, state: pb::DesiredNodeState, reason: &str) {
+    cp.nodes()
+        .await
+        .set_desired_state(pb::SetDesiredStateRequest {
+            node_id: node.into(),
+            state: state as i32,
+            reason: reason.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
 }
 
 async fn a_node_with_late_beats_is_scored_down_quarantined_and_released(backend: Backend) {
@@ -99,14 +125,7 @@ async fn a_node_with_late_beats_is_scored_down_quarantined_and_released(backend:
 
     // The fault: the agent is stopped for most of each cycle.
     let pid = agents[0].pid();
-    let fault = tokio::spawn(async move {
-        for _ in 0..CYCLES {
-            signal(pid, libc::SIGSTOP);
-            tokio::time::sleep(STOPPED).await;
-            signal(pid, libc::SIGCONT);
-            tokio::time::sleep(RUNNING).await;
-        }
-    });
+    let fault = tokio::spawn(late_beats(pid));
 
     // It is scored down, with its reasons, and quarantined automatically.
     let low = eventually(Duration::from_secs(30), "the late node's score to fall below 0.5", || async {
@@ -132,6 +151,11 @@ async fn a_node_with_late_beats_is_scored_down_quarantined_and_released(backend:
     })
     .await;
     assert!(reason.starts_with("automatic: reliability score"), "{reason}");
+    // The quarantine loop publishes its holds at the end of its round.
+    eventually(Duration::from_secs(5), "the hold in GetNodeInsights", || async {
+        insights(&ins, &bad).await.auto_quarantined_at.map(|_| ())
+    })
+    .await;
     let risk = InsightsServiceClient::with_interceptor(cp.channel().await, bearer(Some(&cp.admin_token)))
         .list_node_risk(pb::ListNodeRiskRequest { limit: 2 })
         .await
@@ -152,6 +176,11 @@ async fn a_node_with_late_beats_is_scored_down_quarantined_and_released(backend:
     for p in &peers {
         assert_eq!(desired(&cp, p).await.0, pb::DesiredNodeState::Active as i32, "at most one of three is held");
     }
+    let (code, metrics) = cp.http_get("/metrics").await;
+    assert_eq!(code, 200);
+    assert!(metrics.contains(&format!("tether_node_reliability_score{{node=\"{bad}\"}}")), "{metrics}");
+    assert!(metrics.contains("tether_nodes_auto_quarantined 1"), "{metrics}");
+    promtool_check(&metrics).await;
 
     // New work goes to the peers only, while it is held.
     let mut jobs = cp.jobs().await;
@@ -192,5 +221,29 @@ async fn a_node_with_late_beats_is_scored_down_quarantined_and_released(backend:
     let payload = event_payload(released);
     assert!(payload["score"].as_f64().unwrap() >= 0.75, "{payload}");
     assert_eq!(payload["reason"], "probation_passed");
+
+    // Held again, then quarantined by hand: the operator's word wins, and
+    // the node is not released however well it behaves.
+    let fault = tokio::spawn(late_beats(pid));
+    eventually(Duration::from_secs(30), "a second automatic quarantine", || async {
+        (desired(&cp, &bad).await.0 == quarantined).then_some(())
+    })
+    .await;
+    set_desired(&cp, &bad, pb::DesiredNodeState::Quarantined, "by hand").await;
+    eventually(Duration::from_secs(10), "quarantine.overridden", || async {
+        quarantine_events(&cp, &org).await.iter().any(|e| e.kind == "quarantine.overridden").then_some(())
+    })
+    .await;
+    fault.await.unwrap();
+    eventually(Duration::from_secs(60), "its score back above the release threshold", || async {
+        (insights(&ins, &bad).await.score >= 0.8).then_some(())
+    })
+    .await;
+    // Longer than the probation and two rounds of the loop: nothing may
+    // happen, so there is no condition to wait on.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(desired(&cp, &bad).await, (quarantined, "by hand".to_string()), "never released automatically");
+    let released = quarantine_events(&cp, &org).await.iter().filter(|e| e.kind == "quarantine.released").count();
+    assert_eq!(released, 1, "only the first hold was released");
     drop(agents);
 }

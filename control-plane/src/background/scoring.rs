@@ -127,9 +127,11 @@ impl Scorer {
                 nodes.iter().zip(&figures).filter(|(n, _)| n.status == NodeStatus::Ready).map(|(_, f)| f),
                 &s,
             );
-            for (n, f) in nodes.iter().zip(&figures) {
-                let score = formula::score(f, &fleet, &s);
-                board.nodes.insert(n.id.clone(), NodeInsight { score, beats: f.beats, computed_at: now });
+            for (n, f) in nodes.iter().zip(figures) {
+                let score = formula::value(&f, &fleet, &s);
+                board
+                    .nodes
+                    .insert(n.id.clone(), NodeInsight { score, figures: f, fleet, scoring: s, computed_at: now });
             }
         }
         let n = board.nodes.len();
@@ -160,14 +162,16 @@ fn decision(
     reason: &str,
     detail: String,
 ) -> serde_json::Value {
+    let explained = insight.map(NodeInsight::explain);
+    let insight = explained.as_ref();
     json!({
         "node_id": node,
-        "score": insight.map(|i| i.score.score),
+        "score": insight.map(|i| i.score),
         "below": q.below,
         "release": q.release,
         "probation_ms": q.probation.as_millis() as u64,
-        "reasons": insight.map(|i| i.score.reasons.clone()).unwrap_or_default(),
-        "components": insight.map(|i| i.score.components.iter().map(|c| json!({
+        "reasons": insight.map(|i| i.reasons.clone()).unwrap_or_default(),
+        "components": insight.map(|i| i.components.iter().map(|c| json!({
             "name": c.name, "penalty": c.penalty, "weight": c.weight, "value": c.value,
         })).collect::<Vec<_>>()).unwrap_or_default(),
         "reason": reason,
@@ -201,7 +205,7 @@ impl Quarantiner {
                 .iter()
                 .map(|n| Facts {
                     node: n,
-                    score: board.nodes.get(&n.id).map(|i| (i.score.score, i.beats)),
+                    score: board.nodes.get(&n.id).map(|i| (i.score, i.figures.beats)),
                     hold: holds_of.get(&n.id).copied(),
                 })
                 .collect();
@@ -210,8 +214,8 @@ impl Quarantiner {
                 let insight = board.nodes.get(&id);
                 match action {
                     Action::Quarantine => {
-                        let score = insight.map_or(0.0, |i| i.score.score);
-                        let why = insight.and_then(|i| i.score.reasons.first().cloned()).unwrap_or_default();
+                        let score = insight.map_or(0.0, |i| i.score);
+                        let why = insight.and_then(|i| i.explain().reasons.first().cloned()).unwrap_or_default();
                         let reason = format!("automatic: reliability score {score:.2} below {:.2}; {why}", q.below);
                         let payload = decision(&id, insight, &q, "below_threshold", reason.clone());
                         let mut fx = app.effects();

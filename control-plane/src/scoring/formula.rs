@@ -148,8 +148,22 @@ fn clamp01(v: f64) -> f64 {
     if v.is_finite() { v.clamp(0.0, 1.0) } else { 0.0 }
 }
 
-/// The score of a node with `f`, in a fleet `fleet`, under `s`.
+/// The score of a node with `f`, in a fleet `fleet`, under `s`, explained.
 pub fn score(f: &Figures, fleet: &Fleet, s: &Scoring) -> Score {
+    score_in(f, fleet, s, true)
+}
+
+/// The score alone, without the words (the scoring loop's every-second
+/// round: no strings are made for ten thousand nodes that nobody reads).
+pub fn value(f: &Figures, fleet: &Fleet, s: &Scoring) -> f64 {
+    score_in(f, fleet, s, false).score
+}
+
+fn score_in(f: &Figures, fleet: &Fleet, s: &Scoring, words: bool) -> Score {
+    // The detail of a component, made only when asked for.
+    macro_rules! say {
+        ($($t:tt)*) => { if words { format!($($t)*) } else { String::new() } };
+    }
     let target_ms = s.latency_target.as_secs_f64() * 1000.0;
     let beats_ok = f.beats >= MIN_BEATS;
     let rtts_ok = f.rtts >= MIN_BEATS;
@@ -159,26 +173,26 @@ pub fn score(f: &Figures, fleet: &Fleet, s: &Scoring) -> Score {
         (
             clamp01((f.jitter - JITTER_FREE) / (JITTER_FULL - JITTER_FREE)),
             f.jitter,
-            format!("heartbeats arrive {:.0}% off their interval on average", f.jitter * 100.0),
+            say!("heartbeats arrive {:.0}% off their interval on average", f.jitter * 100.0),
         )
     } else {
-        (0.0, f.jitter, format!("{} beats: too few to judge", f.beats))
+        (0.0, f.jitter, say!("{} beats: too few to judge", f.beats))
     });
     // latency
     parts.push(if rtts_ok {
         (
             clamp01((f.rtt_short_ms - target_ms) / target_ms),
             f.rtt_short_ms,
-            format!("heartbeat round trips average {:.1} ms against a target of {target_ms:.0} ms", f.rtt_short_ms),
+            say!("heartbeat round trips average {:.1} ms against a target of {target_ms:.0} ms", f.rtt_short_ms),
         )
     } else {
-        (0.0, f.rtt_short_ms, format!("{} round trips: too few to judge", f.rtts))
+        (0.0, f.rtt_short_ms, say!("{} round trips: too few to judge", f.rtts))
     });
     // spikes
     parts.push((
         clamp01(f.spikes / SPIKES_FULL),
         f.spikes,
-        format!("{:.1} recent latency spikes (round trips over three times the node's usual)", f.spikes),
+        say!("{:.1} recent latency spikes (round trips over three times the node's usual)", f.spikes),
     ));
     // drift: the recent round trips against the node's own history.
     let drift = f.rtt_short_ms - f.rtt_long_ms;
@@ -186,10 +200,10 @@ pub fn score(f: &Figures, fleet: &Fleet, s: &Scoring) -> Score {
         (
             clamp01((drift - target_ms / 2.0) / target_ms),
             drift,
-            format!("recent round trips {:.1} ms above the node's history ({:.1} ms)", drift.max(0.0), f.rtt_long_ms),
+            say!("recent round trips {:.1} ms above the node's history ({:.1} ms)", drift.max(0.0), f.rtt_long_ms),
         )
     } else {
-        (0.0, drift, "too little history".to_string())
+        (0.0, drift, say!("too little history"))
     });
     // fleet: the worse of jitter and round trips against the organisation's.
     let zj = fleet.jitter.filter(|_| beats_ok).map(|r| (r.z(f.jitter), "jitter"));
@@ -197,16 +211,16 @@ pub fn score(f: &Figures, fleet: &Fleet, s: &Scoring) -> Score {
     let worst = [zj, zr].into_iter().flatten().max_by(|a, b| a.0.total_cmp(&b.0));
     parts.push(match worst {
         Some((z, what)) => {
-            (clamp01((z - Z_FREE) / Z_FREE), z, format!("{what} {z:.1} robust deviations from the fleet's median"))
+            (clamp01((z - Z_FREE) / Z_FREE), z, say!("{what} {z:.1} robust deviations from the fleet's median"))
         }
-        None => (0.0, 0.0, "fleet too small to compare".to_string()),
+        None => (0.0, 0.0, say!("fleet too small to compare")),
     });
     // failures: smoothed, so that one failure of one is not a rate of 1.
     let rate = f.failed as f64 / (f.finished as f64 + 2.0);
     parts.push((
         clamp01(rate),
         if f.finished == 0 { 0.0 } else { f.failed as f64 / f.finished as f64 },
-        format!("{} of {} job attempts failed or were lost within the failure window", f.failed, f.finished),
+        say!("{} of {} job attempts failed or were lost within the failure window", f.failed, f.finished),
     ));
     // uptime
     let ramp = s.uptime_ramp.as_secs_f64().max(1e-3);
@@ -214,21 +228,22 @@ pub fn score(f: &Figures, fleet: &Fleet, s: &Scoring) -> Score {
         Some(up) => (
             clamp01(1.0 - up.as_secs_f64() / ramp),
             up.as_secs_f64(),
-            format!("ready for {}s of the {}s that earn full uptime", up.as_secs(), s.uptime_ramp.as_secs()),
+            say!("ready for {}s of the {}s that earn full uptime", up.as_secs(), s.uptime_ramp.as_secs()),
         ),
-        None => (1.0, 0.0, "not ready".to_string()),
+        None => (1.0, 0.0, say!("not ready")),
     });
     // flaps
-    parts.push((clamp01(f.flaps / FLAPS_FULL), f.flaps, format!("{:.1} recent flaps (ready to unreachable)", f.flaps)));
+    parts.push((clamp01(f.flaps / FLAPS_FULL), f.flaps, say!("{:.1} recent flaps (ready to unreachable)", f.flaps)));
     let components: Vec<Component> = WEIGHTS
         .iter()
         .zip(parts)
         .map(|(&(name, weight), (penalty, value, detail))| Component { name, penalty, weight, value, detail })
         .collect();
     let score = clamp01(components.iter().map(|c| 1.0 - c.weight * c.penalty).product());
-    let mut costly: Vec<&Component> = components.iter().filter(|c| c.weight * c.penalty >= REASON_COST).collect();
+    let mut costly: Vec<&Component> =
+        components.iter().filter(|c| words && c.weight * c.penalty >= REASON_COST).collect();
     costly.sort_by(|a, b| (b.weight * b.penalty).total_cmp(&(a.weight * a.penalty)));
-    let reasons = costly.iter().map(|c| format!("{}: {}", c.name, c.detail)).collect();
+    let reasons = costly.iter().map(|c| say!("{}: {}", c.name, c.detail)).collect();
     Score { score, components, reasons }
 }
 
@@ -272,6 +287,9 @@ mod tests {
         assert!((score(&flapping, &fleet, &s).score - 0.4).abs() < 1e-9);
         let down = Figures { ready_for: None, ..healthy() };
         assert!((score(&down, &fleet, &s).score - 0.7).abs() < 1e-9);
+        for f in [healthy(), late, slow, new, failing, flapping, down] {
+            assert_eq!(value(&f, &fleet, &s), score(&f, &fleet, &s).score, "the number is the same without words");
+        }
     }
 
     #[test]

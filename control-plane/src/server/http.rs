@@ -223,5 +223,6 @@ async fn readyz(State(s): State<HttpState>) -> (StatusCode, String) {
 async fn metrics_text(State(s): State<HttpState>) -> ([(axum::http::HeaderName, &'static str); 1], String) {
     let mut text = s.prometheus.render();
     text.push_str(&s.app.node_reports.render(crate::fleet::reports::MAX_SERIES));
+    text.push_str(&s.app.scores.render(crate::scoring::MAX_SCORE_SERIES));
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

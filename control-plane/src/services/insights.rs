@@ -32,13 +32,13 @@ fn to_pb(id: &NodeId, board: &Board, hold: Option<&HoldView>) -> pb::NodeInsight
         ..Default::default()
     };
     if let Some(i) = board.nodes.get(id) {
-        out.score = i.score.score;
+        let explained = i.explain();
+        out.score = i.score;
         out.scored = true;
-        out.beats = i.beats;
+        out.beats = i.figures.beats;
         out.computed_at = Some(millis_to_timestamp(i.computed_at));
-        out.reasons = i.score.reasons.clone();
-        out.components = i
-            .score
+        out.reasons = explained.reasons;
+        out.components = explained
             .components
             .iter()
             .map(|c| pb::ScoreComponent {
