@@ -190,7 +190,10 @@ fn register_tasks(driver: &background::Driver, app: &Arc<App>, registry: &Arc<fl
         Spec {
             name: "scoring",
             description: "scores every node's reliability from its heartbeats, job outcomes, uptime and flaps",
-            period: background::SCORING_PERIOD,
+            // A node's figures change with its beats: scoring more often
+            // than they arrive would only spend CPU (~17 ms a round at 10k
+            // nodes, docs/benchmarks.md).
+            period: background::SCORING_PERIOD.max(config.heartbeat_interval),
             wake: None,
             leader_only: false,
         },

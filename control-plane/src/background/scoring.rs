@@ -20,7 +20,8 @@ use crate::scoring::formula::{self, Figures, Fleet};
 use crate::scoring::quarantine::{self, Action, Facts, Memory};
 use crate::scoring::{Board, HoldView, NodeInsight};
 
-/// How often nodes are scored, and quarantine decided.
+/// How often quarantine is decided, and nodes are scored at least (they are
+/// scored every heartbeat interval when that is longer).
 pub const SCORING_PERIOD: Duration = Duration::from_secs(1);
 
 /// Scores every node from the heartbeats this replica holds.
