@@ -47,4 +47,6 @@ mod tenancy;
 #[cfg(test)]
 mod tls;
 #[cfg(test)]
+mod usage;
+#[cfg(test)]
 mod work;

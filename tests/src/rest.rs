@@ -220,6 +220,9 @@ async fn every_annotated_rpc_answers_over_rest(backend: Backend) {
                 json!({"spec": {"max": 4, "provider": {"webhook": {"url": "http://127.0.0.1:9/x"}}}})
             }
             "/tether.v1.PoolService/ScalePool" => json!({"desired": 0}),
+            "/tether.v1.UsageService/IngestUsage" => {
+                json!({"records": [{"metric": "api_operations", "quantity": "3", "idempotencyKey": "rest-1"}]})
+            }
             "/tether.v1.SettingsService/UpdateSettings" => json!({"settings": {"fleet": {"staleNodeTtl": "3600s"}}}),
             "/tether.v1.ProjectService/UpdateProject" => json!({"description": "described by rest"}),
             "/tether.v1.ProjectService/SetProjectQuota" => json!({"quota": {"cpuMillis": "1000"}}),

@@ -202,6 +202,10 @@ impl World {
             "WatchNodes" => Listing(json!({"sendInitial": true})),
             "GetNodeInsights" => Named { foreign: json!({"nodeId": w.b_nodes[0]}), own: json!({"nodeId": w.a_node}) },
             "ListNodeRisk" => Listing(json!({"limit": 1000})),
+            "IngestUsage" => {
+                Unnamed(json!({"records": [{"metric": "egress_bytes", "quantity": "1", "idempotencyKey": "matrix"}]}))
+            }
+            "GetUsage" => Unnamed(json!({})),
             "SetDesiredState" => Named {
                 foreign: json!({"nodeId": w.b_nodes[0], "state": "DESIRED_NODE_STATE_PAUSED"}),
                 own: json!({"nodeId": w.a_node, "state": "DESIRED_NODE_STATE_PAUSED"}),

@@ -17,6 +17,7 @@ pub mod projects;
 pub mod secrets;
 pub mod settings;
 pub mod tenancy;
+pub mod usage;
 pub mod workloads;
 
 use std::time::Duration;

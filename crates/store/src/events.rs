@@ -70,6 +70,7 @@ pub const EVENT_KINDS: &[EventKind] = &[
     EventKind { kind: "settings.updated", payload: "settings", version: 1 },
     EventKind { kind: "token.created", payload: "token", version: 1 },
     EventKind { kind: "token.revoked", payload: "token", version: 1 },
+    EventKind { kind: "usage.ingested", payload: "usage_ingest", version: 1 },
     EventKind { kind: "workload.created", payload: "workload", version: 1 },
     EventKind { kind: "workload.updated", payload: "workload", version: 1 },
     EventKind { kind: "workload.scaled", payload: "workload", version: 1 },

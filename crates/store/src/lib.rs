@@ -25,6 +25,7 @@ mod settings;
 pub use settings::OrgSettingsRecord;
 mod tenancy;
 mod tokens;
+mod usage;
 mod work;
 mod workloads;
 
@@ -45,6 +46,7 @@ pub use row::{BadRow, Decoded};
 pub use secrets::{SecretCopy, SecretHolders, SecretSummary, SecretVersionRecord};
 pub use tenancy::{Bootstrap, ProjectWork, TenantUpdate, Tenants};
 pub use tokens::{TokenRecord, TokenScope};
+pub use usage::UsageIngest;
 pub use work::{AgentReport, Finished, JobPage, LogChunk, ReportOutcome};
 
 use sqlx::{PgPool, SqlitePool};

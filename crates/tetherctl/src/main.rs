@@ -13,6 +13,7 @@ mod settings;
 mod spec;
 mod tenants;
 mod tokens;
+mod usage;
 mod workloads;
 
 use std::path::PathBuf;
@@ -92,6 +93,9 @@ enum Cmd {
     /// An organisation's runtime settings.
     #[command(subcommand)]
     Settings(settings::SettingsCmd),
+    /// The project's metered usage; ingest usage measured elsewhere.
+    #[command(subcommand)]
+    Usage(usage::UsageCmd),
     /// The event log: list and watch.
     #[command(subcommand)]
     Events(events::EventsCmd),
@@ -154,6 +158,12 @@ impl Clients {
     }
     fn insights(&self) -> tether_proto::pb::insights_service_client::InsightsServiceClient<Svc> {
         tether_proto::pb::insights_service_client::InsightsServiceClient::with_interceptor(
+            self.channel.clone(),
+            self.bearer.clone(),
+        )
+    }
+    fn usage(&self) -> tether_proto::pb::usage_service_client::UsageServiceClient<Svc> {
+        tether_proto::pb::usage_service_client::UsageServiceClient::with_interceptor(
             self.channel.clone(),
             self.bearer.clone(),
         )
@@ -252,6 +262,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Events(cmd) => events::run(&c, &out, cmd).await,
         Cmd::Settings(cmd) => settings::run(&c, &out, cmd).await,
         Cmd::Pools(cmd) => pools::run(&c, &out, cmd).await,
+        Cmd::Usage(cmd) => usage::run(&c, &out, cmd).await,
         Cmd::JoinTokens(cmd) => tokens::join_tokens(&c, &out, cmd).await,
         Cmd::Placement(cmd) => placement::run(&c, &out, cmd).await,
         Cmd::Orgs(cmd) => tenants::orgs(&c, &out, cmd).await,

@@ -18,6 +18,7 @@ pub mod secret;
 pub mod settings;
 mod tenancy;
 mod time;
+pub mod usage;
 mod work;
 
 pub use agent::{AgentMessage, Assignment, Command, DesiredState, Held, Outcome, OutputStream, WireKey};

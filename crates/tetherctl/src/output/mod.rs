@@ -5,6 +5,7 @@ mod events;
 mod insights;
 mod pools;
 mod secrets;
+mod usage;
 
 use std::io::Write;
 use std::sync::LazyLock;
