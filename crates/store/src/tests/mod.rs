@@ -110,6 +110,7 @@ suite!(
     events_filter_page_and_prune,
     pools_scale_requests_and_events,
     auto_quarantine_holds_and_an_operator_wins,
+    usage_ingest_counts_each_key_once,
 );
 
 fn id<T>(f: fn([u8; 10]) -> T, n: u8) -> T {

@@ -98,6 +98,12 @@ pub(super) async fn job_lifecycle_retries_and_idempotency(store: Store) {
     assert_eq!(store.node_job_outcomes(2_200).await.unwrap(), vec![(node.clone(), 2, 1)]);
     assert_eq!(store.node_job_outcomes(2_300).await.unwrap(), vec![(node.clone(), 1, 0)]);
     assert!(store.node_job_outcomes(2_600).await.unwrap().is_empty());
+    // Metering's rows: the first attempt started at 2_100 and finished at
+    // 2_200; the second never reported a start.
+    let (held, _, _) = store.usage_rows(&p, 0, 10_000).await.unwrap();
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!((held[0].started_at, held[0].finished_at), (Some(2_100), Some(2_200)));
+    assert!(store.usage_rows(&p, 2_200, 10_000).await.unwrap().0.is_empty(), "it ended as the window began");
 }
 
 pub(super) async fn job_cancel_and_lost_on_down_node(store: Store) {
@@ -267,4 +273,30 @@ pub(super) async fn writes_answer_their_last_event_sequence(store: Store) {
     assert_eq!(unchanged.seq, None, "scaling to the same count changes nothing");
     let scaled = store.workload_scale(&p, &w.id, 3, 3_200).await.unwrap();
     assert_eq!(scaled.seq, Some(store.events_head().await.unwrap()));
+}
+
+pub(super) async fn usage_ingest_counts_each_key_once(store: Store) {
+    let p = project(&store).await;
+    let rec = |key: &str, q: u64, at: i64| UsageIngest {
+        metric: "egress_bytes".into(),
+        quantity: q,
+        used_at: at,
+        idempotency_key: key.into(),
+    };
+    let c = store.usage_ingest(&org(), &p, &[rec("a", 10, 1_000), rec("b", 5, 2_000)], 3_000).await.unwrap();
+    assert_eq!(c.value, (2, 0));
+    assert!(c.seq.is_some(), "an event");
+    // The same keys again (even with other figures): nothing counts.
+    let c = store.usage_ingest(&org(), &p, &[rec("a", 99, 1_000), rec("c", 1, 9_000)], 4_000).await.unwrap();
+    assert_eq!(c.value, (1, 1));
+    let c = store.usage_ingest(&org(), &p, &[rec("c", 1, 9_000)], 5_000).await.unwrap();
+    assert_eq!((c.value, c.seq), ((0, 1), None), "all duplicates: no event");
+    // Only records used in [start, end) count.
+    let (_, _, ingested) = store.usage_rows(&p, 0, 2_000).await.unwrap();
+    assert_eq!(ingested, vec![("egress_bytes".to_string(), 10)]);
+    let (_, _, ingested) = store.usage_rows(&p, 0, 10_000).await.unwrap();
+    assert_eq!(ingested.iter().map(|(_, q)| q).sum::<u64>(), 16);
+    let ev = events_since(&store, &p, "usage.", 0, 10).await.unwrap();
+    assert_eq!(ev.len(), 2);
+    assert_eq!(ev[0].payload["accepted"], 2);
 }
