@@ -220,6 +220,7 @@ async fn every_annotated_rpc_answers_over_rest(backend: Backend) {
                 json!({"spec": {"max": 4, "provider": {"webhook": {"url": "http://127.0.0.1:9/x"}}}})
             }
             "/tether.v1.PoolService/ScalePool" => json!({"desired": 0}),
+            "/tether.v1.UsageService/QuotePrice" => json!({"tier": "archive", "quantities": {"cpu_seconds": "10"}}),
             "/tether.v1.UsageService/IngestUsage" => {
                 json!({"records": [{"metric": "api_operations", "quantity": "3", "idempotencyKey": "rest-1"}]})
             }
@@ -242,6 +243,7 @@ async fn every_annotated_rpc_answers_over_rest(backend: Backend) {
         let mut path = if r.grpc_path.starts_with("/tether.v1.OrganizationService/")
             || r.grpc_path.starts_with("/tether.v1.SettingsService/")
             || r.grpc_path.starts_with("/tether.v1.PoolService/")
+            || r.grpc_path == "/tether.v1.UsageService/PreviewPayouts"
         {
             fill(&r.template, &org_ids)
         } else if r.grpc_path.starts_with("/tether.v1.ProjectService/") {

@@ -206,6 +206,10 @@ impl World {
                 Unnamed(json!({"records": [{"metric": "egress_bytes", "quantity": "1", "idempotencyKey": "matrix"}]}))
             }
             "GetUsage" => Unnamed(json!({})),
+            "QuotePrice" => Unnamed(json!({"quantities": {"cpu_seconds": "10"}})),
+            "PreviewPayouts" => {
+                Named { foreign: json!({"organizationId": w.org2}), own: json!({"organizationId": w.org1}) }
+            }
             "SetDesiredState" => Named {
                 foreign: json!({"nodeId": w.b_nodes[0], "state": "DESIRED_NODE_STATE_PAUSED"}),
                 own: json!({"nodeId": w.a_node, "state": "DESIRED_NODE_STATE_PAUSED"}),

@@ -1,7 +1,8 @@
 //! Usage metering with real jobs: CPU, memory and GPU seconds follow the
 //! allocations' start and end, also for a job that runs through a
 //! control-plane SIGKILL and restart; ingested records count once per
-//! idempotency key; the dedicated node's resource-hours accrue.
+//! idempotency key; the dedicated node's resource-hours accrue; the price
+//! book prices a period, a quote and a shared node's payout preview.
 
 use std::time::Duration;
 
@@ -126,5 +127,74 @@ async fn usage_follows_jobs_across_a_restart_and_ingest_counts_once(backend: Bac
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
-    drop(agent);
+
+    // Prices (billionths of the currency per unit), then the period's cost,
+    // a quote and a payout preview against figures computed here.
+    let (code, _, err) = tetherctl(
+        &cp,
+        &cp.admin_token,
+        &[
+            "settings",
+            "set",
+            "--currency",
+            "EUR",
+            "--price",
+            "cpu_seconds=11000",
+            "--price",
+            "memory_mb_seconds=10",
+            "--price",
+            "storage_bytes=20",
+            "--price",
+            "storage_bytes:archive=4",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let u = usage(&cp, "").await;
+    let cost = u.cost.clone().unwrap();
+    assert_eq!(cost.currency, "EUR");
+    let line = |r: &str| cost.lines.iter().find(|l| l.resource == r).cloned().unwrap();
+    assert_eq!(line("cpu_seconds").cost_nanos, (u.cpu_seconds * 11_000.0).round() as i64);
+    assert_eq!(line("memory_mb_seconds").cost_nanos, (u.memory_mb_seconds * 10.0).round() as i64);
+    assert_eq!(cost.total_nanos, cost.lines.iter().map(|l| l.cost_nanos).sum::<i64>());
+    assert!(cost.unpriced.contains(&"egress_bytes".to_string()), "{cost:?}");
+    let quote = UsageServiceClient::with_interceptor(cp.channel().await, bearer(Some(&cp.admin_token)))
+        .quote_price(pb::QuotePriceRequest {
+            tier: "archive".into(),
+            quantities: [("storage_bytes".to_string(), 1_000_000_000), ("cpu_seconds".to_string(), 100)].into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .cost
+        .unwrap();
+    // 1e9 bytes at the archive tier's 4, and 100 s at the default tier's 11,000.
+    assert_eq!(quote.total_nanos, 4_000_000_000 + 1_100_000, "{quote:?}");
+    assert_eq!(quote.total, 4.0011);
+
+    // A shared node (the organisation's pool) runs one job of a full core
+    // for 4 s: its payout is that priced, times its reliability score.
+    let shared = Agent::start(&cp, "shared", &["--labels", "kind=shared"]);
+    let shared_id = shared.node_id().await;
+    let mut pinned = sleeper(4, 1000, 100);
+    pinned.spec.as_mut().unwrap().constraints =
+        Some(pb::Constraints { label_selector: "kind=shared".into(), ..Default::default() });
+    let id = jobs.submit_job(pinned).await.unwrap().into_inner().job.unwrap().job_id;
+    wait_status(&cp, &id, pb::JobStatus::Succeeded).await;
+    let me = cp.tenancy_as(Some(&cp.admin_token)).await.who_am_i(pb::WhoAmIRequest {}).await.unwrap().into_inner();
+    let preview = UsageServiceClient::with_interceptor(cp.channel().await, bearer(Some(&cp.admin_token)))
+        .preview_payouts(pb::PreviewPayoutsRequest { organization_id: me.organization_id, period: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(preview.payouts.len(), 1, "only the shared node served others' work: {preview:?}");
+    let p = &preview.payouts[0];
+    assert_eq!(p.node_id, shared_id);
+    within_1pct(p.cpu_seconds, 4.0, "the shared node's cpu-seconds");
+    let gross = (p.cpu_seconds * 11_000.0).round() as i64 + (p.memory_mb_seconds * 10.0).round() as i64;
+    assert_eq!(p.gross_nanos, gross, "{p:?}");
+    assert!(p.reliability > 0.0 && p.reliability <= 1.0);
+    assert_eq!(p.payout_nanos, (gross as f64 * p.reliability).round() as i64);
+    assert_eq!(preview.total_nanos, p.payout_nanos);
+    drop((agent, shared));
 }

@@ -3,7 +3,7 @@
 //! (`tether_types::usage::meter` adds them up).
 
 use tether_types::usage::{Held, Provided};
-use tether_types::{NodeCapabilities, ProjectId, Resources, UnixMillis};
+use tether_types::{NodeCapabilities, NodeId, OrgId, ProjectId, Resources, UnixMillis};
 
 use crate::events::append_event;
 use crate::row::Get;
@@ -24,7 +24,7 @@ impl Store {
     /// event when any was accepted.
     pub async fn usage_ingest(
         &self,
-        org: &tether_types::OrgId,
+        org: &OrgId,
         project: &ProjectId,
         records: &[UsageIngest],
         now: UnixMillis,
@@ -127,6 +127,38 @@ impl Store {
                 .map(|r| Ok((r.text("metric")?, r.int("quantity")?.max(0) as u64)))
                 .collect::<Result<Vec<_>>>()?;
             Ok((held, nodes, ingested))
+        })
+    }
+
+    /// Per node of `org`: the allocations it ran in [start, end) of projects
+    /// other than its own (a shared node's: all), for payout previews.
+    pub async fn payout_rows(&self, org: &OrgId, start: UnixMillis, end: UnixMillis) -> Result<Vec<(NodeId, Held)>> {
+        on_read!(self, |pool| {
+            let rows = sqlx::query(
+                "SELECT a.node_id, a.resources, a.started_at, a.finished_at
+                 FROM allocations a JOIN nodes n ON n.id = a.node_id
+                 WHERE n.org_id = $1 AND a.started_at IS NOT NULL AND a.started_at < $3
+                   AND (a.finished_at IS NULL OR a.finished_at > $2)
+                   AND (n.project_id IS NULL OR n.project_id <> a.project_id)
+                 ORDER BY a.node_id",
+            )
+            .bind(org.as_str())
+            .bind(start)
+            .bind(end)
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok((
+                        NodeId::from_trusted(r.text("node_id")?),
+                        Held {
+                            resources: r.json::<Resources>("resources", "allocation resources")?,
+                            started_at: r.opt_int("started_at")?,
+                            finished_at: r.opt_int("finished_at")?,
+                        },
+                    ))
+                })
+                .collect()
         })
     }
 }

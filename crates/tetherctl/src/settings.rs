@@ -63,6 +63,19 @@ pub(crate) struct ScoringArgs {
     /// Most of the organisation's ready nodes held at once, percent.
     #[arg(long, value_parser = clap::value_parser!(u32).range(0..=100))]
     quarantine_max: Option<u32>,
+    /// A price: RESOURCE[:TIER]=NANOS per unit (repeatable; replaces that
+    /// resource and tier's price).
+    #[arg(long = "price", value_parser = parse_price)]
+    prices: Vec<(String, String, u64)>,
+    /// The price book's currency (ISO 4217).
+    #[arg(long)]
+    currency: Option<String>,
+}
+
+fn parse_price(s: &str) -> Result<(String, String, u64), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("{s:?} is not RESOURCE[:TIER]=NANOS"))?;
+    let (resource, tier) = k.split_once(':').unwrap_or((k, ""));
+    Ok((resource.to_string(), tier.to_string(), v.parse().map_err(|e| format!("{v:?}: {e}"))?))
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -102,6 +115,14 @@ impl ScoringArgs {
         }
         if self.probation.is_some() {
             q.probation = d(&self.probation)?;
+        }
+        let book = s.pricing.get_or_insert_with(Default::default);
+        if let Some(c) = &self.currency {
+            book.currency = c.clone();
+        }
+        for (resource, tier, nanos) in &self.prices {
+            book.prices.retain(|p| !(&p.resource == resource && &p.tier == tier));
+            book.prices.push(pb::Price { resource: resource.clone(), tier: tier.clone(), unit_price_nanos: *nanos });
         }
         Ok(())
     }

@@ -21,6 +21,42 @@ pub struct OrgSettings {
     pub scoring: ScoringSettings,
     #[serde(default)]
     pub quarantine: QuarantineSettings,
+    #[serde(default)]
+    pub pricing: PriceBook,
+}
+
+/// What metered usage costs: a price per unit (billionths of the currency)
+/// per resource and tier ("" the default tier).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceBook {
+    /// Empty: USD.
+    #[serde(default)]
+    pub currency: String,
+    #[serde(default)]
+    pub prices: Vec<Price>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    pub resource: String,
+    #[serde(default)]
+    pub tier: String,
+    pub unit_price_nanos: u64,
+}
+
+impl PriceBook {
+    pub fn currency(&self) -> &str {
+        if self.currency.is_empty() { "USD" } else { &self.currency }
+    }
+
+    /// The unit price of `resource` in `tier`, else in the default tier.
+    pub fn price(&self, resource: &str, tier: &str) -> Option<u64> {
+        let of =
+            |t: &str| self.prices.iter().find(|p| p.resource == resource && p.tier == t).map(|p| p.unit_price_nanos);
+        of(tier).or_else(|| of(""))
+    }
 }
 
 /// How nodes are scored (milliseconds; None: the default).
@@ -179,10 +215,36 @@ impl OrgSettings {
             probation_ms: duration_ms("quarantine.probation", q.and_then(|q| q.probation.as_ref()), MAX_DURATION)?,
             max_percent: percent("quarantine.max_percent", q.map_or(0, |q| q.max_percent))?,
         };
+        let pb_book = p.and_then(|p| p.pricing.as_ref());
+        let pricing = PriceBook {
+            currency: pb_book.map(|b| b.currency.clone()).unwrap_or_default(),
+            prices: pb_book
+                .map(|b| {
+                    b.prices
+                        .iter()
+                        .map(|p| Price {
+                            resource: p.resource.clone(),
+                            tier: p.tier.clone(),
+                            unit_price_nanos: p.unit_price_nanos,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        };
+        let mut seen = std::collections::HashSet::new();
+        for p in &pricing.prices {
+            if !seen.insert((&p.resource, &p.tier)) {
+                return Err(Error::new(
+                    crate::ErrorCode::FailedPrecondition,
+                    format!("pricing names {} in tier {:?} twice: one price per resource and tier", p.resource, p.tier),
+                ));
+            }
+        }
         let out = OrgSettings {
             fleet: FleetSettings { stale_node_ttl_ms: ttl, keep_down_nodes: fleet.is_some_and(|f| f.keep_down_nodes) },
             scoring,
             quarantine,
+            pricing,
         };
         // A rule between two fields, which the field rules cannot say: a
         // failed precondition rather than a malformed request.
@@ -246,6 +308,19 @@ impl OrgSettings {
                 probation: ms_pb(self.quarantine.probation_ms),
                 max_percent: self.quarantine.max_percent.unwrap_or(0),
             }),
+            pricing: Some(pb::PriceBook {
+                currency: self.pricing.currency.clone(),
+                prices: self
+                    .pricing
+                    .prices
+                    .iter()
+                    .map(|p| pb::Price {
+                        resource: p.resource.clone(),
+                        tier: p.tier.clone(),
+                        unit_price_nanos: p.unit_price_nanos,
+                    })
+                    .collect(),
+            }),
         }
     }
 
@@ -283,6 +358,7 @@ impl OrgSettings {
                 probation_ms: ms(q.probation),
                 max_percent: pct(q.max_share),
             },
+            pricing: PriceBook { currency: self.pricing.currency().to_string(), prices: self.pricing.prices.clone() },
         }
     }
 }
@@ -354,6 +430,18 @@ mod tests {
         assert_eq!(err.code, crate::ErrorCode::FailedPrecondition, "80 is not below the default release: {err:?}");
         assert!(OrgSettings::from_pb(Some(&q(70, 60))).is_err(), "release below the threshold");
         assert!(OrgSettings::from_pb(Some(&q(40, 101))).is_err());
+        let twice = pb::Settings {
+            pricing: Some(pb::PriceBook {
+                currency: String::new(),
+                prices: vec![
+                    pb::Price { resource: "cpu_seconds".into(), tier: String::new(), unit_price_nanos: 1 },
+                    pb::Price { resource: "cpu_seconds".into(), tier: String::new(), unit_price_nanos: 2 },
+                ],
+            }),
+            ..Default::default()
+        };
+        let err = OrgSettings::from_pb(Some(&twice)).unwrap_err();
+        assert_eq!(err.code, crate::ErrorCode::FailedPrecondition, "one price per resource and tier: {err:?}");
         let eff = s.effective(&SettingsDefaults { stale_node_ttl: None });
         assert_eq!(eff.quarantine.below_percent, Some(40));
         assert_eq!(eff.scoring.latency_target_ms, Some(100));

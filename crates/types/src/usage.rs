@@ -138,6 +138,68 @@ pub fn meter(period: Period, now: UnixMillis, held: &[Held], nodes: &[Provided],
     u
 }
 
+/// One priced figure.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CostLine {
+    pub resource: String,
+    pub quantity: f64,
+    pub unit_price_nanos: u64,
+    /// quantity × unit price, rounded to the nearest billionth.
+    pub cost_nanos: i64,
+}
+
+/// Figures priced by a price book.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Cost {
+    pub lines: Vec<CostLine>,
+    pub total_nanos: i64,
+    /// Figures the book has no price for (in no line, not in the total).
+    pub unpriced: Vec<String>,
+}
+
+/// Prices `quantities` (resource, quantity) in `tier`; zero quantities are
+/// left out.
+pub fn price(book: &crate::settings::PriceBook, tier: &str, quantities: &[(String, f64)]) -> Cost {
+    let mut c = Cost::default();
+    for (resource, q) in quantities {
+        if *q == 0.0 {
+            continue;
+        }
+        match book.price(resource, tier) {
+            Some(unit) => {
+                let cost = (q * unit as f64).round();
+                let cost_nanos = if cost >= i64::MAX as f64 { i64::MAX } else { cost as i64 };
+                c.total_nanos = c.total_nanos.saturating_add(cost_nanos);
+                c.lines.push(CostLine { resource: resource.clone(), quantity: *q, unit_price_nanos: unit, cost_nanos });
+            }
+            None => c.unpriced.push(resource.clone()),
+        }
+    }
+    c
+}
+
+impl Usage {
+    /// The figures by the names the price book uses.
+    pub fn quantities(&self) -> Vec<(String, f64)> {
+        let mut out = vec![
+            ("cpu_seconds".to_string(), self.cpu_seconds),
+            ("memory_mb_seconds".to_string(), self.memory_mb_seconds),
+            ("gpu_seconds".to_string(), self.gpu_seconds),
+            ("node_cpu_hours".to_string(), self.node_cpu_hours),
+            ("node_memory_mb_hours".to_string(), self.node_memory_mb_hours),
+            ("node_gpu_hours".to_string(), self.node_gpu_hours),
+        ];
+        out.extend(self.ingested.iter().map(|(m, q)| (m.clone(), *q as f64)));
+        out
+    }
+}
+
+/// What a node provided to work in a period: the allocations it ran, of
+/// projects other than its own (a shared node's: all of them).
+pub fn provided(period: Period, now: UnixMillis, held: &[Held]) -> Usage {
+    meter(period, now, held, &[], &[])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,5 +243,32 @@ mod tests {
         let hours = (e - 1000 - s) as f64 / 3_600_000.0;
         assert!((u.node_cpu_hours - 4.0 * hours).abs() < 1e-6);
         assert_eq!(u.ingested["egress_bytes"], 15);
+    }
+
+    #[test]
+    fn prices_fall_back_to_the_default_tier_and_name_what_is_unpriced() {
+        use crate::settings::{Price, PriceBook};
+        let p = |resource: &str, tier: &str, unit_price_nanos| Price {
+            resource: resource.into(),
+            tier: tier.into(),
+            unit_price_nanos,
+        };
+        let book = PriceBook {
+            currency: String::new(),
+            prices: vec![p("cpu_seconds", "", 11_000), p("storage_bytes", "", 20), p("storage_bytes", "archive", 4)],
+        };
+        assert_eq!(book.currency(), "USD");
+        let q =
+            [("cpu_seconds".to_string(), 7.5), ("storage_bytes".to_string(), 1e9), ("egress_bytes".to_string(), 3.0)];
+        let c = price(&book, "archive", &q);
+        assert_eq!(c.lines[0].cost_nanos, 82_500, "7.5 x 11,000");
+        assert_eq!(
+            (c.lines[1].unit_price_nanos, c.lines[1].cost_nanos),
+            (4, 4_000_000_000),
+            "the archive tier's price"
+        );
+        assert_eq!(c.total_nanos, 4_000_082_500);
+        assert_eq!(c.unpriced, ["egress_bytes"]);
+        assert_eq!(price(&book, "active", &q).lines[1].unit_price_nanos, 20, "no active price: the default tier's");
     }
 }

@@ -2,7 +2,7 @@
 
 use tether_proto::pb;
 
-use super::{Out, ts};
+use super::{Out, table, ts};
 
 impl Out {
     pub fn usage(&self, r: &pb::GetUsageResponse) {
@@ -21,6 +21,56 @@ impl Out {
             println!("{:<19} {}", i.metric, i.quantity);
         }
         println!("as of               {}", ts(&r.computed_at));
+        if let Some(c) = &r.cost {
+            self.cost(c);
+        }
+    }
+
+    pub fn cost(&self, c: &pb::Cost) {
+        if self.json(c, "tether.v1.Cost") {
+            return;
+        }
+        table(
+            &["RESOURCE", "QUANTITY", "UNIT PRICE (nanos)", "COST (nanos)"],
+            c.lines
+                .iter()
+                .map(|l| {
+                    vec![
+                        l.resource.clone(),
+                        format!("{:.3}", l.quantity),
+                        l.unit_price_nanos.to_string(),
+                        l.cost_nanos.to_string(),
+                    ]
+                })
+                .collect(),
+        );
+        println!("total {:.9} {} (price book version {})", c.total, c.currency, c.price_book_version);
+        if !c.unpriced.is_empty() {
+            println!("unpriced: {}", c.unpriced.join(", "));
+        }
+    }
+
+    pub fn payouts(&self, r: &pb::PreviewPayoutsResponse) {
+        if self.json(r, "tether.v1.PreviewPayoutsResponse") {
+            return;
+        }
+        table(
+            &["NODE", "CPU-SECONDS", "MEMORY-MB-SECONDS", "GROSS (nanos)", "RELIABILITY", "PAYOUT (nanos)"],
+            r.payouts
+                .iter()
+                .map(|p| {
+                    vec![
+                        p.node_id.clone(),
+                        format!("{:.3}", p.cpu_seconds),
+                        format!("{:.3}", p.memory_mb_seconds),
+                        p.gross_nanos.to_string(),
+                        format!("{:.3}", p.reliability),
+                        p.payout_nanos.to_string(),
+                    ]
+                })
+                .collect(),
+        );
+        println!("period {} total {} nanos {}", r.period, r.total_nanos, r.currency);
     }
 
     pub fn ingested(&self, r: &pb::IngestUsageResponse) {
