@@ -49,7 +49,9 @@ impl Period {
             return Err(bad());
         }
         let (year, month): (i32, u32) = (y.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
-        if !(1..=12).contains(&month) || year < 1970 {
+        // The years the API's pattern allows: every period's bounds are
+        // then valid timestamps in JSON too.
+        if !(1..=12).contains(&month) || !(1970..=2999).contains(&year) {
             return Err(bad());
         }
         Ok(Period { year, month })
@@ -213,7 +215,9 @@ mod tests {
         assert_eq!(Period::of(p.end() - 1), p);
         assert_eq!(Period::of(p.end()).to_string(), "2027-01");
         assert_eq!(Period::parse("2024-02").unwrap().end() - Period::parse("2024-02").unwrap().start(), 29 * DAY_MS);
-        for bad in ["2026-13", "2026-1", "26-01", "2026/01", "1969-12", ""] {
+        let last = Period::parse("2999-12").unwrap();
+        assert_eq!(Period::of(last.end()).to_string(), "3000-01");
+        for bad in ["2026-13", "2026-1", "26-01", "2026/01", "2026-00", "1969-12", "3000-01", ""] {
             assert!(Period::parse(bad).is_err(), "{bad}");
         }
     }
