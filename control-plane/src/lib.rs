@@ -45,6 +45,7 @@ use tether_proto::pb::pool_service_server::PoolServiceServer;
 use tether_proto::pb::project_service_server::ProjectServiceServer;
 use tether_proto::pb::secret_service_server::SecretServiceServer;
 use tether_proto::pb::settings_service_server::SettingsServiceServer;
+use tether_proto::pb::summary_service_server::SummaryServiceServer;
 use tether_proto::pb::tenancy_service_server::TenancyServiceServer;
 use tether_proto::pb::usage_service_server::UsageServiceServer;
 use tether_proto::pb::workload_service_server::WorkloadServiceServer;
@@ -392,6 +393,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     serve!(PoolServiceServer, services::pools::PoolApi::new(app.clone()));
     serve!(InsightsServiceServer, services::insights::InsightsApi::new(app.clone()));
     serve!(UsageServiceServer, services::usage::UsageApi::new(app.clone()));
+    serve!(SummaryServiceServer, services::summary::SummaryApi::new(app.clone()));
     serve!(AdminServiceServer, services::admin::AdminApi::new(app.clone(), task_statuses));
     for name in serving {
         health_reporter.set_service_status(name, tonic_health::ServingStatus::Serving).await;

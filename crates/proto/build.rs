@@ -18,6 +18,7 @@ const FILES: &[&str] = &[
     "tether/v1/pool.proto",
     "tether/v1/insights.proto",
     "tether/v1/usage.proto",
+    "tether/v1/summary.proto",
     "tether/v1/organization.proto",
     "tether/v1/project.proto",
     "tether/v1/job.proto",

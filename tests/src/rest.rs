@@ -244,6 +244,7 @@ async fn every_annotated_rpc_answers_over_rest(backend: Backend) {
             || r.grpc_path.starts_with("/tether.v1.SettingsService/")
             || r.grpc_path.starts_with("/tether.v1.PoolService/")
             || r.grpc_path == "/tether.v1.UsageService/PreviewPayouts"
+            || r.grpc_path.starts_with("/tether.v1.SummaryService/")
         {
             fill(&r.template, &org_ids)
         } else if r.grpc_path.starts_with("/tether.v1.ProjectService/") {

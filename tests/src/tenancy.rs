@@ -207,6 +207,9 @@ impl World {
             }
             "GetUsage" => Unnamed(json!({})),
             "QuotePrice" => Unnamed(json!({"quantities": {"cpu_seconds": "10"}})),
+            "GetSummary" => {
+                Named { foreign: json!({"organizationId": w.org2}), own: json!({"organizationId": w.org1}) }
+            }
             "PreviewPayouts" => {
                 Named { foreign: json!({"organizationId": w.org2}), own: json!({"organizationId": w.org1}) }
             }

@@ -196,5 +196,16 @@ async fn usage_follows_jobs_across_a_restart_and_ingest_counts_once(backend: Bac
     assert!(p.reliability > 0.0 && p.reliability <= 1.0);
     assert_eq!(p.payout_nanos, (gross as f64 * p.reliability).round() as i64);
     assert_eq!(preview.total_nanos, p.payout_nanos);
+
+    // The organisation at a glance agrees with the figures above.
+    let (code, out, err) = tetherctl(&cp, &cp.admin_token, &["-o", "json", "usage", "summary"]).await;
+    assert_eq!(code, 0, "{err}");
+    let s: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(s["nodesByStatus"]["ready"], 2, "{s}");
+    assert_eq!(s["nodesByDesiredState"]["active"], 2, "{s}");
+    assert_eq!(s["jobsByStatus"]["succeeded"], 4, "{s}");
+    let u = usage(&cp, "").await;
+    within_1pct(s["cpuSeconds"].as_f64().unwrap(), u.cpu_seconds, "the summary's cpu-seconds");
+    assert_eq!(s["cost"]["currency"], "EUR");
     drop((agent, shared));
 }

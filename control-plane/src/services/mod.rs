@@ -16,6 +16,7 @@ pub mod pools;
 pub mod projects;
 pub mod secrets;
 pub mod settings;
+pub mod summary;
 pub mod tenancy;
 pub mod usage;
 pub mod workloads;

@@ -23,15 +23,15 @@ impl UsageApi {
     pub fn new(app: Arc<App>) -> Self {
         UsageApi { app }
     }
-
-    /// The organisation's price book and the settings version it is from.
-    async fn price_book(&self, org: &OrgId) -> Result<(PriceBook, u64), Status> {
-        let r = self.app.store.org_settings(org).await.map_err(store_status)?;
-        Ok((r.settings.pricing, r.version))
-    }
 }
 
-fn cost_pb(c: Cost, book: &PriceBook, version: u64) -> pb::Cost {
+/// The organisation's price book and the settings version it is from.
+pub(super) async fn price_book(app: &App, org: &OrgId) -> Result<(PriceBook, u64), Status> {
+    let r = app.store.org_settings(org).await.map_err(store_status)?;
+    Ok((r.settings.pricing, r.version))
+}
+
+pub(super) fn cost_pb(c: Cost, book: &PriceBook, version: u64) -> pb::Cost {
     pb::Cost {
         currency: book.currency().to_string(),
         total: c.total_nanos as f64 / 1e9,
@@ -51,7 +51,7 @@ fn cost_pb(c: Cost, book: &PriceBook, version: u64) -> pb::Cost {
     }
 }
 
-fn period_of(s: &str, now: i64) -> Result<Period, Status> {
+pub(super) fn period_of(s: &str, now: i64) -> Result<Period, Status> {
     match s {
         "" => Ok(Period::of(now)),
         p => Period::parse(p).map_err(status),
@@ -93,7 +93,7 @@ impl pb::usage_service_server::UsageService for UsageApi {
         let (held, nodes, ingested) =
             self.app.store.usage_rows(&project, period.start(), period.end()).await.map_err(store_status)?;
         let u = meter(period, now, &held, &nodes, &ingested);
-        let (book, version) = self.price_book(&org).await?;
+        let (book, version) = price_book(&self.app, &org).await?;
         let cost = cost_pb(price(&book, "", &u.quantities()), &book, version);
         Ok(Response::new(pb::GetUsageResponse {
             cost: Some(cost),
@@ -121,7 +121,7 @@ impl pb::usage_service_server::UsageService for UsageApi {
         let req = req.into_inner();
         let quantities: BTreeMap<String, u64> = req.quantities.into_iter().collect();
         let quantities: Vec<(String, f64)> = quantities.into_iter().map(|(r, q)| (r, q as f64)).collect();
-        let (book, version) = self.price_book(&org).await?;
+        let (book, version) = price_book(&self.app, &org).await?;
         Ok(Response::new(pb::QuotePriceResponse {
             cost: Some(cost_pb(price(&book, &req.tier, &quantities), &book, version)),
         }))
@@ -141,7 +141,7 @@ impl pb::usage_service_server::UsageService for UsageApi {
         for (node, h) in rows {
             by_node.entry(node).or_default().push(h);
         }
-        let (book, version) = self.price_book(&org).await?;
+        let (book, version) = price_book(&self.app, &org).await?;
         let board = self.app.scores.get();
         let mut total = 0i64;
         let payouts = by_node

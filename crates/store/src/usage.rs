@@ -162,3 +162,22 @@ impl Store {
         })
     }
 }
+
+impl Store {
+    /// The organisation's jobs submitted in [start, end), by status.
+    pub async fn job_counts(&self, org: &OrgId, start: UnixMillis, end: UnixMillis) -> Result<Vec<(String, u64)>> {
+        on_read!(self, |pool| {
+            let rows = sqlx::query(
+                "SELECT j.status AS status, COUNT(*) AS n FROM jobs j JOIN projects p ON p.id = j.project_id
+                 WHERE p.org_id = $1 AND j.created_at >= $2 AND j.created_at < $3
+                 GROUP BY j.status ORDER BY j.status",
+            )
+            .bind(org.as_str())
+            .bind(start)
+            .bind(end)
+            .fetch_all(pool)
+            .await?;
+            rows.iter().map(|r| Ok((r.text("status")?, r.int("n")?.max(0) as u64))).collect()
+        })
+    }
+}

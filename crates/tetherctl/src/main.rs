@@ -168,6 +168,12 @@ impl Clients {
             self.bearer.clone(),
         )
     }
+    fn summary(&self) -> tether_proto::pb::summary_service_client::SummaryServiceClient<Svc> {
+        tether_proto::pb::summary_service_client::SummaryServiceClient::with_interceptor(
+            self.channel.clone(),
+            self.bearer.clone(),
+        )
+    }
     fn events(&self) -> tether_proto::pb::event_service_client::EventServiceClient<Svc> {
         tether_proto::pb::event_service_client::EventServiceClient::with_interceptor(
             self.channel.clone(),

@@ -33,6 +33,14 @@ pub(crate) enum UsageCmd {
         #[arg(long)]
         period: Option<String>,
     },
+    /// The organisation at a glance: nodes, pools, jobs, usage and cost.
+    Summary {
+        #[arg(long)]
+        org: Option<String>,
+        /// YYYY-MM.
+        #[arg(long)]
+        period: Option<String>,
+    },
     /// Record usage measured elsewhere; a key sent again counts once.
     Ingest {
         /// e.g. storage_bytes, egress_bytes, api_operations.
@@ -68,6 +76,15 @@ pub(crate) async fn run(c: &Clients, out: &Out, cmd: UsageCmd) -> anyhow::Result
                 .await?
                 .into_inner();
             out.payouts(&r);
+        }
+        UsageCmd::Summary { org, period } => {
+            let organization_id = crate::settings::org_of(c, org).await?;
+            let r = c
+                .summary()
+                .get_summary(pb::GetSummaryRequest { organization_id, period: period.unwrap_or_default() })
+                .await?
+                .into_inner();
+            out.summary(&r);
         }
         UsageCmd::Ingest { metric, quantity, key } => {
             let record = pb::UsageRecord { metric, quantity, time: None, idempotency_key: key };

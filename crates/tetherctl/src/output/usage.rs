@@ -79,4 +79,27 @@ impl Out {
         }
         println!("accepted {}, duplicates {}", r.accepted, r.duplicates);
     }
+
+    pub fn summary(&self, r: &pb::GetSummaryResponse) {
+        if self.json(r, "tether.v1.GetSummaryResponse") {
+            return;
+        }
+        let line = |m: &std::collections::HashMap<String, u32>| {
+            let mut v: Vec<_> = m.iter().map(|(k, n)| format!("{k} {n}")).collect();
+            v.sort();
+            if v.is_empty() { "-".to_string() } else { v.join(", ") }
+        };
+        println!("period        {}", r.period);
+        println!("nodes         {}", line(&r.nodes_by_status));
+        println!("desired       {}", line(&r.nodes_by_desired_state));
+        println!("quarantined   {} automatically", r.nodes_auto_quarantined);
+        for p in &r.pools {
+            println!("pool          {}: {} ready of {} desired ({} nodes)", p.name, p.ready, p.desired, p.nodes);
+        }
+        println!("jobs          {}", line(&r.jobs_by_status));
+        println!("cpu-seconds   {:.3}", r.cpu_seconds);
+        if let Some(c) = &r.cost {
+            println!("cost          {:.9} {}", c.total, c.currency);
+        }
+    }
 }
