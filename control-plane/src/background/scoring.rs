@@ -155,6 +155,17 @@ pub struct Quarantiner {
     mem: Memory,
 }
 
+/// Sends a node's new desired state (as its row now holds it) to its agent,
+/// and wakes placement.
+fn push_desired(fx: &mut crate::effects::Effects<'_>, n: &Node) {
+    let d = DesiredState {
+        state: n.desired_state,
+        version: n.desired_state_version,
+        reason: n.desired_state_reason.clone(),
+    };
+    fx.desired(&n.id, d).wake(Signal::Placement);
+}
+
 /// A decision's event payload (`quarantine_decision` in docs/events.md).
 fn decision(
     node: &NodeId,
@@ -196,7 +207,7 @@ impl Quarantiner {
             by_org.entry(&n.org_id).or_default().push(n);
         }
         let now = now_ms();
-        let (mut applied, mut released) = (0, 0);
+        let (mut applied, mut released, mut overridden) = (0, 0, 0);
         for (org, nodes) in by_org {
             let q = quarantine_of(&settings, org);
             if !q.enabled && !nodes.iter().any(|n| holds_of.contains_key(&n.id)) {
@@ -226,11 +237,7 @@ impl Quarantiner {
                         if let Some(n) = done {
                             applied += 1;
                             tracing::warn!(node_id = %id, score, "node quarantined automatically");
-                            fx.desired(
-                                &id,
-                                DesiredState { state: n.desired_state, version: n.desired_state_version, reason },
-                            );
-                            fx.wake(Signal::Placement);
+                            push_desired(&mut fx, &n);
                         }
                     }
                     Action::Release => {
@@ -244,15 +251,7 @@ impl Quarantiner {
                         if let Some(n) = fx.commit(app.store.auto_release(&id, &payload, now).await?) {
                             released += 1;
                             tracing::info!(node_id = %id, "node released from automatic quarantine");
-                            fx.desired(
-                                &id,
-                                DesiredState {
-                                    state: n.desired_state,
-                                    version: n.desired_state_version,
-                                    reason: String::new(),
-                                },
-                            );
-                            fx.wake(Signal::Placement);
+                            push_desired(&mut fx, &n);
                         }
                     }
                     Action::Overridden => {
@@ -261,6 +260,7 @@ impl Quarantiner {
                             node.desired_state.as_str()
                         );
                         let payload = decision(&id, insight, &q, "operator", detail);
+                        overridden += 1;
                         app.effects()
                             .commit(app.store.quarantine_event(node, "quarantine.overridden", &payload, now).await?);
                     }
@@ -275,8 +275,9 @@ impl Quarantiner {
                 }
             }
         }
-        // The holds as they stand after this round, for GetNodeInsights.
-        let holds = app.store.auto_quarantines().await?;
+        // The holds as they stand after this round, for GetNodeInsights: read
+        // again only when the round changed them.
+        let holds = if applied + released + overridden > 0 { app.store.auto_quarantines().await? } else { holds };
         let view = holds
             .iter()
             .map(|h| {

@@ -4,10 +4,10 @@
 use std::sync::Arc;
 
 use tether_proto::pb;
-use tether_types::{Error, Node, NodeId, NodeStatus, millis_to_timestamp};
+use tether_types::{Node, NodeId, NodeStatus, millis_to_timestamp};
 use tonic::{Request, Response, Status};
 
-use super::{status, store_status};
+use super::store_status;
 use crate::app::App;
 use crate::scoring::{Board, HoldView};
 
@@ -60,11 +60,7 @@ impl pb::insights_service_server::InsightsService for InsightsApi {
         req: Request<pb::GetNodeInsightsRequest>,
     ) -> Result<Response<pb::GetNodeInsightsResponse>, Status> {
         let who = self.app.auth.caller(&req)?;
-        let id = NodeId::parse(&req.get_ref().node_id).map_err(status)?;
-        let node: Node = match self.app.store.node_get(&id).await.map_err(store_status)? {
-            Some(n) if who.sees_node(n.place()) => n,
-            _ => return Err(status(Error::not_found(format!("node {id} not found")))),
-        };
+        let node = super::nodes::visible(&self.app, &who, &req.get_ref().node_id).await?;
         let insights = to_pb(&node.id, &self.app.scores.get(), self.app.scores.holds().get(&node.id));
         Ok(Response::new(pb::GetNodeInsightsResponse { insights: Some(insights) }))
     }

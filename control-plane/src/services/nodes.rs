@@ -29,14 +29,8 @@ impl NodeApi {
         NodeApi { app }
     }
 
-    /// A node the caller may see; NOT_FOUND for any other, as for one that
-    /// does not exist.
     async fn visible(&self, who: &Caller, id: &str) -> Result<Node, Status> {
-        let id = NodeId::parse(id).map_err(status)?;
-        match self.app.store.node_get(&id).await.map_err(store_status)? {
-            Some(n) if who.sees_node(n.place()) => Ok(n),
-            _ => Err(status(Error::not_found(format!("node {id} not found")))),
-        }
+        visible(&self.app, who, id).await
     }
 
     fn to_pb(&self, n: &Node) -> pb::Node {
@@ -46,6 +40,16 @@ impl NodeApi {
             pb.last_seen_at = Some(tether_types::millis_to_timestamp(last_seen));
         }
         pb
+    }
+}
+
+/// A node the caller may see; NOT_FOUND for any other, as for one that does
+/// not exist.
+pub(super) async fn visible(app: &App, who: &Caller, id: &str) -> Result<Node, Status> {
+    let id = NodeId::parse(id).map_err(status)?;
+    match app.store.node_get(&id).await.map_err(store_status)? {
+        Some(n) if who.sees_node(n.place()) => Ok(n),
+        _ => Err(status(Error::not_found(format!("node {id} not found")))),
     }
 }
 

@@ -68,17 +68,7 @@ impl pb::summary_service_server::SummaryService for SummaryApi {
         for p in &projects {
             let (held, nodes, ingested) =
                 app.store.usage_rows(p, period.start(), period.end()).await.map_err(store_status)?;
-            let u = meter(period, now, &held, &nodes, &ingested);
-            total.cpu_seconds += u.cpu_seconds;
-            total.memory_mb_seconds += u.memory_mb_seconds;
-            total.gpu_seconds += u.gpu_seconds;
-            total.node_cpu_hours += u.node_cpu_hours;
-            total.node_memory_mb_hours += u.node_memory_mb_hours;
-            total.node_gpu_hours += u.node_gpu_hours;
-            for (m, q) in u.ingested {
-                let e = total.ingested.entry(m).or_default();
-                *e = e.saturating_add(q);
-            }
+            total.add(&meter(period, now, &held, &nodes, &ingested));
         }
         let (book, version) = price_book(app, &org).await?;
         let cost = cost_pb(price(&book, "", &total.quantities()), &book, version);

@@ -11,6 +11,23 @@ use crate::nodes::{NODE_COLS, append_node_event, node_from_row};
 use crate::row::{Get, to_json};
 use crate::{Committed, Result, Store, in_tx_committed, on_read};
 
+/// Appends a `quarantine.*` event about a node (its organisation's, and
+/// its project's if dedicated) with the decision as the payload.
+macro_rules! append_decision {
+    ($tx:expr, $at:expr, $node:expr, $kind:expr, $decision:expr) => {{
+        let n: &Node = $node;
+        append_event!(
+            $tx,
+            $at,
+            Some(n.org_id.as_str()),
+            n.project_id.as_ref().map(ProjectId::as_str),
+            $kind,
+            n.id.as_str(),
+            $decision.to_string()
+        )
+    }};
+}
+
 /// A node automatic quarantine holds.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AutoQuarantine {
@@ -82,15 +99,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             append_node_event!(tx, now, "node.desired_state_changed", &node);
-            append_event!(
-                tx,
-                now,
-                Some(node.org_id.as_str()),
-                node.project_id.as_ref().map(|p| p.as_str()),
-                "quarantine.applied",
-                id.as_str(),
-                decision.to_string()
-            );
+            append_decision!(tx, now, &node, "quarantine.applied", decision);
             Ok(Some(node))
         });
         self.node_changed();
@@ -126,15 +135,7 @@ impl Store {
             let Some(row) = row else { return Ok(None) };
             let node = node_from_row(&row)?;
             append_node_event!(tx, now, "node.desired_state_changed", &node);
-            append_event!(
-                tx,
-                now,
-                Some(node.org_id.as_str()),
-                node.project_id.as_ref().map(|p| p.as_str()),
-                "quarantine.released",
-                id.as_str(),
-                decision.to_string()
-            );
+            append_decision!(tx, now, &node, "quarantine.released", decision);
             Ok(Some(node))
         });
         self.node_changed();
@@ -158,15 +159,7 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
             }
-            append_event!(
-                tx,
-                now,
-                Some(node.org_id.as_str()),
-                node.project_id.as_ref().map(|p| p.as_str()),
-                kind,
-                node.id.as_str(),
-                decision.to_string()
-            );
+            append_decision!(tx, now, node, kind, decision);
             Ok(())
         })
     }

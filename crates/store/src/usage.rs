@@ -18,6 +18,16 @@ pub struct UsageIngest {
     pub idempotency_key: String,
 }
 
+/// An allocation's claim, from its `resources`, `started_at` and
+/// `finished_at` columns.
+fn held_from_row(r: &impl Get) -> Result<Held> {
+    Ok(Held {
+        resources: r.json::<Resources>("resources", "allocation resources")?,
+        started_at: r.opt_int("started_at")?,
+        finished_at: r.opt_int("finished_at")?,
+    })
+}
+
 impl Store {
     /// Writes the records whose key the project has not used, in one
     /// transaction; answers (accepted, duplicates). One `usage.ingested`
@@ -83,16 +93,7 @@ impl Store {
             .bind(end)
             .fetch_all(pool)
             .await?;
-            let held = rows
-                .iter()
-                .map(|r| {
-                    Ok(Held {
-                        resources: r.json::<Resources>("resources", "allocation resources")?,
-                        started_at: r.opt_int("started_at")?,
-                        finished_at: r.opt_int("finished_at")?,
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
+            let held = rows.iter().map(held_from_row).collect::<Result<Vec<_>>>()?;
             let rows = sqlx::query(
                 "SELECT capabilities, registered_at FROM nodes WHERE project_id = $1 AND registered_at < $2",
             )
@@ -147,18 +148,7 @@ impl Store {
             .bind(end)
             .fetch_all(pool)
             .await?;
-            rows.iter()
-                .map(|r| {
-                    Ok((
-                        NodeId::from_trusted(r.text("node_id")?),
-                        Held {
-                            resources: r.json::<Resources>("resources", "allocation resources")?,
-                            started_at: r.opt_int("started_at")?,
-                            finished_at: r.opt_int("finished_at")?,
-                        },
-                    ))
-                })
-                .collect()
+            rows.iter().map(|r| Ok((NodeId::from_trusted(r.text("node_id")?), held_from_row(r)?))).collect()
         })
     }
 }

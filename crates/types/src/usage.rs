@@ -181,6 +181,20 @@ pub fn price(book: &crate::settings::PriceBook, tier: &str, quantities: &[(Strin
 }
 
 impl Usage {
+    /// Adds another's figures to these (an organisation's over its projects).
+    pub fn add(&mut self, o: &Usage) {
+        self.cpu_seconds += o.cpu_seconds;
+        self.memory_mb_seconds += o.memory_mb_seconds;
+        self.gpu_seconds += o.gpu_seconds;
+        self.node_cpu_hours += o.node_cpu_hours;
+        self.node_memory_mb_hours += o.node_memory_mb_hours;
+        self.node_gpu_hours += o.node_gpu_hours;
+        for (m, q) in &o.ingested {
+            let e = self.ingested.entry(m.clone()).or_default();
+            *e = e.saturating_add(*q);
+        }
+    }
+
     /// The figures by the names the price book uses.
     pub fn quantities(&self) -> Vec<(String, f64)> {
         let mut out = vec![
